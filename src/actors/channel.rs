@@ -1,0 +1,238 @@
+//! ChannelActor: one per channel served by this node, under an actix `Supervisor`.
+//!
+//! The actor owns its channel's lifecycle: it republishes the channel after a restart
+//! (reloading the settings from storage), and retires it on delete. What requests need
+//! of a channel is published as an immutable [`ChannelHandle`] in the registry, so that
+//! a webhook reaches the scenario pool without a mailbox hop (the hot path).
+//!
+//! A panic inside a handler is caught, counted, and turned into a stop; the supervisor
+//! then restarts the actor with fresh settings. One bad channel never disturbs another.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use actix::prelude::*;
+
+use super::registry::ChannelRegistry;
+use crate::db::models::Channel;
+use crate::db::{Database, channels as channel_rows};
+use crate::scenario::{CompileError, Compiled, ScenarioRuntime};
+
+/// Which of a channel's scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptKind {
+    Webhook,
+    Websocket,
+}
+
+/// Counters of one channel; they live as long as the channel, across versions and
+/// actor restarts.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    pub in_flight: AtomicUsize,
+    pub requests: AtomicU64,
+    /// Scenario runs that ended correctly.
+    pub completed: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub rejected: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+impl ChannelStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "requests": self.requests.load(Ordering::Relaxed),
+            "completed": self.completed.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "timeouts": self.timeouts.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "restarts": self.restarts.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One version of a live channel, as requests see it. Immutable: a change publishes a
+/// new handle. Scripts compile on first use (or come precompiled from the save).
+pub struct ChannelHandle {
+    pub channel: Arc<Channel>,
+    pub stats: Arc<ChannelStats>,
+    pub actor: Addr<ChannelActor>,
+    channel_json: OnceLock<String>,
+    webhook: OnceLock<Result<Compiled, CompileError>>,
+    websocket: OnceLock<Result<Compiled, CompileError>>,
+}
+
+impl ChannelHandle {
+    pub fn new(
+        channel: Arc<Channel>,
+        stats: Arc<ChannelStats>,
+        actor: Addr<ChannelActor>,
+        precompiled: Precompiled,
+    ) -> ChannelHandle {
+        let handle = ChannelHandle {
+            channel,
+            stats,
+            actor,
+            channel_json: OnceLock::new(),
+            webhook: OnceLock::new(),
+            websocket: OnceLock::new(),
+        };
+        if let Some(c) = precompiled.webhook {
+            let _ = handle.webhook.set(Ok(c));
+        }
+        if let Some(c) = precompiled.websocket {
+            let _ = handle.websocket.set(Ok(c));
+        }
+        handle
+    }
+
+    /// `startparam(1)`: the channel as JSON, secrets left out.
+    pub fn channel_json(&self) -> &str {
+        self.channel_json
+            .get_or_init(|| crate::channels::scenario_json(&self.channel))
+    }
+
+    /// The compiled script, compiling it on first use. Call on a scenario thread.
+    pub fn script(
+        &self,
+        kind: ScriptKind,
+        runtime: &dyn ScenarioRuntime,
+    ) -> &Result<Compiled, CompileError> {
+        let (cell, source) = match kind {
+            ScriptKind::Webhook => (&self.webhook, &self.channel.webhook_scenario),
+            ScriptKind::Websocket => (&self.websocket, &self.channel.websocket_scenario),
+        };
+        cell.get_or_init(|| runtime.compile(source))
+    }
+}
+
+/// Scripts already compiled when the channel was saved.
+#[derive(Default)]
+pub struct Precompiled {
+    pub webhook: Option<Compiled>,
+    pub websocket: Option<Compiled>,
+}
+
+pub struct ChannelActor {
+    id: String,
+    db: Database,
+    domain: String,
+    registry: Weak<ChannelRegistry>,
+    stats: Arc<ChannelStats>,
+    logger: slog::Logger,
+    /// Deleted or moved off this node: never republish.
+    retired: bool,
+}
+
+impl ChannelActor {
+    pub fn new(
+        channel: &Channel,
+        db: Database,
+        registry: Weak<ChannelRegistry>,
+        stats: Arc<ChannelStats>,
+        logger: &slog::Logger,
+    ) -> ChannelActor {
+        ChannelActor {
+            id: channel.id.clone(),
+            db,
+            domain: channel.domain.clone(),
+            registry,
+            stats,
+            logger: logger.new(slog::o!("channel" => channel.code.clone())),
+            retired: false,
+        }
+    }
+
+    /// Runs handler work; a panic is logged and stops the actor so that the
+    /// supervisor restarts it with fresh settings.
+    fn guarded<R: Default>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        match catch_unwind(AssertUnwindSafe(|| work(self))) {
+            Ok(r) => r,
+            Err(_) => {
+                slog::error!(self.logger, "channel actor panicked; restarting it");
+                ctx.stop();
+                R::default()
+            }
+        }
+    }
+}
+
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ChannelActor {
+    /// After a crash: reload the channel from storage and publish it again, so that the
+    /// next request sees a consistent, current channel.
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        if self.retired {
+            // Requests still holding its address keep it alive until they finish;
+            // then the mailbox disconnects and the supervisor lets it go.
+            return;
+        }
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        let db = self.db.clone();
+        let (domain, id) = (self.domain.clone(), self.id.clone());
+        let fut = async move { db.run(move |c| channel_rows::find(c, &domain, &id)).await };
+        ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| {
+            let Some(registry) = act.registry.upgrade() else {
+                ctx.stop();
+                return;
+            };
+            match loaded {
+                Ok(Some(channel)) => {
+                    let handle = ChannelHandle::new(
+                        Arc::new(channel),
+                        act.stats.clone(),
+                        ctx.address(),
+                        Precompiled::default(),
+                    );
+                    registry.publish(Arc::new(handle));
+                    slog::info!(act.logger, "channel actor restarted"; "restarts" => act.stats.restarts.load(Ordering::Relaxed));
+                }
+                Ok(None) => {
+                    registry.remove(&act.id);
+                    ctx.stop();
+                }
+                Err(e) => {
+                    // Keep serving the last published version; the next restart retries.
+                    slog::error!(act.logger, "reloading the channel after a restart failed"; "error" => %e);
+                }
+            }
+        }));
+    }
+}
+
+/// The channel was deleted or left this node: stop for good.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.retired = true;
+        ctx.stop();
+    }
+}
+
+/// Test hook (only with `fault_injection`): panic inside the actor.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectPanic;
+
+impl Handler<InjectPanic> for ChannelActor {
+    type Result = bool;
+    fn handle(&mut self, _: InjectPanic, ctx: &mut Context<Self>) -> bool {
+        self.guarded(ctx, |_| -> bool {
+            panic!("fault injection: channel actor panic")
+        })
+    }
+}

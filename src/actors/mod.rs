@@ -1,0 +1,7 @@
+//! The actors of a node: the channel registry and one supervised actor per channel.
+
+pub mod channel;
+pub mod registry;
+
+pub use channel::{ChannelActor, ChannelHandle, ChannelStats, ScriptKind};
+pub use registry::ChannelRegistry;

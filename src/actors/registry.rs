@@ -1,0 +1,56 @@
+//! ChannelRegistry: token → live channel handle, shared by all HTTP workers.
+//! A lookup is a DashMap read: no actor hop and no database on the request path.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::channel::ChannelHandle;
+
+#[derive(Default)]
+pub struct ChannelRegistry {
+    by_token: DashMap<String, Arc<ChannelHandle>>,
+    token_by_id: DashMap<String, String>,
+}
+
+impl ChannelRegistry {
+    pub fn new() -> ChannelRegistry {
+        ChannelRegistry::default()
+    }
+
+    /// The live handle of a token, if this node serves that channel.
+    pub fn get(&self, token: &str) -> Option<Arc<ChannelHandle>> {
+        self.by_token.get(token).map(|h| h.value().clone())
+    }
+
+    pub fn get_by_id(&self, id: &str) -> Option<Arc<ChannelHandle>> {
+        let token = self.token_by_id.get(id)?.value().clone();
+        self.get(&token)
+    }
+
+    /// Makes a handle (new, or a new version of a channel) the one requests see.
+    pub fn publish(&self, handle: Arc<ChannelHandle>) {
+        self.token_by_id
+            .insert(handle.channel.id.clone(), handle.channel.token.clone());
+        self.by_token.insert(handle.channel.token.clone(), handle);
+    }
+
+    /// Takes a channel out of service; returns its last handle.
+    pub fn remove(&self, id: &str) -> Option<Arc<ChannelHandle>> {
+        let (_, token) = self.token_by_id.remove(id)?;
+        self.by_token.remove(&token).map(|(_, h)| h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+
+    /// A snapshot of every live handle (for admin views and shutdown).
+    pub fn handles(&self) -> Vec<Arc<ChannelHandle>> {
+        self.by_token.iter().map(|e| e.value().clone()).collect()
+    }
+}

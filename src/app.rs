@@ -1,0 +1,220 @@
+//! Builds a node: storage, scenario runtime and pool, channel actors, and the HTTP
+//! server. `serve` and the tests start the gateway the same way, through
+//! [`Application::build`].
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Arbiter;
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use crate::actors::ChannelRegistry;
+use crate::channels::{ChannelService, LiveNode, generate_token};
+use crate::config::{Config, RuntimeKind};
+use crate::db::Database;
+use crate::http;
+use crate::http::error::ApiError;
+use crate::scenario::ScenarioRuntime;
+use crate::scenario::dispatch::Dispatcher;
+use crate::scenario::http_runtime::HttpRuntime;
+use crate::scenario::pool::ScenarioPool;
+use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Database,
+    pub registry: Arc<ChannelRegistry>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub channels: ChannelService,
+    pub admin_token: String,
+    pub logger: slog::Logger,
+    pub started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] crate::db::StoreError),
+    #[error("loading channels: {0}")]
+    Load(#[from] crate::channels::ServiceError),
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("starting: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built node, listening, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pub state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: Config, logger: slog::Logger) -> Result<Application, StartError> {
+        let config = Arc::new(config);
+        let admin_token = resolve_admin_token(&config, &logger)?;
+
+        let db = Database::connect(&config.database_url, config.db_pool_size)?;
+        let migrator = db.clone();
+        let ran = actix_web::rt::task::spawn_blocking(move || migrator.migrate())
+            .await
+            .map_err(|e| crate::db::StoreError::Blocking(e.to_string()))??;
+        slog::info!(logger, "database ready"; "backend" => format!("{:?}", db.backend()), "migrations_applied" => ran);
+
+        let dispatcher = Arc::new(build_dispatcher(&config, &logger)?);
+        let registry = Arc::new(ChannelRegistry::new());
+        let channel_arbiter = Arbiter::new();
+        let channels = ChannelService::new(
+            db.clone(),
+            config.clone(),
+            dispatcher.clone(),
+            Some(LiveNode {
+                registry: registry.clone(),
+                arbiter: channel_arbiter.handle(),
+                logger: logger.clone(),
+            }),
+        );
+        let load_started = Instant::now();
+        let served = channels.load_all().await?;
+        slog::info!(logger, "channels loaded"; "served" => served, "ms" => load_started.elapsed().as_millis() as u64);
+
+        let state = web::Data::new(AppState {
+            config: config.clone(),
+            db,
+            registry,
+            dispatcher,
+            channels,
+            admin_token,
+            logger: logger.clone(),
+            started: Instant::now(),
+        });
+
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                    ApiError::bad_request("invalid_query", err.to_string()).into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|err, _| {
+                    ApiError::bad_request("invalid_path", err.to_string()).into()
+                }))
+                .wrap(from_fn(http::request_log::log_requests))
+                .configure(http::routes)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::not_found(
+                        "not_found",
+                        "no such route",
+                    ))
+                }))
+        })
+        .shutdown_timeout(config.shutdown_timeout_s)
+        .client_request_timeout(Duration::from_secs(30))
+        .max_connections(25_000);
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server.bind(&config.listen)?;
+        let port = server.addrs().first().map(|a| a.port()).unwrap_or_default();
+        slog::info!(logger, "listening"; "address" => format!("{:?}", server.addrs()), "domain" => &config.domain, "roles" => config.roles.join(","));
+        let server = server.run();
+        // The arbiter lives as long as the process; keep it from being dropped early.
+        std::mem::forget(channel_arbiter);
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until stopped (SIGINT/SIGTERM: graceful shutdown).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Splits into the server future (to spawn) and the shared state.
+    pub fn into_parts(self) -> (Server, web::Data<AppState>) {
+        (self.server, self.state)
+    }
+}
+
+fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<Dispatcher> {
+    let runtime: Arc<dyn ScenarioRuntime> = match config.scenario_runtime {
+        RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(&RhaiLimits {
+            max_operations: config.scenario_max_operations,
+            max_call_depth: config.scenario_max_call_depth,
+            max_string_bytes: config.scenario_max_string_bytes,
+            max_array_len: config.scenario_max_array_len,
+            max_map_len: config.scenario_max_map_len,
+        })),
+        RuntimeKind::Http => Arc::new(HttpRuntime::new(
+            config.scenario_http_url.clone().unwrap_or_default(),
+        )),
+    };
+    let pool = ScenarioPool::start(
+        config.effective_scenario_threads(),
+        config.scenario_queue,
+        logger.clone(),
+    )?;
+    Ok(Dispatcher::new(
+        pool,
+        runtime,
+        Duration::from_millis(config.scenario_timeout_ms),
+        config.channel_max_in_flight,
+        logger.clone(),
+    ))
+}
+
+/// The admin token: configured, or read from (or first written to) `admin-token` in
+/// the data folder with mode 0600. Only the file's path is ever logged.
+fn resolve_admin_token(config: &Config, logger: &slog::Logger) -> Result<String, StartError> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    let err = |source| StartError::AdminToken {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let token = existing.trim().to_string();
+        if token.len() >= 16 {
+            slog::info!(logger, "admin token read from file"; "path" => path.display().to_string());
+            return Ok(token);
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(err)?;
+    let token = generate_token();
+    write_secret(&path, &token).map_err(err)?;
+    slog::warn!(logger, "no admin token configured: generated one"; "path" => path.display().to_string());
+    Ok(token)
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")
+}

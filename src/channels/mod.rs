@@ -1,0 +1,101 @@
+//! Integration channels: the input accepted by the admin API and CLI, its validation,
+//! and the service that stores changes and applies them live to this node.
+
+pub mod service;
+mod validate;
+
+pub use service::{ChannelService, LiveNode, ServiceError};
+pub use validate::{ChannelInput, ValidationError, generate_token};
+
+use serde::Serialize;
+
+use crate::db::models::Channel;
+
+/// Channel kinds.
+pub const KIND_PUBLIC: &str = "public";
+pub const KIND_EVENTING: &str = "eventing";
+
+/// How a channel is shown by the admin API. Outgoing tokens are masked unless asked.
+#[derive(Debug, Serialize)]
+pub struct ChannelView {
+    pub id: String,
+    pub domain: String,
+    pub code: String,
+    pub kind: String,
+    pub wait_for_completion: bool,
+    pub ws_role: String,
+    pub token: String,
+    pub outgoing_url: String,
+    pub outgoing_token_primary: String,
+    pub outgoing_token_secondary: String,
+    pub webhook_scenario: String,
+    pub websocket_scenario: String,
+    pub comment: String,
+    pub enabled: bool,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What a masked secret reads as: empty stays empty so that "not set" is visible.
+pub fn mask(secret: &str) -> String {
+    if secret.is_empty() {
+        String::new()
+    } else {
+        "********".to_string()
+    }
+}
+
+pub fn rfc3339_millis(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl ChannelView {
+    pub fn new(c: &Channel, reveal_secrets: bool) -> ChannelView {
+        let secret = |s: &str| {
+            if reveal_secrets {
+                s.to_string()
+            } else {
+                mask(s)
+            }
+        };
+        ChannelView {
+            id: c.id.clone(),
+            domain: c.domain.clone(),
+            code: c.code.clone(),
+            kind: c.kind.clone(),
+            wait_for_completion: c.wait_for_completion,
+            ws_role: c.ws_role.clone(),
+            token: c.token.clone(),
+            outgoing_url: c.outgoing_url.clone(),
+            outgoing_token_primary: secret(&c.outgoing_token_primary),
+            outgoing_token_secondary: secret(&c.outgoing_token_secondary),
+            webhook_scenario: c.webhook_scenario.clone(),
+            websocket_scenario: c.websocket_scenario.clone(),
+            comment: c.comment.clone(),
+            enabled: c.enabled,
+            version: c.version,
+            created_at: rfc3339_millis(c.created_at),
+            updated_at: rfc3339_millis(c.updated_at),
+        }
+    }
+}
+
+/// The channel as scenarios see it in `startparam(1)`: every setting but the secrets
+/// and the scripts themselves.
+pub fn scenario_json(c: &Channel) -> String {
+    serde_json::json!({
+        "id": c.id,
+        "domain": c.domain,
+        "code": c.code,
+        "kind": c.kind,
+        "wait_for_completion": c.wait_for_completion,
+        "ws_role": c.ws_role,
+        "outgoing_url": c.outgoing_url,
+        "comment": c.comment,
+        "enabled": c.enabled,
+        "version": c.version,
+    })
+    .to_string()
+}

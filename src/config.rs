@@ -1,0 +1,287 @@
+//! Settings: command-line flags beat environment variables, which beat the TOML file
+//! given by `--config`, which beats the defaults below. `config.default.toml` at the
+//! top of the repository lists every setting with its default and meaning.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Which scenario runtime runs the channels' scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Embedded sandboxed Rhai scripts (the default).
+    Rhai,
+    /// A remote scenario engine reached over HTTP (`scenario_http_url`).
+    Http,
+}
+
+/// The effective configuration of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub domain: String,
+    pub roles: Vec<String>,
+    pub workers: usize,
+    pub db_pool_size: u32,
+    pub max_body_bytes: usize,
+    pub admin_max_body_bytes: usize,
+    pub scenario_timeout_ms: u64,
+    pub scenario_threads: usize,
+    pub scenario_queue: usize,
+    pub channel_max_in_flight: usize,
+    pub scenario_max_operations: u64,
+    pub scenario_max_call_depth: usize,
+    pub scenario_max_string_bytes: usize,
+    pub scenario_max_array_len: usize,
+    pub scenario_max_map_len: usize,
+    pub scenario_runtime: RuntimeKind,
+    pub scenario_http_url: Option<String>,
+    pub outgoing_timeout_ms: u64,
+    pub outgoing_max_response_bytes: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// One log line per request.
+    pub access_log: bool,
+    pub shutdown_timeout_s: u64,
+    /// Test-only hooks (e.g. making a channel actor panic). Never enable in production.
+    pub fault_injection: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "./data/oktell-gateway.db".into(),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            domain: "default".into(),
+            roles: Vec::new(),
+            workers: 0,
+            db_pool_size: 8,
+            max_body_bytes: 1024 * 1024,
+            admin_max_body_bytes: 4 * 1024 * 1024,
+            scenario_timeout_ms: 30_000,
+            scenario_threads: 0,
+            scenario_queue: 4096,
+            channel_max_in_flight: 512,
+            scenario_max_operations: 10_000_000,
+            scenario_max_call_depth: 64,
+            scenario_max_string_bytes: 4 * 1024 * 1024,
+            scenario_max_array_len: 100_000,
+            scenario_max_map_len: 100_000,
+            scenario_runtime: RuntimeKind::Rhai,
+            scenario_http_url: None,
+            outgoing_timeout_ms: 15_000,
+            outgoing_max_response_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            access_log: true,
+            shutdown_timeout_s: 30,
+            fault_injection: false,
+        }
+    }
+}
+
+/// Flags shared by every subcommand. Each one can also come from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML file with settings (see config.default.toml).
+    #[arg(long, global = true, env = "OKTELL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, global = true, env = "OKTELL_LISTEN")]
+    pub listen: Option<String>,
+    /// SQLite file path (default) or postgres://... URL.
+    #[arg(long, global = true, env = "OKTELL_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder for the SQLite file and the generated admin token.
+    #[arg(long, global = true, env = "OKTELL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token of the admin API; generated and stored in the data folder if unset.
+    #[arg(
+        long,
+        global = true,
+        env = "OKTELL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Domain this node serves.
+    #[arg(long, global = true, env = "OKTELL_DOMAIN")]
+    pub domain: Option<String>,
+    /// WS roles this node serves (comma list); empty serves channels of every role.
+    #[arg(long, global = true, env = "OKTELL_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, global = true, env = "OKTELL_WORKERS")]
+    pub workers: Option<usize>,
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, global = true, env = "OKTELL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Time a scenario may run (and a waiting caller may wait), in milliseconds.
+    #[arg(long, global = true, env = "OKTELL_SCENARIO_TIMEOUT_MS")]
+    pub scenario_timeout_ms: Option<u64>,
+    /// Scenario threads (0 = one per core).
+    #[arg(long, global = true, env = "OKTELL_SCENARIO_THREADS")]
+    pub scenario_threads: Option<usize>,
+    /// Scenario runs that may wait for a thread before callers get 503.
+    #[arg(long, global = true, env = "OKTELL_SCENARIO_QUEUE")]
+    pub scenario_queue: Option<usize>,
+    /// Scenario runs one channel may have queued or running at once.
+    #[arg(long, global = true, env = "OKTELL_CHANNEL_MAX_IN_FLIGHT")]
+    pub channel_max_in_flight: Option<usize>,
+    /// Scenario runtime: rhai (embedded) or http (remote engine).
+    #[arg(long, global = true, env = "OKTELL_SCENARIO_RUNTIME")]
+    pub scenario_runtime: Option<RuntimeKind>,
+    /// URL of the remote scenario engine for `--scenario-runtime http`.
+    #[arg(long, global = true, env = "OKTELL_SCENARIO_HTTP_URL")]
+    pub scenario_http_url: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed (comma list of IPs).
+    #[arg(
+        long,
+        global = true,
+        env = "OKTELL_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Log format.
+    #[arg(long, global = true, env = "OKTELL_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, env = "OKTELL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Errors of reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl ConfigArgs {
+    /// Layers file, environment and flags over the defaults.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
+        }
+        take!(
+            listen,
+            database_url,
+            data_dir,
+            domain,
+            roles,
+            workers,
+            max_body_bytes,
+            scenario_timeout_ms,
+            scenario_threads,
+            scenario_queue,
+            channel_max_in_flight,
+            scenario_runtime,
+            trusted_proxies,
+            log_format,
+            log_level
+        );
+        if self.admin_token.is_some() {
+            cfg.admin_token = self.admin_token.clone();
+        }
+        if self.scenario_http_url.is_some() {
+            cfg.scenario_http_url = self.scenario_http_url.clone();
+        }
+        // A data folder given without a database URL moves the SQLite file along.
+        if self.database_url.is_none() && self.data_dir.is_some() && self.config.is_none() {
+            cfg.database_url = cfg.data_dir.join("oktell-gateway.db").display().to_string();
+        }
+        cfg.roles.retain(|r| !r.trim().is_empty());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| ConfigError::Invalid {
+            field,
+            message: message.to_string(),
+        };
+        if self.domain.trim().is_empty() {
+            return Err(invalid("domain", "must not be empty"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be above 0"));
+        }
+        if self.scenario_timeout_ms == 0 {
+            return Err(invalid("scenario_timeout_ms", "must be above 0"));
+        }
+        if self.scenario_queue == 0 || self.channel_max_in_flight == 0 {
+            return Err(invalid("scenario_queue", "queues must hold at least 1"));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        if self.scenario_runtime == RuntimeKind::Http && self.scenario_http_url.is_none() {
+            return Err(invalid(
+                "scenario_http_url",
+                "is required with scenario_runtime = http",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Threads for scenarios: the configured number, or one per core.
+    pub fn effective_scenario_threads(&self) -> usize {
+        if self.scenario_threads > 0 {
+            self.scenario_threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+
+    /// Does this node serve a channel with this WS role?
+    pub fn serves_role(&self, role: &str) -> bool {
+        role.is_empty() || self.roles.is_empty() || self.roles.iter().any(|r| r == role)
+    }
+}

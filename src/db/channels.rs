@@ -1,0 +1,126 @@
+//! Queries on the `channels` table. All blocking; call through `Database::run`.
+
+use diesel::prelude::*;
+
+use super::models::Channel;
+use super::schema::channels::dsl;
+use super::{AnyConnection, StoreError};
+
+/// Filters and page of a channel listing.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelFilter {
+    pub domain: String,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub fn insert(conn: &mut AnyConnection, channel: &Channel) -> Result<(), StoreError> {
+    diesel::insert_into(dsl::channels)
+        .values(channel)
+        .execute(conn)
+        .map_err(map_unique)?;
+    Ok(())
+}
+
+/// Writes every field of `channel` where the stored version is `expected_version`.
+/// Returns false when the row changed in between (or is gone).
+pub fn update(
+    conn: &mut AnyConnection,
+    channel: &Channel,
+    expected_version: i64,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(
+        dsl::channels
+            .filter(dsl::id.eq(&channel.id))
+            .filter(dsl::version.eq(expected_version)),
+    )
+    .set(channel)
+    .execute(conn)
+    .map_err(map_unique)?;
+    Ok(n == 1)
+}
+
+pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, StoreError> {
+    let n = diesel::delete(
+        dsl::channels
+            .filter(dsl::id.eq(id))
+            .filter(dsl::domain.eq(domain)),
+    )
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn find(
+    conn: &mut AnyConnection,
+    domain: &str,
+    id: &str,
+) -> Result<Option<Channel>, StoreError> {
+    Ok(dsl::channels
+        .filter(dsl::id.eq(id))
+        .filter(dsl::domain.eq(domain))
+        .select(Channel::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_code(
+    conn: &mut AnyConnection,
+    domain: &str,
+    code: &str,
+) -> Result<Option<Channel>, StoreError> {
+    Ok(dsl::channels
+        .filter(dsl::code.eq(code))
+        .filter(dsl::domain.eq(domain))
+        .select(Channel::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// One page of channels, ordered by code, and the total count matching the filter.
+pub fn list(
+    conn: &mut AnyConnection,
+    f: &ChannelFilter,
+) -> Result<(Vec<Channel>, i64), StoreError> {
+    let mut query = dsl::channels.filter(dsl::domain.eq(&f.domain)).into_boxed();
+    let mut count = dsl::channels.filter(dsl::domain.eq(&f.domain)).into_boxed();
+    if let Some(kind) = &f.kind {
+        query = query.filter(dsl::kind.eq(kind.clone()));
+        count = count.filter(dsl::kind.eq(kind.clone()));
+    }
+    if let Some(code) = &f.code {
+        query = query.filter(dsl::code.eq(code.clone()));
+        count = count.filter(dsl::code.eq(code.clone()));
+    }
+    let total: i64 = count.count().get_result(conn)?;
+    let items = query
+        .order(dsl::code.asc())
+        .limit(f.limit)
+        .offset(f.offset)
+        .select(Channel::as_select())
+        .load(conn)?;
+    Ok((items, total))
+}
+
+/// Every channel of a domain, for loading the registry at start.
+pub fn load_domain(conn: &mut AnyConnection, domain: &str) -> Result<Vec<Channel>, StoreError> {
+    Ok(dsl::channels
+        .filter(dsl::domain.eq(domain))
+        .select(Channel::as_select())
+        .load(conn)?)
+}
+
+fn map_unique(err: diesel::result::Error) -> StoreError {
+    if StoreError::is_unique_violation(&err) {
+        if let diesel::result::Error::DatabaseError(_, info) = &err {
+            // The token index can only collide by a 1-in-2^192 chance; report it plainly.
+            if info.message().contains("token") {
+                return StoreError::Query(err);
+            }
+        }
+        StoreError::DuplicateCode
+    } else {
+        StoreError::Query(err)
+    }
+}

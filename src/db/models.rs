@@ -1,0 +1,28 @@
+//! Rows as stored.
+
+use diesel::prelude::*;
+
+use super::schema::channels;
+
+/// One integration channel, as stored in `channels`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = channels)]
+pub struct Channel {
+    pub id: String,
+    pub domain: String,
+    pub code: String,
+    pub kind: String,
+    pub wait_for_completion: bool,
+    pub ws_role: String,
+    pub token: String,
+    pub outgoing_url: String,
+    pub outgoing_token_primary: String,
+    pub outgoing_token_secondary: String,
+    pub webhook_scenario: String,
+    pub websocket_scenario: String,
+    pub comment: String,
+    pub enabled: bool,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -1,0 +1,237 @@
+//! `/admin/v1`: channel management, for operators and Oktell Studio. Every route needs
+//! `Authorization: Bearer <admin token>`.
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::read_body;
+use crate::actors::channel::InjectPanic;
+use crate::app::AppState;
+use crate::channels::{ChannelInput, ChannelView, KIND_EVENTING, KIND_PUBLIC};
+use crate::db::channels::ChannelFilter;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin/v1")
+            .route("/channels", web::post().to(create_channel))
+            .route("/channels", web::get().to(list_channels))
+            .route("/channels/{id}", web::get().to(get_channel))
+            .route("/channels/{id}", web::patch().to(update_channel))
+            .route("/channels/{id}", web::delete().to(delete_channel))
+            .route("/channels/{id}/fault/panic", web::post().to(inject_panic)),
+    );
+}
+
+/// Proof that the request carries the admin token (compared in constant time).
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Admin, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.admin_token.as_bytes().to_vec());
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().as_bytes().to_vec());
+        let ok = match (expected, given) {
+            (Some(e), Some(g)) => constant_time_eq(&e, &g),
+            _ => false,
+        };
+        std::future::ready(if ok {
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthorized())
+        })
+    }
+}
+
+/// Compares without an early exit, so timing tells nothing about where bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewQuery {
+    #[serde(default)]
+    reveal_secrets: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    kind: Option<String>,
+    code: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+    #[serde(default)]
+    reveal_secrets: bool,
+}
+
+const MAX_PAGE: i64 = 1000;
+const DEFAULT_PAGE: i64 = 100;
+
+fn view(state: &AppState, channel: &crate::db::models::Channel, reveal: bool) -> serde_json::Value {
+    let mut value = serde_json::to_value(ChannelView::new(channel, reveal)).unwrap_or_default();
+    // What this node is doing with the channel right now.
+    let runtime = match state.registry.get_by_id(&channel.id) {
+        Some(handle) => {
+            let mut s = handle.stats.snapshot();
+            s["served_here"] = true.into();
+            s
+        }
+        None => serde_json::json!({ "served_here": false }),
+    };
+    value["runtime"] = runtime;
+    value
+}
+
+async fn create_channel(
+    _: Admin,
+    req: HttpRequest,
+    payload: web::Payload,
+    query: web::Query<ViewQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
+    let input = ChannelInput::from_json(&body)?;
+    let channel = state.channels.create(input).await?;
+    slog::info!(state.logger, "channel created"; "channel" => &channel.code, "id" => &channel.id, "kind" => &channel.kind);
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/admin/v1/channels/{}", channel.id),
+        ))
+        .json(view(&state, &channel, query.reveal_secrets)))
+}
+
+async fn list_channels(
+    _: Admin,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    if let Some(kind) = &q.kind
+        && kind != KIND_PUBLIC
+        && kind != KIND_EVENTING
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "kind: must be \"public\" or \"eventing\"",
+        )
+        .with_field("kind"));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("limit: must be between 1 and {MAX_PAGE}"),
+        )
+        .with_field("limit"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(
+            ApiError::bad_request("invalid_field", "offset: must not be negative")
+                .with_field("offset"),
+        );
+    }
+    let filter = ChannelFilter {
+        domain: String::new(),
+        kind: q.kind,
+        code: q.code,
+        limit,
+        offset,
+    };
+    let (items, total) = state.channels.list(filter).await?;
+    let items: Vec<_> = items
+        .iter()
+        .map(|c| view(&state, c, q.reveal_secrets))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "items": items,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    })))
+}
+
+async fn get_channel(
+    _: Admin,
+    id: web::Path<String>,
+    query: web::Query<ViewQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = state.channels.get(&id).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
+}
+
+async fn update_channel(
+    _: Admin,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    query: web::Query<ViewQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
+    let input = ChannelInput::from_json(&body)?;
+    let channel = state.channels.update(&id, input).await?;
+    slog::info!(state.logger, "channel updated"; "channel" => &channel.code, "id" => &channel.id, "version" => channel.version);
+    Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
+}
+
+async fn delete_channel(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.channels.delete(&id).await?;
+    slog::info!(state.logger, "channel deleted"; "id" => id.as_str());
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Test hook, off unless `fault_injection` is set: makes the channel's actor panic so
+/// that tests can watch the supervisor restart it.
+async fn inject_panic(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.config.fault_injection {
+        return Err(ApiError::not_found("not_found", "no such route"));
+    }
+    let handle = state.registry.get_by_id(&id).ok_or_else(|| {
+        ApiError::not_found("channel_not_found", "channel is not served on this node")
+    })?;
+    let _ = handle.actor.send(InjectPanic).await;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "panicked": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(!constant_time_eq(b"a", b""));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

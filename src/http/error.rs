@@ -1,0 +1,194 @@
+//! The HTTP edge's one error type: every failure becomes
+//! `{"error": {"code": "...", "message": "...", ...}}` with the right status.
+//! Errors of the layers below are converted here, once.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::channels::{ServiceError, ValidationError};
+use crate::db::StoreError;
+use crate::scenario::ScenarioError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    /// Seconds for `Retry-After` on 429/503.
+    pub retry_after: Option<u64>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.body.code,
+            self.body.message
+        )
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                code,
+                message: message.into(),
+                field: None,
+                line: None,
+                column: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin token is required: Authorization: Bearer <token>",
+        )
+    }
+
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn overloaded(code: &'static str, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.body.field = Some(field.into());
+        self
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        builder.json(serde_json::json!({ "error": self.body }))
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        let code = if e.line.is_some() {
+            "scenario_syntax_error"
+        } else {
+            "invalid_field"
+        };
+        let mut err = ApiError::bad_request(code, format!("{}: {}", e.field, e.message));
+        err.body.field = Some(e.field);
+        err.body.line = e.line;
+        err.body.column = e.column;
+        err
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // Details go to the log at the call site; the caller gets no internals.
+        match e {
+            StoreError::Pool(_) => {
+                ApiError::overloaded("database_unavailable", "the database is unavailable")
+            }
+            StoreError::DuplicateCode => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            _ => ApiError::internal("storage error"),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(v) => v.into(),
+            ServiceError::NotFound => {
+                ApiError::not_found("channel_not_found", "no channel with this id")
+            }
+            ServiceError::Conflict(m) => {
+                let field = m.starts_with("code:").then(|| "code".to_string());
+                let mut err = ApiError::new(StatusCode::CONFLICT, "conflict", m);
+                err.body.field = field;
+                err
+            }
+            ServiceError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ScenarioError> for ApiError {
+    fn from(e: ScenarioError) -> Self {
+        match &e {
+            ScenarioError::Timeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "scenario_timeout",
+                e.to_string(),
+            ),
+            ScenarioError::QueueFull => ApiError::overloaded("scenario_queue_full", e.to_string()),
+            ScenarioError::ChannelBusy => ApiError::overloaded("channel_busy", e.to_string()),
+            ScenarioError::Limit(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scenario_limit_exceeded",
+                e.to_string(),
+            ),
+            ScenarioError::Unavailable(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "scenario_engine_unavailable",
+                "the scenario engine is unavailable",
+            ),
+            // The details (script text, positions) are for the operator's log only.
+            ScenarioError::Compile(_)
+            | ScenarioError::Script(_)
+            | ScenarioError::InvalidReply(_)
+            | ScenarioError::Panicked => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scenario_error",
+                "the channel's scenario ended with an error",
+            ),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The HTTP layer: one file per public surface. Handlers parse and check input, call
+//! the layer below, and convert its errors once, through [`error::ApiError`].
+
+pub mod admin;
+pub mod error;
+pub mod ops;
+pub mod request_log;
+pub mod webhook;
+
+use actix_web::web;
+
+/// Every route of the gateway.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(ops::routes)
+        .configure(admin::routes)
+        .configure(webhook::routes);
+}
+
+/// Reads a request body up to `limit` bytes; larger bodies are refused with 413 before
+/// they are buffered (by Content-Length) or as soon as they pass the limit (chunked).
+pub async fn read_body(
+    req: &actix_web::HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, error::ApiError> {
+    use futures_util::StreamExt;
+    if let Some(len) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(error::ApiError::too_large(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            error::ApiError::bad_request("bad_body", format!("reading the body failed: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(error::ApiError::too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

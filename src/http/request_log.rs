@@ -1,0 +1,76 @@
+//! One log line per request: method, path (tokens masked), status, latency, and the
+//! channel code when a handler named one.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, web};
+
+use crate::app::AppState;
+
+/// Set by handlers in the request extensions: which channel served the request.
+#[derive(Clone)]
+pub struct ChannelTag(pub String);
+
+/// The path with the token of `/api/token/v1/{token}` and `/ws/token/v1/{token}`
+/// replaced, so that credentials never reach the log.
+pub fn masked_path(path: &str) -> String {
+    for prefix in ["/api/token/v1/", "/ws/token/v1/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let tail = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+            return format!("{prefix}***{tail}");
+        }
+    }
+    path.to_string()
+}
+
+pub async fn log_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = masked_path(req.path());
+    let logger = req
+        .app_data::<web::Data<AppState>>()
+        .filter(|s| s.config.access_log)
+        .map(|s| s.logger.clone());
+    let res = next.call(req).await?;
+    if let Some(logger) = logger {
+        let channel = res
+            .request()
+            .extensions()
+            .get::<ChannelTag>()
+            .map(|t| t.0.clone())
+            .unwrap_or_default();
+        slog::info!(logger, "request";
+            "method" => %method,
+            "path" => path,
+            "status" => res.status().as_u16(),
+            "channel" => channel,
+            "latency_ms" => format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        );
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_path;
+
+    #[test]
+    fn tokens_are_masked() {
+        assert_eq!(masked_path("/api/token/v1/SECRET"), "/api/token/v1/***");
+        assert_eq!(
+            masked_path("/api/token/v1/SECRET/a/b"),
+            "/api/token/v1/***/a/b"
+        );
+        assert_eq!(
+            masked_path("/ws/token/v1/SECRET/subscribe"),
+            "/ws/token/v1/***/subscribe"
+        );
+        assert_eq!(masked_path("/admin/v1/channels"), "/admin/v1/channels");
+    }
+}

@@ -1,0 +1,184 @@
+//! `ANY /api/token/v1/{token}[/{tail}]`: the incoming webhook of a public channel.
+//! Looks the token up in the registry, builds the 7 start parameters and runs the
+//! channel's webhook scenario — answering at once, or with the scenario's reply.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{StatusCode, Version};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+
+use super::error::ApiError;
+use super::read_body;
+use super::request_log::ChannelTag;
+use crate::actors::ScriptKind;
+use crate::app::AppState;
+use crate::channels::KIND_PUBLIC;
+use crate::scenario::{ScenarioError, ScenarioReply};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/token/v1/{token}", web::route().to(webhook))
+        .route("/api/token/v1/{token}/{tail:.*}", web::route().to(webhook));
+}
+
+/// Extra time a waiting caller gives the scenario thread to report its own timeout.
+const REPLY_GRACE: Duration = Duration::from_millis(250);
+
+fn unknown_token() -> ApiError {
+    ApiError::not_found(
+        "channel_not_found",
+        "no public channel with this token is served here",
+    )
+}
+
+async fn webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = req.match_info().get("token").unwrap_or_default();
+    let tail = req.match_info().get("tail").unwrap_or_default();
+    // `/subscribe` belongs to eventing channels, never to a public channel's scenario.
+    if tail == "subscribe" || tail.starts_with("subscribe/") {
+        return Err(unknown_token());
+    }
+    let handle = state
+        .registry
+        .get(token)
+        .filter(|h| h.channel.enabled && h.channel.kind == KIND_PUBLIC)
+        .ok_or_else(unknown_token)?;
+    req.extensions_mut()
+        .insert(ChannelTag(handle.channel.code.clone()));
+
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    let params = vec![
+        handle.channel_json().to_string(),
+        req.method().as_str().to_string(),
+        full_url(&req),
+        String::from_utf8_lossy(&body).into_owned(),
+        headers_json(&req),
+        client_ip(&req, &state.config.trusted_proxies),
+        protocol(req.version()).to_string(),
+    ];
+    handle
+        .stats
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let wait = handle.channel.wait_for_completion;
+    let pending = state
+        .dispatcher
+        .submit(handle, ScriptKind::Webhook, params, wait)?;
+    let Some(reply) = pending else {
+        return Ok(HttpResponse::Ok().finish());
+    };
+    let outcome = tokio::time::timeout(state.dispatcher.timeout() + REPLY_GRACE, reply)
+        .await
+        .map_err(|_| ScenarioError::Timeout)?
+        .map_err(|_| ScenarioError::Panicked)??;
+    Ok(respond(outcome))
+}
+
+/// The scenario's reply as an HTTP response (already validated by the runtime).
+fn respond(reply: ScenarioReply) -> HttpResponse {
+    let status = StatusCode::from_u16(reply.code).unwrap_or(StatusCode::OK);
+    let mut response = HttpResponse::build(status).body(reply.content);
+    let headers = response.headers_mut();
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    response
+}
+
+/// `startparam(3)`: the URL as the caller used it.
+fn full_url(req: &HttpRequest) -> String {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    format!("{scheme}://{host}{path}")
+}
+
+/// `startparam(5)`: the request headers as a JSON object; repeated headers are joined
+/// with ", " as HTTP allows.
+fn headers_json(req: &HttpRequest) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match map.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            _ => {
+                map.insert(name.as_str().to_string(), serde_json::Value::String(value));
+            }
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// `startparam(6)`: the sender's IP. `X-Forwarded-For` counts only when the direct
+/// peer is a trusted proxy; then the rightmost address that is not itself a trusted
+/// proxy is the sender.
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return String::new();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let hops: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+        .to_string()
+}
+
+/// `startparam(7)`: the protocol as Oktell names it.
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}

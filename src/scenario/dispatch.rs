@@ -1,0 +1,137 @@
+//! Dispatcher: takes a channel's scenario run from an HTTP (or websocket) handler to a
+//! scenario thread, enforcing the per-channel in-flight limit and the pool's queue
+//! bound, and hands the reply back through a oneshot channel.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::pool::ScenarioPool;
+use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
+use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
+
+pub type RunResult = Result<ScenarioReply, ScenarioError>;
+
+pub struct Dispatcher {
+    pool: ScenarioPool,
+    runtime: Arc<dyn ScenarioRuntime>,
+    timeout: Duration,
+    max_in_flight: usize,
+    logger: slog::Logger,
+}
+
+/// Holds one in-flight slot of a channel; gives it back however the run ends (also
+/// when the job is refused or dropped before it runs).
+struct InFlight(Arc<ChannelStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: ScenarioPool,
+        runtime: Arc<dyn ScenarioRuntime>,
+        timeout: Duration,
+        max_in_flight: usize,
+        logger: slog::Logger,
+    ) -> Dispatcher {
+        Dispatcher {
+            pool,
+            runtime,
+            timeout,
+            max_in_flight,
+            logger,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn pool(&self) -> &ScenarioPool {
+        &self.pool
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn ScenarioRuntime> {
+        &self.runtime
+    }
+
+    /// Compiles a script the way runs will (used to validate on save).
+    pub fn compile(&self, source: &str) -> Result<Compiled, CompileError> {
+        self.runtime.compile(source)
+    }
+
+    /// Queues a run of one of the channel's scripts. With `wait`, the returned receiver
+    /// gets the outcome; without, the run goes on in the background and its failure is
+    /// only logged. Refusals (queue full, channel busy) come back at once.
+    pub fn submit(
+        &self,
+        handle: Arc<ChannelHandle>,
+        kind: ScriptKind,
+        params: Vec<String>,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<RunResult>>, ScenarioError> {
+        let stats = handle.stats.clone();
+        let before = stats.in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = InFlight(stats.clone());
+        if before >= self.max_in_flight {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(ScenarioError::ChannelBusy);
+        }
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let deadline = Instant::now() + self.timeout;
+        let runtime = self.runtime.clone();
+        let logger = self
+            .logger
+            .new(slog::o!("channel" => handle.channel.code.clone()));
+        let job = move || {
+            let _slot = slot;
+            // A waiting caller that already gave up (timeout, disconnect) needs no run.
+            if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
+                return;
+            }
+            let outcome = match handle.script(kind, runtime.as_ref()) {
+                Ok(script) => runtime.run(
+                    script,
+                    RunContext {
+                        channel: &handle.channel,
+                        params: &params,
+                        deadline,
+                        logger: &logger,
+                    },
+                ),
+                Err(e) => Err(ScenarioError::Compile(e.clone())),
+            };
+            count_outcome(&handle.stats, &outcome);
+            if let Err(err) = &outcome {
+                slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => tx.is_some());
+            }
+            if let Some(tx) = tx {
+                let _ = tx.send(outcome);
+            }
+        };
+        self.pool.try_execute(job).map_err(|_| {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            ScenarioError::QueueFull
+        })?;
+        Ok(rx)
+    }
+}
+
+fn count_outcome(stats: &ChannelStats, outcome: &RunResult) {
+    match outcome {
+        Ok(_) => stats.completed.fetch_add(1, Ordering::Relaxed),
+        Err(ScenarioError::Timeout) => stats.timeouts.fetch_add(1, Ordering::Relaxed),
+        Err(_) => stats.errors.fetch_add(1, Ordering::Relaxed),
+    };
+}

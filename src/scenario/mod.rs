@@ -1,0 +1,74 @@
+//! Scenario runtimes. A runtime compiles a channel's script once per channel version
+//! and runs it on a [`pool::ScenarioPool`] thread, never on an async worker.
+//! Two runtimes: embedded Rhai (default) and `http` (a remote scenario engine).
+
+pub mod dispatch;
+pub mod http_runtime;
+pub mod pool;
+pub mod reply;
+pub mod rhai_runtime;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::db::models::Channel;
+
+pub use reply::ScenarioReply;
+
+/// Number of webhook start parameters, as in Oktell.
+pub const WEBHOOK_PARAMS: usize = 7;
+
+/// A script compiled by some runtime; opaque to everyone else.
+#[derive(Clone)]
+pub struct Compiled(pub Arc<dyn Any + Send + Sync>);
+
+/// A script that does not compile, with where (1-based) when the runtime knows.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+/// Why a scenario run did not end correctly.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario does not compile: {0}")]
+    Compile(CompileError),
+    #[error("scenario failed: {0}")]
+    Script(String),
+    #[error("scenario ran out of time")]
+    Timeout,
+    #[error("scenario exceeded its {0} limit")]
+    Limit(String),
+    #[error("scenario set an invalid reply: {0}")]
+    InvalidReply(String),
+    #[error("scenario queue is full")]
+    QueueFull,
+    #[error("channel has too many scenarios in flight")]
+    ChannelBusy,
+    #[error("scenario runner crashed")]
+    Panicked,
+    #[error("scenario engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Everything one run needs besides the script.
+pub struct RunContext<'a> {
+    pub channel: &'a Arc<Channel>,
+    /// `startparam(1)` is `params[0]`.
+    pub params: &'a [String],
+    pub deadline: Instant,
+    pub logger: &'a slog::Logger,
+}
+
+/// A scenario language or engine.
+pub trait ScenarioRuntime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Compiles a script; an empty script is valid and does nothing.
+    fn compile(&self, source: &str) -> Result<Compiled, CompileError>;
+    /// Runs a compiled script to its end, within the deadline and the runtime's limits.
+    fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError>;
+}

@@ -1,0 +1,384 @@
+//! The embedded runtime: sandboxed Rhai scripts.
+//!
+//! One `Engine` is shared by all scenario threads; what differs per run (start
+//! parameters, deadline, channel, logger) sits in a thread-local set for the length of
+//! the run, so that the functions scripts call can reach it without locks.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
+
+use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
+use crate::db::models::Channel;
+
+/// Limits of one run.
+#[derive(Debug, Clone)]
+pub struct RhaiLimits {
+    pub max_operations: u64,
+    pub max_call_depth: usize,
+    pub max_string_bytes: usize,
+    pub max_array_len: usize,
+    pub max_map_len: usize,
+}
+
+/// What the script-callable functions see of the current run.
+struct RunState {
+    params: Vec<String>,
+    deadline: Instant,
+    logger: slog::Logger,
+    #[allow(dead_code)]
+    channel: Arc<Channel>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
+}
+
+/// The marker `on_progress` stops a script with when its time is up.
+const TIMEOUT_MARK: &str = "oktell:timeout";
+
+pub struct RhaiRuntime {
+    engine: Engine,
+}
+
+type FnResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(message.into()),
+        Position::NONE,
+    ))
+}
+
+fn with_run<T>(f: impl FnOnce(&RunState) -> T) -> Option<T> {
+    CURRENT.with(|c| c.borrow().as_ref().map(f))
+}
+
+fn log_line(level: &str, text: &str) {
+    with_run(|run| match level.to_ascii_lowercase().as_str() {
+        "error" => slog::error!(run.logger, "{}", text; "source" => "scenario"),
+        "warn" | "warning" => slog::warn!(run.logger, "{}", text; "source" => "scenario"),
+        "debug" | "trace" => slog::debug!(run.logger, "{}", text; "source" => "scenario"),
+        _ => slog::info!(run.logger, "{}", text; "source" => "scenario"),
+    });
+}
+
+impl RhaiRuntime {
+    pub fn new(limits: &RhaiLimits) -> RhaiRuntime {
+        let mut engine = Engine::new();
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_depth)
+            .set_max_expr_depths(128, 64)
+            .set_max_string_size(limits.max_string_bytes)
+            .set_max_array_size(limits.max_array_len)
+            .set_max_map_size(limits.max_map_len)
+            .set_max_variables(10_000)
+            .set_max_functions(1_000)
+            .set_max_modules(0);
+        // Wall time: checked every 1024 operations, which keeps the check cheap.
+        engine.on_progress(|ops| {
+            if ops & 0x3ff != 0 {
+                return None;
+            }
+            let late = with_run(|run| Instant::now() >= run.deadline).unwrap_or(false);
+            late.then(|| Dynamic::from(TIMEOUT_MARK))
+        });
+        engine.on_print(|text| log_line("info", text));
+        engine.on_debug(|text, _, _| log_line("debug", text));
+
+        engine.register_fn("startparam", |n: i64| -> FnResult<String> {
+            let value = with_run(|run| {
+                usize::try_from(n)
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|i| run.params.get(i).cloned())
+            })
+            .flatten();
+            value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
+        });
+        engine.register_fn("stop", || -> FnResult<()> {
+            Err(Box::new(EvalAltResult::Exit(Dynamic::UNIT, Position::NONE)))
+        });
+        engine.register_fn("log", |level: &str, text: &str| log_line(level, text));
+        engine.register_fn("log", |text: &str| log_line("info", text));
+        engine.register_fn("parse_json", |text: &str| -> FnResult<Dynamic> {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| script_error(format!("parse_json: {e}")))?;
+            rhai::serde::to_dynamic(value)
+        });
+        engine.register_fn("to_json", |value: Dynamic| -> FnResult<String> {
+            serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))
+        });
+        RhaiRuntime { engine }
+    }
+
+    fn reply_from_scope(scope: &Scope) -> Result<ScenarioReply, ScenarioError> {
+        let mut reply = ScenarioReply::default();
+        if let Some(code) = scope.get("response_code") {
+            reply.code = if let Ok(n) = code.as_int() {
+                u16::try_from(n).map_err(|_| {
+                    ScenarioError::InvalidReply(format!("response_code {n} is out of range"))
+                })?
+            } else if let Some(s) = code.read_lock::<rhai::ImmutableString>() {
+                s.trim().parse::<u16>().map_err(|_| {
+                    ScenarioError::InvalidReply(format!(
+                        "response_code {:?} is not a number",
+                        s.as_str()
+                    ))
+                })?
+            } else {
+                return Err(ScenarioError::InvalidReply(format!(
+                    "response_code must be a number, not {}",
+                    code.type_name()
+                )));
+            };
+        }
+        if let Some(content) = scope.get("response_content") {
+            reply.content = if content.is_unit() {
+                Vec::new()
+            } else if let Some(s) = content.read_lock::<rhai::ImmutableString>() {
+                s.as_bytes().to_vec()
+            } else if content.is_blob() {
+                content.clone().into_blob().unwrap_or_default()
+            } else {
+                serde_json::to_vec(content)
+                    .map_err(|e| ScenarioError::InvalidReply(format!("response_content: {e}")))?
+            };
+        }
+        if let Some(headers) = scope.get("response_headers") {
+            reply.headers = if headers.is_unit() {
+                Vec::new()
+            } else if let Some(s) = headers.read_lock::<rhai::ImmutableString>() {
+                if s.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    let value: serde_json::Value =
+                        serde_json::from_str(s.as_str()).map_err(|e| {
+                            ScenarioError::InvalidReply(format!(
+                                "response_headers is not JSON: {e}"
+                            ))
+                        })?;
+                    ScenarioReply::headers_from_json(&value)?
+                }
+            } else if let Some(map) = headers.read_lock::<Map>() {
+                map.iter()
+                    .map(|(k, v)| {
+                        let v = match v.read_lock::<rhai::ImmutableString>() {
+                            Some(s) => s.to_string(),
+                            None => v.to_string(),
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect()
+            } else {
+                return Err(ScenarioError::InvalidReply(
+                    "response_headers must be a map or a JSON object string".into(),
+                ));
+            };
+        }
+        reply.validated()
+    }
+}
+
+/// The innermost error, through the wrappers Rhai adds at each function call.
+fn root_cause(err: &EvalAltResult) -> &EvalAltResult {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => root_cause(inner),
+        other => other,
+    }
+}
+
+impl ScenarioRuntime for RhaiRuntime {
+    fn name(&self) -> &'static str {
+        "rhai"
+    }
+
+    fn compile(&self, source: &str) -> Result<Compiled, CompileError> {
+        match self.engine.compile(source) {
+            Ok(ast) => Ok(Compiled(Arc::new(ast))),
+            Err(err) => {
+                let pos = err.position();
+                Err(CompileError {
+                    message: err.err_type().to_string(),
+                    line: pos.line(),
+                    column: pos.position(),
+                })
+            }
+        }
+    }
+
+    fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError> {
+        let ast = script.0.downcast_ref::<AST>().ok_or_else(|| {
+            ScenarioError::Script("script was compiled by another runtime".into())
+        })?;
+        if Instant::now() >= ctx.deadline {
+            return Err(ScenarioError::Timeout);
+        }
+        CURRENT.with(|c| {
+            *c.borrow_mut() = Some(RunState {
+                params: ctx.params.to_vec(),
+                deadline: ctx.deadline,
+                logger: ctx.logger.clone(),
+                channel: ctx.channel.clone(),
+            })
+        });
+        let mut scope = Scope::new();
+        scope.push("response_code", 200_i64);
+        scope.push("response_content", "");
+        scope.push("response_headers", Map::new());
+        let outcome = self.engine.run_ast_with_scope(&mut scope, ast);
+        CURRENT.with(|c| *c.borrow_mut() = None);
+        match outcome {
+            Ok(()) => Self::reply_from_scope(&scope),
+            Err(err) => match root_cause(&err) {
+                EvalAltResult::Exit(..) => Self::reply_from_scope(&scope),
+                EvalAltResult::ErrorTerminated(mark, _)
+                    if mark
+                        .read_lock::<rhai::ImmutableString>()
+                        .is_some_and(|m| m.as_str() == TIMEOUT_MARK) =>
+                {
+                    Err(ScenarioError::Timeout)
+                }
+                EvalAltResult::ErrorTooManyOperations(_) => {
+                    Err(ScenarioError::Limit("operations".into()))
+                }
+                EvalAltResult::ErrorStackOverflow(_) => {
+                    Err(ScenarioError::Limit("call depth".into()))
+                }
+                EvalAltResult::ErrorDataTooLarge(what, _) => {
+                    Err(ScenarioError::Limit(format!("size ({what})")))
+                }
+                _ => Err(ScenarioError::Script(err.to_string())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn runtime() -> RhaiRuntime {
+        RhaiRuntime::new(&RhaiLimits {
+            max_operations: 1_000_000,
+            max_call_depth: 32,
+            max_string_bytes: 1 << 20,
+            max_array_len: 10_000,
+            max_map_len: 10_000,
+        })
+    }
+
+    fn channel() -> Arc<Channel> {
+        Arc::new(Channel {
+            id: "id".into(),
+            domain: "d".into(),
+            code: "c".into(),
+            kind: "public".into(),
+            wait_for_completion: true,
+            ws_role: String::new(),
+            token: "t".into(),
+            outgoing_url: String::new(),
+            outgoing_token_primary: String::new(),
+            outgoing_token_secondary: String::new(),
+            webhook_scenario: String::new(),
+            websocket_scenario: String::new(),
+            comment: String::new(),
+            enabled: true,
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        })
+    }
+
+    fn run(src: &str, timeout: Duration) -> Result<ScenarioReply, ScenarioError> {
+        let rt = runtime();
+        let compiled = rt.compile(src).map_err(ScenarioError::Compile)?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let params: Vec<String> = (1..=7).map(|i| format!("p{i}")).collect();
+        rt.run(
+            &compiled,
+            RunContext {
+                channel: &channel(),
+                params: &params,
+                deadline: Instant::now() + timeout,
+                logger: &logger,
+            },
+        )
+    }
+
+    #[test]
+    fn reply_fields_and_stop_keep_what_was_set() {
+        let r = run(
+            r#"response_code = 201; response_content = startparam(2);
+               response_headers = #{"X-A": "1"}; stop(); response_code = 500;"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.code, 201);
+        assert_eq!(r.content, b"p2");
+        assert_eq!(r.headers, vec![("X-A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn stop_inside_a_function_is_a_correct_end() {
+        let r = run(
+            "fn f() { stop(); } response_code = 202; f(); response_code = 500;",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.code, 202);
+    }
+
+    #[test]
+    fn loops_and_recursion_are_stopped() {
+        assert_eq!(
+            run("loop {}", Duration::from_secs(5)),
+            Err(ScenarioError::Limit("operations".into()))
+        );
+        assert_eq!(
+            run("fn f(n) { f(n + 1) } f(0);", Duration::from_secs(5)),
+            Err(ScenarioError::Limit("call depth".into()))
+        );
+        let rt = RhaiRuntime::new(&RhaiLimits {
+            max_operations: 0,
+            max_call_depth: 8,
+            max_string_bytes: 1 << 20,
+            max_array_len: 10,
+            max_map_len: 10,
+        });
+        let compiled = rt.compile("loop {}").unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let err = rt.run(
+            &compiled,
+            RunContext {
+                channel: &channel(),
+                params: &[],
+                deadline: Instant::now() + Duration::from_millis(50),
+                logger: &logger,
+            },
+        );
+        assert_eq!(err, Err(ScenarioError::Timeout));
+    }
+
+    #[test]
+    fn compile_errors_have_a_position() {
+        let err = runtime().compile("let x = 1;\nlet y = ;").err().unwrap();
+        assert_eq!(err.line, Some(2));
+        assert!(err.column.is_some());
+    }
+
+    #[test]
+    fn json_helpers_round_trip() {
+        let r = run(
+            r#"let v = parse_json("{\"a\":[1,2]}"); response_content = to_json(v.a);"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.content, b"[1,2]");
+    }
+}

@@ -1,0 +1,300 @@
+//! `spawn_app`: the real gateway per test, on a random port, with its own database.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use awc::Client;
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use oktell_gateway::app::Application;
+use oktell_gateway::config::Config;
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Removes what a test's database left behind, even when the test fails.
+enum Cleanup {
+    Dir(PathBuf),
+    Schema(String),
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Schema(schema) => {
+                if let Ok(mut conn) = diesel::PgConnection::establish(PG_URL) {
+                    let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                }
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: Client,
+    server: actix_web::dev::ServerHandle,
+    _cleanup: Cleanup,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.server.clone();
+        actix_web::rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+/// Is PostgreSQL there? Under CI it must be; elsewhere its tests may skip.
+pub fn postgres_available() -> bool {
+    match diesel::PgConnection::establish(PG_URL) {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but PostgreSQL at {PG_URL} does not answer: {e}");
+            }
+            eprintln!("skipping PostgreSQL test: no server at {PG_URL} ({e})");
+            false
+        }
+    }
+}
+
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        workers: 2,
+        scenario_threads: 2,
+        db_pool_size: 4,
+        access_log: false,
+        ..Config::default()
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a gateway; `None` only for PostgreSQL outside CI when no server answers.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let mut config = test_config();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let cleanup = match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("oktell-it-{id}"));
+            config.data_dir = dir.clone();
+            config.database_url = dir.join("gateway.db").display().to_string();
+            Cleanup::Dir(dir)
+        }
+        Backend::Postgres => {
+            if !postgres_available() {
+                return None;
+            }
+            let schema = format!("it_{id}");
+            let mut conn = diesel::PgConnection::establish(PG_URL).expect("connect to PostgreSQL");
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .expect("create test schema");
+            config.database_url = format!("{PG_URL}?options=-csearch_path%3D{schema}");
+            let dir = std::env::temp_dir().join(format!("oktell-it-{id}"));
+            config.data_dir = dir;
+            Cleanup::Schema(schema)
+        }
+    };
+    tweak(&mut config);
+    let logger = if std::env::var("IT_LOG").is_ok() {
+        oktell_gateway::logging::build(&config)
+    } else {
+        oktell_gateway::logging::discard()
+    };
+    let app = Application::build(config, logger)
+        .await
+        .expect("gateway starts");
+    let port = app.port();
+    let server = app.server_handle();
+    let (server_future, _state) = app.into_parts();
+    actix_web::rt::spawn(server_future);
+    Some(TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: Client::builder().timeout(Duration::from_secs(60)).finish(),
+        server,
+        _cleanup: cleanup,
+    })
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: awc::http::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn send(&self, req: awc::ClientRequest, body: Option<Vec<u8>>) -> Reply {
+        let mut res = match body {
+            Some(b) => req.send_body(b).await,
+            None => req.send().await,
+        }
+        .expect("request is answered");
+        let body = res
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .expect("body is read");
+        Reply {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: body.to_vec(),
+        }
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.admin_with_token(method, path, body, Some(ADMIN_TOKEN))
+            .await
+    }
+
+    pub async fn admin_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        match body {
+            Some(b) => {
+                let req = req.insert_header(("Content-Type", "application/json"));
+                self.send(req, Some(b.to_string().into_bytes())).await
+            }
+            None => self.send(req, None).await,
+        }
+    }
+
+    /// Creates a channel and returns its JSON (with `id` and `token`).
+    pub async fn create_channel(&self, body: Value) -> Value {
+        let r = self.admin("POST", "/admin/v1/channels", Some(body)).await;
+        assert_eq!(r.status, 201, "create channel: {}", r.text());
+        r.json()
+    }
+
+    /// A public channel with a webhook scenario.
+    pub async fn public_channel(&self, code: &str, wait: bool, scenario: &str) -> Value {
+        self.create_channel(json!({
+            "code": code,
+            "kind": "public",
+            "wait_for_completion": wait,
+            "webhook_scenario": scenario,
+        }))
+        .await
+    }
+
+    pub async fn webhook(&self, token: &str, method: &str, tail: &str, body: &str) -> Reply {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let req = self
+            .client
+            .request(method, self.url(&format!("/api/token/v1/{token}{tail}")));
+        self.send(req, Some(body.as_bytes().to_vec())).await
+    }
+
+    /// The channel's live counters on this node.
+    pub async fn runtime(&self, id: &str) -> Value {
+        let r = self
+            .admin("GET", &format!("/admin/v1/channels/{id}"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["runtime"].clone()
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes (no sleeps as synchronisation).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn token_of(channel: &Value) -> String {
+    channel["token"].as_str().expect("token").to_string()
+}
+
+pub fn id_of(channel: &Value) -> String {
+    channel["id"].as_str().expect("id").to_string()
+}
+
+/// Runs an async test body against SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::helpers::{Backend, spawn_app};
+
+                #[actix_web::test]
+                async fn sqlite() {
+                    let app = spawn_app(Backend::Sqlite).await.expect("sqlite app");
+                    super::$name(app).await;
+                }
+
+                #[actix_web::test]
+                async fn postgres() {
+                    if let Some(app) = spawn_app(Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: each starts the real gateway on a random port (SQLite in a temp
+//! folder, or a fresh PostgreSQL schema) and talks HTTP to it.
+//! One test binary on purpose: each file in tests/ would link its own.
+
+mod admin;
+mod cli;
+mod helpers;
+mod scenarios;
+mod webhook;

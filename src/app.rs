@@ -21,6 +21,7 @@ use crate::http::error::ApiError;
 use crate::scenario::ScenarioRuntime;
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::http_runtime::HttpRuntime;
+use crate::scenario::outgoing::OutgoingClient;
 use crate::scenario::pool::ScenarioPool;
 use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
 
@@ -157,13 +158,16 @@ impl Application {
 
 fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<Dispatcher> {
     let runtime: Arc<dyn ScenarioRuntime> = match config.scenario_runtime {
-        RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(&RhaiLimits {
-            max_operations: config.scenario_max_operations,
-            max_call_depth: config.scenario_max_call_depth,
-            max_string_bytes: config.scenario_max_string_bytes,
-            max_array_len: config.scenario_max_array_len,
-            max_map_len: config.scenario_max_map_len,
-        })),
+        RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(
+            &RhaiLimits {
+                max_operations: config.scenario_max_operations,
+                max_call_depth: config.scenario_max_call_depth,
+                max_string_bytes: config.scenario_max_string_bytes,
+                max_array_len: config.scenario_max_array_len,
+                max_map_len: config.scenario_max_map_len,
+            },
+            outgoing_client(config),
+        )),
         RuntimeKind::Http => Arc::new(HttpRuntime::new(
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
@@ -179,6 +183,14 @@ fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<D
         Duration::from_millis(config.scenario_timeout_ms),
         config.channel_max_in_flight,
         logger.clone(),
+    ))
+}
+
+/// The client scenarios use for `outgoing_request`.
+pub fn outgoing_client(config: &Config) -> Arc<OutgoingClient> {
+    Arc::new(OutgoingClient::new(
+        Duration::from_millis(config.outgoing_timeout_ms),
+        config.outgoing_max_response_bytes,
     ))
 }
 

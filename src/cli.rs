@@ -169,13 +169,16 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
     let db = Database::connect(&config.database_url, 2).map_err(|e| e.to_string())?;
     db.migrate().map_err(|e| e.to_string())?;
     let logger = crate::logging::discard();
-    let runtime = Arc::new(RhaiRuntime::new(&RhaiLimits {
-        max_operations: config.scenario_max_operations,
-        max_call_depth: config.scenario_max_call_depth,
-        max_string_bytes: config.scenario_max_string_bytes,
-        max_array_len: config.scenario_max_array_len,
-        max_map_len: config.scenario_max_map_len,
-    }));
+    let runtime = Arc::new(RhaiRuntime::new(
+        &RhaiLimits {
+            max_operations: config.scenario_max_operations,
+            max_call_depth: config.scenario_max_call_depth,
+            max_string_bytes: config.scenario_max_string_bytes,
+            max_array_len: config.scenario_max_array_len,
+            max_map_len: config.scenario_max_map_len,
+        },
+        crate::app::outgoing_client(&config),
+    ));
     let pool = ScenarioPool::start(1, 1, logger.clone()).map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(
         pool,

@@ -27,7 +27,7 @@ pub enum RuntimeKind {
 }
 
 /// The effective configuration of one node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: String,
@@ -283,5 +283,43 @@ impl Config {
     /// Does this node serve a channel with this WS role?
     pub fn serves_role(&self, role: &str) -> bool {
         role.is_empty() || self.roles.is_empty() || self.roles.iter().any(|r| r == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// config.default.toml is the reference of every setting: it must parse and hold
+    /// exactly the defaults.
+    #[test]
+    fn reference_file_matches_the_defaults() {
+        let text = include_str!("../config.default.toml");
+        let parsed: Config = toml::from_str(text).expect("config.default.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir =
+            std::env::temp_dir().join(format!("oktell-cfg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:1\"\ndomain = \"from-file\"\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file),
+            domain: Some("from-flag".into()),
+            ..ConfigArgs::default()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.domain, "from-flag");
+        assert_eq!(cfg.listen, "0.0.0.0:1");
+        std::fs::write(dir.join("bad.toml"), "lisen = 1").unwrap();
+        let bad = ConfigArgs {
+            config: Some(dir.join("bad.toml")),
+            ..ConfigArgs::default()
+        };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Parse { .. })));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 pub mod http_runtime;
+pub mod outgoing;
 pub mod pool;
 pub mod reply;
 pub mod rhai_runtime;

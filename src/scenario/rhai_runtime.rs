@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
+use super::outgoing::OutgoingClient;
 use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
 use crate::db::models::Channel;
 
@@ -28,7 +29,6 @@ struct RunState {
     params: Vec<String>,
     deadline: Instant,
     logger: slog::Logger,
-    #[allow(dead_code)]
     channel: Arc<Channel>,
 }
 
@@ -66,7 +66,7 @@ fn log_line(level: &str, text: &str) {
 }
 
 impl RhaiRuntime {
-    pub fn new(limits: &RhaiLimits) -> RhaiRuntime {
+    pub fn new(limits: &RhaiLimits, outgoing: Arc<OutgoingClient>) -> RhaiRuntime {
         let mut engine = Engine::new();
         engine
             .set_max_operations(limits.max_operations)
@@ -112,6 +112,7 @@ impl RhaiRuntime {
         engine.register_fn("to_json", |value: Dynamic| -> FnResult<String> {
             serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))
         });
+        register_outgoing(&mut engine, outgoing);
         RhaiRuntime { engine }
     }
 
@@ -181,6 +182,84 @@ impl RhaiRuntime {
         }
         reply.validated()
     }
+}
+
+/// `outgoing_request(method, path[, body[, headers]])` → `#{status, body, headers}`.
+fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
+    let call = move |method: &str, path: &str, body: Dynamic, headers: Dynamic| -> FnResult<Map> {
+        let body = dynamic_bytes(&body)?;
+        let headers = dynamic_headers(&headers)?;
+        let run = with_run(|run| (run.channel.clone(), run.deadline))
+            .ok_or_else(|| script_error("outgoing_request outside a run"))?;
+        let response = client
+            .request(&run.0, method, path, &body, &headers, run.1)
+            .map_err(script_error)?;
+        let mut out = Map::new();
+        out.insert("status".into(), Dynamic::from(i64::from(response.status)));
+        out.insert(
+            "body".into(),
+            Dynamic::from(String::from_utf8_lossy(&response.body).into_owned()),
+        );
+        let mut hs = Map::new();
+        for (k, v) in response.headers {
+            hs.insert(k.to_ascii_lowercase().into(), Dynamic::from(v));
+        }
+        out.insert("headers".into(), Dynamic::from_map(hs));
+        Ok(out)
+    };
+    let c2 = call.clone();
+    let c3 = call.clone();
+    engine.register_fn("outgoing_request", call);
+    engine.register_fn("outgoing_request", move |m: &str, p: &str, b: Dynamic| {
+        c3(m, p, b, Dynamic::UNIT)
+    });
+    engine.register_fn("outgoing_request", move |m: &str, p: &str| {
+        c2(m, p, Dynamic::UNIT, Dynamic::UNIT)
+    });
+}
+
+/// A request body from a script value: strings and blobs as they are, `()` empty,
+/// anything else as JSON.
+fn dynamic_bytes(value: &Dynamic) -> FnResult<Vec<u8>> {
+    if value.is_unit() {
+        Ok(Vec::new())
+    } else if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        Ok(s.as_bytes().to_vec())
+    } else if value.is_blob() {
+        Ok(value.clone().into_blob().unwrap_or_default())
+    } else {
+        serde_json::to_vec(value).map_err(|e| script_error(format!("body: {e}")))
+    }
+}
+
+/// Request headers from a map or a JSON object string.
+fn dynamic_headers(value: &Dynamic) -> FnResult<Vec<(String, String)>> {
+    if value.is_unit() {
+        return Ok(Vec::new());
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return Ok(map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.read_lock::<rhai::ImmutableString>() {
+                    Some(s) => s.to_string(),
+                    None => v.to_string(),
+                };
+                (k.to_string(), v)
+            })
+            .collect());
+    }
+    if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        if s.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let parsed: serde_json::Value = serde_json::from_str(s.as_str())
+            .map_err(|e| script_error(format!("headers are not a JSON object: {e}")))?;
+        return ScenarioReply::headers_from_json(&parsed).map_err(|e| script_error(e.to_string()));
+    }
+    Err(script_error(
+        "headers must be a map or a JSON object string",
+    ))
 }
 
 /// The innermost error, through the wrappers Rhai adds at each function call.
@@ -263,14 +342,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn outgoing() -> Arc<OutgoingClient> {
+        Arc::new(OutgoingClient::new(Duration::from_secs(1), 1024))
+    }
+
     fn runtime() -> RhaiRuntime {
-        RhaiRuntime::new(&RhaiLimits {
-            max_operations: 1_000_000,
-            max_call_depth: 32,
-            max_string_bytes: 1 << 20,
-            max_array_len: 10_000,
-            max_map_len: 10_000,
-        })
+        RhaiRuntime::new(
+            &RhaiLimits {
+                max_operations: 1_000_000,
+                max_call_depth: 32,
+                max_string_bytes: 1 << 20,
+                max_array_len: 10_000,
+                max_map_len: 10_000,
+            },
+            outgoing(),
+        )
     }
 
     fn channel() -> Arc<Channel> {
@@ -344,13 +430,16 @@ mod tests {
             run("fn f(n) { f(n + 1) } f(0);", Duration::from_secs(5)),
             Err(ScenarioError::Limit("call depth".into()))
         );
-        let rt = RhaiRuntime::new(&RhaiLimits {
-            max_operations: 0,
-            max_call_depth: 8,
-            max_string_bytes: 1 << 20,
-            max_array_len: 10,
-            max_map_len: 10,
-        });
+        let rt = RhaiRuntime::new(
+            &RhaiLimits {
+                max_operations: 0,
+                max_call_depth: 8,
+                max_string_bytes: 1 << 20,
+                max_array_len: 10,
+                max_map_len: 10,
+            },
+            outgoing(),
+        );
         let compiled = rt.compile("loop {}").unwrap();
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let err = rt.run(

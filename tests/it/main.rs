@@ -5,5 +5,7 @@
 mod admin;
 mod cli;
 mod helpers;
+mod outgoing;
+mod receiver;
 mod scenarios;
 mod webhook;

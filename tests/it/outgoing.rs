@@ -1,0 +1,145 @@
+//! `outgoing_request` from scenarios: HTTP with primary then secondary token, and FTP.
+
+use serde_json::json;
+
+use crate::helpers::{Backend, spawn_app_with, token_of};
+use crate::receiver::{FtpServer, Receiver};
+
+const CALL: &str = r#"
+    let r = outgoing_request("POST", "orders?x=1", startparam(4), #{"X-Source": "oktell"});
+    response_code = r.status;
+    response_content = r.body;
+    response_headers = #{"X-Upstream": r.headers["x-receiver"]};
+"#;
+
+#[actix_web::test]
+async fn primary_token_then_secondary_on_401() {
+    // The outside system has moved on to the new token already.
+    let receiver =
+        Receiver::start(
+            |seen| match seen.headers.get("authorization").map(String::as_str) {
+                Some("Bearer new-token") => (
+                    200,
+                    format!(
+                        "accepted {} {}",
+                        seen.path,
+                        String::from_utf8_lossy(&seen.body)
+                    ),
+                ),
+                _ => (401, "who are you".into()),
+            },
+        );
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "out", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": format!("{}/api", receiver.url),
+            "outgoing_token_primary": "old-token",
+            "outgoing_token_secondary": "new-token",
+            "webhook_scenario": CALL,
+        }))
+        .await;
+    let r = app.webhook(&token_of(&c), "POST", "", "payload-1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "accepted /api/orders?x=1 payload-1");
+    assert_eq!(r.header("x-upstream").as_deref(), Some("yes"));
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2, "primary, then secondary");
+    assert_eq!(seen[0].headers["authorization"], "Bearer old-token");
+    assert_eq!(seen[1].headers["authorization"], "Bearer new-token");
+    assert!(
+        seen.iter()
+            .all(|s| s.method == "POST" && s.headers["x-source"] == "oktell")
+    );
+}
+
+#[actix_web::test]
+async fn primary_token_alone_when_accepted_and_refusals_pass_through() {
+    let receiver =
+        Receiver::start(
+            |seen| match seen.headers.get("authorization").map(String::as_str) {
+                Some("Bearer good") => (200, "ok".into()),
+                _ => (403, "forbidden".into()),
+            },
+        );
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let good = app
+        .create_channel(json!({
+            "code": "good", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": receiver.url, "outgoing_token_primary": "good",
+            "outgoing_token_secondary": "never-used", "webhook_scenario": CALL,
+        }))
+        .await;
+    let r = app.webhook(&token_of(&good), "POST", "", "").await;
+    assert_eq!(r.text(), "ok");
+    assert_eq!(receiver.seen().len(), 1, "no retry after a success");
+
+    let bad = app
+        .create_channel(json!({
+            "code": "bad", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": receiver.url, "outgoing_token_primary": "x",
+            "outgoing_token_secondary": "y", "webhook_scenario": CALL,
+        }))
+        .await;
+    let r = app.webhook(&token_of(&bad), "POST", "", "").await;
+    assert_eq!(r.status, 403, "the scenario sees the final refusal");
+    assert_eq!(
+        receiver.seen().len(),
+        3,
+        "one retry with the secondary token"
+    );
+}
+
+#[actix_web::test]
+async fn unreachable_outside_system_is_a_catchable_script_error() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = app
+        .create_channel(json!({
+            "code": "down", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": format!("http://127.0.0.1:{port}"),
+            "webhook_scenario": r#"
+                try { outgoing_request("GET", "x"); response_content = "reached"; }
+                catch (e) { response_code = 502; response_content = "down"; }
+            "#,
+        }))
+        .await;
+    let r = app.webhook(&token_of(&c), "GET", "", "").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "down");
+}
+
+#[actix_web::test]
+async fn ftp_upload_and_download_with_token_fallback() {
+    let ftp = FtpServer::start("ftp-new");
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "ftp", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": format!("ftp://loader@127.0.0.1:{}/inbox", ftp.port),
+            "outgoing_token_primary": "ftp-old",
+            "outgoing_token_secondary": "ftp-new",
+            "webhook_scenario": r#"
+                let up = outgoing_request("PUT", "order.json", startparam(4));
+                let down = outgoing_request("GET", "order.json");
+                response_code = up.status;
+                response_content = down.body;
+            "#,
+        }))
+        .await;
+    let r = app.webhook(&token_of(&c), "POST", "", "{\"id\":7}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "{\"id\":7}");
+    assert_eq!(
+        ftp.files.lock().unwrap().get("/inbox/order.json").cloned(),
+        Some(b"{\"id\":7}".to_vec())
+    );
+    let logins = ftp.logins.lock().unwrap().clone();
+    assert_eq!(logins[0], ("loader".to_string(), "ftp-old".to_string()));
+    assert!(logins.contains(&("loader".to_string(), "ftp-new".to_string())));
+}

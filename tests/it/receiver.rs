@@ -1,0 +1,187 @@
+//! Local peers for outgoing calls: an HTTP receiver that records what it gets, and a
+//! minimal FTP server. Both listen on loopback, on random ports.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> (u16, String) + Send + Sync>;
+
+pub struct Receiver {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let handle = self.server.clone();
+        actix_web::rt::spawn(async move { handle.stop(false).await });
+    }
+}
+
+impl Receiver {
+    /// Starts a receiver answering each request with `respond(request)`.
+    pub fn start(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let respond: Responder = Arc::new(respond);
+        let (s, r) = (seen.clone(), respond.clone());
+        let server = HttpServer::new(move || {
+            let (seen, respond) = (s.clone(), r.clone());
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let (seen, respond) = (seen.clone(), respond.clone());
+                async move {
+                    let entry = Seen {
+                        method: req.method().to_string(),
+                        path: req.uri().to_string(),
+                        headers: req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), v.to_str().unwrap_or_default().to_string())
+                            })
+                            .collect(),
+                        body: body.to_vec(),
+                    };
+                    let (status, text) = respond(&entry);
+                    seen.lock().unwrap().push(entry);
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                        .insert_header(("X-Receiver", "yes"))
+                        .body(text)
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("receiver binds");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Receiver {
+            url: format!("http://127.0.0.1:{port}"),
+            seen,
+            server: handle,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A minimal FTP server (USER/PASS/TYPE/PASV/STOR/RETR/QUIT), enough to check that
+/// scenarios upload and download, with one accepted password.
+pub struct FtpServer {
+    pub port: u16,
+    pub files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    pub logins: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FtpServer {
+    pub fn start(password: &str) -> FtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("ftp binds");
+        let port = listener.local_addr().unwrap().port();
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let logins: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let (f, l, password) = (files.clone(), logins.clone(), password.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (f, l, p) = (f.clone(), l.clone(), password.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_ftp(conn, &f, &l, &p);
+                });
+            }
+        });
+        FtpServer {
+            port,
+            files,
+            logins,
+        }
+    }
+}
+
+fn serve_ftp(
+    conn: TcpStream,
+    files: &Mutex<HashMap<String, Vec<u8>>>,
+    logins: &Mutex<Vec<(String, String)>>,
+    password: &str,
+) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut lines = BufReader::new(conn);
+    let mut user = String::new();
+    let mut data: Option<TcpListener> = None;
+    out.write_all(b"220 test ftp\r\n")?;
+    loop {
+        let mut line = String::new();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end();
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+        match cmd.to_ascii_uppercase().as_str() {
+            "USER" => {
+                user = arg.to_string();
+                out.write_all(b"331 password please\r\n")?;
+            }
+            "PASS" => {
+                logins.lock().unwrap().push((user.clone(), arg.to_string()));
+                if arg == password {
+                    out.write_all(b"230 welcome\r\n")?;
+                } else {
+                    out.write_all(b"530 wrong password\r\n")?;
+                }
+            }
+            "TYPE" => out.write_all(b"200 ok\r\n")?,
+            "PASV" => {
+                let l = TcpListener::bind("127.0.0.1:0")?;
+                let p = l.local_addr()?.port();
+                data = Some(l);
+                out.write_all(
+                    format!(
+                        "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
+                        p / 256,
+                        p % 256
+                    )
+                    .as_bytes(),
+                )?;
+            }
+            "STOR" | "RETR" => {
+                let Some(l) = data.take() else {
+                    out.write_all(b"425 no data connection\r\n")?;
+                    continue;
+                };
+                out.write_all(b"150 opening data connection\r\n")?;
+                let (mut d, _) = l.accept()?;
+                if cmd.eq_ignore_ascii_case("STOR") {
+                    let mut buf = Vec::new();
+                    d.read_to_end(&mut buf)?;
+                    files.lock().unwrap().insert(arg.to_string(), buf);
+                } else {
+                    let content = files.lock().unwrap().get(arg).cloned().unwrap_or_default();
+                    d.write_all(&content)?;
+                }
+                drop(d);
+                out.write_all(b"226 transfer complete\r\n")?;
+            }
+            "QUIT" => {
+                out.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            _ => out.write_all(b"502 not implemented\r\n")?,
+        }
+    }
+}

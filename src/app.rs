@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::ChannelRegistry;
@@ -100,6 +100,7 @@ impl Application {
         });
 
         let app_state = state.clone();
+        let access_log = config.access_log;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
@@ -109,7 +110,10 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|err, _| {
                     ApiError::bad_request("invalid_path", err.to_string()).into()
                 }))
-                .wrap(from_fn(http::request_log::log_requests))
+                .wrap(Condition::new(
+                    access_log,
+                    from_fn(http::request_log::log_requests),
+                ))
                 .configure(http::routes)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found(

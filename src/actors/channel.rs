@@ -60,7 +60,8 @@ pub struct ChannelHandle {
     pub channel: Arc<Channel>,
     pub stats: Arc<ChannelStats>,
     pub actor: Addr<ChannelActor>,
-    channel_json: OnceLock<String>,
+    channel_json: OnceLock<Arc<str>>,
+    logger: OnceLock<slog::Logger>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
 }
@@ -77,6 +78,7 @@ impl ChannelHandle {
             stats,
             actor,
             channel_json: OnceLock::new(),
+            logger: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
         };
@@ -90,9 +92,16 @@ impl ChannelHandle {
     }
 
     /// `startparam(1)`: the channel as JSON, secrets left out.
-    pub fn channel_json(&self) -> &str {
+    pub fn channel_json(&self) -> Arc<str> {
         self.channel_json
-            .get_or_init(|| crate::channels::scenario_json(&self.channel))
+            .get_or_init(|| crate::channels::scenario_json(&self.channel).into())
+            .clone()
+    }
+
+    /// The node's logger tagged with this channel, made once per channel version.
+    pub fn logger(&self, base: &slog::Logger) -> &slog::Logger {
+        self.logger
+            .get_or_init(|| base.new(slog::o!("channel" => self.channel.code.clone())))
     }
 
     /// The compiled script, compiling it on first use. Call on a scenario thread.
@@ -221,6 +230,16 @@ impl Handler<Retire> for ChannelActor {
         self.retired = true;
         ctx.stop();
     }
+}
+
+/// Answers once the actor runs (start-up probes and benchmarks).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
 }
 
 /// Test hook (only with `fault_injection`): panic inside the actor.

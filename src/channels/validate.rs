@@ -150,7 +150,7 @@ impl ChannelInput {
         let mut de = serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." {
+            let field = if path.is_empty() || path == "." || path == "?" {
                 "body"
             } else {
                 path.as_str()

@@ -35,7 +35,6 @@ pub async fn log_requests(
     let path = masked_path(req.path());
     let logger = req
         .app_data::<web::Data<AppState>>()
-        .filter(|s| s.config.access_log)
         .map(|s| s.logger.clone());
     let res = next.call(req).await?;
     if let Some(logger) = logger {

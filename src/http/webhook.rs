@@ -3,10 +3,12 @@
 //! channel's webhook scenario — answering at once, or with the scenario's reply.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::{StatusCode, Version};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode, Uri, Version};
+use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
@@ -15,7 +17,7 @@ use super::request_log::ChannelTag;
 use crate::actors::ScriptKind;
 use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
-use crate::scenario::{ScenarioError, ScenarioReply};
+use crate::scenario::{ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/token/v1/{token}", web::route().to(webhook))
@@ -52,15 +54,27 @@ async fn webhook(
         .insert(ChannelTag(handle.channel.code.clone()));
 
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let params = vec![
-        handle.channel_json().to_string(),
-        req.method().as_str().to_string(),
-        full_url(&req),
-        String::from_utf8_lossy(&body).into_owned(),
-        headers_json(&req),
-        client_ip(&req, &state.config.trusted_proxies),
-        protocol(req.version()).to_string(),
-    ];
+    let params = Arc::new(WebhookParams {
+        channel_json: handle.channel_json(),
+        method: req.method().clone(),
+        secure: req.app_config().secure(),
+        host: req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default(),
+        uri: req.uri().clone(),
+        body,
+        headers: req.headers().clone(),
+        sender: client_ip(&req, &state.config.trusted_proxies),
+        version: req.version(),
+    });
     handle
         .stats
         .requests
@@ -101,37 +115,48 @@ fn respond(reply: ScenarioReply) -> HttpResponse {
     response
 }
 
-/// `startparam(3)`: the URL as the caller used it.
-fn full_url(req: &HttpRequest) -> String {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
+/// The 7 start parameters of a webhook, kept raw and rendered when the scenario asks
+/// (on the scenario thread, not on the HTTP worker).
+struct WebhookParams {
+    channel_json: Arc<str>,
+    method: Method,
+    secure: bool,
+    host: String,
+    uri: Uri,
+    body: Bytes,
+    headers: HeaderMap,
+    sender: Option<IpAddr>,
+    version: Version,
+}
+
+impl StartParams for WebhookParams {
+    fn count(&self) -> usize {
+        WEBHOOK_PARAMS
+    }
+
+    fn get(&self, n: usize) -> Option<String> {
+        Some(match n {
+            1 => self.channel_json.to_string(),
+            2 => self.method.as_str().to_string(),
+            3 => {
+                let scheme = if self.secure { "https" } else { "http" };
+                let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                format!("{scheme}://{}{path}", self.host)
+            }
+            4 => String::from_utf8_lossy(&self.body).into_owned(),
+            5 => headers_json(&self.headers),
+            6 => self.sender.map(|ip| ip.to_string()).unwrap_or_default(),
+            7 => protocol(self.version).to_string(),
+            _ => return None,
         })
-        .unwrap_or_default();
-    let scheme = if req.app_config().secure() {
-        "https"
-    } else {
-        "http"
-    };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    format!("{scheme}://{host}{path}")
+    }
 }
 
 /// `startparam(5)`: the request headers as a JSON object; repeated headers are joined
 /// with ", " as HTTP allows.
-fn headers_json(req: &HttpRequest) -> String {
+fn headers_json(headers: &HeaderMap) -> String {
     let mut map = serde_json::Map::new();
-    for (name, value) in req.headers() {
+    for (name, value) in headers.iter() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         match map.get_mut(name.as_str()) {
             Some(serde_json::Value::String(existing)) => {
@@ -149,12 +174,10 @@ fn headers_json(req: &HttpRequest) -> String {
 /// `startparam(6)`: the sender's IP. `X-Forwarded-For` counts only when the direct
 /// peer is a trusted proxy; then the rightmost address that is not itself a trusted
 /// proxy is the sender.
-pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> String {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return String::new();
-    };
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
     if !trusted.contains(&peer) {
-        return peer.to_string();
+        return Some(peer);
     }
     let hops: Vec<IpAddr> = req
         .headers()
@@ -168,8 +191,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> String {
         .find(|ip| !trusted.contains(ip))
         .or(hops.first())
         .copied()
-        .unwrap_or(peer)
-        .to_string()
+        .or(Some(peer))
 }
 
 /// `startparam(7)`: the protocol as Oktell names it.

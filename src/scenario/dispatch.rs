@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::pool::ScenarioPool;
-use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
+use super::{
+    CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime, StartParams,
+};
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
@@ -73,14 +75,13 @@ impl Dispatcher {
         &self,
         handle: Arc<ChannelHandle>,
         kind: ScriptKind,
-        params: Vec<String>,
+        params: Arc<dyn StartParams>,
         wait: bool,
     ) -> Result<Option<oneshot::Receiver<RunResult>>, ScenarioError> {
-        let stats = handle.stats.clone();
-        let before = stats.in_flight.fetch_add(1, Ordering::AcqRel);
-        let slot = InFlight(stats.clone());
+        let before = handle.stats.in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = InFlight(handle.stats.clone());
         if before >= self.max_in_flight {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(ScenarioError::ChannelBusy);
         }
         let (tx, rx) = if wait {
@@ -91,11 +92,11 @@ impl Dispatcher {
         };
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
-        let logger = self
-            .logger
-            .new(slog::o!("channel" => handle.channel.code.clone()));
+        let base_logger = self.logger.clone();
+        let handle_stats = handle.stats.clone();
         let job = move || {
             let _slot = slot;
+            let logger = handle.logger(&base_logger);
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
                 return;
@@ -107,7 +108,7 @@ impl Dispatcher {
                         channel: &handle.channel,
                         params: &params,
                         deadline,
-                        logger: &logger,
+                        logger,
                     },
                 ),
                 Err(e) => Err(ScenarioError::Compile(e.clone())),
@@ -120,6 +121,8 @@ impl Dispatcher {
                 let _ = tx.send(outcome);
             }
         };
+        // A refused job is dropped unrun; its slot is given back on drop.
+        let stats = handle_stats;
         self.pool.try_execute(job).map_err(|_| {
             stats.rejected.fetch_add(1, Ordering::Relaxed);
             ScenarioError::QueueFull

@@ -54,7 +54,7 @@ impl ScenarioRuntime for HttpRuntime {
         let body = serde_json::json!({
             "channel": serde_json::from_str::<serde_json::Value>(&crate::channels::scenario_json(ctx.channel)).unwrap_or_default(),
             "script": source,
-            "params": ctx.params,
+            "params": ctx.params.to_vec(),
         });
         let response = match self.agent.post(&self.url).timeout(left).send_json(body) {
             Ok(r) => r,

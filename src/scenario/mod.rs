@@ -56,11 +56,35 @@ pub enum ScenarioError {
     Unavailable(String),
 }
 
+/// A run's start parameters, rendered on demand: a script that never asks for the
+/// headers does not pay for turning them into JSON, and the rendering happens on the
+/// scenario thread rather than on the HTTP worker.
+pub trait StartParams: Send + Sync {
+    /// How many there are (`startparam(1..=count)`).
+    fn count(&self) -> usize;
+    /// `startparam(n)`, 1-based.
+    fn get(&self, n: usize) -> Option<String>;
+    /// All of them, in order.
+    fn to_vec(&self) -> Vec<String> {
+        (1..=self.count()).filter_map(|n| self.get(n)).collect()
+    }
+}
+
+impl StartParams for Vec<String> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn get(&self, n: usize) -> Option<String> {
+        n.checked_sub(1)
+            .and_then(|i| self.as_slice().get(i))
+            .cloned()
+    }
+}
+
 /// Everything one run needs besides the script.
 pub struct RunContext<'a> {
     pub channel: &'a Arc<Channel>,
-    /// `startparam(1)` is `params[0]`.
-    pub params: &'a [String],
+    pub params: &'a Arc<dyn StartParams>,
     pub deadline: Instant,
     pub logger: &'a slog::Logger,
 }

@@ -26,7 +26,7 @@ pub struct RhaiLimits {
 
 /// What the script-callable functions see of the current run.
 struct RunState {
-    params: Vec<String>,
+    params: Arc<dyn super::StartParams>,
     deadline: Instant,
     logger: slog::Logger,
     channel: Arc<Channel>,
@@ -90,13 +90,8 @@ impl RhaiRuntime {
         engine.on_debug(|text, _, _| log_line("debug", text));
 
         engine.register_fn("startparam", |n: i64| -> FnResult<String> {
-            let value = with_run(|run| {
-                usize::try_from(n)
-                    .ok()
-                    .and_then(|n| n.checked_sub(1))
-                    .and_then(|i| run.params.get(i).cloned())
-            })
-            .flatten();
+            let value =
+                with_run(|run| usize::try_from(n).ok().and_then(|n| run.params.get(n))).flatten();
             value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
         });
         engine.register_fn("stop", || -> FnResult<()> {
@@ -299,7 +294,7 @@ impl ScenarioRuntime for RhaiRuntime {
         }
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
-                params: ctx.params.to_vec(),
+                params: ctx.params.clone(),
                 deadline: ctx.deadline,
                 logger: ctx.logger.clone(),
                 channel: ctx.channel.clone(),
@@ -385,7 +380,8 @@ mod tests {
         let rt = runtime();
         let compiled = rt.compile(src).map_err(ScenarioError::Compile)?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let params: Vec<String> = (1..=7).map(|i| format!("p{i}")).collect();
+        let params: Arc<dyn super::super::StartParams> =
+            Arc::new((1..=7).map(|i| format!("p{i}")).collect::<Vec<String>>());
         rt.run(
             &compiled,
             RunContext {
@@ -446,7 +442,7 @@ mod tests {
             &compiled,
             RunContext {
                 channel: &channel(),
-                params: &[],
+                params: &(Arc::new(Vec::<String>::new()) as Arc<dyn super::super::StartParams>),
                 deadline: Instant::now() + Duration::from_millis(50),
                 logger: &logger,
             },

@@ -160,8 +160,9 @@ impl Application {
     }
 }
 
-fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<Dispatcher> {
-    let runtime: Arc<dyn ScenarioRuntime> = match config.scenario_runtime {
+/// The configured scenario runtime (also used by the CLI to validate scripts on save).
+pub fn scenario_runtime(config: &Config) -> Arc<dyn ScenarioRuntime> {
+    match config.scenario_runtime {
         RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(
             &RhaiLimits {
                 max_operations: config.scenario_max_operations,
@@ -175,7 +176,11 @@ fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<D
         RuntimeKind::Http => Arc::new(HttpRuntime::new(
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
-    };
+    }
+}
+
+fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<Dispatcher> {
+    let runtime = scenario_runtime(config);
     let pool = ScenarioPool::start(
         config.effective_scenario_threads(),
         config.scenario_queue,

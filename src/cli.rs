@@ -14,7 +14,6 @@ use crate::db::Database;
 use crate::db::channels::ChannelFilter;
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::pool::ScenarioPool;
-use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -169,16 +168,7 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
     let db = Database::connect(&config.database_url, 2).map_err(|e| e.to_string())?;
     db.migrate().map_err(|e| e.to_string())?;
     let logger = crate::logging::discard();
-    let runtime = Arc::new(RhaiRuntime::new(
-        &RhaiLimits {
-            max_operations: config.scenario_max_operations,
-            max_call_depth: config.scenario_max_call_depth,
-            max_string_bytes: config.scenario_max_string_bytes,
-            max_array_len: config.scenario_max_array_len,
-            max_map_len: config.scenario_max_map_len,
-        },
-        crate::app::outgoing_client(&config),
-    ));
+    let runtime = crate::app::scenario_runtime(&config);
     let pool = ScenarioPool::start(1, 1, logger.clone()).map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(
         pool,

@@ -46,6 +46,7 @@ fn fill(db: &Database, n: usize) {
                 version: 1,
                 created_at: 0,
                 updated_at: 0,
+                ws_hello: false,
             };
             channels::insert(c, &channel)?;
         }

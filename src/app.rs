@@ -5,6 +5,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub admin_token: String,
     pub logger: slog::Logger,
     pub started: Instant,
+    /// Open websocket sessions on this node (all channels).
+    pub ws_sessions: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,7 @@ impl Application {
             admin_token,
             logger: logger.clone(),
             started: Instant::now(),
+            ws_sessions: Arc::new(AtomicUsize::new(0)),
         });
 
         let app_state = state.clone();
@@ -123,6 +127,8 @@ impl Application {
                 }))
         })
         .shutdown_timeout(config.shutdown_timeout_s)
+        // Signals are ours (see `run_until_stopped`): websockets get a 1001 first.
+        .disable_signals()
         .client_request_timeout(Duration::from_secs(30))
         .max_connections(25_000);
         if config.workers > 0 {
@@ -145,8 +151,21 @@ impl Application {
         self.port
     }
 
-    /// Serves until stopped (SIGINT/SIGTERM: graceful shutdown).
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully: websockets are closed
+    /// with 1001 (going away), the listener stops, in-flight requests may finish within
+    /// `shutdown_timeout_s`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        actix_web::rt::spawn(async move {
+            wait_for_stop_signal().await;
+            slog::info!(
+                state.logger,
+                "stopping: closing websockets, draining requests"
+            );
+            http::websocket::close_all_sessions(&state, "server shutting down");
+            handle.stop(true).await;
+        });
         self.server.await
     }
 
@@ -176,6 +195,23 @@ pub fn scenario_runtime(config: &Config) -> Arc<dyn ScenarioRuntime> {
         RuntimeKind::Http => Arc::new(HttpRuntime::new(
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = actix_web::rt::signal::ctrl_c().await;
+        }
     }
 }
 

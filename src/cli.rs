@@ -92,6 +92,9 @@ pub struct ChannelFlags {
     comment: Option<String>,
     #[arg(long)]
     enabled: Option<bool>,
+    /// Greet each new websocket with its session code.
+    #[arg(long)]
+    ws_hello: Option<bool>,
 }
 
 impl ChannelFlags {
@@ -114,6 +117,7 @@ impl ChannelFlags {
             websocket_scenario: read(self.websocket_scenario_file)?,
             comment: self.comment,
             enabled: self.enabled,
+            ws_hello: self.ws_hello,
             token: None,
         })
     }

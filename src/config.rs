@@ -53,6 +53,12 @@ pub struct Config {
     pub scenario_http_url: Option<String>,
     pub outgoing_timeout_ms: u64,
     pub outgoing_max_response_bytes: usize,
+    pub ws_heartbeat_interval_ms: u64,
+    pub ws_heartbeat_timeout_ms: u64,
+    pub ws_max_message_bytes: usize,
+    pub ws_session_queue: usize,
+    pub ws_max_sessions_per_channel: usize,
+    pub ws_max_sessions_per_node: usize,
     pub trusted_proxies: Vec<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -89,6 +95,12 @@ impl Default for Config {
             scenario_http_url: None,
             outgoing_timeout_ms: 15_000,
             outgoing_max_response_bytes: 4 * 1024 * 1024,
+            ws_heartbeat_interval_ms: 10_000,
+            ws_heartbeat_timeout_ms: 30_000,
+            ws_max_message_bytes: 64 * 1024,
+            ws_session_queue: 64,
+            ws_max_sessions_per_channel: 10_000,
+            ws_max_sessions_per_node: 50_000,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -251,6 +263,20 @@ impl Config {
         }
         if self.scenario_timeout_ms == 0 {
             return Err(invalid("scenario_timeout_ms", "must be above 0"));
+        }
+        if self.ws_heartbeat_interval_ms == 0
+            || self.ws_heartbeat_timeout_ms <= self.ws_heartbeat_interval_ms
+        {
+            return Err(invalid(
+                "ws_heartbeat_timeout_ms",
+                "must be above ws_heartbeat_interval_ms (and the interval above 0)",
+            ));
+        }
+        if self.ws_max_message_bytes == 0 || self.ws_session_queue == 0 {
+            return Err(invalid(
+                "ws_max_message_bytes",
+                "websocket message size and queue must be above 0",
+            ));
         }
         if self.scenario_queue == 0 || self.channel_max_in_flight == 0 {
             return Err(invalid("scenario_queue", "queues must hold at least 1"));

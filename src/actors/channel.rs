@@ -15,9 +15,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use actix::prelude::*;
 
 use super::registry::ChannelRegistry;
+use super::sessions::SessionTable;
 use crate::db::models::Channel;
 use crate::db::{Database, channels as channel_rows};
-use crate::scenario::{CompileError, Compiled, ScenarioRuntime};
+use crate::scenario::dispatch::{Dispatcher, RunResult};
+use crate::scenario::{CompileError, Compiled, ScenarioError, ScenarioRuntime};
 
 /// Which of a channel's scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,11 @@ pub struct ChannelStats {
     pub timeouts: AtomicU64,
     pub rejected: AtomicU64,
     pub restarts: AtomicU64,
+    pub ws_opened: AtomicU64,
+    pub ws_closed: AtomicU64,
+    pub ws_messages_in: AtomicU64,
+    pub ws_messages_out: AtomicU64,
+    pub ws_errors: AtomicU64,
 }
 
 impl ChannelStats {
@@ -50,6 +57,11 @@ impl ChannelStats {
             "timeouts": self.timeouts.load(Ordering::Relaxed),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "restarts": self.restarts.load(Ordering::Relaxed),
+            "ws_opened": self.ws_opened.load(Ordering::Relaxed),
+            "ws_closed": self.ws_closed.load(Ordering::Relaxed),
+            "ws_messages_in": self.ws_messages_in.load(Ordering::Relaxed),
+            "ws_messages_out": self.ws_messages_out.load(Ordering::Relaxed),
+            "ws_errors": self.ws_errors.load(Ordering::Relaxed),
         })
     }
 }
@@ -59,6 +71,8 @@ impl ChannelStats {
 pub struct ChannelHandle {
     pub channel: Arc<Channel>,
     pub stats: Arc<ChannelStats>,
+    /// Open websocket sessions; shared by every version of the channel.
+    pub sessions: Arc<SessionTable>,
     pub actor: Addr<ChannelActor>,
     channel_json: OnceLock<Arc<str>>,
     logger: OnceLock<slog::Logger>,
@@ -70,12 +84,14 @@ impl ChannelHandle {
     pub fn new(
         channel: Arc<Channel>,
         stats: Arc<ChannelStats>,
+        sessions: Arc<SessionTable>,
         actor: Addr<ChannelActor>,
         precompiled: Precompiled,
     ) -> ChannelHandle {
         let handle = ChannelHandle {
             channel,
             stats,
+            sessions,
             actor,
             channel_json: OnceLock::new(),
             logger: OnceLock::new(),
@@ -130,7 +146,9 @@ pub struct ChannelActor {
     db: Database,
     domain: String,
     registry: Weak<ChannelRegistry>,
+    dispatcher: Arc<Dispatcher>,
     stats: Arc<ChannelStats>,
+    sessions: Arc<SessionTable>,
     logger: slog::Logger,
     /// Deleted or moved off this node: never republish.
     retired: bool,
@@ -141,15 +159,19 @@ impl ChannelActor {
         channel: &Channel,
         db: Database,
         registry: Weak<ChannelRegistry>,
-        stats: Arc<ChannelStats>,
+        dispatcher: Arc<Dispatcher>,
+        shared: (Arc<ChannelStats>, Arc<SessionTable>),
         logger: &slog::Logger,
     ) -> ChannelActor {
+        let (stats, sessions) = shared;
         ChannelActor {
             id: channel.id.clone(),
             db,
             domain: channel.domain.clone(),
             registry,
+            dispatcher,
             stats,
+            sessions,
             logger: logger.new(slog::o!("channel" => channel.code.clone())),
             retired: false,
         }
@@ -157,17 +179,17 @@ impl ChannelActor {
 
     /// Runs handler work; a panic is logged and stops the actor so that the
     /// supervisor restarts it with fresh settings.
-    fn guarded<R: Default>(
+    fn guarded<R>(
         &mut self,
         ctx: &mut Context<Self>,
         work: impl FnOnce(&mut Self) -> R,
-    ) -> R {
+    ) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(|| work(self))) {
-            Ok(r) => r,
+            Ok(r) => Some(r),
             Err(_) => {
                 slog::error!(self.logger, "channel actor panicked; restarting it");
                 ctx.stop();
-                R::default()
+                None
             }
         }
     }
@@ -200,6 +222,7 @@ impl Supervised for ChannelActor {
                     let handle = ChannelHandle::new(
                         Arc::new(channel),
                         act.stats.clone(),
+                        act.sessions.clone(),
                         ctx.address(),
                         Precompiled::default(),
                     );
@@ -253,5 +276,47 @@ impl Handler<InjectPanic> for ChannelActor {
         self.guarded(ctx, |_| -> bool {
             panic!("fault injection: channel actor panic")
         })
+        .unwrap_or(false)
+    }
+}
+
+/// One text message of a websocket session, to run the channel's websocket scenario on:
+/// `startparam(1)` the session code, `(2)` the message, `(3)` the channel as JSON,
+/// `(4)` the peer IP. The reply is the run's outcome.
+#[derive(Message)]
+#[rtype(result = "RunResult")]
+pub struct WsInbound {
+    pub code: String,
+    pub text: String,
+    pub peer_ip: String,
+}
+
+impl Handler<WsInbound> for ChannelActor {
+    type Result = ResponseFuture<RunResult>;
+
+    fn handle(&mut self, msg: WsInbound, ctx: &mut Context<Self>) -> Self::Result {
+        let submitted = self.guarded(ctx, |act| {
+            // The current version of the channel: an update applies to the next message.
+            let handle = act
+                .registry
+                .upgrade()
+                .and_then(|r| r.get_by_id(&act.id))
+                .ok_or(ScenarioError::Unavailable("the channel is gone".into()))?;
+            let params: Arc<dyn crate::scenario::StartParams> = Arc::new(vec![
+                msg.code,
+                msg.text,
+                handle.channel_json().to_string(),
+                msg.peer_ip,
+            ]);
+            act.dispatcher
+                .submit(handle, ScriptKind::Websocket, params, true)
+        });
+        match submitted {
+            Some(Ok(Some(rx))) => {
+                Box::pin(async move { rx.await.unwrap_or(Err(ScenarioError::Panicked)) })
+            }
+            Some(Err(e)) => Box::pin(async move { Err(e) }),
+            Some(Ok(None)) | None => Box::pin(async { Err(ScenarioError::Panicked) }),
+        }
     }
 }

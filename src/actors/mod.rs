@@ -2,6 +2,8 @@
 
 pub mod channel;
 pub mod registry;
+pub mod sessions;
+pub mod ws_session;
 
 pub use channel::{ChannelActor, ChannelHandle, ChannelStats, ScriptKind};
 pub use registry::ChannelRegistry;

@@ -35,6 +35,7 @@ pub struct ChannelView {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    pub ws_hello: bool,
 }
 
 /// What a masked secret reads as: empty stays empty so that "not set" is visible.
@@ -78,6 +79,7 @@ impl ChannelView {
             version: c.version,
             created_at: rfc3339_millis(c.created_at),
             updated_at: rfc3339_millis(c.updated_at),
+            ws_hello: c.ws_hello,
         }
     }
 }

@@ -7,6 +7,7 @@ use actix::prelude::*;
 
 use super::validate::{ChannelInput, ValidationError, generate_token};
 use crate::actors::channel::{Precompiled, Retire};
+use crate::actors::sessions::{SessionTable, close_code};
 use crate::actors::{ChannelActor, ChannelHandle, ChannelRegistry, ChannelStats};
 use crate::config::Config;
 use crate::db::channels::{self as rows, ChannelFilter};
@@ -121,6 +122,7 @@ impl ChannelService {
             version: 1,
             created_at: now,
             updated_at: now,
+            ws_hello: false,
         };
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;
@@ -211,23 +213,33 @@ impl ChannelService {
             return;
         }
         let channel = Arc::new(channel);
-        let (actor, stats) = match live.registry.get_by_id(&channel.id) {
-            Some(current) => (current.actor.clone(), current.stats.clone()),
+        let (actor, stats, sessions) = match live.registry.get_by_id(&channel.id) {
+            Some(current) => (
+                current.actor.clone(),
+                current.stats.clone(),
+                current.sessions.clone(),
+            ),
             None => {
                 let stats = Arc::new(ChannelStats::default());
-                let (db, registry, logger) = (
+                let sessions = Arc::new(SessionTable::default());
+                let (db, registry, logger, dispatcher) = (
                     self.db.clone(),
                     Arc::downgrade(&live.registry),
                     live.logger.clone(),
+                    self.dispatcher.clone(),
                 );
-                let (for_actor, c) = (stats.clone(), channel.clone());
+                let (shared, c) = ((stats.clone(), sessions.clone()), channel.clone());
                 let actor = Supervisor::start_in_arbiter(&live.arbiter, move |_| {
-                    ChannelActor::new(&c, db, registry, for_actor, &logger)
+                    ChannelActor::new(&c, db, registry, dispatcher, shared, &logger)
                 });
-                (actor, stats)
+                (actor, stats, sessions)
             }
         };
-        let handle = ChannelHandle::new(channel, stats, actor, compiled);
+        // A channel that stops taking websockets lets its open sessions go.
+        if !channel.enabled || channel.kind != super::KIND_PUBLIC {
+            sessions.close_all(close_code::GOING_AWAY, "channel disabled");
+        }
+        let handle = ChannelHandle::new(channel, stats, sessions, actor, compiled);
         live.registry.publish(Arc::new(handle));
     }
 
@@ -235,6 +247,9 @@ impl ChannelService {
         if let Some(live) = &self.live
             && let Some(handle) = live.registry.remove(id)
         {
+            handle
+                .sessions
+                .close_all(close_code::GOING_AWAY, "channel removed");
             handle.actor.do_send(Retire);
         }
     }

@@ -22,6 +22,7 @@ pub struct ChannelInput {
     pub websocket_scenario: Option<String>,
     pub comment: Option<String>,
     pub enabled: Option<bool>,
+    pub ws_hello: Option<bool>,
     /// Present only to be refused with a clear message: the token is immutable.
     #[serde(default)]
     pub token: Option<serde_json::Value>,
@@ -227,6 +228,9 @@ impl ChannelInput {
         }
         if let Some(v) = self.enabled {
             channel.enabled = v;
+        }
+        if let Some(v) = self.ws_hello {
+            channel.ws_hello = v;
         }
         // Checks that need the whole channel, after the fields are merged.
         validate_code(&channel.code)?;

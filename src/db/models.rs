@@ -25,4 +25,6 @@ pub struct Channel {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Greet each new websocket with its session code.
+    pub ws_hello: bool,
 }

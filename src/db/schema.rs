@@ -19,5 +19,6 @@ diesel::table! {
         version -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        ws_hello -> Bool,
     }
 }

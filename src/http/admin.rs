@@ -21,7 +21,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/channels/{id}", web::get().to(get_channel))
             .route("/channels/{id}", web::patch().to(update_channel))
             .route("/channels/{id}", web::delete().to(delete_channel))
-            .route("/channels/{id}/fault/panic", web::post().to(inject_panic)),
+            .route("/channels/{id}/fault/panic", web::post().to(inject_panic))
+            .route("/channels/{id}/sessions", web::get().to(list_sessions))
+            .route(
+                "/channels/{id}/sessions/{code}/messages",
+                web::post().to(push_to_session),
+            )
+            .route(
+                "/channels/{id}/sessions/{code}",
+                web::delete().to(close_session),
+            ),
     );
 }
 
@@ -219,6 +228,84 @@ async fn inject_panic(
     })?;
     let _ = handle.actor.send(InjectPanic).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "panicked": true })))
+}
+
+/// The channel's live session table on this node (after checking the channel exists).
+async fn sessions_of(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<std::sync::Arc<crate::actors::sessions::SessionTable>>, ApiError> {
+    state.channels.get(id).await?;
+    Ok(state.registry.get_by_id(id).map(|h| h.sessions.clone()))
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::not_found(
+        "session_not_found",
+        "no open websocket session with this code on this node",
+    )
+}
+
+async fn list_sessions(
+    _: Admin,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let views = sessions_of(&state, &id)
+        .await?
+        .map(|s| s.views())
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "total": views.len(), "items": views })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    text: String,
+}
+
+async fn push_to_session(
+    _: Admin,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, code) = path.into_inner();
+    let body = read_body(&req, payload, state.config.ws_max_message_bytes + 1024).await?;
+    let push: PushBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("body: {{\"text\": \"...\"}} is expected: {e}"),
+        )
+        .with_field("text")
+    })?;
+    let sessions = sessions_of(&state, &id)
+        .await?
+        .ok_or_else(session_not_found)?;
+    if !sessions.send(&code, &push.text) {
+        return Err(session_not_found());
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": true })))
+}
+
+async fn close_session(
+    _: Admin,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, code) = path.into_inner();
+    let sessions = sessions_of(&state, &id)
+        .await?
+        .ok_or_else(session_not_found)?;
+    if !sessions.close(
+        &code,
+        crate::actors::sessions::close_code::NORMAL,
+        "closed by the operator",
+    ) {
+        return Err(session_not_found());
+    }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[cfg(test)]

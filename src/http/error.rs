@@ -162,33 +162,18 @@ impl From<ServiceError> for ApiError {
 
 impl From<ScenarioError> for ApiError {
     fn from(e: ScenarioError) -> Self {
-        match &e {
-            ScenarioError::Timeout => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "scenario_timeout",
-                e.to_string(),
-            ),
-            ScenarioError::QueueFull => ApiError::overloaded("scenario_queue_full", e.to_string()),
-            ScenarioError::ChannelBusy => ApiError::overloaded("channel_busy", e.to_string()),
-            ScenarioError::Limit(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "scenario_limit_exceeded",
-                e.to_string(),
-            ),
-            ScenarioError::Unavailable(_) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "scenario_engine_unavailable",
-                "the scenario engine is unavailable",
-            ),
-            // The details (script text, positions) are for the operator's log only.
-            ScenarioError::Compile(_)
+        let status = match &e {
+            ScenarioError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ScenarioError::QueueFull | ScenarioError::ChannelBusy => {
+                return ApiError::overloaded(e.code(), e.public_message());
+            }
+            ScenarioError::Unavailable(_) => StatusCode::BAD_GATEWAY,
+            ScenarioError::Limit(_)
+            | ScenarioError::Compile(_)
             | ScenarioError::Script(_)
             | ScenarioError::InvalidReply(_)
-            | ScenarioError::Panicked => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "scenario_error",
-                "the channel's scenario ended with an error",
-            ),
-        }
+            | ScenarioError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.public_message())
     }
 }

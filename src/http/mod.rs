@@ -6,6 +6,7 @@ pub mod error;
 pub mod ops;
 pub mod request_log;
 pub mod webhook;
+pub mod websocket;
 
 use actix_web::web;
 
@@ -13,6 +14,7 @@ use actix_web::web;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // The webhook scope first: it is the hot path, and a prefix match is cheap.
     cfg.configure(webhook::routes)
+        .configure(websocket::routes)
         .configure(ops::routes)
         .configure(admin::routes);
 }

@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 
 use super::pool::ScenarioPool;
 use super::{
-    CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime, StartParams,
+    ChannelHost, CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime,
+    StartParams,
 };
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
 
@@ -93,6 +94,7 @@ impl Dispatcher {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
         let base_logger = self.logger.clone();
+        let host: Arc<dyn ChannelHost> = handle.sessions.clone();
         let handle_stats = handle.stats.clone();
         let job = move || {
             let _slot = slot;
@@ -109,6 +111,7 @@ impl Dispatcher {
                         params: &params,
                         deadline,
                         logger,
+                        host: &host,
                     },
                 ),
                 Err(e) => Err(ScenarioError::Compile(e.clone())),

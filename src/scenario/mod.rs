@@ -81,12 +81,54 @@ impl StartParams for Vec<String> {
     }
 }
 
+/// What scenarios can do to the channel's websocket sessions on this node.
+pub trait ChannelHost: Send + Sync {
+    /// Queues a text frame to one session; false if no such session is open.
+    fn ws_send(&self, code: &str, text: &str) -> bool;
+    /// Queues a text frame to every session; returns how many.
+    fn ws_broadcast(&self, text: &str) -> usize;
+    /// Closes one session with a close code and reason; false if not open.
+    fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool;
+    /// Codes of the open sessions.
+    fn ws_sessions(&self) -> Vec<String>;
+}
+
+impl ScenarioError {
+    /// The machine-readable code callers see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ScenarioError::Timeout => "scenario_timeout",
+            ScenarioError::QueueFull => "scenario_queue_full",
+            ScenarioError::ChannelBusy => "channel_busy",
+            ScenarioError::Limit(_) => "scenario_limit_exceeded",
+            ScenarioError::Unavailable(_) => "scenario_engine_unavailable",
+            ScenarioError::Compile(_)
+            | ScenarioError::Script(_)
+            | ScenarioError::InvalidReply(_)
+            | ScenarioError::Panicked => "scenario_error",
+        }
+    }
+
+    /// The message callers see: script details (text, positions) stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ScenarioError::Compile(_)
+            | ScenarioError::Script(_)
+            | ScenarioError::InvalidReply(_)
+            | ScenarioError::Panicked => "the channel's scenario ended with an error".into(),
+            ScenarioError::Unavailable(_) => "the scenario engine is unavailable".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Everything one run needs besides the script.
 pub struct RunContext<'a> {
     pub channel: &'a Arc<Channel>,
     pub params: &'a Arc<dyn StartParams>,
     pub deadline: Instant,
     pub logger: &'a slog::Logger,
+    pub host: &'a Arc<dyn ChannelHost>,
 }
 
 /// A scenario language or engine.

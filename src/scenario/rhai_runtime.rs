@@ -30,6 +30,7 @@ struct RunState {
     deadline: Instant,
     logger: slog::Logger,
     channel: Arc<Channel>,
+    host: Arc<dyn super::ChannelHost>,
 }
 
 thread_local! {
@@ -108,6 +109,7 @@ impl RhaiRuntime {
             serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))
         });
         register_outgoing(&mut engine, outgoing);
+        register_websocket(&mut engine);
         RhaiRuntime { engine }
     }
 
@@ -213,6 +215,33 @@ fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
     });
 }
 
+/// `ws_send(code, text)`, `ws_broadcast(text)`, `ws_close(code[, reason])`,
+/// `ws_sessions()`: the channel's websocket sessions on this node.
+fn register_websocket(engine: &mut Engine) {
+    fn host() -> FnResult<Arc<dyn super::ChannelHost>> {
+        with_run(|run| run.host.clone()).ok_or_else(|| script_error("no run in progress"))
+    }
+    engine.register_fn("ws_send", |code: &str, text: &str| -> FnResult<bool> {
+        Ok(host()?.ws_send(code, text))
+    });
+    engine.register_fn("ws_broadcast", |text: &str| -> FnResult<i64> {
+        Ok(host()?.ws_broadcast(text) as i64)
+    });
+    engine.register_fn("ws_close", |code: &str, reason: &str| -> FnResult<bool> {
+        Ok(host()?.ws_close(code, 1000, reason))
+    });
+    engine.register_fn("ws_close", |code: &str| -> FnResult<bool> {
+        Ok(host()?.ws_close(code, 1000, ""))
+    });
+    engine.register_fn("ws_sessions", || -> FnResult<rhai::Array> {
+        Ok(host()?
+            .ws_sessions()
+            .into_iter()
+            .map(Dynamic::from)
+            .collect())
+    });
+}
+
 /// A request body from a script value: strings and blobs as they are, `()` empty,
 /// anything else as JSON.
 fn dynamic_bytes(value: &Dynamic) -> FnResult<Vec<u8>> {
@@ -298,6 +327,7 @@ impl ScenarioRuntime for RhaiRuntime {
                 deadline: ctx.deadline,
                 logger: ctx.logger.clone(),
                 channel: ctx.channel.clone(),
+                host: ctx.host.clone(),
             })
         });
         let mut scope = Scope::new();
@@ -373,6 +403,7 @@ mod tests {
             version: 1,
             created_at: 0,
             updated_at: 0,
+            ws_hello: false,
         })
     }
 
@@ -389,8 +420,29 @@ mod tests {
                 params: &params,
                 deadline: Instant::now() + timeout,
                 logger: &logger,
+                host: &no_host(),
             },
         )
+    }
+
+    struct NoHost;
+    impl super::super::ChannelHost for NoHost {
+        fn ws_send(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn ws_broadcast(&self, _: &str) -> usize {
+            0
+        }
+        fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
+            false
+        }
+        fn ws_sessions(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn no_host() -> Arc<dyn super::super::ChannelHost> {
+        Arc::new(NoHost)
     }
 
     #[test]
@@ -445,6 +497,7 @@ mod tests {
                 params: &(Arc::new(Vec::<String>::new()) as Arc<dyn super::super::StartParams>),
                 deadline: Instant::now() + Duration::from_millis(50),
                 logger: &logger,
+                host: &no_host(),
             },
         );
         assert_eq!(err, Err(ScenarioError::Timeout));

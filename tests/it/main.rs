@@ -9,3 +9,4 @@ mod outgoing;
 mod receiver;
 mod scenarios;
 mod webhook;
+mod websocket;

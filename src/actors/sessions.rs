@@ -1,0 +1,164 @@
+//! SessionTable: the open websocket sessions of one channel on this node, shared by the
+//! channel's actor, its scenarios (`ws_send`, `ws_broadcast`, `ws_close`,
+//! `ws_sessions` run on scenario threads) and the admin API. It lives as long as the
+//! channel, across versions of its settings.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::Addr;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use super::ws_session::{CloseSession, Push, WsSession};
+use crate::scenario::ChannelHost;
+
+/// Counters of one session.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct SessionEntry {
+    pub addr: Addr<WsSession>,
+    pub peer_ip: String,
+    pub connected_at: i64,
+    pub counters: Arc<SessionCounters>,
+}
+
+/// One session as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub code: String,
+    pub peer_ip: String,
+    pub connected_at: String,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+}
+
+#[derive(Default)]
+pub struct SessionTable {
+    sessions: DashMap<String, SessionEntry>,
+}
+
+/// Close codes (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+impl SessionTable {
+    pub fn insert(&self, code: String, entry: SessionEntry) {
+        self.sessions.insert(code, entry);
+    }
+
+    pub fn remove(&self, code: &str) -> bool {
+        self.sessions.remove(code).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn codes(&self) -> Vec<String> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Queues a text frame to one session; false if it is not open here.
+    pub fn send(&self, code: &str, text: &str) -> bool {
+        match self.sessions.get(code) {
+            Some(entry) => {
+                entry.addr.do_send(Push(text.to_string()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn broadcast(&self, text: &str) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.iter() {
+            entry.addr.do_send(Push(text.to_string()));
+            n += 1;
+        }
+        n
+    }
+
+    pub fn close(&self, code: &str, close_code: u16, reason: &str) -> bool {
+        match self.sessions.get(code) {
+            Some(entry) => {
+                entry.addr.do_send(CloseSession {
+                    code: close_code,
+                    reason: reason.to_string(),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn close_all(&self, close_code: u16, reason: &str) {
+        for entry in self.sessions.iter() {
+            entry.addr.do_send(CloseSession {
+                code: close_code,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    pub fn views(&self) -> Vec<SessionView> {
+        let mut views: Vec<SessionView> = self
+            .sessions
+            .iter()
+            .map(|e| {
+                let c = &e.value().counters;
+                SessionView {
+                    code: e.key().clone(),
+                    peer_ip: e.value().peer_ip.clone(),
+                    connected_at: crate::channels::rfc3339_millis(e.value().connected_at),
+                    messages_in: c.messages_in.load(Ordering::Relaxed),
+                    messages_out: c.messages_out.load(Ordering::Relaxed),
+                    bytes_in: c.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: c.bytes_out.load(Ordering::Relaxed),
+                    errors: c.errors.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.code.cmp(&b.code));
+        views
+    }
+}
+
+impl ChannelHost for SessionTable {
+    fn ws_send(&self, code: &str, text: &str) -> bool {
+        self.send(code, text)
+    }
+
+    fn ws_broadcast(&self, text: &str) -> usize {
+        self.broadcast(text)
+    }
+
+    fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool {
+        self.close(code, close_code, reason)
+    }
+
+    fn ws_sessions(&self) -> Vec<String> {
+        self.codes()
+    }
+}

@@ -1,0 +1,288 @@
+//! WsSession: one websocket of a public channel (actix-web-actors).
+//!
+//! Each text message is forwarded as (session code, text) to the channel's actor, which
+//! runs the websocket scenario; the session keeps its own bounded queue so that its
+//! messages are handled one at a time, in order, while different sessions run in
+//! parallel. The scenario's `response_content` comes back as a text frame; a scenario
+//! error comes back as `{"error": {"code": ..., "message": ...}}` and the session stays.
+//!
+//! Kept behind this file so that a move to `actix-ws` stays local (see DESIGN §7).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+
+use super::channel::{ChannelActor, ChannelStats, WsInbound};
+use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
+use crate::scenario::ScenarioError;
+use crate::scenario::dispatch::RunResult;
+
+/// Limits of one session.
+#[derive(Debug, Clone)]
+pub struct WsLimits {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub queue: usize,
+}
+
+/// Holds one place in the node's session count; gives it back when the session ends.
+pub struct NodeSlot(pub Arc<AtomicUsize>);
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct WsSession {
+    code: String,
+    peer_ip: String,
+    hello: bool,
+    channel: Addr<ChannelActor>,
+    sessions: Arc<SessionTable>,
+    stats: Arc<ChannelStats>,
+    counters: Arc<SessionCounters>,
+    limits: WsLimits,
+    last_pong: Instant,
+    pending: VecDeque<String>,
+    busy: bool,
+    /// A fragmented text message being put together.
+    fragment: Option<Vec<u8>>,
+    logger: slog::Logger,
+    _slot: NodeSlot,
+}
+
+/// What a session needs to start.
+pub struct WsSessionParts {
+    pub peer_ip: String,
+    pub hello: bool,
+    pub channel: Addr<ChannelActor>,
+    pub sessions: Arc<SessionTable>,
+    pub stats: Arc<ChannelStats>,
+    pub limits: WsLimits,
+    pub logger: slog::Logger,
+    pub slot: NodeSlot,
+}
+
+impl WsSession {
+    pub fn new(parts: WsSessionParts) -> WsSession {
+        let code = uuid::Uuid::now_v7().to_string();
+        WsSession {
+            logger: parts.logger.new(slog::o!("ws_session" => code.clone())),
+            code,
+            peer_ip: parts.peer_ip,
+            hello: parts.hello,
+            channel: parts.channel,
+            sessions: parts.sessions,
+            stats: parts.stats,
+            counters: Arc::new(SessionCounters::default()),
+            limits: parts.limits,
+            last_pong: Instant::now(),
+            pending: VecDeque::new(),
+            busy: false,
+            fragment: None,
+            _slot: parts.slot,
+        }
+    }
+
+    fn send_text(&self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        self.stats.ws_messages_out.fetch_add(1, Ordering::Relaxed);
+        ctx.text(text.to_string());
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        slog::debug!(self.logger, "closing websocket"; "code" => code, "reason" => reason);
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: (!reason.is_empty()).then(|| reason.to_string()),
+        }));
+        ctx.stop();
+    }
+
+    /// A complete text message: queue it, and start it if nothing is running.
+    fn received(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_in
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        self.stats.ws_messages_in.fetch_add(1, Ordering::Relaxed);
+        if self.pending.len() >= self.limits.queue {
+            self.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+            self.close(ctx, close_code::POLICY, "message queue overflow");
+            return;
+        }
+        self.pending.push_back(text);
+        self.run_next(ctx);
+    }
+
+    fn run_next(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.busy {
+            return;
+        }
+        let Some(text) = self.pending.pop_front() else {
+            return;
+        };
+        self.busy = true;
+        let request = self.channel.send(WsInbound {
+            code: self.code.clone(),
+            text,
+            peer_ip: self.peer_ip.clone(),
+        });
+        ctx.spawn(request.into_actor(self).map(|outcome, act, ctx| {
+            act.busy = false;
+            let outcome: RunResult = outcome.unwrap_or(Err(ScenarioError::Panicked));
+            match outcome {
+                Ok(reply) => {
+                    if !reply.content.is_empty() {
+                        let text = String::from_utf8_lossy(&reply.content).into_owned();
+                        act.send_text(ctx, &text);
+                    }
+                }
+                Err(err) => {
+                    act.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    act.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+                    let frame = serde_json::json!({
+                        "error": { "code": err.code(), "message": err.public_message() }
+                    });
+                    act.send_text(ctx, &frame.to_string());
+                }
+            }
+            act.run_next(ctx);
+        }));
+    }
+
+    fn fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
+        let (bytes, last) = match item {
+            Item::FirstText(b) => {
+                self.fragment = Some(Vec::new());
+                (b, false)
+            }
+            Item::FirstBinary(_) => {
+                self.close(
+                    ctx,
+                    close_code::UNSUPPORTED,
+                    "binary messages are not supported",
+                );
+                return;
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some(buf) = self.fragment.as_mut() else {
+            // A continuation of a binary message (already refused) or of nothing.
+            self.close(ctx, close_code::PROTOCOL, "continuation without a start");
+            return;
+        };
+        if buf.len() + bytes.len() > self.limits.max_message_bytes {
+            self.close(ctx, close_code::TOO_BIG, "message too big");
+            return;
+        }
+        buf.extend_from_slice(&bytes);
+        if last {
+            let whole = self.fragment.take().unwrap_or_default();
+            match String::from_utf8(whole) {
+                Ok(text) => self.received(ctx, text),
+                Err(_) => self.close(ctx, close_code::INVALID_DATA, "text is not UTF-8"),
+            }
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.sessions.insert(
+            self.code.clone(),
+            SessionEntry {
+                addr: ctx.address(),
+                peer_ip: self.peer_ip.clone(),
+                connected_at: crate::db::now_millis(),
+                counters: self.counters.clone(),
+            },
+        );
+        self.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
+        if self.hello {
+            let hello = serde_json::json!({ "type": "hello", "code": self.code });
+            self.send_text(ctx, &hello.to_string());
+        }
+        ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
+            if act.last_pong.elapsed() > act.limits.heartbeat_timeout {
+                act.close(ctx, close_code::GOING_AWAY, "heartbeat timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.sessions.remove(&self.code);
+        self.stats.ws_closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        match msg {
+            Ok(ws::Message::Text(text)) => self.received(ctx, text.to_string()),
+            Ok(ws::Message::Binary(_)) => self.close(
+                ctx,
+                close_code::UNSUPPORTED,
+                "binary messages are not supported",
+            ),
+            Ok(ws::Message::Continuation(item)) => self.fragment(ctx, item),
+            Ok(ws::Message::Ping(payload)) => {
+                self.last_pong = Instant::now();
+                ctx.pong(&payload);
+            }
+            Ok(ws::Message::Pong(_)) => self.last_pong = Instant::now(),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Nop) => {}
+            Err(ProtocolError::Overflow) => self.close(ctx, close_code::TOO_BIG, "message too big"),
+            Err(e) => {
+                slog::debug!(self.logger, "websocket protocol error"; "error" => %e);
+                self.close(ctx, close_code::PROTOCOL, "protocol error");
+            }
+        }
+    }
+}
+
+/// A text frame for the client (from `ws_send`, `ws_broadcast` or the admin API).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Push(pub String);
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        self.send_text(ctx, &msg.0);
+    }
+}
+
+/// Close the session with a close code and reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Handler<CloseSession> for WsSession {
+    type Result = ();
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.close(ctx, msg.code, &msg.reason);
+    }
+}

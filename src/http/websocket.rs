@@ -1,0 +1,97 @@
+//! `GET /ws/token/v1/{token}`: the websocket of a public channel. Everything that can
+//! refuse the connection (unknown token, session limits) answers before the upgrade.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+
+use super::error::ApiError;
+use super::request_log::ChannelTag;
+use super::webhook::client_ip;
+use crate::actors::ws_session::{NodeSlot, WsLimits, WsSession, WsSessionParts};
+use crate::app::AppState;
+use crate::channels::KIND_PUBLIC;
+
+const PREFIX: &str = "/ws/token/v1";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::scope(PREFIX).default_service(web::to(websocket)));
+}
+
+fn unknown_token() -> ApiError {
+    ApiError::not_found(
+        "channel_not_found",
+        "no public channel with this token is served here",
+    )
+}
+
+async fn websocket(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rest = req
+        .path()
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or_default();
+    // One segment: the token (`/subscribe` belongs to eventing channels).
+    let token = rest.strip_suffix('/').unwrap_or(rest);
+    if token.is_empty() || token.contains('/') {
+        return Err(unknown_token());
+    }
+    let handle = state
+        .registry
+        .get(token)
+        .filter(|h| h.channel.enabled && h.channel.kind == KIND_PUBLIC)
+        .ok_or_else(unknown_token)?;
+    req.extensions_mut()
+        .insert(ChannelTag(handle.channel.code.clone()));
+    let config = &state.config;
+    if handle.sessions.len() >= config.ws_max_sessions_per_channel {
+        return Err(ApiError::overloaded(
+            "too_many_sessions",
+            "this channel has as many websocket sessions as it may",
+        ));
+    }
+    let taken = state.ws_sessions.fetch_add(1, Ordering::AcqRel);
+    let slot = NodeSlot(state.ws_sessions.clone());
+    if taken >= config.ws_max_sessions_per_node {
+        return Err(ApiError::overloaded(
+            "too_many_sessions",
+            "this node has as many websocket sessions as it may",
+        ));
+    }
+    let session = WsSession::new(WsSessionParts {
+        peer_ip: client_ip(&req, &config.trusted_proxies)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        hello: handle.channel.ws_hello,
+        channel: handle.actor.clone(),
+        sessions: handle.sessions.clone(),
+        stats: handle.stats.clone(),
+        limits: WsLimits {
+            heartbeat_interval: Duration::from_millis(config.ws_heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
+            max_message_bytes: config.ws_max_message_bytes,
+            queue: config.ws_session_queue,
+        },
+        logger: handle.logger(&state.logger).clone(),
+        slot,
+    });
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(config.ws_max_message_bytes)
+        .start()
+        .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
+}
+
+/// Closes every websocket of the node (shutdown): 1001, going away.
+pub fn close_all_sessions(state: &AppState, reason: &str) {
+    for handle in state.registry.handles() {
+        handle
+            .sessions
+            .close_all(crate::actors::sessions::close_code::GOING_AWAY, reason);
+    }
+}

@@ -491,3 +491,25 @@ async fn sigterm_closes_sessions_with_going_away() {
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix_web::test]
+async fn node_session_limit_is_503_and_frees_up() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.ws_max_sessions_per_node = 2)
+        .await
+        .unwrap();
+    let a = ws_channel(&app, "a", false, ECHO, "").await;
+    let b = ws_channel(&app, "b", false, ECHO, "").await;
+    let mut first = connect(&app, &token_of(&a)).await;
+    let _second = connect(&app, &token_of(&b)).await;
+    assert_eq!(
+        refused_status(&app, &token_of(&b)).await,
+        503,
+        "the node is full"
+    );
+    first.close(None).await.unwrap();
+    eventually("a closed session frees its place", WAIT, || {
+        let url = format!("ws://127.0.0.1:{}/ws/token/v1/{}", app.port, token_of(&a));
+        async move { tokio_tungstenite::connect_async(url).await.is_ok() }
+    })
+    .await;
+}

@@ -17,4 +17,5 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod scenario;

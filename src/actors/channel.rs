@@ -9,7 +9,7 @@
 //! then restarts the actor with fresh settings. One bad channel never disturbs another.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
@@ -28,43 +28,7 @@ pub enum ScriptKind {
     Websocket,
 }
 
-/// Counters of one channel; they live as long as the channel, across versions and
-/// actor restarts.
-#[derive(Debug, Default)]
-pub struct ChannelStats {
-    pub in_flight: AtomicUsize,
-    pub requests: AtomicU64,
-    /// Scenario runs that ended correctly.
-    pub completed: AtomicU64,
-    pub errors: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub rejected: AtomicU64,
-    pub restarts: AtomicU64,
-    pub ws_opened: AtomicU64,
-    pub ws_closed: AtomicU64,
-    pub ws_messages_in: AtomicU64,
-    pub ws_messages_out: AtomicU64,
-    pub ws_errors: AtomicU64,
-}
-
-impl ChannelStats {
-    pub fn snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
-            "in_flight": self.in_flight.load(Ordering::Relaxed),
-            "requests": self.requests.load(Ordering::Relaxed),
-            "completed": self.completed.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
-            "timeouts": self.timeouts.load(Ordering::Relaxed),
-            "rejected": self.rejected.load(Ordering::Relaxed),
-            "restarts": self.restarts.load(Ordering::Relaxed),
-            "ws_opened": self.ws_opened.load(Ordering::Relaxed),
-            "ws_closed": self.ws_closed.load(Ordering::Relaxed),
-            "ws_messages_in": self.ws_messages_in.load(Ordering::Relaxed),
-            "ws_messages_out": self.ws_messages_out.load(Ordering::Relaxed),
-            "ws_errors": self.ws_errors.load(Ordering::Relaxed),
-        })
-    }
-}
+pub use super::stats::ChannelStats;
 
 /// One version of a live channel, as requests see it. Immutable: a change publishes a
 /// new handle. Scripts compile on first use (or come precompiled from the save).

@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod registry;
 pub mod sessions;
+pub mod stats;
 pub mod ws_session;
 
 pub use channel::{ChannelActor, ChannelHandle, ChannelStats, ScriptKind};

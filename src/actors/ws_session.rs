@@ -54,6 +54,8 @@ pub struct WsSession {
     busy: bool,
     /// A fragmented text message being put together.
     fragment: Option<Vec<u8>>,
+    /// The close code that ended the session, when one was sent or received.
+    closed_with: Option<u16>,
     logger: slog::Logger,
     _slot: NodeSlot,
 }
@@ -87,6 +89,7 @@ impl WsSession {
             pending: VecDeque::new(),
             busy: false,
             fragment: None,
+            closed_with: None,
             _slot: parts.slot,
         }
     }
@@ -100,7 +103,8 @@ impl WsSession {
         ctx.text(text.to_string());
     }
 
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        self.closed_with.get_or_insert(code);
         slog::debug!(self.logger, "closing websocket"; "code" => code, "reason" => reason);
         ctx.close(Some(CloseReason {
             code: CloseCode::from(code),
@@ -228,6 +232,8 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.sessions.remove(&self.code);
         self.stats.ws_closed.fetch_add(1, Ordering::Relaxed);
+        // 1006: the connection ended without a close frame.
+        self.stats.record_close(self.closed_with.unwrap_or(1006));
     }
 }
 
@@ -247,6 +253,9 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
             }
             Ok(ws::Message::Pong(_)) => self.last_pong = Instant::now(),
             Ok(ws::Message::Close(reason)) => {
+                // 1005: closed without a code.
+                let code = reason.as_ref().map(|r| u16::from(r.code)).unwrap_or(1005);
+                self.closed_with.get_or_insert(code);
                 ctx.close(reason);
                 ctx.stop();
             }

@@ -9,6 +9,7 @@ pub mod schema;
 use std::path::Path;
 use std::time::Duration;
 
+use diesel::migration::MigrationSource;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -130,6 +131,51 @@ impl Database {
         self.backend
     }
 
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Connections of the pool right now.
+    pub fn pool_state(&self) -> PoolState {
+        let s = self.pool.state();
+        PoolState {
+            idle: s.idle_connections,
+            in_use: s.connections.saturating_sub(s.idle_connections),
+            max: self.pool.max_size(),
+        }
+    }
+
+    /// Is every migration this binary embeds applied? (Readiness.)
+    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let expected = match self.backend {
+            Backend::Sqlite => {
+                MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+                    .map(|m| m.len())
+            }
+            Backend::Postgres => {
+                MigrationSource::<diesel::pg::Pg>::migrations(&POSTGRES_MIGRATIONS).map(|m| m.len())
+            }
+        }
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let applied = self
+            .run(|conn| {
+                #[derive(QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let row: Count =
+                    diesel::sql_query("SELECT COUNT(*) AS n FROM __diesel_schema_migrations")
+                        .get_result(conn)?;
+                Ok(row.n)
+            })
+            .await?;
+        Ok(applied as usize >= expected)
+    }
+
     pub fn conn(&self) -> Result<DbConn, StoreError> {
         self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
     }
@@ -171,6 +217,14 @@ impl Database {
         })
         .await
     }
+}
+
+/// Database pool connections, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolState {
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
 }
 
 /// Milliseconds since the Unix epoch: timestamps are stored as BIGINT so that both

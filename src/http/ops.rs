@@ -6,25 +6,39 @@ use crate::app::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers; the registry is loaded before the listener opens.
+/// Ready when the database answers and has every migration this binary knows; the
+/// registry is loaded before the listener opens.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let database = state.db.ping().await;
+    let migrations = state.db.migrations_applied().await;
+    let (ready, database, migrations) = match migrations {
+        Ok(true) => (true, "ok".to_string(), "applied"),
+        Ok(false) => (false, "ok".to_string(), "pending"),
+        Err(e) => (false, e.to_string(), "unknown"),
+    };
     let body = serde_json::json!({
-        "status": if database.is_ok() { "ready" } else { "not_ready" },
-        "database": match &database { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        "status": if ready { "ready" } else { "not_ready" },
+        "database": database,
+        "migrations": migrations,
         "channels_served": state.registry.len(),
         "domain": state.config.domain,
     });
-    if database.is_ok() {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(prometheus::TEXT_FORMAT)
+        .body(crate::metrics::render(&state))
 }

@@ -14,7 +14,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use super::error::ApiError;
 use super::read_body;
 use super::request_log::ChannelTag;
-use crate::actors::ScriptKind;
+use crate::actors::{ChannelHandle, ScriptKind};
 use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
 use crate::scenario::{ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
@@ -61,8 +61,22 @@ async fn webhook(
         .ok_or_else(unknown_token)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
+    let stats = handle.stats.clone();
+    let result = run_webhook(&req, payload, &state, handle).await;
+    stats.record_response(match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => e.status.as_u16(),
+    });
+    result
+}
 
-    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+async fn run_webhook(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    handle: Arc<ChannelHandle>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
     let params = Arc::new(WebhookParams {
         channel_json: handle.channel_json(),
         method: req.method().clone(),
@@ -81,7 +95,7 @@ async fn webhook(
         uri: req.uri().clone(),
         body,
         headers: req.headers().clone(),
-        sender: client_ip(&req, &state.config.trusted_proxies),
+        sender: client_ip(req, &state.config.trusted_proxies),
         version: req.version(),
     });
     handle

@@ -103,6 +103,7 @@ impl Dispatcher {
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
                 return;
             }
+            let started = Instant::now();
             let outcome = match handle.script(kind, runtime.as_ref()) {
                 Ok(script) => runtime.run(
                     script,
@@ -116,6 +117,7 @@ impl Dispatcher {
                 ),
                 Err(e) => Err(ScenarioError::Compile(e.clone())),
             };
+            handle.stats.record_duration(started.elapsed());
             count_outcome(&handle.stats, &outcome);
             if let Err(err) = &outcome {
                 slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => tx.is_some());

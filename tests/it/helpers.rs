@@ -11,7 +11,7 @@ use oktell_gateway::config::Config;
 use serde_json::{Value, json};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -166,6 +166,14 @@ impl Reply {
 }
 
 impl TestApp {
+    /// The PostgreSQL schema of this app, if it runs on PostgreSQL.
+    pub fn pg_schema(&self) -> Option<&str> {
+        match &self._cleanup {
+            Cleanup::Schema(s) => Some(s),
+            Cleanup::Dir(_) => None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod helpers;
+mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;

@@ -1,0 +1,324 @@
+//! `/metrics`: the Prometheus text exposition, built at scrape time from the counters
+//! the actors keep as plain atomics (so the hot paths pay one atomic add, never a label
+//! lookup). The `prometheus` crate's model and text encoder do the formatting.
+//!
+//! Per channel (labels `domain`, `channel`, `kind`; cardinality bounded by the channels
+//! this node serves) and per node. Names and meanings are listed in README "Operating".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
+
+use crate::actors::stats::{CLOSE_CODES, DURATION_BUCKETS};
+use crate::app::AppState;
+
+struct Families {
+    list: Vec<MetricFamily>,
+}
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, kind: MetricType) -> &mut MetricFamily {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_string());
+        mf.set_help(help.to_string());
+        mf.set_field_type(kind);
+        self.list.push(mf);
+        let last = self.list.len() - 1;
+        &mut self.list[last]
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+fn counter(mf: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
+    let mut c = Counter::default();
+    c.set_value(value);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    m.set_counter(c);
+    mf.mut_metric().push(m);
+}
+
+fn gauge(mf: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    m.set_gauge(g);
+    mf.mut_metric().push(m);
+}
+
+fn load(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64
+}
+
+/// Renders every metric of the node.
+pub fn render(state: &AppState) -> String {
+    let mut f = Families { list: Vec::new() };
+    let handles = state.registry.handles();
+    let domain = state.config.domain.as_str();
+
+    // Per channel. Each family is filled channel by channel.
+    type Fill = dyn Fn(&mut MetricFamily, &[(&str, &str)], &crate::actors::ChannelHandle);
+    let per_channel: Vec<(&str, &str, MetricType, Box<Fill>)> = vec![
+        (
+            "oktell_webhook_responses_total",
+            "Webhook responses by status class.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| {
+                for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                    let mut with = l.to_vec();
+                    with.push(("class", class));
+                    counter(mf, &with, load(&h.stats.responses[i + 1]));
+                }
+            }),
+        ),
+        (
+            "oktell_scenario_runs_total",
+            "Scenario runs by outcome (completed, error, timeout).",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| {
+                for (outcome, v) in [
+                    ("completed", &h.stats.completed),
+                    ("error", &h.stats.errors),
+                    ("timeout", &h.stats.timeouts),
+                ] {
+                    let mut with = l.to_vec();
+                    with.push(("outcome", outcome));
+                    counter(mf, &with, load(v));
+                }
+            }),
+        ),
+        (
+            "oktell_scenario_rejected_total",
+            "Scenario runs refused: queue full or channel at its in-flight limit.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.rejected))),
+        ),
+        (
+            "oktell_scenario_in_flight",
+            "Scenario runs queued or running.",
+            MetricType::GAUGE,
+            Box::new(|mf, l, h| gauge(mf, l, h.stats.in_flight.load(Ordering::Relaxed) as f64)),
+        ),
+        (
+            "oktell_channel_restarts_total",
+            "Supervisor restarts of the channel's actor.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.restarts))),
+        ),
+        (
+            "oktell_ws_sessions_open",
+            "Open websocket sessions.",
+            MetricType::GAUGE,
+            Box::new(|mf, l, h| gauge(mf, l, h.sessions.len() as f64)),
+        ),
+        (
+            "oktell_ws_sessions_opened_total",
+            "Websocket sessions opened.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.ws_opened))),
+        ),
+        (
+            "oktell_ws_sessions_closed_total",
+            "Websocket sessions closed, by close code (1006: no close frame).",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| {
+                for (i, a) in h.stats.ws_closed_by_code.iter().enumerate() {
+                    let value = load(a);
+                    if value == 0.0 {
+                        continue;
+                    }
+                    let code = CLOSE_CODES
+                        .get(i)
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "other".into());
+                    let mut with = l.to_vec();
+                    with.push(("code", &code));
+                    counter(mf, &with, value);
+                }
+            }),
+        ),
+        (
+            "oktell_ws_messages_total",
+            "Websocket messages by direction.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| {
+                for (dir, v) in [
+                    ("in", &h.stats.ws_messages_in),
+                    ("out", &h.stats.ws_messages_out),
+                ] {
+                    let mut with = l.to_vec();
+                    with.push(("direction", dir));
+                    counter(mf, &with, load(v));
+                }
+            }),
+        ),
+        (
+            "oktell_ws_errors_total",
+            "Websocket messages whose scenario failed.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.ws_errors))),
+        ),
+    ];
+    for (name, help, kind, fill) in &per_channel {
+        let mf = f.family(name, help, *kind);
+        for h in &handles {
+            let l = [
+                ("domain", domain),
+                ("channel", h.channel.code.as_str()),
+                ("kind", h.channel.kind.as_str()),
+            ];
+            fill(mf, &l, h);
+        }
+    }
+    let mf = f.family(
+        "oktell_scenario_duration_seconds",
+        "Scenario run time on the scenario threads.",
+        MetricType::HISTOGRAM,
+    );
+    for h in &handles {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len());
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += h.stats.duration_buckets[i].load(Ordering::Relaxed);
+            let mut b = Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        let count =
+            cumulative + h.stats.duration_buckets[DURATION_BUCKETS.len()].load(Ordering::Relaxed);
+        let mut hist = Histogram::default();
+        hist.set_bucket(buckets);
+        hist.set_sample_count(count);
+        hist.set_sample_sum(h.stats.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6);
+        let mut m = Metric::default();
+        m.set_label(labels(&[
+            ("domain", domain),
+            ("channel", h.channel.code.as_str()),
+            ("kind", h.channel.kind.as_str()),
+        ]));
+        m.set_histogram(hist);
+        mf.mut_metric().push(m);
+    }
+
+    // Per node.
+    let pool = state.dispatcher.pool();
+    let stats = pool.stats();
+    let node_gauges = [
+        (
+            "oktell_scenario_pool_queue_depth",
+            "Scenario runs waiting for a thread.",
+            pool.queued() as f64,
+        ),
+        (
+            "oktell_scenario_pool_queue_capacity",
+            "Bound of the scenario queue.",
+            pool.capacity() as f64,
+        ),
+        (
+            "oktell_scenario_pool_threads",
+            "Scenario threads.",
+            pool.threads() as f64,
+        ),
+        (
+            "oktell_scenario_pool_busy",
+            "Scenario threads running a script now.",
+            stats.busy.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_channels_served",
+            "Channels this node serves.",
+            handles.len() as f64,
+        ),
+        (
+            "oktell_ws_sessions_node_open",
+            "Open websocket sessions on this node.",
+            state.ws_sessions.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_uptime_seconds",
+            "Seconds since the node started.",
+            state.started.elapsed().as_secs_f64(),
+        ),
+    ];
+    for (name, help, value) in node_gauges {
+        gauge(f.family(name, help, MetricType::GAUGE), &[], value);
+    }
+    let node_counters = [
+        (
+            "oktell_scenario_pool_completed_total",
+            "Jobs the scenario threads finished.",
+            load(&stats.completed),
+        ),
+        (
+            "oktell_scenario_pool_rejected_total",
+            "Jobs refused because the queue was full.",
+            load(&stats.rejected),
+        ),
+        (
+            "oktell_scenario_pool_panics_total",
+            "Jobs that panicked (caught; the thread goes on).",
+            load(&stats.panicked),
+        ),
+        (
+            "oktell_scenario_pool_wakeups_total",
+            "Times a producer had to wake a sleeping scenario thread.",
+            load(&stats.wakeups),
+        ),
+    ];
+    for (name, help, value) in node_counters {
+        counter(f.family(name, help, MetricType::COUNTER), &[], value);
+    }
+    let db = state.db.pool_state();
+    let mf = f.family(
+        "oktell_db_pool_connections",
+        "Database pool connections by state.",
+        MetricType::GAUGE,
+    );
+    gauge(mf, &[("state", "idle")], db.idle as f64);
+    gauge(mf, &[("state", "in_use")], db.in_use as f64);
+    gauge(
+        f.family(
+            "oktell_db_pool_max",
+            "Database pool size.",
+            MetricType::GAUGE,
+        ),
+        &[],
+        db.max as f64,
+    );
+    gauge(
+        f.family(
+            "oktell_build_info",
+            "Build of this node.",
+            MetricType::GAUGE,
+        ),
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("backend", state.db.backend_name()),
+        ],
+        1.0,
+    );
+
+    // The encoder refuses a family without samples (e.g. no channel served yet).
+    f.list.retain(|mf| !mf.get_metric().is_empty());
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&f.list, &mut out) {
+        slog::error!(state.logger, "encoding metrics failed"; "error" => %e);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}

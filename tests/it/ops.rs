@@ -1,0 +1,188 @@
+//! Operations: `/healthz`, `/readyz`, `/metrics`.
+
+use std::time::Duration;
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use futures_util::SinkExt;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, eventually, spawn_app, spawn_app_with, token_of};
+
+/// The value of one sample: `name{...}` whose labels include every pair given.
+pub fn sample(text: &str, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            pairs
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let r = app.send(app.client.get(app.url("/metrics")), None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain")
+    );
+    r.text()
+}
+
+#[actix_web::test]
+async fn health_and_readiness() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let r = app.send(app.client.get(app.url("/healthz")), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    let r = app.send(app.client.get(app.url("/readyz")), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.json()["migrations"], "applied");
+}
+
+#[actix_web::test]
+async fn readiness_flips_when_the_database_is_gone() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let r = app.send(app.client.get(app.url("/readyz")), None).await;
+    assert_eq!(r.status, 200);
+    // Take the node's schema away under it.
+    let schema = app.pg_schema().expect("a PostgreSQL app has a schema");
+    let mut conn = diesel::PgConnection::establish(crate::helpers::PG_URL).unwrap();
+    conn.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    let r = app.send(app.client.get(app.url("/readyz")), None).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["status"], "not_ready");
+    // Liveness does not depend on the database.
+    let r = app.send(app.client.get(app.url("/healthz")), None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[actix_web::test]
+async fn metrics_count_traffic() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.scenario_threads = 2)
+        .await
+        .unwrap();
+    let before = scrape(&app).await;
+    assert_eq!(
+        sample(&before, "oktell_scenario_pool_threads", &[]),
+        Some(2.0)
+    );
+    assert_eq!(sample(&before, "oktell_channels_served", &[]), Some(0.0));
+    assert_eq!(
+        sample(&before, "oktell_build_info", &[("backend", "sqlite")]),
+        Some(1.0)
+    );
+
+    let c = app
+        .create_channel(json!({
+            "code": "metered", "kind": "public", "wait_for_completion": true,
+            "webhook_scenario": r#"if startparam(4) == "fail" { throw "x" } response_content = "ok";"#,
+            "websocket_scenario": "response_content = startparam(2);",
+        }))
+        .await;
+    let token = token_of(&c);
+    for body in ["a", "b", "fail"] {
+        app.webhook(&token, "POST", "", body).await;
+    }
+    let mut ws = crate::websocket::connect(&app, &token).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(crate::websocket::next_text(&mut ws).await, "hi");
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+
+    let ch = [
+        ("channel", "metered"),
+        ("kind", "public"),
+        ("domain", "default"),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut v = ch.to_vec();
+        v.push(extra);
+        v
+    };
+    eventually(
+        "the closed session is counted",
+        Duration::from_secs(10),
+        || async {
+            sample(
+                &scrape(&app).await,
+                "oktell_ws_sessions_closed_total",
+                &with(("code", "1000")),
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &text,
+            "oktell_webhook_responses_total",
+            &with(("class", "2xx"))
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "oktell_webhook_responses_total",
+            &with(("class", "5xx"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "oktell_scenario_runs_total",
+            &with(("outcome", "completed"))
+        ),
+        Some(3.0),
+        "2 webhooks + 1 websocket message"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "oktell_scenario_runs_total",
+            &with(("outcome", "error"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "oktell_scenario_duration_seconds_count", &ch),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, "oktell_ws_sessions_opened_total", &ch),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "oktell_ws_sessions_open", &ch), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "oktell_ws_messages_total",
+            &with(("direction", "in"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "oktell_channels_served", &[]), Some(1.0));
+    assert_eq!(
+        sample(&text, "oktell_scenario_pool_completed_total", &[]),
+        Some(4.0)
+    );
+    assert!(sample(&text, "oktell_db_pool_max", &[]).is_some_and(|v| v >= 1.0));
+    assert!(!text.contains(&token), "tokens never appear in metrics");
+}

@@ -306,3 +306,84 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// The real binary, serving on a free port with SQLite in a temp folder (for tests of
+/// process behaviour: signals, exit codes). Killed and cleaned up on drop.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl GatewayProcess {
+    pub async fn start() -> GatewayProcess {
+        let dir =
+            std::env::temp_dir().join(format!("oktell-proc-{}", uuid::Uuid::new_v4().simple()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", &dir.display().to_string()])
+            .args(["--admin-token", ADMIN_TOKEN, "--log-level", "warn"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway starts");
+        let process = GatewayProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        let client = Client::default();
+        eventually("the gateway answers", Duration::from_secs(30), || {
+            let req = client.get(format!("{}/healthz", process.base));
+            async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        process
+    }
+
+    /// Creates a channel through the admin API; returns its JSON.
+    pub async fn create_channel(&self, body: Value) -> Value {
+        let mut res = Client::default()
+            .post(format!("{}/admin/v1/channels", self.base))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send_json(&body)
+            .await
+            .expect("admin answers");
+        assert_eq!(res.status(), 201);
+        res.json().await.expect("channel JSON")
+    }
+
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let mut status = None;
+        eventually("the gateway exits", Duration::from_secs(30), || {
+            status = self.child.try_wait().ok().flatten();
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        status.and_then(|s| s.code())
+    }
+}

@@ -186,3 +186,53 @@ async fn metrics_count_traffic() {
     assert!(sample(&text, "oktell_db_pool_max", &[]).is_some_and(|v| v >= 1.0));
     assert!(!text.contains(&token), "tokens never appear in metrics");
 }
+
+/// SIGTERM during a slow scenario: the request still gets its reply, then exit 0.
+#[actix_web::test]
+async fn sigterm_lets_a_running_scenario_finish() {
+    let mut gateway = crate::helpers::GatewayProcess::start().await;
+    let channel = gateway
+        .create_channel(json!({
+            "code": "slow", "kind": "public", "wait_for_completion": true,
+            "webhook_scenario": "let t = timestamp(); while t.elapsed < 1.5 {} response_content = \"finished\";",
+        }))
+        .await;
+    let url = format!("{}/api/token/v1/{}", gateway.base, token_of(&channel));
+    let request = actix_web::rt::spawn(async move {
+        let mut res = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish()
+            .post(url)
+            .send()
+            .await
+            .expect("answered");
+        (
+            res.status().as_u16(),
+            res.body().await.expect("body").to_vec(),
+        )
+    });
+    let id = channel["id"].as_str().unwrap().to_string();
+    let admin = awc::Client::default();
+    let runtime_url = format!("{}/admin/v1/channels/{id}", gateway.base);
+    eventually("the scenario is running", Duration::from_secs(10), || {
+        let req = admin.get(runtime_url.clone()).insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+        ));
+        async move {
+            match req.send().await {
+                Ok(mut r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["runtime"]["in_flight"] == 1),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    gateway.terminate();
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, b"finished");
+    assert_eq!(gateway.exit_code().await, Some(0));
+}

@@ -433,83 +433,20 @@ async fn channel_changes_reach_open_sessions() {
 /// The real binary: SIGTERM closes websockets with 1001 and exits 0.
 #[actix_web::test]
 async fn sigterm_closes_sessions_with_going_away() {
-    let dir = std::env::temp_dir().join(format!("oktell-term-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--data-dir", &dir.display().to_string()])
-        .args([
-            "--admin-token",
-            crate::helpers::ADMIN_TOKEN,
-            "--log-level",
-            "warn",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("gateway starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = awc::Client::default();
-    eventually("the gateway answers", WAIT, || {
-        let req = client.get(format!("{base}/healthz"));
-        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    let mut res = client
-        .post(format!("{base}/admin/v1/channels"))
-        .insert_header((
-            "Authorization",
-            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
-        ))
-        .send_json(&json!({"code": "term", "kind": "public", "websocket_scenario": ECHO}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let channel: Value = res.json().await.unwrap();
-    let url = format!("ws://127.0.0.1:{port}/ws/token/v1/{}", token_of(&channel));
+    let mut gateway = crate::helpers::GatewayProcess::start().await;
+    let channel = gateway
+        .create_channel(json!({"code": "term", "kind": "public", "websocket_scenario": ECHO}))
+        .await;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws/token/v1/{}",
+        gateway.port,
+        token_of(&channel)
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     send(&mut ws, "up").await;
     assert_eq!(next_text(&mut ws).await, "up");
-
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    gateway.terminate();
     assert_eq!(next_close(&mut ws).await.0, 1001);
     drop(ws);
-    let mut status = None;
-    eventually("the gateway exits", WAIT, || {
-        status = child.try_wait().unwrap();
-        let done = status.is_some();
-        async move { done }
-    })
-    .await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[actix_web::test]
-async fn node_session_limit_is_503_and_frees_up() {
-    let app = spawn_app_with(Backend::Sqlite, |c| c.ws_max_sessions_per_node = 2)
-        .await
-        .unwrap();
-    let a = ws_channel(&app, "a", false, ECHO, "").await;
-    let b = ws_channel(&app, "b", false, ECHO, "").await;
-    let mut first = connect(&app, &token_of(&a)).await;
-    let _second = connect(&app, &token_of(&b)).await;
-    assert_eq!(
-        refused_status(&app, &token_of(&b)).await,
-        503,
-        "the node is full"
-    );
-    first.close(None).await.unwrap();
-    eventually("a closed session frees its place", WAIT, || {
-        let url = format!("ws://127.0.0.1:{}/ws/token/v1/{}", app.port, token_of(&a));
-        async move { tokio_tungstenite::connect_async(url).await.is_ok() }
-    })
-    .await;
+    assert_eq!(gateway.exit_code().await, Some(0));
 }

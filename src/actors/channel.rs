@@ -183,6 +183,12 @@ impl Supervised for ChannelActor {
             };
             match loaded {
                 Ok(Some(channel)) => {
+                    // Publish only over the same or an older version: a change or a
+                    // delete made while reloading wins.
+                    match registry.get_by_id(&act.id) {
+                        Some(current) if current.channel.version <= channel.version => {}
+                        _ => return,
+                    }
                     let handle = ChannelHandle::new(
                         Arc::new(channel),
                         act.stats.clone(),
@@ -194,6 +200,10 @@ impl Supervised for ChannelActor {
                     slog::info!(act.logger, "channel actor restarted"; "restarts" => act.stats.restarts.load(Ordering::Relaxed));
                 }
                 Ok(None) => {
+                    // Deleted behind our back (e.g. by the CLI): retire for good.
+                    act.retired = true;
+                    act.sessions
+                        .close_all(super::sessions::close_code::GOING_AWAY, "channel removed");
                     registry.remove(&act.id);
                     ctx.stop();
                 }
@@ -277,7 +287,14 @@ impl Handler<WsInbound> for ChannelActor {
         });
         match submitted {
             Some(Ok(Some(rx))) => {
-                Box::pin(async move { rx.await.unwrap_or(Err(ScenarioError::Panicked)) })
+                // The run has its own deadline; this bounds the wait even if it hangs.
+                let bound = self.dispatcher.timeout() + std::time::Duration::from_secs(1);
+                Box::pin(async move {
+                    match tokio::time::timeout(bound, rx).await {
+                        Ok(outcome) => outcome.unwrap_or(Err(ScenarioError::Panicked)),
+                        Err(_) => Err(ScenarioError::Timeout),
+                    }
+                })
             }
             Some(Err(e)) => Box::pin(async move { Err(e) }),
             Some(Ok(None)) | None => Box::pin(async { Err(ScenarioError::Panicked) }),

@@ -47,6 +47,18 @@ pub fn mask(secret: &str) -> String {
     }
 }
 
+/// The URL with any password in it replaced (an `ftp://user:pass@host` URL carries a
+/// secret that admin reads and scenarios must not see).
+pub fn url_without_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            u.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
 pub fn rfc3339_millis(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
@@ -69,7 +81,11 @@ impl ChannelView {
             wait_for_completion: c.wait_for_completion,
             ws_role: c.ws_role.clone(),
             token: c.token.clone(),
-            outgoing_url: c.outgoing_url.clone(),
+            outgoing_url: if reveal_secrets {
+                c.outgoing_url.clone()
+            } else {
+                url_without_password(&c.outgoing_url)
+            },
             outgoing_token_primary: secret(&c.outgoing_token_primary),
             outgoing_token_secondary: secret(&c.outgoing_token_secondary),
             webhook_scenario: c.webhook_scenario.clone(),
@@ -94,7 +110,7 @@ pub fn scenario_json(c: &Channel) -> String {
         "kind": c.kind,
         "wait_for_completion": c.wait_for_completion,
         "ws_role": c.ws_role,
-        "outgoing_url": c.outgoing_url,
+        "outgoing_url": url_without_password(&c.outgoing_url),
         "comment": c.comment,
         "enabled": c.enabled,
         "version": c.version,

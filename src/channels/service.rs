@@ -52,6 +52,10 @@ pub struct ChannelService {
     config: Arc<Config>,
     dispatcher: Arc<Dispatcher>,
     live: Option<LiveNode>,
+    /// Channel writes on this node go one at a time, from the database write to the
+    /// registry update, so that a delete and an update (or two updates) cannot publish
+    /// out of order. Admin writes are rare; reads never take it.
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ChannelService {
@@ -66,6 +70,7 @@ impl ChannelService {
             config,
             dispatcher,
             live,
+            writes: Arc::default(),
         }
     }
 
@@ -127,6 +132,7 @@ impl ChannelService {
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;
         let row = channel.clone();
+        let _writing = self.writes.lock().await;
         self.db.run(move |c| rows::insert(c, &row)).await?;
         self.go_live(channel.clone(), compiled);
         Ok(channel)
@@ -140,11 +146,14 @@ impl ChannelService {
         channel.version = expected + 1;
         channel.updated_at = now_millis().max(channel.updated_at);
         let row = channel.clone();
+        let _writing = self.writes.lock().await;
         let written = self
             .db
             .run(move |c| rows::update(c, &row, expected))
             .await?;
         if !written {
+            // Gone meanwhile (404), or changed meanwhile (409).
+            self.get(id).await?;
             return Err(ServiceError::Conflict(
                 "the channel changed while this update was made; read it again and retry".into(),
             ));
@@ -155,6 +164,7 @@ impl ChannelService {
 
     pub async fn delete(&self, id: &str) -> Result<(), ServiceError> {
         let (domain, owned) = (self.config.domain.clone(), id.to_string());
+        let _writing = self.writes.lock().await;
         let deleted = self
             .db
             .run(move |c| rows::delete(c, &domain, &owned))

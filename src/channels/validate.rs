@@ -126,6 +126,18 @@ pub fn validate_outgoing_url(raw: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Outgoing tokens travel in an HTTP header (or as an FTP password): printable ASCII.
+fn validate_token(field: &str, value: &str) -> Result<(), ValidationError> {
+    validate_text(field, value, MAX_TEXT_LEN)?;
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(ValidationError::new(
+            field,
+            format!("must be printable ASCII without spaces (found {bad:?})"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.len() > max {
         return Err(ValidationError::new(
@@ -192,6 +204,14 @@ impl ChannelInput {
             let url = url.trim();
             validate_outgoing_url(url)?;
             channel.outgoing_url = url.to_string();
+        }
+        for (field, token) in [
+            ("outgoing_token_primary", &self.outgoing_token_primary),
+            ("outgoing_token_secondary", &self.outgoing_token_secondary),
+        ] {
+            if let Some(t) = token {
+                validate_token(field, t)?;
+            }
         }
         let texts: [(&str, &Option<String>, &mut String, usize); 5] = [
             (

@@ -14,24 +14,39 @@ use crate::channels::{ChannelInput, ChannelView, KIND_EVENTING, KIND_PUBLIC};
 use crate::db::channels::ChannelFilter;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // Each path is a resource, so that a wrong method is a 405 rather than a 404.
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.service(
         web::scope("/admin/v1")
-            .route("/channels", web::post().to(create_channel))
-            .route("/channels", web::get().to(list_channels))
-            .route("/channels/{id}", web::get().to(get_channel))
-            .route("/channels/{id}", web::patch().to(update_channel))
-            .route("/channels/{id}", web::delete().to(delete_channel))
-            .route("/channels/{id}/fault/panic", web::post().to(inject_panic))
-            .route("/channels/{id}/sessions", web::get().to(list_sessions))
-            .route(
-                "/channels/{id}/sessions/{code}/messages",
-                web::post().to(push_to_session),
+            .service(
+                resource("/channels")
+                    .route(web::post().to(create_channel))
+                    .route(web::get().to(list_channels)),
             )
-            .route(
-                "/channels/{id}/sessions/{code}",
-                web::delete().to(close_session),
+            .service(
+                resource("/channels/{id}")
+                    .route(web::get().to(get_channel))
+                    .route(web::patch().to(update_channel))
+                    .route(web::delete().to(delete_channel)),
+            )
+            .service(resource("/channels/{id}/fault/panic").route(web::post().to(inject_panic)))
+            .service(resource("/channels/{id}/sessions").route(web::get().to(list_sessions)))
+            .service(
+                resource("/channels/{id}/sessions/{code}/messages")
+                    .route(web::post().to(push_to_session)),
+            )
+            .service(
+                resource("/channels/{id}/sessions/{code}").route(web::delete().to(close_session)),
             ),
     );
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this path",
+    ))
 }
 
 /// Proof that the request carries the admin token (compared in constant time).
@@ -49,7 +64,10 @@ impl FromRequest for Admin {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .map(|t| t.trim().as_bytes().to_vec());
         let ok = match (expected, given) {
             (Some(e), Some(g)) => constant_time_eq(&e, &g),

@@ -21,7 +21,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (ready, database, migrations) = match migrations {
         Ok(true) => (true, "ok".to_string(), "applied"),
         Ok(false) => (false, "ok".to_string(), "pending"),
-        Err(e) => (false, e.to_string(), "unknown"),
+        Err(e) => {
+            // Details go to the log: this endpoint is unauthenticated.
+            slog::warn!(state.logger, "readiness: database check failed"; "error" => %e);
+            (false, "unavailable".to_string(), "unknown")
+        }
     };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },

@@ -26,6 +26,74 @@ pub struct OutgoingResponse {
     pub headers: Vec<(String, String)>,
 }
 
+/// The longest a name lookup may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves `host:port` on a helper thread, giving up after `timeout` (the system
+/// resolver has no timeout of its own).
+fn resolve(netloc: &str, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = netloc.to_string();
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let _ = tx.send(owned.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+        })?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("resolving {netloc} took too long"),
+        ))
+    })
+}
+
+/// Shuts the FTP control connection down when the run's deadline passes, so that a
+/// stalled server cannot hold a scenario thread past it. Data connections are not
+/// watched (a second handle would keep them from closing, and the server waits for
+/// that close): they have socket timeouts and a [`DeadlineIo`] between chunks.
+#[derive(Clone, Default)]
+struct Watchdog {
+    sockets: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(deadline: Instant) -> Watchdog {
+        let dog = Watchdog::default();
+        let watcher = dog.clone();
+        let _ = std::thread::Builder::new()
+            .name("ftp-watchdog".into())
+            .spawn(move || {
+                while !watcher.done.load(std::sync::atomic::Ordering::Acquire) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        if let Ok(sockets) = watcher.sockets.lock() {
+                            for s in sockets.iter() {
+                                let _ = s.shutdown(std::net::Shutdown::Both);
+                            }
+                        }
+                        return;
+                    }
+                    std::thread::park_timeout((deadline - now).min(Duration::from_millis(100)));
+                }
+            });
+        dog
+    }
+
+    fn watch(&self, stream: &TcpStream) {
+        if let (Ok(clone), Ok(mut sockets)) = (stream.try_clone(), self.sockets.lock()) {
+            sockets.push(clone);
+        }
+    }
+}
+
+impl Watchdog {
+    /// The session is over: the watcher stops without touching the sockets.
+    fn finish(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 pub struct OutgoingClient {
     agent: ureq::Agent,
     timeout: Duration,
@@ -38,6 +106,8 @@ impl OutgoingClient {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(5))
                 .redirects(0)
+                // ureq's own timeouts do not cover name resolution.
+                .resolver(|netloc: &str| resolve(netloc, DNS_TIMEOUT))
                 .build(),
             timeout,
             max_response_bytes,
@@ -184,23 +254,36 @@ impl OutgoingClient {
                 ));
             }
         };
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
+        let addr = resolve(
+            &format!("{host}:{port}"),
+            self.time_left(deadline)?.min(DNS_TIMEOUT),
+        )
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
         let mut last_error = String::new();
         for password in &passwords {
             let left = self.time_left(deadline)?;
-            let outcome = if secure {
-                self.ftps_session(addr, &host, &user, password, left, |s| {
-                    transfer(s, upload, &remote, body, self.max_response_bytes)
-                })
-            } else {
-                self.ftp_session(addr, &user, password, left, |s| {
-                    transfer(s, upload, &remote, body, self.max_response_bytes)
-                })
+            let dog = Watchdog::start(deadline);
+            let max = self.max_response_bytes;
+            let to = FtpTarget {
+                addr,
+                host: &host,
+                user: &user,
+                password,
+                left,
+                dog: &dog,
             };
+            let outcome = if secure {
+                self.ftps_session(&to, |s| transfer(s, upload, &remote, body, max, deadline))
+            } else {
+                self.ftp_session(&to, |s| transfer(s, upload, &remote, body, max, deadline))
+            };
+            dog.finish();
+            if Instant::now() >= deadline {
+                return Err("the FTP call ran out of time".into());
+            }
             match outcome {
                 Ok(r) => return Ok(r),
                 Err(FtpFailure::Login(e)) => last_error = e,
@@ -212,13 +295,12 @@ impl OutgoingClient {
 
     fn ftp_session(
         &self,
-        addr: SocketAddr,
-        user: &str,
-        password: &str,
-        left: Duration,
+        to: &FtpTarget<'_>,
         work: impl FnOnce(&mut FtpStream) -> Result<OutgoingResponse, String>,
     ) -> Result<OutgoingResponse, FtpFailure> {
-        let stream = connect(addr, left)?;
+        let (left, user, password) = (to.left, to.user, to.password);
+        let stream = connect(to.addr, left)?;
+        to.dog.watch(&stream);
         let mut ftp = FtpStream::connect_with_stream(stream)
             .map_err(|e| FtpFailure::Other(format!("FTP connect: {e}")))?
             .passive_stream_builder(move |a| {
@@ -233,14 +315,12 @@ impl OutgoingClient {
 
     fn ftps_session(
         &self,
-        addr: SocketAddr,
-        host: &str,
-        user: &str,
-        password: &str,
-        left: Duration,
+        to: &FtpTarget<'_>,
         work: impl FnOnce(&mut RustlsFtpStream) -> Result<OutgoingResponse, String>,
     ) -> Result<OutgoingResponse, FtpFailure> {
-        let stream = connect(addr, left)?;
+        let (left, user, password) = (to.left, to.user, to.password);
+        let stream = connect(to.addr, left)?;
+        to.dog.watch(&stream);
         let ftp = RustlsFtpStream::connect_with_stream(stream)
             .map_err(|e| FtpFailure::Other(format!("FTPS connect: {e}")))?
             .passive_stream_builder(move |a| {
@@ -248,13 +328,23 @@ impl OutgoingClient {
                     .map_err(|e| FtpError::ConnectionError(std::io::Error::other(e.to_string())))
             });
         let mut ftp = ftp
-            .into_secure(RustlsConnector::from(tls_config()?), host)
+            .into_secure(RustlsConnector::from(tls_config()?), to.host)
             .map_err(|e| FtpFailure::Other(format!("FTPS handshake: {e}")))?;
         ftp.login(user, password).map_err(login_failure)?;
         let out = work(&mut ftp).map_err(FtpFailure::Other)?;
         let _ = ftp.quit();
         Ok(out)
     }
+}
+
+/// Where and as whom one FTP session logs in.
+struct FtpTarget<'a> {
+    addr: SocketAddr,
+    host: &'a str,
+    user: &'a str,
+    password: &'a str,
+    left: Duration,
+    dog: &'a Watchdog,
 }
 
 enum FtpFailure {
@@ -288,17 +378,42 @@ fn connect(addr: SocketAddr, left: Duration) -> Result<TcpStream, FtpFailure> {
     Ok(stream)
 }
 
+/// A reader that fails once the deadline has passed (checked between chunks), so that a
+/// slow-dripping peer cannot stretch a transfer forever.
+struct DeadlineIo<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for DeadlineIo<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the transfer ran out of time",
+            ));
+        }
+        // Small chunks keep the checks frequent.
+        let n = buf.len().min(64 * 1024);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
 fn transfer<T: suppaftp::TlsStream>(
     ftp: &mut suppaftp::ImplFtpStream<T>,
     upload: bool,
     remote: &str,
     body: &[u8],
     max: usize,
+    deadline: Instant,
 ) -> Result<OutgoingResponse, String> {
     ftp.transfer_type(suppaftp::types::FileType::Binary)
         .map_err(|e| format!("FTP TYPE I: {e}"))?;
     if upload {
-        let mut reader = body;
+        let mut reader = DeadlineIo {
+            inner: body,
+            deadline,
+        };
         ftp.put_file(remote, &mut reader)
             .map_err(|e| format!("FTP upload of {remote}: {e}"))?;
         Ok(OutgoingResponse {
@@ -307,10 +422,20 @@ fn transfer<T: suppaftp::TlsStream>(
             headers: Vec::new(),
         })
     } else {
+        // Read at most one byte past the limit: a huge file is refused, not buffered.
         let data = ftp
-            .retr_as_buffer(remote)
-            .map_err(|e| format!("FTP download of {remote}: {e}"))?
-            .into_inner();
+            .retr(remote, |reader| {
+                let mut buf = Vec::new();
+                DeadlineIo {
+                    inner: reader,
+                    deadline,
+                }
+                .take(max as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(FtpError::ConnectionError)?;
+                Ok(buf)
+            })
+            .map_err(|e| format!("FTP download of {remote}: {e}"))?;
         if data.len() > max {
             return Err(format!("the downloaded file is larger than {max} bytes"));
         }

@@ -14,6 +14,25 @@ on_both_backends!(
 );
 
 #[actix_web::test]
+async fn bearer_scheme_is_case_insensitive_and_wrong_methods_are_405() {
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite)
+        .await
+        .unwrap();
+    let req = app
+        .client
+        .get(app.url("/admin/v1/channels"))
+        .insert_header(("Authorization", format!("bearer {ADMIN_TOKEN}")));
+    assert_eq!(app.send(req, None).await.status, 200);
+    let r = app
+        .admin("PUT", "/admin/v1/channels", Some(json!({})))
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.error_code(), "method_not_allowed");
+    let r = app.admin("POST", "/admin/v1/channels/some-id", None).await;
+    assert_eq!(r.status, 405);
+}
+
+#[actix_web::test]
 async fn admin_token_is_required() {
     let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite)
         .await
@@ -134,6 +153,14 @@ async fn validation_errors_name_the_field(app: TestApp) {
         (
             json!({"code": "ok", "kind": "public", "token": "mine"}),
             "token",
+        ),
+        (
+            json!({"code": "ok", "kind": "public", "outgoing_token_primary": "a\r\nX-Evil: 1"}),
+            "outgoing_token_primary",
+        ),
+        (
+            json!({"code": "ok", "kind": "public", "outgoing_token_secondary": "with space"}),
+            "outgoing_token_secondary",
         ),
         (
             json!({"code": "ok", "kind": "public", "wait_for_completion": "yes"}),
@@ -320,4 +347,31 @@ async fn secrets_are_masked_unless_asked(app: TestApp) {
     assert_eq!(revealed["outgoing_token_primary"], "prim-123");
     let listed = app.admin("GET", "/admin/v1/channels", None).await;
     assert!(!listed.text().contains("prim-123"));
+
+    // A password inside an FTP URL is a secret too: masked in reads and for scenarios.
+    let ftp = app
+        .create_channel(json!({
+            "code": "ftp-pass", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": "ftp://loader:s3cret@files.example.com/in",
+            "webhook_scenario": "response_content = startparam(1);",
+        }))
+        .await;
+    assert!(!ftp.to_string().contains("s3cret"));
+    assert!(ftp["outgoing_url"].as_str().unwrap().contains("loader:"));
+    let revealed = app
+        .admin(
+            "GET",
+            &format!("/admin/v1/channels/{}?reveal_secrets=true", id_of(&ftp)),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        revealed["outgoing_url"],
+        "ftp://loader:s3cret@files.example.com/in"
+    );
+    let seen = app
+        .webhook(&crate::helpers::token_of(&ftp), "POST", "", "")
+        .await;
+    assert!(!seen.text().contains("s3cret"), "{}", seen.text());
 }

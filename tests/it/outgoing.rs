@@ -143,3 +143,32 @@ async fn ftp_upload_and_download_with_token_fallback() {
     assert_eq!(logins[0], ("loader".to_string(), "ftp-old".to_string()));
     assert!(logins.contains(&("loader".to_string(), "ftp-new".to_string())));
 }
+
+#[actix_web::test]
+async fn a_stalled_ftp_server_cannot_hold_a_scenario_past_its_deadline() {
+    let ftp = FtpServer::stalling("pw");
+    let app = spawn_app_with(Backend::Sqlite, |c| c.scenario_timeout_ms = 1000)
+        .await
+        .unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "stall", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": format!("ftp://u@127.0.0.1:{}/", ftp.port),
+            "outgoing_token_primary": "pw",
+            "webhook_scenario": r#"
+                try { outgoing_request("GET", "never.txt"); response_content = "got it"; }
+                catch (e) { response_code = 502; response_content = "gave up"; }
+            "#,
+        }))
+        .await;
+    let started = std::time::Instant::now();
+    let r = app.webhook(&token_of(&c), "POST", "", "").await;
+    // Either the script caught the cut-off call, or the run itself timed out: both end
+    // near the 1 s deadline instead of hanging.
+    assert!(matches!(r.status, 502 | 504), "{} {}", r.status, r.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

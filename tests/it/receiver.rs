@@ -93,6 +93,15 @@ pub struct FtpServer {
 
 impl FtpServer {
     pub fn start(password: &str) -> FtpServer {
+        FtpServer::start_with(password, false)
+    }
+
+    /// A server that opens the data connection for RETR and then sends nothing, ever.
+    pub fn stalling(password: &str) -> FtpServer {
+        FtpServer::start_with(password, true)
+    }
+
+    fn start_with(password: &str, stall: bool) -> FtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("ftp binds");
         let port = listener.local_addr().unwrap().port();
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
@@ -102,7 +111,7 @@ impl FtpServer {
             for conn in listener.incoming().flatten() {
                 let (f, l, p) = (f.clone(), l.clone(), password.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_ftp(conn, &f, &l, &p);
+                    let _ = serve_ftp(conn, &f, &l, &p, stall);
                 });
             }
         });
@@ -119,6 +128,7 @@ fn serve_ftp(
     files: &Mutex<HashMap<String, Vec<u8>>>,
     logins: &Mutex<Vec<(String, String)>>,
     password: &str,
+    stall: bool,
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut lines = BufReader::new(conn);
@@ -166,6 +176,12 @@ fn serve_ftp(
                 };
                 out.write_all(b"150 opening data connection\r\n")?;
                 let (mut d, _) = l.accept()?;
+                if stall && cmd.eq_ignore_ascii_case("RETR") {
+                    // Hold both connections open without a byte until the peer leaves.
+                    let mut sink = [0u8; 1];
+                    let _ = d.read(&mut sink);
+                    return Ok(());
+                }
                 if cmd.eq_ignore_ascii_case("STOR") {
                     let mut buf = Vec::new();
                     d.read_to_end(&mut buf)?;

@@ -173,6 +173,12 @@ pub fn render(state: &AppState) -> String {
             MetricType::COUNTER,
             Box::new(|mf, l, h| counter(mf, l, load(&h.stats.ws_errors))),
         ),
+        (
+            "oktell_ws_retries_total",
+            "Websocket messages held back because the scenario queue or channel was full.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.ws_retries))),
+        ),
     ];
     for (name, help, kind, fill) in &per_channel {
         let mf = f.family(name, help, *kind);

@@ -35,6 +35,8 @@ pub struct ChannelStats {
     pub ws_messages_in: AtomicU64,
     pub ws_messages_out: AtomicU64,
     pub ws_errors: AtomicU64,
+    /// Websocket messages put back because the scenario queue or channel was full.
+    pub ws_retries: AtomicU64,
 }
 
 impl ChannelStats {

@@ -22,6 +22,9 @@ use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
 
+/// How long a session waits before trying a refused message again.
+const RETRY_AFTER: Duration = Duration::from_millis(10);
+
 /// Limits of one session.
 #[derive(Debug, Clone)]
 pub struct WsLimits {
@@ -139,12 +142,27 @@ impl WsSession {
         self.busy = true;
         let request = self.channel.send(WsInbound {
             code: self.code.clone(),
-            text,
+            text: text.clone(),
             peer_ip: self.peer_ip.clone(),
         });
-        ctx.spawn(request.into_actor(self).map(|outcome, act, ctx| {
-            act.busy = false;
+        ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
             let outcome: RunResult = outcome.unwrap_or(Err(ScenarioError::Panicked));
+            // A full scenario queue or a busy channel is back-pressure, not a failure:
+            // the message goes back to the head of this session's queue and is tried
+            // again shortly (the session's own queue limit still bounds what waits).
+            if matches!(
+                outcome,
+                Err(ScenarioError::QueueFull | ScenarioError::ChannelBusy)
+            ) {
+                act.pending.push_front(text);
+                act.stats.ws_retries.fetch_add(1, Ordering::Relaxed);
+                ctx.run_later(RETRY_AFTER, |act, ctx| {
+                    act.busy = false;
+                    act.run_next(ctx);
+                });
+                return;
+            }
+            act.busy = false;
             match outcome {
                 Ok(reply) => {
                     if !reply.content.is_empty() {

@@ -450,3 +450,53 @@ async fn sigterm_closes_sessions_with_going_away() {
     drop(ws);
     assert_eq!(gateway.exit_code().await, Some(0));
 }
+
+#[actix_web::test]
+async fn a_busy_channel_holds_messages_back_instead_of_failing_them() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.channel_max_in_flight = 1;
+        c.scenario_max_operations = 0;
+    })
+    .await
+    .unwrap();
+    let c = ws_channel(
+        &app,
+        "narrow",
+        false,
+        "let t = timestamp(); while t.elapsed < 0.02 {} response_content = startparam(2);",
+        "",
+    )
+    .await;
+    let token = token_of(&c);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(connect(&app, &token).await);
+    }
+    for (s, ws) in sessions.iter_mut().enumerate() {
+        for i in 0..5 {
+            send(ws, &format!("{s}-{i}")).await;
+        }
+    }
+    for (s, ws) in sessions.iter_mut().enumerate() {
+        for i in 0..5 {
+            assert_eq!(
+                next_text(ws).await,
+                format!("{s}-{i}"),
+                "echo, not an error frame"
+            );
+        }
+    }
+    let metrics = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    let retries = crate::ops::sample(
+        &metrics,
+        "oktell_ws_retries_total",
+        &[("channel", "narrow")],
+    );
+    assert!(
+        retries.is_some_and(|r| r > 0.0),
+        "messages were held back: {retries:?}"
+    );
+}

@@ -53,11 +53,15 @@ pub enum StartError {
     },
     #[error("starting: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A built node, listening, not yet running.
 pub struct Application {
     port: u16,
+    metrics_port: Option<u16>,
+    metrics_server: Option<Server>,
     server: Server,
     pub state: web::Data<AppState>,
 }
@@ -134,14 +138,44 @@ impl Application {
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
-        let server = server.bind(&config.listen)?;
+        let server = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                server.bind_rustls_0_23(&config.listen, tls_server_config(cert, key)?)?
+            }
+            _ => server.bind(&config.listen)?,
+        };
         let port = server.addrs().first().map(|a| a.port()).unwrap_or_default();
+        // A separate small server for scrapers: only the operations routes.
+        let (metrics_server, metrics_port) = match &config.metrics_listen {
+            Some(addr) => {
+                let ops_state = state.clone();
+                let ops = HttpServer::new(move || {
+                    App::new()
+                        .app_data(ops_state.clone())
+                        .configure(http::ops::routes)
+                        .default_service(web::to(|| async {
+                            Err::<actix_web::HttpResponse, _>(ApiError::not_found(
+                                "not_found",
+                                "this address serves only /metrics, /healthz and /readyz",
+                            ))
+                        }))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind(addr)?;
+                let port = ops.addrs().first().map(|a| a.port());
+                (Some(ops.run()), port)
+            }
+            None => (None, None),
+        };
         slog::info!(logger, "listening"; "address" => format!("{:?}", server.addrs()), "domain" => &config.domain, "roles" => config.roles.join(","));
         let server = server.run();
         // The arbiter lives as long as the process; keep it from being dropped early.
         std::mem::forget(channel_arbiter);
         Ok(Application {
             port,
+            metrics_port,
+            metrics_server,
             server,
             state,
         })
@@ -151,14 +185,27 @@ impl Application {
         self.port
     }
 
+    /// The port of `metrics_listen`, when set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully: websockets are closed
     /// with 1001 (going away), the listener stops, in-flight requests may finish within
     /// `shutdown_timeout_s`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let state = self.state.clone();
+        let metrics = self.metrics_server.map(|s| {
+            let h = s.handle();
+            actix_web::rt::spawn(s);
+            h
+        });
         actix_web::rt::spawn(async move {
             wait_for_stop_signal().await;
+            if let Some(m) = metrics {
+                m.stop(true).await;
+            }
             slog::info!(
                 state.logger,
                 "stopping: closing websockets, draining requests"
@@ -173,8 +220,12 @@ impl Application {
         self.server.handle()
     }
 
-    /// Splits into the server future (to spawn) and the shared state.
+    /// Splits into the server future (to spawn) and the shared state; the metrics
+    /// server, if any, is spawned on the current runtime.
     pub fn into_parts(self) -> (Server, web::Data<AppState>) {
+        if let Some(m) = self.metrics_server {
+            actix_web::rt::spawn(m);
+        }
         (self.server, self.state)
     }
 }
@@ -196,6 +247,30 @@ pub fn scenario_runtime(config: &Config) -> Arc<dyn ScenarioRuntime> {
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
     }
+}
+
+/// The rustls server configuration from PEM files (ring as the crypto provider).
+fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |what: &str, e: &dyn std::fmt::Display| StartError::Tls(format!("{what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls(&cert.display().to_string(), &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&cert.display().to_string(), &e))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(&key.display().to_string(), &e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls("protocol versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls("certificate and key", &e))
 }
 
 async fn wait_for_stop_signal() {

@@ -62,6 +62,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// PEM certificate chain and private key: serve https and wss when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A second address serving only /metrics, /healthz and /readyz (optional).
+    pub metrics_listen: Option<String>,
     /// One log line per request.
     pub access_log: bool,
     pub shutdown_timeout_s: u64,
@@ -104,6 +109,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            tls_cert: None,
+            tls_key: None,
+            metrics_listen: None,
             access_log: true,
             shutdown_timeout_s: 30,
             fault_injection: false,
@@ -178,6 +186,15 @@ pub struct ConfigArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, env = "OKTELL_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// PEM certificate chain: with --tls-key, serve https and wss.
+    #[arg(long, global = true, env = "OKTELL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "OKTELL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve /metrics (and health) on this address too, e.g. 127.0.0.1:9090.
+    #[arg(long, global = true, env = "OKTELL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Errors of reading the configuration.
@@ -239,6 +256,15 @@ impl ConfigArgs {
         if self.scenario_http_url.is_some() {
             cfg.scenario_http_url = self.scenario_http_url.clone();
         }
+        if self.tls_cert.is_some() {
+            cfg.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            cfg.tls_key = self.tls_key.clone();
+        }
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen.clone();
+        }
         // A data folder given without a database URL moves the SQLite file along.
         if self.database_url.is_none() && self.data_dir.is_some() && self.config.is_none() {
             cfg.database_url = cfg.data_dir.join("oktell-gateway.db").display().to_string();
@@ -285,6 +311,9 @@ impl Config {
             && token.len() < 16
         {
             return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
         }
         if self.scenario_runtime == RuntimeKind::Http && self.scenario_http_url.is_none() {
             return Err(invalid(

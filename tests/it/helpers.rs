@@ -43,6 +43,7 @@ impl Drop for Cleanup {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    pub metrics_port: Option<u16>,
     pub client: Client,
     server: actix_web::dev::ServerHandle,
     _cleanup: Cleanup,
@@ -120,12 +121,14 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         .await
         .expect("gateway starts");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let server = app.server_handle();
     let (server_future, _state) = app.into_parts();
     actix_web::rt::spawn(server_future);
     Some(TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        metrics_port,
         client: Client::builder().timeout(Duration::from_secs(60)).finish(),
         server,
         _cleanup: cleanup,
@@ -227,6 +230,18 @@ impl TestApp {
         let r = self.admin("POST", "/admin/v1/channels", Some(body)).await;
         assert_eq!(r.status, 201, "create channel: {}", r.text());
         r.json()
+    }
+
+    /// Creates a channel through another client and base URL (e.g. over TLS).
+    pub async fn create_channel_over(&self, client: &Client, base: &str, body: Value) -> Value {
+        let mut res = client
+            .post(format!("{base}/admin/v1/channels"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send_json(&body)
+            .await
+            .expect("admin answers");
+        assert_eq!(res.status(), 201);
+        res.json().await.expect("channel JSON")
     }
 
     /// A public channel with a webhook scenario.

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cli;
+mod deploy;
 mod helpers;
 mod ops;
 mod outgoing;

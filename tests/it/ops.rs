@@ -236,3 +236,107 @@ async fn sigterm_lets_a_running_scenario_finish() {
     assert_eq!(body, b"finished");
     assert_eq!(gateway.exit_code().await, Some(0));
 }
+
+#[actix_web::test]
+async fn metrics_listen_serves_only_operations() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".into())
+    })
+    .await
+    .unwrap();
+    let port = app.metrics_port.expect("a metrics port");
+    let base = format!("http://127.0.0.1:{port}");
+    let r = app
+        .send(app.client.get(format!("{base}/metrics")), None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("oktell_scenario_pool_threads"));
+    let r = app
+        .send(app.client.get(format!("{base}/healthz")), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let req = app
+        .client
+        .get(format!("{base}/admin/v1/channels"))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+        ));
+    assert_eq!(
+        app.send(req, None).await.status,
+        404,
+        "no admin API on the metrics address"
+    );
+}
+
+#[actix_web::test]
+async fn tls_serves_https_with_the_given_certificate() {
+    let dir = std::env::temp_dir().join(format!("oktell-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, issued.cert.pem()).unwrap();
+    std::fs::write(&key_path, issued.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (cert_path.clone(), key_path.clone());
+    let app = spawn_app_with(Backend::Sqlite, move |cfg| {
+        cfg.tls_cert = Some(c);
+        cfg.tls_key = Some(k);
+    })
+    .await
+    .unwrap();
+    let channel = app
+        .create_channel_over(
+            &tls_client(issued.cert.der().to_vec()),
+            &format!("https://localhost:{}", app.port),
+            json!({
+                "code": "secure", "kind": "public", "wait_for_completion": true,
+                "webhook_scenario": "response_content = startparam(3);",
+            }),
+        )
+        .await;
+    let client = tls_client(issued.cert.der().to_vec());
+    let url = format!(
+        "https://localhost:{}/api/token/v1/{}/x",
+        app.port,
+        token_of(&channel)
+    );
+    let mut res = client
+        .post(url.clone())
+        .send()
+        .await
+        .expect("https answers");
+    assert_eq!(res.status(), 200);
+    let body = res.body().await.unwrap();
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        url,
+        "startparam(3) says https"
+    );
+    // Plain http on the TLS port does not get through.
+    assert!(
+        app.client
+            .get(format!("http://127.0.0.1:{}/healthz", app.port))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An awc client that trusts exactly one self-signed certificate.
+fn tls_client(cert_der: Vec<u8>) -> awc::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der.into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
+        .timeout(Duration::from_secs(30))
+        .finish()
+}

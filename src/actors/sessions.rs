@@ -31,7 +31,7 @@ pub struct SessionEntry {
 }
 
 /// One session as the admin API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub code: String,
     pub peer_ip: String,

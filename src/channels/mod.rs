@@ -16,7 +16,7 @@ pub const KIND_PUBLIC: &str = "public";
 pub const KIND_EVENTING: &str = "eventing";
 
 /// How a channel is shown by the admin API. Outgoing tokens are masked unless asked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChannelView {
     pub id: String,
     pub domain: String,

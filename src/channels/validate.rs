@@ -8,7 +8,7 @@ use crate::db::models::Channel;
 use crate::scenario::CompileError;
 
 /// A create or update body. Absent (or null) fields are left as they are on update.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelInput {
     pub code: Option<String>,
@@ -25,6 +25,7 @@ pub struct ChannelInput {
     pub ws_hello: Option<bool>,
     /// Present only to be refused with a clear message: the token is immutable.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub token: Option<serde_json::Value>,
 }
 

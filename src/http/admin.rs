@@ -7,6 +7,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::openapi::{ChannelPage, ErrorResponse, SessionPage};
 use super::read_body;
 use crate::actors::channel::InjectPanic;
 use crate::app::AppState;
@@ -90,15 +91,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ViewQuery {
+    /// Show outgoing tokens (and FTP URL passwords) instead of masking them.
     #[serde(default)]
     reveal_secrets: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     kind: Option<String>,
     code: Option<String>,
@@ -126,6 +130,13 @@ fn view(state: &AppState, channel: &crate::db::models::Channel, reveal: bool) ->
     value
 }
 
+/// Create a channel. The token is generated; scenarios are compiled (a syntax error is a
+/// 400 with line and column).
+#[utoipa::path(post, path = "/admin/v1/channels", tag = "channels",
+    params(ViewQuery), request_body = ChannelInput,
+    responses((status = 201, description = "Created", body = ChannelView), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 409, description = "The code is taken in this domain", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn create_channel(
     _: Admin,
     req: HttpRequest,
@@ -145,6 +156,10 @@ async fn create_channel(
         .json(view(&state, &channel, query.reveal_secrets)))
 }
 
+/// List the domain's channels, ordered by code.
+#[utoipa::path(get, path = "/admin/v1/channels", tag = "channels", params(ListQuery),
+    responses((status = 200, description = "One page", body = ChannelPage), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn list_channels(
     _: Admin,
     query: web::Query<ListQuery>,
@@ -196,6 +211,12 @@ async fn list_channels(
     })))
 }
 
+/// One channel, with what this node is doing with it (`runtime`).
+#[utoipa::path(get, path = "/admin/v1/channels/{id}", tag = "channels",
+    params(("id" = String, Path, description = "Channel id"), ViewQuery),
+    responses((status = 200, description = "The channel", body = ChannelView), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn get_channel(
     _: Admin,
     id: web::Path<String>,
@@ -206,6 +227,13 @@ async fn get_channel(
     Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
 }
 
+/// Change a channel; absent fields stay. Applied live on this node.
+#[utoipa::path(patch, path = "/admin/v1/channels/{id}", tag = "channels",
+    params(("id" = String, Path, description = "Channel id"), ViewQuery), request_body = ChannelInput,
+    responses((status = 200, description = "Changed", body = ChannelView), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel", body = ErrorResponse),
+        (status = 409, description = "Code taken, or changed concurrently", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn update_channel(
     _: Admin,
     req: HttpRequest,
@@ -221,6 +249,12 @@ async fn update_channel(
     Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
 }
 
+/// Delete a channel: its token is 404 at once and its websockets close with 1001.
+#[utoipa::path(delete, path = "/admin/v1/channels/{id}", tag = "channels",
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn delete_channel(
     _: Admin,
     id: web::Path<String>,
@@ -264,6 +298,12 @@ fn session_not_found() -> ApiError {
     )
 }
 
+/// The channel's open websocket sessions on this node.
+#[utoipa::path(get, path = "/admin/v1/channels/{id}/sessions", tag = "websockets",
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "Sessions", body = SessionPage), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn list_sessions(
     _: Admin,
     id: web::Path<String>,
@@ -276,12 +316,19 @@ async fn list_sessions(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "total": views.len(), "items": views })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PushBody {
+pub struct PushBody {
     text: String,
 }
 
+/// Push a text frame to one session.
+#[utoipa::path(post, path = "/admin/v1/channels/{id}/sessions/{code}/messages", tag = "websockets",
+    params(("id" = String, Path, description = "Channel id"), ("code" = String, Path, description = "Session code")),
+    request_body = PushBody,
+    responses((status = 202, description = "Queued to the session"), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel or session", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn push_to_session(
     _: Admin,
     req: HttpRequest,
@@ -307,6 +354,12 @@ async fn push_to_session(
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": true })))
 }
 
+/// Close one session (1000, closed by the operator).
+#[utoipa::path(delete, path = "/admin/v1/channels/{id}/sessions/{code}", tag = "websockets",
+    params(("id" = String, Path, description = "Channel id"), ("code" = String, Path, description = "Session code")),
+    responses((status = 204, description = "Closing"), (status = 400, description = "Invalid input, naming the field", body = ErrorResponse), (status = 401, description = "No or wrong admin token", body = ErrorResponse),
+        (status = 404, description = "No such channel or session", body = ErrorResponse)),
+    security(("admin_token" = [])))]
 async fn close_session(
     _: Admin,
     path: web::Path<(String, String)>,

@@ -11,7 +11,7 @@ use crate::channels::{ServiceError, ValidationError};
 use crate::db::StoreError;
 use crate::scenario::ScenarioError;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,

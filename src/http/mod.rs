@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod openapi;
 pub mod ops;
 pub mod request_log;
 pub mod webhook;
@@ -16,6 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(webhook::routes)
         .configure(websocket::routes)
         .configure(ops::routes)
+        .configure(openapi::routes)
         .configure(admin::routes);
 }
 

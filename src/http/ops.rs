@@ -10,12 +10,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Ready when the database answers and has every migration this binary knows; the
 /// registry is loaded before the listener opens.
+/// Readiness: the database answers and has every migration of this binary.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let migrations = state.db.migrations_applied().await;
     let (ready, database, migrations) = match migrations {
@@ -41,6 +46,8 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(prometheus::TEXT_FORMAT)

@@ -44,6 +44,18 @@ fn unknown_token() -> ApiError {
     )
 }
 
+/// The incoming webhook of a public channel. Any method, and any sub-path (passed to
+/// the scenario in the URL). Documented here as POST.
+#[utoipa::path(post, path = "/api/token/v1/{token}", tag = "public channels",
+    params(("token" = String, Path, description = "The channel's local token")),
+    request_body(content = String, description = "Any body up to max_body_bytes", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Accepted (wait off), or the scenario's reply (wait on)"),
+        (status = 404, description = "No public channel with this token here", body = super::openapi::ErrorResponse),
+        (status = 413, description = "Body too large", body = super::openapi::ErrorResponse),
+        (status = 500, description = "The scenario ended with an error", body = super::openapi::ErrorResponse),
+        (status = 503, description = "Scenario queue full or channel busy (Retry-After)", body = super::openapi::ErrorResponse),
+        (status = 504, description = "The scenario ran out of time", body = super::openapi::ErrorResponse)))]
 async fn webhook(
     req: HttpRequest,
     payload: web::Payload,

@@ -27,6 +27,13 @@ fn unknown_token() -> ApiError {
     )
 }
 
+/// The websocket of a public channel (upgrade). Each text message runs the channel's
+/// websocket scenario; its response_content comes back as a text frame.
+#[utoipa::path(get, path = "/ws/token/v1/{token}", tag = "public channels",
+    params(("token" = String, Path, description = "The channel's local token")),
+    responses((status = 101, description = "Switching protocols"),
+        (status = 404, description = "No public channel with this token here", body = super::openapi::ErrorResponse),
+        (status = 503, description = "Too many sessions", body = super::openapi::ErrorResponse)))]
 async fn websocket(
     req: HttpRequest,
     stream: web::Payload,

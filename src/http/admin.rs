@@ -32,6 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/channels/{id}/fault/panic").route(web::post().to(inject_panic)))
             .service(resource("/channels/{id}/sessions").route(web::get().to(list_sessions)))
+            .service(resource("/node").route(web::get().to(node)))
             .service(
                 resource("/channels/{id}/sessions/{code}/messages")
                     .route(web::post().to(push_to_session)),
@@ -280,6 +281,28 @@ async fn inject_panic(
     })?;
     let _ = handle.actor.send(InjectPanic).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "panicked": true })))
+}
+
+/// This node: domain, roles, version, load.
+#[utoipa::path(get, path = "/admin/v1/node", tag = "operations",
+    responses((status = 200, description = "This node"),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse)),
+    security(("admin_token" = [])))]
+async fn node(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    let pool = state.dispatcher.pool();
+    HttpResponse::Ok().json(serde_json::json!({
+        "domain": state.config.domain,
+        "roles": state.config.roles,
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": state.db.backend_name(),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "channels_served": state.registry.len(),
+        "ws_sessions": state.ws_sessions.load(std::sync::atomic::Ordering::Relaxed),
+        "scenario_threads": pool.threads(),
+        "scenario_busy": pool.stats().busy.load(std::sync::atomic::Ordering::Relaxed),
+        "scenario_queue_depth": pool.queued(),
+        "scenario_queue_capacity": pool.capacity(),
+    }))
 }
 
 /// The channel's live session table on this node (after checking the channel exists).

@@ -6,6 +6,7 @@ pub mod error;
 pub mod openapi;
 pub mod ops;
 pub mod request_log;
+pub mod status;
 pub mod webhook;
 pub mod websocket;
 
@@ -18,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(websocket::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
+        .configure(status::routes)
         .configure(admin::routes);
 }
 

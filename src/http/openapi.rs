@@ -56,6 +56,7 @@ impl Modify for AdminToken {
         super::admin::list_sessions,
         super::admin::push_to_session,
         super::admin::close_session,
+        super::admin::node,
         super::webhook::webhook,
         super::websocket::websocket,
         super::ops::healthz,

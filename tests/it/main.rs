@@ -10,5 +10,6 @@ mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;
+mod status_page;
 mod webhook;
 mod websocket;

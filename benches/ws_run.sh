@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# One-command websocket benchmark: SESSIONS concurrent websockets, each doing MESSAGES
+# round trips (send a text, wait for the echo), against a bare actix-web websocket echo
+# server (benches/bare_ws.rs) and against the gateway's public channel websocket
+# (`/ws/token/v1/{token}`, scenario `response_content = startparam(2);`), interleaved for
+# ROUNDS rounds on loopback. Reports sessions held, server RSS per session, round-trip
+# messages/s and p50/p99 (medians over the rounds) on stdout and in benches/RESULTS.md.
+#
+#   bash benches/ws_run.sh
+#
+# Knobs (environment): SESSIONS (10000), MESSAGES (10, per session, sequential),
+# ROUNDS (1; >1 interleaves bare, gateway, bare, ... and reports medians),
+# CONNECT_CONCURRENCY (500 handshakes in flight at most), WORKERS (HTTP workers of both
+# servers, 1), SCENARIO_THREADS (gateway, = WORKERS), TIMEOUT_S (per load run, 120),
+# NOFILE (ulimit -n to set, 65536), BARE_PORT (18091), GATEWAY_PORT (18092).
+# Raw JSON results and server logs stay in benches/out/ws-<run id>/ (git-ignored).
+set -euo pipefail
+
+SESSIONS="${SESSIONS:-10000}"
+MESSAGES="${MESSAGES:-10}"
+ROUNDS="${ROUNDS:-1}"
+CONNECT_CONCURRENCY="${CONNECT_CONCURRENCY:-500}"
+WORKERS="${WORKERS:-1}"
+SCENARIO_THREADS="${SCENARIO_THREADS:-$WORKERS}"
+TIMEOUT_S="${TIMEOUT_S:-120}"
+# Every session may have one message in flight on the one channel: the gateway's per-channel
+# in-flight limit (channel_max_in_flight, default 512) and scenario queue (scenario_queue,
+# default 4096) are raised to this so that 10,000 simultaneous messages queue instead of
+# being answered `channel_busy`. `default` keeps the gateway's defaults.
+GATEWAY_IN_FLIGHT="${GATEWAY_IN_FLIGHT:-20000}"
+NOFILE="${NOFILE:-65536}"
+BARE_PORT="${BARE_PORT:-18091}"
+GATEWAY_PORT="${GATEWAY_PORT:-18092}"
+ADMIN_TOKEN="bench-admin-token-0123456789"
+STARTUP_TIMEOUT_S=30
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COMMAND="SESSIONS=$SESSIONS MESSAGES=$MESSAGES ROUNDS=$ROUNDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS GATEWAY_IN_FLIGHT=$GATEWAY_IN_FLIGHT bash benches/ws_run.sh"
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$ROOT/benches/out/ws-$RUN_ID"
+mkdir -p "$OUT"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-wsbench.XXXXXX")"
+
+log() { printf '[ws-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# --- processes: everything started here is stopped on exit --------------------------
+PIDS=()
+alive() { # running and not a zombie waiting to be reaped
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+stop_pid() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        log "pid $pid did not stop on TERM within 5s: KILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    local kept=() other
+    for other in "${PIDS[@]+"${PIDS[@]}"}"; do
+        [[ "$other" == "$pid" ]] || kept+=("$other")
+    done
+    PIDS=("${kept[@]+"${kept[@]}"}")
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        stop_pid "$pid"
+    done
+    PIDS=()
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- limits -----------------------------------------------------------------------------
+# Each side holds SESSIONS sockets: the client and the server (its children inherit this
+# shell's limit) each need SESSIONS descriptors plus their own.
+NEEDED_FDS=$(( SESSIONS + 1024 ))
+if (( $(ulimit -Sn) < NOFILE )); then
+    if ! ulimit -n "$NOFILE" 2>/dev/null; then
+        # Without CAP_SYS_RESOURCE (e.g. in a container) the hard limit is the ceiling.
+        log "cannot raise the open-files limit to $NOFILE (hard limit $(ulimit -Hn)); using the hard limit"
+        ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+    fi
+fi
+(( $(ulimit -Sn) >= NEEDED_FDS )) \
+    || die "open-files limit $(ulimit -Sn) (hard $(ulimit -Hn)) is below the $NEEDED_FDS that $SESSIONS sessions need: raise the hard limit (limits.conf / systemd LimitNOFILE / docker --ulimit nofile=65536) or run with CAP_SYS_RESOURCE"
+read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
+(( PORT_HI - PORT_LO + 1 >= SESSIONS )) \
+    || die "ephemeral port range $PORT_LO-$PORT_HI is smaller than SESSIONS=$SESSIONS"
+log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
+
+# --- helpers --------------------------------------------------------------------------
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_listening() { # port, pid: poll until the port accepts, the process dies, or the deadline
+    local port="$1" pid="$2" deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
+    while (( SECONDS < deadline )); do
+        alive "$pid" || return 1
+        port_in_use "$port" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+for tool in curl python3 cargo timeout; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+# --- build --------------------------------------------------------------------------------
+log "building the gateway (cargo build --release)"
+cargo build --release
+GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
+[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+log "building the baseline and the load client (cargo bench --no-run --bench bare_ws --bench ws_load)"
+cargo bench --no-run --bench bare_ws --bench ws_load --message-format=json >"$TMP/build.json"
+exe_of() {
+    python3 - "$1" "$TMP/build.json" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+exe = ""
+for line in open(path):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == name and msg.get("executable"):
+        exe = msg["executable"]
+print(exe)
+PY
+}
+BARE_BIN="$(exe_of bare_ws)"
+LOAD_BIN="$(exe_of ws_load)"
+[[ -n "$BARE_BIN" && -x "$BARE_BIN" ]] || die "could not find the bare_ws executable in cargo's output"
+[[ -n "$LOAD_BIN" && -x "$LOAD_BIN" ]] || die "could not find the ws_load executable in cargo's output"
+
+for port in "$BARE_PORT" "$GATEWAY_PORT"; do
+    port_in_use "$port" && die "port $port is in use (set BARE_PORT / GATEWAY_PORT)"
+done
+
+# --- servers ---------------------------------------------------------------------------------
+BARE_PID=""
+start_bare() {
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$WORKERS" >>"$OUT/bare-server.log" 2>&1 &
+    BARE_PID=$!
+    PIDS+=("$BARE_PID")
+    wait_listening "$BARE_PORT" "$BARE_PID" \
+        || die "bare server did not come up (log: $OUT/bare-server.log)"
+}
+
+GATEWAY_CONFIG="$TMP/gateway.toml"
+cat >"$GATEWAY_CONFIG" <<'TOML'
+access_log = false
+shutdown_timeout_s = 2
+# Above the 10,000 sessions of the default run (the defaults are 10,000 per channel,
+# 50,000 per node): the benchmark measures the sessions, not the limit.
+ws_max_sessions_per_channel = 20000
+ws_max_sessions_per_node = 20000
+TOML
+if [[ "$GATEWAY_IN_FLIGHT" != default ]]; then
+    printf 'channel_max_in_flight = %s\nscenario_queue = %s\n' "$GATEWAY_IN_FLIGHT" "$GATEWAY_IN_FLIGHT" >>"$GATEWAY_CONFIG"
+fi
+GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
+GATEWAY_PID=""
+start_gateway() {
+    "$GATEWAY_BIN" serve \
+        --config "$GATEWAY_CONFIG" \
+        --listen "127.0.0.1:$GATEWAY_PORT" \
+        --data-dir "$TMP" \
+        --database-url "$TMP/bench.db" \
+        --admin-token "$ADMIN_TOKEN" \
+        --workers "$WORKERS" \
+        --scenario-threads "$SCENARIO_THREADS" \
+        --log-level warn \
+        >>"$OUT/gateway.log" 2>&1 &
+    GATEWAY_PID=$!
+    PIDS+=("$GATEWAY_PID")
+    local deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
+    while (( SECONDS < deadline )); do
+        alive "$GATEWAY_PID" || break
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$GATEWAY_PORT/healthz" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "gateway did not become healthy (log: $OUT/gateway.log)"
+}
+
+create_channel() { # -> prints the token
+    local response
+    response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$GATEWAY_PORT/admin/v1/channels" \
+        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        -d '{"code":"ws-echo","kind":"public","websocket_scenario":"response_content = startparam(2);"}')" \
+        || die "creating the ws-echo channel failed"
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
+}
+
+# label, url, pid, round: one load run, its JSON line in $OUT/<label>-<round>.json
+run_load() {
+    local label="$1" url="$2" pid="$3" round="$4" file="$OUT/$1-$4.json"
+    # Probe first: one session, one round trip (also compiles the gateway's script, so
+    # that the RSS measured next is the sessions' and not the first run's).
+    "$LOAD_BIN" --label "$label-probe" --url "$url" --sessions 1 --messages 1 --settle-ms 0 \
+        --timeout-s 15 >"$OUT/$label-$round.probe.json" 2>>"$OUT/load.log" \
+        || die "probe against $label failed"
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if r["round_trips"] == 1 else 1)' \
+        "$OUT/$label-$round.probe.json" || die "probe against $label got no echo: $(cat "$OUT/$label-$round.probe.json")"
+    log "round $round $label: $SESSIONS sessions x $MESSAGES messages (connect concurrency $CONNECT_CONCURRENCY)"
+    timeout "$(( TIMEOUT_S + 30 ))" "$LOAD_BIN" --label "$label" --url "$url" --pid "$pid" \
+        --sessions "$SESSIONS" --messages "$MESSAGES" \
+        --connect-concurrency "$CONNECT_CONCURRENCY" --timeout-s "$TIMEOUT_S" \
+        >"$file" 2> >(tee -a "$OUT/load.log" >&2) || die "ws_load against $label failed (exit $?)"
+    python3 - "$file" <<'PY' >&2
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f'[ws-bench] {r["label"]}: held {r["held_at_end"]}/{r["sessions"]} '
+      f'(connect errors {r["connect_errors"]}, lost {r["lost"]}, failed {r["sessions_failed"]}), '
+      f'echoes {r["round_trips"]}/{r["round_trips_expected"]}, other replies {r["other_replies"]} {r["other_reply_kinds"] or ""}, '
+      f'{r["rss_per_conn_kib"]} KiB/session, {r["msgs_per_s"]:.0f} msgs/s, '
+      f'p50 {r["p50_ms"]} ms, p99 {r["p99_ms"]} ms'
+      + (" TIMED OUT" if r["timed_out"] else ""))
+PY
+}
+
+# --- rounds ----------------------------------------------------------------------------------
+log "run ws-$RUN_ID: $ROUNDS round(s) x (bare, gateway), $SESSIONS sessions x $MESSAGES messages, $WORKERS worker(s)"
+TOKEN=""
+for round in $(seq 1 "$ROUNDS"); do
+    start_bare
+    run_load bare "ws://127.0.0.1:$BARE_PORT/ws/token/v1/bench" "$BARE_PID" "$round"
+    stop_pid "$BARE_PID"
+
+    # The gateway restarts each round on the same data dir (the channel persists).
+    start_gateway
+    [[ -n "$TOKEN" ]] || TOKEN="$(create_channel)"
+    [[ -n "$TOKEN" ]] || die "no channel token"
+    run_load gateway "ws://127.0.0.1:$GATEWAY_PORT/ws/token/v1/$TOKEN" "$GATEWAY_PID" "$round"
+    stop_pid "$GATEWAY_PID"
+done
+
+# --- report ----------------------------------------------------------------------------------
+CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+LIMITS="ulimit -n $(ulimit -n), ephemeral ports $PORT_LO-$PORT_HI, somaxconn $(cat /proc/sys/net/core/somaxconn)"
+status=0
+python3 - "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    "$MACHINE" "$COMMAND" "$COMMIT" "$LIMITS" "$SESSIONS" "$MESSAGES" "$CONNECT_CONCURRENCY" \
+    "$WORKERS" "$SCENARIO_THREADS" "$GATEWAY_SETTINGS" <<'PY' || status=$?
+import json, os, statistics, sys
+(out, rounds, results, date, machine, command, commit, limits, sessions, messages,
+ concurrency, workers, scenario_threads, gateway_settings) = sys.argv[1:15]
+rounds, sessions, messages = int(rounds), int(sessions), int(messages)
+labels = [("bare", "bare actix-web websocket echo (baseline)"),
+          ("gateway", "gateway, public channel `response_content = startparam(2);`")]
+runs, med, problems = {}, {}, []
+for key, _ in labels:
+    runs[key] = [json.load(open(os.path.join(out, f"{key}-{i}.json"))) for i in range(1, rounds + 1)]
+    for i, r in enumerate(runs[key], 1):
+        where = f"{key} round {i}"
+        if r["timed_out"]:
+            problems.append(f"{where}: timed out")
+        if r["connect_errors"]:
+            problems.append(f"{where}: {r['connect_errors']} connect errors {r['connect_error_kinds']}")
+        if r["held_at_end"] != sessions:
+            problems.append(f"{where}: {r['held_at_end']} of {sessions} sessions held at the end "
+                            f"(lost {r['lost']} {r['lost_kinds']}, failed {r['sessions_failed']} {r['failed_kinds']})")
+        if r["other_replies"]:
+            problems.append(f"{where}: {r['other_replies']} replies were not the echo {r['other_reply_kinds']}")
+        if r["round_trips"] != sessions * messages:
+            problems.append(f"{where}: {r['round_trips']} of {sessions * messages} round trips")
+    m = lambda f: statistics.median(r[f] for r in runs[key] if r[f] is not None) \
+        if any(r[f] is not None for r in runs[key]) else float("nan")
+    med[key] = {f: m(f) for f in ["held_at_end", "rss_per_conn_kib", "rss_per_conn_after_messages_kib",
+                                  "msgs_per_s", "p50_ms", "p99_ms", "connect_s"]}
+    med[key]["runs"] = [r["msgs_per_s"] for r in runs[key]]
+    med[key]["rss"] = [(r["rss_before_kib"], r["rss_held_kib"], r["rss_after_messages_kib"]) for r in runs[key]]
+
+rows = []
+for key, name in labels:
+    x = med[key]
+    rows.append(f'| {name} | {x["held_at_end"]:,.0f} / {sessions:,} | {x["rss_per_conn_kib"]:.1f} | '
+                f'{x["rss_per_conn_after_messages_kib"]:.1f} | {x["msgs_per_s"]:,.0f} | '
+                f'{x["p50_ms"]:.1f} | {x["p99_ms"]:.1f} | {x["connect_s"]:.1f} | '
+                + ", ".join(f"{v:,.0f}" for v in x["runs"]) + " |")
+ratio = med["gateway"]["msgs_per_s"] / med["bare"]["msgs_per_s"] if med["bare"]["msgs_per_s"] else float("nan")
+rss_ratio = (med["gateway"]["rss_per_conn_kib"] / med["bare"]["rss_per_conn_kib"]
+             if med["bare"]["rss_per_conn_kib"] else float("nan"))
+table = "\n".join([
+    "| server | sessions held | RSS/conn KiB (held, idle) | RSS/conn KiB (after messages) | msgs/s | p50 ms | p99 ms | connect s | msgs/s per round |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    *rows,
+    "",
+    f"gateway / bare: msgs/s **{ratio:.0%}**, RSS per session {rss_ratio:.1f}x.",
+])
+rss_lines = "\n".join(
+    f"  - {key}: RSS before / held / after messages (KiB): "
+    + "; ".join(f"{b:,} / {h:,} / {a:,}" for b, h, a in med[key]["rss"]) for key, _ in labels)
+print()
+print(table)
+print()
+if problems:
+    print("PROBLEMS (run marked failed):")
+    for p in problems:
+        print("  - " + p)
+
+section = f"""
+## Websocket: {sessions:,} sessions x {messages} round trips ({date})
+
+- machine: {machine}
+- commit: {commit}
+- command: `{command}`
+- limits: {limits}
+- servers: {workers} HTTP worker(s) each; gateway with SQLite in a temp dir, `log_level = warn`, {gateway_settings}, {scenario_threads} scenario thread(s), default heartbeat (ping every 10 s)
+- load: `ws_load` (Rust, tokio-tungstenite, one thread, on the same machine): {sessions:,} sessions opened with at most {concurrency} handshakes in flight and held; then all of them at once do {messages} sequential round trips each (text frame, wait for the same text back); latency is per round trip. RSS is the server's `VmRSS`: (RSS with every session held, 1 s after the last handshake - RSS before connecting) / sessions; "after messages" is the same with the RSS read once every round trip is done. {rounds} interleaved round(s), medians
+{rss_lines}
+
+{table}
+"""
+if problems:
+    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
+existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
+with open(results, "w") as f:
+    f.write(existing + section)
+sys.exit(1 if problems else 0)
+PY
+log "raw JSON results and server logs: $OUT"
+log "appended to benches/RESULTS.md"
+if (( status != 0 )); then
+    die "errors during the run (see PROBLEMS above)"
+fi

@@ -17,6 +17,7 @@ use crate::actors::ChannelRegistry;
 use crate::channels::{ChannelService, LiveNode, generate_token};
 use crate::config::{Config, RuntimeKind};
 use crate::db::Database;
+use crate::events::EventService;
 use crate::http;
 use crate::http::error::ApiError;
 use crate::scenario::ScenarioRuntime;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub started: Instant,
     /// Open websocket sessions on this node (all channels).
     pub ws_sessions: Arc<AtomicUsize>,
+    pub events: EventService,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +80,10 @@ impl Application {
             .map_err(|e| crate::db::StoreError::Blocking(e.to_string()))??;
         slog::info!(logger, "database ready"; "backend" => format!("{:?}", db.backend()), "migrations_applied" => ran);
 
-        let dispatcher = Arc::new(build_dispatcher(&config, &logger)?);
+        let events = EventService::new(db.clone(), &config.domain);
+        let head = events.ensure_log().await?;
+        slog::info!(logger, "event log ready"; "epoch" => &head.epoch, "last_id" => head.last_id);
+        let dispatcher = Arc::new(build_dispatcher(&config, &db, &logger)?);
         let registry = Arc::new(ChannelRegistry::new());
         let channel_arbiter = Arbiter::new();
         let channels = ChannelService::new(
@@ -105,7 +110,9 @@ impl Application {
             logger: logger.clone(),
             started: Instant::now(),
             ws_sessions: Arc::new(AtomicUsize::new(0)),
+            events: events.clone(),
         });
+        spawn_event_purge(events, &config, &logger);
 
         let app_state = state.clone();
         let access_log = config.access_log;
@@ -290,7 +297,11 @@ async fn wait_for_stop_signal() {
     }
 }
 
-fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<Dispatcher> {
+fn build_dispatcher(
+    config: &Config,
+    db: &Database,
+    logger: &slog::Logger,
+) -> std::io::Result<Dispatcher> {
     let runtime = scenario_runtime(config);
     let pool = ScenarioPool::start(
         config.effective_scenario_threads(),
@@ -299,11 +310,30 @@ fn build_dispatcher(config: &Config, logger: &slog::Logger) -> std::io::Result<D
     )?;
     Ok(Dispatcher::new(
         pool,
+        EventService::new(db.clone(), &config.domain),
         runtime,
         Duration::from_millis(config.scenario_timeout_ms),
         config.channel_max_in_flight,
         logger.clone(),
     ))
+}
+
+/// Purges events past the retention, hourly (first run a minute after start).
+fn spawn_event_purge(events: EventService, config: &Config, logger: &slog::Logger) {
+    let retention_ms = (config.event_retention_days as i64).saturating_mul(24 * 60 * 60 * 1000);
+    let logger = logger.clone();
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match events.purge(retention_ms).await {
+                Ok(0) => {}
+                Ok(n) => slog::info!(logger, "purged old events"; "count" => n),
+                Err(e) => slog::warn!(logger, "purging old events failed"; "error" => %e),
+            }
+        }
+    });
 }
 
 /// The client scenarios use for `outgoing_request`.

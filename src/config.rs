@@ -59,6 +59,8 @@ pub struct Config {
     pub ws_session_queue: usize,
     pub ws_max_sessions_per_channel: usize,
     pub ws_max_sessions_per_node: usize,
+    /// Events older than this are purged (hourly).
+    pub event_retention_days: u64,
     pub trusted_proxies: Vec<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -106,6 +108,7 @@ impl Default for Config {
             ws_session_queue: 64,
             ws_max_sessions_per_channel: 10_000,
             ws_max_sessions_per_node: 50_000,
+            event_retention_days: 7,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),

@@ -15,6 +15,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -145,20 +145,46 @@ impl SessionTable {
     }
 }
 
-impl ChannelHost for SessionTable {
+/// What scenarios of one channel reach: its sessions and the domain's event log.
+pub struct ScenarioHost {
+    pub sessions: Arc<SessionTable>,
+    pub events: crate::events::EventService,
+}
+
+impl ChannelHost for ScenarioHost {
     fn ws_send(&self, code: &str, text: &str) -> bool {
-        self.send(code, text)
+        self.sessions.send(code, text)
     }
 
     fn ws_broadcast(&self, text: &str) -> usize {
-        self.broadcast(text)
+        self.sessions.broadcast(text)
     }
 
     fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool {
-        self.close(code, close_code, reason)
+        self.sessions.close(code, close_code, reason)
     }
 
     fn ws_sessions(&self) -> Vec<String> {
-        self.codes()
+        self.sessions.codes()
+    }
+
+    fn emit_event(&self, event_type: &str, data: serde_json::Value) -> Result<i64, String> {
+        let input = crate::events::EventInput {
+            event_type: event_type.to_string(),
+            data,
+            occurred_at: None,
+            idempotency_key: None,
+        };
+        let new = input
+            .validate(None, crate::db::now_millis())
+            .map_err(|e| e.to_string())?;
+        let stored = self
+            .events
+            .publish_blocking(std::slice::from_ref(&new))
+            .map_err(|e| format!("storing the event failed: {e}"))?;
+        stored
+            .first()
+            .map(|(e, _)| e.id)
+            .ok_or_else(|| "no event was stored".to_string())
     }
 }

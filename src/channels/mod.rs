@@ -36,6 +36,16 @@ pub struct ChannelView {
     pub created_at: String,
     pub updated_at: String,
     pub ws_hello: bool,
+    pub event_types: Vec<String>,
+}
+
+/// The channel's event type patterns (empty: all types).
+pub fn event_types_of(c: &Channel) -> Vec<String> {
+    if c.event_types.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&c.event_types).unwrap_or_default()
+    }
 }
 
 /// What a masked secret reads as: empty stays empty so that "not set" is visible.
@@ -96,6 +106,7 @@ impl ChannelView {
             created_at: rfc3339_millis(c.created_at),
             updated_at: rfc3339_millis(c.updated_at),
             ws_hello: c.ws_hello,
+            event_types: event_types_of(c),
         }
     }
 }

@@ -128,6 +128,7 @@ impl ChannelService {
             created_at: now,
             updated_at: now,
             ws_hello: false,
+            event_types: String::new(),
         };
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;

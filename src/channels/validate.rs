@@ -23,6 +23,8 @@ pub struct ChannelInput {
     pub comment: Option<String>,
     pub enabled: Option<bool>,
     pub ws_hello: Option<bool>,
+    /// Eventing channels: the event type patterns exposed (`call.*`, `*`, exact); empty: all.
+    pub event_types: Option<Vec<String>>,
     /// Present only to be refused with a clear message: the token is immutable.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
@@ -252,6 +254,19 @@ impl ChannelInput {
         }
         if let Some(v) = self.ws_hello {
             channel.ws_hello = v;
+        }
+        if let Some(patterns) = &self.event_types {
+            if patterns.len() > 100 {
+                return Err(ValidationError::new("event_types", "at most 100 patterns"));
+            }
+            for (i, p) in patterns.iter().enumerate() {
+                crate::events::patterns::validate(&format!("event_types[{i}]"), p)?;
+            }
+            channel.event_types = if patterns.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(patterns).unwrap_or_default()
+            };
         }
         // Checks that need the whole channel, after the fields are merged.
         validate_code(&channel.code)?;

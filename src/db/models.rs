@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::channels;
+use super::schema::{channels, events};
 
 /// One integration channel, as stored in `channels`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
@@ -27,4 +27,19 @@ pub struct Channel {
     pub updated_at: i64,
     /// Greet each new websocket with its session code.
     pub ws_hello: bool,
+    /// Event type patterns an eventing channel exposes (JSON array); empty: all.
+    pub event_types: String,
+}
+
+/// One stored event of a domain's log.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events)]
+pub struct Event {
+    pub domain: String,
+    pub id: i64,
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub data: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
 }

@@ -20,5 +20,27 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         ws_hello -> Bool,
+        event_types -> Text,
+    }
+}
+
+diesel::table! {
+    event_logs (domain) {
+        domain -> Text,
+        epoch -> Text,
+        last_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    events (domain, id) {
+        domain -> Text,
+        id -> BigInt,
+        #[sql_name = "type"]
+        event_type -> Text,
+        occurred_at -> BigInt,
+        data -> Text,
+        idempotency_key -> Nullable<Text>,
+        created_at -> BigInt,
     }
 }

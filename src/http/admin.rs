@@ -43,7 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

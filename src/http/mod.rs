@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod events;
 pub mod openapi;
 pub mod ops;
 pub mod request_log;
@@ -17,6 +18,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // The webhook scope first: it is the hot path, and a prefix match is cheap.
     cfg.configure(webhook::routes)
         .configure(websocket::routes)
+        .configure(events::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)

@@ -57,13 +57,15 @@ impl Modify for AdminToken {
         super::admin::push_to_session,
         super::admin::close_session,
         super::admin::node,
+        super::events::publish,
+        super::events::list,
         super::webhook::webhook,
         super::websocket::websocket,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
     ),
-    components(schemas(ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody)),
+    components(schemas(crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody)),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

@@ -19,6 +19,7 @@ pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
 pub struct Dispatcher {
     pool: ScenarioPool,
+    events: crate::events::EventService,
     runtime: Arc<dyn ScenarioRuntime>,
     timeout: Duration,
     max_in_flight: usize,
@@ -38,6 +39,7 @@ impl Drop for InFlight {
 impl Dispatcher {
     pub fn new(
         pool: ScenarioPool,
+        events: crate::events::EventService,
         runtime: Arc<dyn ScenarioRuntime>,
         timeout: Duration,
         max_in_flight: usize,
@@ -45,6 +47,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             pool,
+            events,
             runtime,
             timeout,
             max_in_flight,
@@ -94,7 +97,10 @@ impl Dispatcher {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
         let base_logger = self.logger.clone();
-        let host: Arc<dyn ChannelHost> = handle.sessions.clone();
+        let host: Arc<dyn ChannelHost> = Arc::new(crate::actors::sessions::ScenarioHost {
+            sessions: handle.sessions.clone(),
+            events: self.events.clone(),
+        });
         let handle_stats = handle.stats.clone();
         let job = move || {
             let _slot = slot;

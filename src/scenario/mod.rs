@@ -91,6 +91,8 @@ pub trait ChannelHost: Send + Sync {
     fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool;
     /// Codes of the open sessions.
     fn ws_sessions(&self) -> Vec<String>;
+    /// Stores an event in the domain's log; its id.
+    fn emit_event(&self, event_type: &str, data: serde_json::Value) -> Result<i64, String>;
 }
 
 impl ScenarioError {

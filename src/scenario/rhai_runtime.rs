@@ -233,6 +233,19 @@ fn register_websocket(engine: &mut Engine) {
     engine.register_fn("ws_close", |code: &str| -> FnResult<bool> {
         Ok(host()?.ws_close(code, 1000, ""))
     });
+    engine.register_fn(
+        "emit_event",
+        |event_type: &str, data: Dynamic| -> FnResult<i64> {
+            let data = serde_json::to_value(&data)
+                .map_err(|e| script_error(format!("emit_event: {e}")))?;
+            host()?.emit_event(event_type, data).map_err(script_error)
+        },
+    );
+    engine.register_fn("emit_event", |event_type: &str| -> FnResult<i64> {
+        host()?
+            .emit_event(event_type, serde_json::json!({}))
+            .map_err(script_error)
+    });
     engine.register_fn("ws_sessions", || -> FnResult<rhai::Array> {
         Ok(host()?
             .ws_sessions()
@@ -404,6 +417,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             ws_hello: false,
+            event_types: String::new(),
         })
     }
 
@@ -438,6 +452,9 @@ mod tests {
         }
         fn ws_sessions(&self) -> Vec<String> {
             Vec::new()
+        }
+        fn emit_event(&self, _: &str, _: serde_json::Value) -> Result<i64, String> {
+            Err("no event log in unit tests".into())
         }
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod deploy;
+mod events;
 mod helpers;
 mod ops;
 mod outgoing;

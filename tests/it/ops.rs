@@ -369,6 +369,8 @@ async fn openapi_matches_the_routes() {
         ("POST", "/api/token/v1/{token}"),
         ("GET", "/ws/token/v1/{token}"),
         ("GET", "/admin/v1/node"),
+        ("POST", "/admin/v1/events"),
+        ("GET", "/admin/v1/events"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),

@@ -1,0 +1,152 @@
+//! Queries on the event log (`event_logs`, `events`). All blocking.
+
+use diesel::prelude::*;
+
+use super::models::Event;
+use super::schema::{event_logs, events};
+use super::{AnyConnection, StoreError};
+
+/// The log's identity and head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogHead {
+    pub epoch: String,
+    pub last_id: i64,
+}
+
+/// Creates the domain's log row if there is none (nodes may race: the loser's insert
+/// fails on the primary key and it reads the winner's row).
+pub fn ensure_log(conn: &mut AnyConnection, domain: &str) -> Result<LogHead, StoreError> {
+    if let Some(head) = head(conn, domain)? {
+        return Ok(head);
+    }
+    let inserted = diesel::insert_into(event_logs::table)
+        .values((
+            event_logs::domain.eq(domain),
+            event_logs::epoch.eq(uuid::Uuid::new_v4().simple().to_string()),
+            event_logs::last_id.eq(0_i64),
+        ))
+        .execute(conn);
+    match inserted {
+        Ok(_) => {}
+        Err(e) if StoreError::is_unique_violation(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    head(conn, domain)?.ok_or_else(|| StoreError::Setup("the event log row vanished".into()))
+}
+
+pub fn head(conn: &mut AnyConnection, domain: &str) -> Result<Option<LogHead>, StoreError> {
+    Ok(event_logs::table
+        .filter(event_logs::domain.eq(domain))
+        .select((event_logs::epoch, event_logs::last_id))
+        .first::<(String, i64)>(conn)
+        .optional()?
+        .map(|(epoch, last_id)| LogHead { epoch, last_id }))
+}
+
+/// An event to append (validated by the caller).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub data: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Appends events in one transaction. An event whose idempotency key was used within
+/// `dedupe_ms` is not appended again: the stored one comes back, marked `true`.
+pub fn append(
+    conn: &mut AnyConnection,
+    domain: &str,
+    new: &[NewEvent],
+    now: i64,
+    dedupe_ms: i64,
+) -> Result<Vec<(Event, bool)>, StoreError> {
+    conn.transaction::<_, StoreError, _>(|c| {
+        let mut out = Vec::with_capacity(new.len());
+        for ev in new {
+            if let Some(key) = &ev.idempotency_key {
+                let existing = events::table
+                    .filter(events::domain.eq(domain))
+                    .filter(events::idempotency_key.eq(key))
+                    .select(Event::as_select())
+                    .first(c)
+                    .optional()?;
+                if let Some(existing) = existing {
+                    if existing.created_at >= now - dedupe_ms {
+                        out.push((existing, true));
+                        continue;
+                    }
+                    // An old use of the key: it no longer dedupes.
+                    diesel::update(
+                        events::table
+                            .filter(events::domain.eq(domain))
+                            .filter(events::id.eq(existing.id)),
+                    )
+                    .set(events::idempotency_key.eq(None::<String>))
+                    .execute(c)?;
+                }
+            }
+            // The row lock taken by this update serializes id allocation across nodes.
+            let bumped = diesel::update(event_logs::table.filter(event_logs::domain.eq(domain)))
+                .set(event_logs::last_id.eq(event_logs::last_id + 1))
+                .execute(c)?;
+            if bumped != 1 {
+                return Err(StoreError::Setup(format!(
+                    "no event log for domain {domain}"
+                )));
+            }
+            let id: i64 = event_logs::table
+                .filter(event_logs::domain.eq(domain))
+                .select(event_logs::last_id)
+                .first(c)?;
+            let event = Event {
+                domain: domain.to_string(),
+                id,
+                event_type: ev.event_type.clone(),
+                occurred_at: ev.occurred_at,
+                data: ev.data.clone(),
+                idempotency_key: ev.idempotency_key.clone(),
+                created_at: now,
+            };
+            diesel::insert_into(events::table)
+                .values(&event)
+                .execute(c)?;
+            out.push((event, false));
+        }
+        Ok(out)
+    })
+}
+
+/// Events after `after`, oldest first, at most `limit`.
+pub fn list_after(
+    conn: &mut AnyConnection,
+    domain: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Event>, StoreError> {
+    Ok(events::table
+        .filter(events::domain.eq(domain))
+        .filter(events::id.gt(after))
+        .order(events::id.asc())
+        .limit(limit)
+        .select(Event::as_select())
+        .load(conn)?)
+}
+
+/// The oldest id still stored (None: the log is empty).
+pub fn oldest_id(conn: &mut AnyConnection, domain: &str) -> Result<Option<i64>, StoreError> {
+    Ok(events::table
+        .filter(events::domain.eq(domain))
+        .select(diesel::dsl::min(events::id))
+        .first::<Option<i64>>(conn)?)
+}
+
+/// Deletes events stored before `before_ms`; returns how many.
+pub fn purge(conn: &mut AnyConnection, domain: &str, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        events::table
+            .filter(events::domain.eq(domain))
+            .filter(events::created_at.lt(before_ms)),
+    )
+    .execute(conn)?)
+}

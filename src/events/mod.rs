@@ -1,0 +1,204 @@
+//! Events: the per-domain event log that eventing channels expose. An event is stored
+//! before anyone is told; publishing is acknowledged only after the write.
+//! (Subscriptions — webhook and websocket — build on this; see docs/eventing.md.)
+
+pub mod patterns;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channels::{ValidationError, rfc3339_millis};
+use crate::db::events::{self as log, LogHead, NewEvent};
+use crate::db::models::Event;
+use crate::db::{AnyConnection, Database, StoreError, now_millis};
+
+/// Idempotency keys dedupe for this long.
+pub const DEDUPE_MS: i64 = 24 * 60 * 60 * 1000;
+/// Most events in one publish.
+pub const MAX_BATCH: usize = 1000;
+/// Largest `data` of one event, serialized.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+const MAX_TYPE_LEN: usize = 128;
+const MAX_KEY_LEN: usize = 256;
+
+/// An event to publish, as the admin API and scenarios give it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// Dotted name, e.g. `call.started`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// A JSON object.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// RFC 3339; default: now.
+    pub occurred_at: Option<String>,
+    /// Publishing again with the same key within 24 h returns the stored event.
+    pub idempotency_key: Option<String>,
+}
+
+/// An event as readers see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub domain: String,
+    pub occurred_at: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> Self {
+        EventView {
+            id: e.id,
+            event_type: e.event_type.clone(),
+            domain: e.domain.clone(),
+            occurred_at: rfc3339_millis(e.occurred_at),
+            data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+            idempotency_key: e.idempotency_key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `call.started`: lowercase segments of letters, digits, `_` and `-`, joined by dots.
+pub fn validate_type(field: &str, t: &str) -> Result<(), ValidationError> {
+    let ok = !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.split('.').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "must be 1 to {MAX_TYPE_LEN} characters of dotted lowercase segments, e.g. call.started"
+            ),
+        ))
+    }
+}
+
+impl EventInput {
+    /// Checks and converts; `index` names the item of a batch in errors.
+    pub fn validate(self, index: Option<usize>, now: i64) -> Result<NewEvent, ValidationError> {
+        let at = |f: &str| match index {
+            Some(i) => format!("events[{i}].{f}"),
+            None => f.to_string(),
+        };
+        validate_type(&at("type"), &self.event_type)?;
+        let data = match self.data {
+            serde_json::Value::Null => serde_json::json!({}),
+            serde_json::Value::Object(map) => serde_json::Value::Object(map),
+            _ => return Err(ValidationError::new(&at("data"), "must be a JSON object")),
+        }
+        .to_string();
+        if data.len() > MAX_DATA_BYTES {
+            return Err(ValidationError::new(
+                &at("data"),
+                format!("must be at most {MAX_DATA_BYTES} bytes as JSON"),
+            ));
+        }
+        let occurred_at = match &self.occurred_at {
+            None => now,
+            Some(s) => humantime::parse_rfc3339_weak(s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .ok_or_else(|| {
+                    ValidationError::new(&at("occurred_at"), "must be an RFC 3339 time")
+                })?,
+        };
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()))
+        {
+            return Err(ValidationError::new(
+                &at("idempotency_key"),
+                format!("must be 1 to {MAX_KEY_LEN} printable characters"),
+            ));
+        }
+        Ok(NewEvent {
+            event_type: self.event_type,
+            occurred_at,
+            data,
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
+/// The domain's event log on this node.
+#[derive(Clone)]
+pub struct EventService {
+    db: Database,
+    domain: Arc<str>,
+}
+
+impl EventService {
+    pub fn new(db: Database, domain: &str) -> EventService {
+        EventService {
+            db,
+            domain: domain.into(),
+        }
+    }
+
+    /// Creates the log row on start.
+    pub async fn ensure_log(&self) -> Result<LogHead, StoreError> {
+        let domain = self.domain.clone();
+        self.db.run(move |c| log::ensure_log(c, &domain)).await
+    }
+
+    /// Stores events (one transaction); each comes back with whether it was a duplicate.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<(Event, bool)>, StoreError> {
+        let domain = self.domain.clone();
+        self.db
+            .run(move |c| log::append(c, &domain, &events, now_millis(), DEDUPE_MS))
+            .await
+    }
+
+    /// The same from a thread that may block (scenario threads).
+    pub fn publish_blocking(&self, events: &[NewEvent]) -> Result<Vec<(Event, bool)>, StoreError> {
+        let mut conn = self.db.conn()?;
+        let conn: &mut AnyConnection = &mut conn;
+        log::append(conn, &self.domain, events, now_millis(), DEDUPE_MS)
+    }
+
+    pub async fn list_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<Event>, Option<LogHead>), StoreError> {
+        let domain = self.domain.clone();
+        self.db
+            .run(move |c| {
+                Ok((
+                    log::list_after(c, &domain, after, limit)?,
+                    log::head(c, &domain)?,
+                ))
+            })
+            .await
+    }
+
+    /// Deletes events older than the retention; returns how many.
+    pub async fn purge(&self, retention_ms: i64) -> Result<usize, StoreError> {
+        let domain = self.domain.clone();
+        let before = now_millis() - retention_ms;
+        self.db.run(move |c| log::purge(c, &domain, before)).await
+    }
+}

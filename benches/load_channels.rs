@@ -47,6 +47,7 @@ fn fill(db: &Database, n: usize) {
                 created_at: 0,
                 updated_at: 0,
                 ws_hello: false,
+                event_types: String::new(),
             };
             channels::insert(c, &channel)?;
         }

@@ -14,6 +14,7 @@ use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::ChannelRegistry;
+use crate::actors::broker::EventBroker;
 use crate::channels::{ChannelService, LiveNode, generate_token};
 use crate::config::{Config, RuntimeKind};
 use crate::db::Database;
@@ -26,6 +27,7 @@ use crate::scenario::http_runtime::HttpRuntime;
 use crate::scenario::outgoing::OutgoingClient;
 use crate::scenario::pool::ScenarioPool;
 use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
+use actix::Actor;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -40,6 +42,9 @@ pub struct AppState {
     /// Open websocket sessions on this node (all channels).
     pub ws_sessions: Arc<AtomicUsize>,
     pub events: EventService,
+    pub broker: actix::Addr<EventBroker>,
+    /// The epoch of the domain's event log.
+    pub epoch: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +88,17 @@ impl Application {
         let events = EventService::new(db.clone(), &config.domain);
         let head = events.ensure_log().await?;
         slog::info!(logger, "event log ready"; "epoch" => &head.epoch, "last_id" => head.last_id);
-        let dispatcher = Arc::new(build_dispatcher(&config, &db, &logger)?);
-        let registry = Arc::new(ChannelRegistry::new());
         let channel_arbiter = Arbiter::new();
+        let broker = {
+            let (db, domain, logger) = (db.clone(), config.domain.clone(), logger.clone());
+            let (last_id, max_pending) = (head.last_id, config.event_subscriber_buffer);
+            EventBroker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
+                EventBroker::new(db, &domain, last_id, max_pending, &logger)
+            })
+        };
+        let events = events.with_broker(broker.clone());
+        let dispatcher = Arc::new(build_dispatcher(&config, events.clone(), &logger)?);
+        let registry = Arc::new(ChannelRegistry::new());
         let channels = ChannelService::new(
             db.clone(),
             config.clone(),
@@ -111,6 +124,8 @@ impl Application {
             started: Instant::now(),
             ws_sessions: Arc::new(AtomicUsize::new(0)),
             events: events.clone(),
+            broker,
+            epoch: head.epoch.clone(),
         });
         spawn_event_purge(events, &config, &logger);
 
@@ -299,7 +314,7 @@ async fn wait_for_stop_signal() {
 
 fn build_dispatcher(
     config: &Config,
-    db: &Database,
+    events: EventService,
     logger: &slog::Logger,
 ) -> std::io::Result<Dispatcher> {
     let runtime = scenario_runtime(config);
@@ -310,7 +325,7 @@ fn build_dispatcher(
     )?;
     Ok(Dispatcher::new(
         pool,
-        EventService::new(db.clone(), &config.domain),
+        events,
         runtime,
         Duration::from_millis(config.scenario_timeout_ms),
         config.channel_max_in_flight,

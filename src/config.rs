@@ -59,8 +59,13 @@ pub struct Config {
     pub ws_session_queue: usize,
     pub ws_max_sessions_per_channel: usize,
     pub ws_max_sessions_per_node: usize,
+    /// Bytes queued for a websocket client that it has not read yet; beyond, it is
+    /// closed (1008 on public channels, 1013 on event subscriptions).
+    pub ws_max_backlog_bytes: usize,
     /// Events older than this are purged (hourly).
     pub event_retention_days: u64,
+    /// Events a websocket subscriber may have queued before it is closed (1013).
+    pub event_subscriber_buffer: usize,
     pub trusted_proxies: Vec<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -108,7 +113,9 @@ impl Default for Config {
             ws_session_queue: 64,
             ws_max_sessions_per_channel: 10_000,
             ws_max_sessions_per_node: 50_000,
+            ws_max_backlog_bytes: 1024 * 1024,
             event_retention_days: 7,
+            event_subscriber_buffer: 1000,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),

@@ -1,9 +1,12 @@
 //! The actors of a node: the channel registry and one supervised actor per channel.
 
+pub mod broker;
 pub mod channel;
+pub mod event_session;
 pub mod registry;
 pub mod sessions;
 pub mod stats;
+pub mod ws_backlog;
 pub mod ws_session;
 
 pub use channel::{ChannelActor, ChannelHandle, ChannelStats, ScriptKind};

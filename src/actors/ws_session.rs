@@ -60,6 +60,8 @@ pub struct WsSession {
     /// The close code that ended the session, when one was sent or received.
     closed_with: Option<u16>,
     logger: slog::Logger,
+    backlog: Arc<super::ws_backlog::Backlog>,
+    max_backlog_bytes: u64,
     _slot: NodeSlot,
 }
 
@@ -73,6 +75,8 @@ pub struct WsSessionParts {
     pub limits: WsLimits,
     pub logger: slog::Logger,
     pub slot: NodeSlot,
+    pub backlog: Arc<super::ws_backlog::Backlog>,
+    pub max_backlog_bytes: usize,
 }
 
 impl WsSession {
@@ -93,11 +97,26 @@ impl WsSession {
             busy: false,
             fragment: None,
             closed_with: None,
+            backlog: parts.backlog,
+            max_backlog_bytes: parts.max_backlog_bytes as u64,
             _slot: parts.slot,
         }
     }
 
-    fn send_text(&self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+    fn send_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        if self.closed_with.is_some() {
+            return;
+        }
+        if self.backlog.pending() > self.max_backlog_bytes {
+            self.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+            self.close(
+                ctx,
+                close_code::POLICY,
+                "the client is not reading its messages",
+            );
+            return;
+        }
+        self.backlog.queued(text.len());
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_out

@@ -148,6 +148,8 @@ impl EventInput {
 pub struct EventService {
     db: Database,
     domain: Arc<str>,
+    /// Told after each write that stored something new.
+    broker: Option<actix::Addr<crate::actors::broker::EventBroker>>,
 }
 
 impl EventService {
@@ -155,6 +157,32 @@ impl EventService {
         EventService {
             db,
             domain: domain.into(),
+            broker: None,
+        }
+    }
+
+    /// The same service, waking this broker after each write.
+    pub fn with_broker(
+        mut self,
+        broker: actix::Addr<crate::actors::broker::EventBroker>,
+    ) -> EventService {
+        self.broker = Some(broker);
+        self
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn told(&self, stored: &[(Event, bool)]) {
+        if let Some(broker) = &self.broker
+            && stored.iter().any(|(_, duplicate)| !duplicate)
+        {
+            broker.do_send(crate::actors::broker::Published);
         }
     }
 
@@ -167,16 +195,21 @@ impl EventService {
     /// Stores events (one transaction); each comes back with whether it was a duplicate.
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<(Event, bool)>, StoreError> {
         let domain = self.domain.clone();
-        self.db
+        let stored = self
+            .db
             .run(move |c| log::append(c, &domain, &events, now_millis(), DEDUPE_MS))
-            .await
+            .await?;
+        self.told(&stored);
+        Ok(stored)
     }
 
     /// The same from a thread that may block (scenario threads).
     pub fn publish_blocking(&self, events: &[NewEvent]) -> Result<Vec<(Event, bool)>, StoreError> {
         let mut conn = self.db.conn()?;
         let conn: &mut AnyConnection = &mut conn;
-        log::append(conn, &self.domain, events, now_millis(), DEDUPE_MS)
+        let stored = log::append(conn, &self.domain, events, now_millis(), DEDUPE_MS)?;
+        self.told(&stored);
+        Ok(stored)
     }
 
     pub async fn list_after(

@@ -61,6 +61,7 @@ impl Modify for AdminToken {
         super::events::list,
         super::webhook::webhook,
         super::websocket::websocket,
+        super::websocket::subscribe,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,

@@ -5,11 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use actix_web_actors::ws;
 
 use super::error::ApiError;
 use super::request_log::ChannelTag;
 use super::webhook::client_ip;
+use std::sync::Arc;
+
+use crate::actors::event_session::{EventSession, EventSessionParts};
+use crate::actors::ws_backlog::{self, Backlog};
 use crate::actors::ws_session::{NodeSlot, WsLimits, WsSession, WsSessionParts};
 use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
@@ -44,10 +47,18 @@ async fn websocket(
         .strip_prefix(PREFIX)
         .and_then(|r| r.strip_prefix('/'))
         .unwrap_or_default();
-    // One segment: the token (`/subscribe` belongs to eventing channels).
-    let token = rest.strip_suffix('/').unwrap_or(rest);
-    if token.is_empty() || token.contains('/') {
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (token, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if token.is_empty() {
         return Err(unknown_token());
+    }
+    match tail {
+        "" => {}
+        "subscribe" => {
+            let token = token.to_string();
+            return subscribe(req, stream, state, &token).await;
+        }
+        _ => return Err(unknown_token()),
     }
     let handle = state
         .registry
@@ -71,6 +82,7 @@ async fn websocket(
             "this node has as many websocket sessions as it may",
         ));
     }
+    let backlog = Arc::new(Backlog::default());
     let session = WsSession::new(WsSessionParts {
         peer_ip: client_ip(&req, &config.trusted_proxies)
             .map(|ip| ip.to_string())
@@ -87,10 +99,51 @@ async fn websocket(
         },
         logger: handle.logger(&state.logger).clone(),
         slot,
+        backlog: backlog.clone(),
+        max_backlog_bytes: config.ws_max_backlog_bytes,
     });
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(config.ws_max_message_bytes)
-        .start()
+    ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
+        .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
+}
+
+/// `GET /ws/token/v1/{token}/subscribe`: a websocket subscription to an eventing
+/// channel's events (protocol: docs/eventing.md).
+#[utoipa::path(get, path = "/ws/token/v1/{token}/subscribe", tag = "eventing channels",
+    params(("token" = String, Path, description = "The eventing channel's local token")),
+    responses((status = 101, description = "Switching protocols"),
+        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
+async fn subscribe(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    token: &str,
+) -> Result<HttpResponse, ApiError> {
+    let handle = state
+        .registry
+        .get(token)
+        .filter(|h| h.channel.enabled && h.channel.kind == crate::channels::KIND_EVENTING)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "channel_not_found",
+                "no eventing channel with this token is served here",
+            )
+        })?;
+    req.extensions_mut()
+        .insert(ChannelTag(handle.channel.code.clone()));
+    let config = &state.config;
+    let backlog = Arc::new(Backlog::default());
+    let session = EventSession::new(EventSessionParts {
+        channel_types: crate::channels::event_types_of(&handle.channel),
+        broker: state.broker.clone(),
+        db: state.db.clone(),
+        domain: config.domain.clone(),
+        epoch: state.epoch.clone(),
+        heartbeat_interval: Duration::from_millis(config.ws_heartbeat_interval_ms),
+        heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
+        backlog: backlog.clone(),
+        max_backlog_bytes: config.ws_max_backlog_bytes,
+    });
+    ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }
 

@@ -12,5 +12,6 @@ mod outgoing;
 mod receiver;
 mod scenarios;
 mod status_page;
+mod subscribe;
 mod webhook;
 mod websocket;

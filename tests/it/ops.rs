@@ -368,6 +368,7 @@ async fn openapi_matches_the_routes() {
         ("DELETE", "/admin/v1/channels/{id}/sessions/{code}"),
         ("POST", "/api/token/v1/{token}"),
         ("GET", "/ws/token/v1/{token}"),
+        ("GET", "/ws/token/v1/{token}/subscribe"),
         ("GET", "/admin/v1/node"),
         ("POST", "/admin/v1/events"),
         ("GET", "/admin/v1/events"),

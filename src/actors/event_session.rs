@@ -1,0 +1,387 @@
+//! EventSession: a websocket subscription to an eventing channel
+//! (`/ws/token/v1/{token}/subscribe`). The protocol is in docs/eventing.md.
+//!
+//! Resume without a gap or a duplicate: on `subscribe` with `since`, the session first
+//! joins the broker (which answers with the last id it has pushed, L) and buffers what
+//! the broker sends from then on; it replays the stored events in (since, L] from the
+//! database, then sends the buffered live events with ids above the last one sent, and
+//! from there on passes the live stream through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use serde::Deserialize;
+
+use super::broker::{Deliver, EventBroker, Overflowed, Subscribe, Unsubscribe};
+use crate::channels::rfc3339_millis;
+use crate::db::models::Event;
+use crate::db::{Database, events as log};
+use crate::events::patterns;
+
+/// Events read per page while replaying.
+const REPLAY_PAGE: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientOp {
+    Subscribe {
+        #[serde(default)]
+        types: Vec<String>,
+        since: Option<i64>,
+        epoch: Option<String>,
+    },
+    Unsubscribe,
+    Ping,
+}
+
+enum Phase {
+    Idle,
+    /// Replaying from storage; live events wait here.
+    Replaying(Vec<Arc<Event>>),
+    Live,
+}
+
+pub struct EventSessionParts {
+    pub channel_types: Vec<String>,
+    pub broker: Addr<EventBroker>,
+    pub db: Database,
+    pub domain: String,
+    pub epoch: String,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub backlog: Arc<super::ws_backlog::Backlog>,
+    pub max_backlog_bytes: usize,
+}
+
+pub struct EventSession {
+    parts: EventSessionParts,
+    subscription: Option<u64>,
+    /// Bumped on every (re)subscribe, so that answers to an older one are ignored.
+    generation: u64,
+    pending: Arc<AtomicUsize>,
+    phase: Phase,
+    last_sent: i64,
+    last_pong: Instant,
+    closing: bool,
+}
+
+fn error_frame(code: &str, message: &str) -> String {
+    serde_json::json!({ "op": "error", "code": code, "message": message }).to_string()
+}
+
+impl EventSession {
+    pub fn new(parts: EventSessionParts) -> EventSession {
+        EventSession {
+            parts,
+            subscription: None,
+            generation: 0,
+            pending: Arc::new(AtomicUsize::new(0)),
+            phase: Phase::Idle,
+            last_sent: 0,
+            last_pong: Instant::now(),
+            closing: false,
+        }
+    }
+
+    fn event_frame(&self, e: &Event) -> String {
+        serde_json::json!({
+            "op": "event",
+            "id": e.id,
+            "epoch": self.parts.epoch,
+            "type": e.event_type,
+            "occurred_at": rfc3339_millis(e.occurred_at),
+            "data": serde_json::from_str::<serde_json::Value>(&e.data).unwrap_or(serde_json::Value::Null),
+        })
+        .to_string()
+    }
+
+    fn send_event(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: &Event) {
+        if e.id <= self.last_sent || self.closing {
+            return;
+        }
+        if self.parts.backlog.pending() > self.parts.max_backlog_bytes as u64 {
+            // The client is not reading: drop it with where it got to, so that it can
+            // resume from there once it keeps up.
+            self.unsubscribe();
+            let reason = format!("slow consumer; last delivered id {}", self.last_sent);
+            self.close(ctx, 1013, reason);
+            return;
+        }
+        let frame = self.event_frame(e);
+        self.parts.backlog.queued(frame.len());
+        ctx.text(frame);
+        self.last_sent = e.id;
+    }
+
+    fn unsubscribe(&mut self) {
+        if let Some(id) = self.subscription.take() {
+            self.parts.broker.do_send(Unsubscribe(id));
+        }
+        self.phase = Phase::Idle;
+    }
+
+    /// One queued event is out of the mailbox (written, or dropped as stale).
+    fn took_one(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
+
+    fn subscribe(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        types: Vec<String>,
+        since: Option<i64>,
+        epoch: Option<String>,
+    ) {
+        for (i, p) in types.iter().enumerate() {
+            if let Err(e) = patterns::validate(&format!("types[{i}]"), p) {
+                ctx.text(error_frame("invalid_types", &e.to_string()));
+                return;
+            }
+        }
+        if epoch.as_ref().is_some_and(|e| *e != self.parts.epoch) {
+            ctx.text(error_frame(
+                "not_recovered",
+                "the event log has another epoch: reload from your source of truth, then subscribe without since",
+            ));
+            return;
+        }
+        self.unsubscribe();
+        self.generation += 1;
+        let generation = self.generation;
+        let channel_types = self.parts.channel_types.clone();
+        let client_types = types.clone();
+        let filter: Arc<dyn Fn(&str) -> bool + Send + Sync> = Arc::new(move |t: &str| {
+            patterns::any_matches(&channel_types, t) && patterns::any_matches(&client_types, t)
+        });
+        self.phase = Phase::Replaying(Vec::new());
+        // A fresh counter: nothing queued for an older subscription counts against it.
+        self.pending = Arc::new(AtomicUsize::new(0));
+        let join = self.parts.broker.send(Subscribe {
+            deliver: ctx.address().recipient(),
+            overflow: ctx.address().recipient(),
+            pending: self.pending.clone(),
+            filter: filter.clone(),
+        });
+        ctx.wait(join.into_actor(self).map(move |joined, act, ctx| {
+            let Ok(joined) = joined else {
+                ctx.text(error_frame(
+                    "unavailable",
+                    "the event broker is not running",
+                ));
+                act.phase = Phase::Idle;
+                return;
+            };
+            if generation != act.generation {
+                act.parts.broker.do_send(Unsubscribe(joined.id));
+                return;
+            }
+            act.subscription = Some(joined.id);
+            let live_from = joined.last_id;
+            let Some(since) = since else {
+                act.last_sent = live_from;
+                ctx.text(act.subscribed_frame(&types, live_from));
+                act.go_live(ctx);
+                return;
+            };
+            if since > live_from || since < 0 {
+                act.unsubscribe();
+                ctx.text(error_frame(
+                    "not_recovered",
+                    "since is not an id of this log",
+                ));
+                return;
+            }
+            act.last_sent = since;
+            ctx.text(act.subscribed_frame(&types, live_from));
+            act.replay(ctx, generation, since, live_from, filter);
+        }));
+    }
+
+    fn subscribed_frame(&self, types: &[String], last_id: i64) -> String {
+        serde_json::json!({
+            "op": "subscribed",
+            "types": types,
+            "last_id": last_id,
+            "epoch": self.parts.epoch,
+        })
+        .to_string()
+    }
+
+    /// Sends the stored events in (after, until], a page at a time, then goes live.
+    fn replay(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        generation: u64,
+        after: i64,
+        until: i64,
+        filter: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    ) {
+        if after >= until {
+            self.go_live(ctx);
+            return;
+        }
+        let (db, domain) = (self.parts.db.clone(), self.parts.domain.clone());
+        let read = async move {
+            db.run(move |c| {
+                let oldest = log::oldest_id(c, &domain)?;
+                Ok((oldest, log::list_after(c, &domain, after, REPLAY_PAGE)?))
+            })
+            .await
+        };
+        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match result {
+                Ok((oldest, page)) => {
+                    // Events after `after` were purged: the gap cannot be filled.
+                    if oldest.is_none_or(|o| o > after + 1) {
+                        act.unsubscribe();
+                        ctx.text(error_frame(
+                            "not_recovered",
+                            "events after since are no longer kept: reload from your source of truth, then subscribe without since",
+                        ));
+                        return;
+                    }
+                    let mut next = after;
+                    for e in page.iter().take_while(|e| e.id <= until) {
+                        next = e.id;
+                        if filter(&e.event_type) {
+                            act.send_event(ctx, e);
+                        }
+                    }
+                    let more = page.len() as i64 == REPLAY_PAGE && next < until;
+                    if more {
+                        act.replay(ctx, generation, next, until, filter);
+                    } else {
+                        act.go_live(ctx);
+                    }
+                }
+                Err(_) => {
+                    act.unsubscribe();
+                    ctx.text(error_frame("unavailable", "reading the event log failed; subscribe again"));
+                }
+            }
+        }));
+    }
+
+    fn go_live(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let waiting = match std::mem::replace(&mut self.phase, Phase::Live) {
+            Phase::Replaying(buffer) => buffer,
+            _ => Vec::new(),
+        };
+        for e in waiting {
+            self.took_one();
+            self.send_event(ctx, &e);
+        }
+    }
+
+    fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        match serde_json::from_str::<ClientOp>(text) {
+            Ok(ClientOp::Subscribe {
+                types,
+                since,
+                epoch,
+            }) => self.subscribe(ctx, types, since, epoch),
+            Ok(ClientOp::Unsubscribe) => {
+                self.unsubscribe();
+                ctx.text(serde_json::json!({ "op": "unsubscribed" }).to_string());
+            }
+            Ok(ClientOp::Ping) => ctx.text(serde_json::json!({ "op": "pong" }).to_string()),
+            Err(e) => ctx.text(error_frame(
+                "bad_request",
+                &format!(
+                    "expected {{\"op\": \"subscribe\" | \"unsubscribe\" | \"ping\", ...}}: {e}"
+                ),
+            )),
+        }
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: String) {
+        self.closing = true;
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason),
+        }));
+        ctx.stop();
+    }
+}
+
+impl Actor for EventSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.parts.heartbeat_interval, |act, ctx| {
+            if act.last_pong.elapsed() > act.parts.heartbeat_timeout {
+                act.close(ctx, 1001, "heartbeat timeout".into());
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.unsubscribe();
+    }
+}
+
+impl Handler<Deliver> for EventSession {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        if self.subscription != Some(msg.subscription) {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Replaying(buffer) => buffer.push(msg.event),
+            Phase::Live => {
+                self.took_one();
+                self.send_event(ctx, &msg.event);
+            }
+            Phase::Idle => self.took_one(),
+        }
+    }
+}
+
+impl Handler<Overflowed> for EventSession {
+    type Result = ();
+    fn handle(&mut self, _: Overflowed, ctx: &mut Self::Context) {
+        self.subscription = None;
+        let reason = format!("slow consumer; last delivered id {}", self.last_sent);
+        self.close(ctx, 1013, reason);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for EventSession {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        match msg {
+            Ok(ws::Message::Text(text)) => self.handle_text(ctx, &text),
+            Ok(ws::Message::Binary(_)) => {
+                self.close(ctx, 1003, "binary messages are not supported".into())
+            }
+            Ok(ws::Message::Ping(p)) => {
+                self.last_pong = Instant::now();
+                ctx.pong(&p);
+            }
+            Ok(ws::Message::Pong(_)) => self.last_pong = Instant::now(),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Continuation(_)) => self.close(
+                ctx,
+                1003,
+                "fragmented messages are not supported here".into(),
+            ),
+            Ok(ws::Message::Nop) => {}
+            Err(ProtocolError::Overflow) => self.close(ctx, 1009, "message too big".into()),
+            Err(_) => self.close(ctx, 1002, "protocol error".into()),
+        }
+    }
+}

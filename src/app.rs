@@ -92,8 +92,9 @@ impl Application {
         let broker = {
             let (db, domain, logger) = (db.clone(), config.domain.clone(), logger.clone());
             let (last_id, max_pending) = (head.last_id, config.event_subscriber_buffer);
+            let stats = events.stats.clone();
             EventBroker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
-                EventBroker::new(db, &domain, last_id, max_pending, &logger)
+                EventBroker::new(db, &domain, last_id, max_pending, stats, &logger)
             })
         };
         let events = events.with_broker(broker.clone());

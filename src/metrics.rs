@@ -265,6 +265,44 @@ pub fn render(state: &AppState) -> String {
     for (name, help, value) in node_gauges {
         gauge(f.family(name, help, MetricType::GAUGE), &[], value);
     }
+    let ev = &state.events.stats;
+    gauge(
+        f.family(
+            "oktell_event_subscribers",
+            "Websocket event subscriptions on this node.",
+            MetricType::GAUGE,
+        ),
+        &[("domain", domain)],
+        ev.subscribers.load(Ordering::Relaxed) as f64,
+    );
+    for (name, help, value) in [
+        (
+            "oktell_events_published_total",
+            "Events stored by publishes on this node (not counting idempotent repeats).",
+            load(&ev.published),
+        ),
+        (
+            "oktell_events_duplicates_total",
+            "Publishes answered with an already stored event (idempotency key).",
+            load(&ev.duplicates),
+        ),
+        (
+            "oktell_events_pushed_total",
+            "Events pushed to websocket subscribers.",
+            load(&ev.pushed),
+        ),
+        (
+            "oktell_event_subscribers_dropped_total",
+            "Subscribers closed for falling behind (1013).",
+            load(&ev.slow_closed),
+        ),
+    ] {
+        counter(
+            f.family(name, help, MetricType::COUNTER),
+            &[("domain", domain)],
+            value,
+        );
+    }
     let node_counters = [
         (
             "oktell_scenario_pool_completed_total",

@@ -51,6 +51,7 @@ pub struct EventBroker {
     next_subscriber: u64,
     subscribers: HashMap<u64, Subscriber>,
     max_pending: usize,
+    stats: Arc<crate::events::EventStats>,
     logger: slog::Logger,
 }
 
@@ -60,6 +61,7 @@ impl EventBroker {
         domain: &str,
         last_id: i64,
         max_pending: usize,
+        stats: Arc<crate::events::EventStats>,
         logger: &slog::Logger,
     ) -> EventBroker {
         EventBroker {
@@ -71,6 +73,7 @@ impl EventBroker {
             next_subscriber: 1,
             subscribers: HashMap::new(),
             max_pending,
+            stats,
             logger: logger.new(slog::o!("actor" => "event_broker")),
         }
     }
@@ -110,20 +113,26 @@ impl EventBroker {
 
     fn fan_out(&mut self, event: Arc<Event>) {
         let max = self.max_pending;
+        let stats = self.stats.clone();
         self.subscribers.retain(|id, s| {
             if !(s.filter)(&event.event_type) {
                 return true;
             }
             if s.pending.fetch_add(1, Ordering::AcqRel) >= max {
+                stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                 s.overflow.do_send(Overflowed);
                 return false;
             }
+            stats.pushed.fetch_add(1, Ordering::Relaxed);
             s.deliver.do_send(Deliver {
                 subscription: *id,
                 event: event.clone(),
             });
             true
         });
+        self.stats
+            .subscribers
+            .store(self.subscribers.len(), Ordering::Relaxed);
     }
 }
 
@@ -175,6 +184,9 @@ impl Handler<Subscribe> for EventBroker {
                 filter: msg.filter,
             },
         );
+        self.stats
+            .subscribers
+            .store(self.subscribers.len(), Ordering::Relaxed);
         Subscribed {
             id,
             last_id: self.last_id,
@@ -190,6 +202,9 @@ impl Handler<Unsubscribe> for EventBroker {
     type Result = ();
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         self.subscribers.remove(&msg.0);
+        self.stats
+            .subscribers
+            .store(self.subscribers.len(), Ordering::Relaxed);
     }
 }
 

@@ -54,6 +54,7 @@ pub struct EventSessionParts {
     pub heartbeat_timeout: Duration,
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
+    pub stats: Arc<crate::events::EventStats>,
 }
 
 pub struct EventSession {
@@ -106,6 +107,7 @@ impl EventSession {
             // The client is not reading: drop it with where it got to, so that it can
             // resume from there once it keeps up.
             self.unsubscribe();
+            self.parts.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             let reason = format!("slow consumer; last delivered id {}", self.last_sent);
             self.close(ctx, 1013, reason);
             return;

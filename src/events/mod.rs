@@ -143,6 +143,16 @@ impl EventInput {
     }
 }
 
+/// Counters of the event log and its subscribers on this node.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    pub published: std::sync::atomic::AtomicU64,
+    pub duplicates: std::sync::atomic::AtomicU64,
+    pub subscribers: std::sync::atomic::AtomicUsize,
+    pub pushed: std::sync::atomic::AtomicU64,
+    pub slow_closed: std::sync::atomic::AtomicU64,
+}
+
 /// The domain's event log on this node.
 #[derive(Clone)]
 pub struct EventService {
@@ -150,6 +160,7 @@ pub struct EventService {
     domain: Arc<str>,
     /// Told after each write that stored something new.
     broker: Option<actix::Addr<crate::actors::broker::EventBroker>>,
+    pub stats: Arc<EventStats>,
 }
 
 impl EventService {
@@ -158,6 +169,7 @@ impl EventService {
             db,
             domain: domain.into(),
             broker: None,
+            stats: Arc::default(),
         }
     }
 
@@ -179,6 +191,12 @@ impl EventService {
     }
 
     fn told(&self, stored: &[(Event, bool)]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let duplicates = stored.iter().filter(|(_, d)| *d).count() as u64;
+        self.stats.duplicates.fetch_add(duplicates, Relaxed);
+        self.stats
+            .published
+            .fetch_add(stored.len() as u64 - duplicates, Relaxed);
         if let Some(broker) = &self.broker
             && stored.iter().any(|(_, duplicate)| !duplicate)
         {

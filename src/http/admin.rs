@@ -302,6 +302,8 @@ async fn node(_: Admin, state: web::Data<AppState>) -> HttpResponse {
         "scenario_busy": pool.stats().busy.load(std::sync::atomic::Ordering::Relaxed),
         "scenario_queue_depth": pool.queued(),
         "scenario_queue_capacity": pool.capacity(),
+        "event_subscribers": state.events.stats.subscribers.load(std::sync::atomic::Ordering::Relaxed),
+        "event_log_epoch": state.epoch,
     }))
 }
 

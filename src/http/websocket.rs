@@ -142,6 +142,7 @@ async fn subscribe(
         heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
         backlog: backlog.clone(),
         max_backlog_bytes: config.ws_max_backlog_bytes,
+        stats: state.events.stats.clone(),
     });
     ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))

@@ -100,6 +100,22 @@ async fn live_events_respect_both_filters(app: TestApp) {
     );
     op(&mut ws, json!({"op": "ping"})).await;
     assert_eq!(frame(&mut ws).await["op"], "pong");
+    let metrics = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_event_subscribers", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_events_published_total", &[]),
+        Some(5.0)
+    );
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_events_pushed_total", &[]),
+        Some(3.0)
+    );
 }
 
 #[actix_web::test]

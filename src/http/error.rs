@@ -66,6 +66,15 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// 404 for a token this node does not serve as a channel of that kind (unknown,
+    /// disabled, another kind, or another node's WS role: the caller cannot tell which).
+    pub fn no_channel_for_token(kind: &str) -> ApiError {
+        ApiError::not_found(
+            "channel_not_found",
+            format!("no {kind} channel with this token is served here"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }

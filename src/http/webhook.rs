@@ -38,10 +38,7 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 const REPLY_GRACE: Duration = Duration::from_millis(250);
 
 fn unknown_token() -> ApiError {
-    ApiError::not_found(
-        "channel_not_found",
-        "no public channel with this token is served here",
-    )
+    ApiError::no_channel_for_token("public")
 }
 
 /// The incoming webhook of a public channel. Any method, and any sub-path (passed to

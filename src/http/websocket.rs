@@ -24,10 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn unknown_token() -> ApiError {
-    ApiError::not_found(
-        "channel_not_found",
-        "no public channel with this token is served here",
-    )
+    ApiError::no_channel_for_token("public")
 }
 
 /// The websocket of a public channel (upgrade). Each text message runs the channel's
@@ -122,12 +119,7 @@ async fn subscribe(
         .registry
         .get(token)
         .filter(|h| h.channel.enabled && h.channel.kind == crate::channels::KIND_EVENTING)
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "channel_not_found",
-                "no eventing channel with this token is served here",
-            )
-        })?;
+        .ok_or_else(|| ApiError::no_channel_for_token("eventing"))?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;

@@ -46,6 +46,18 @@ pub struct SessionView {
 #[derive(Default)]
 pub struct SessionTable {
     sessions: DashMap<String, SessionEntry>,
+    /// Places taken, counted from before the upgrade (the table itself only knows a
+    /// session once its actor runs), so that a burst of upgrades cannot pass the limit.
+    reserved: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One reserved place of a channel's session limit; given back on drop.
+pub struct SessionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -60,6 +72,13 @@ pub mod close_code {
 }
 
 impl SessionTable {
+    /// A place under `max` sessions, or None when the channel is full.
+    pub fn reserve(&self, max: usize) -> Option<SessionSlot> {
+        let before = self.reserved.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot(self.reserved.clone());
+        (before < max).then_some(slot)
+    }
+
     pub fn insert(&self, code: String, entry: SessionEntry) {
         self.sessions.insert(code, entry);
     }

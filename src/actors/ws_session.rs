@@ -63,6 +63,7 @@ pub struct WsSession {
     backlog: Arc<super::ws_backlog::Backlog>,
     max_backlog_bytes: u64,
     _slot: NodeSlot,
+    _channel_slot: super::sessions::SessionSlot,
 }
 
 /// What a session needs to start.
@@ -75,6 +76,7 @@ pub struct WsSessionParts {
     pub limits: WsLimits,
     pub logger: slog::Logger,
     pub slot: NodeSlot,
+    pub channel_slot: super::sessions::SessionSlot,
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
 }
@@ -100,6 +102,7 @@ impl WsSession {
             backlog: parts.backlog,
             max_backlog_bytes: parts.max_backlog_bytes as u64,
             _slot: parts.slot,
+            _channel_slot: parts.channel_slot,
         }
     }
 

@@ -65,12 +65,12 @@ async fn websocket(
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;
-    if handle.sessions.len() >= config.ws_max_sessions_per_channel {
+    let Some(channel_slot) = handle.sessions.reserve(config.ws_max_sessions_per_channel) else {
         return Err(ApiError::overloaded(
             "too_many_sessions",
             "this channel has as many websocket sessions as it may",
         ));
-    }
+    };
     let taken = state.ws_sessions.fetch_add(1, Ordering::AcqRel);
     let slot = NodeSlot(state.ws_sessions.clone());
     if taken >= config.ws_max_sessions_per_node {
@@ -96,6 +96,7 @@ async fn websocket(
         },
         logger: handle.logger(&state.logger).clone(),
         slot,
+        channel_slot,
         backlog: backlog.clone(),
         max_backlog_bytes: config.ws_max_backlog_bytes,
     });

@@ -115,6 +115,12 @@ pub fn render(state: &AppState) -> String {
             Box::new(|mf, l, h| gauge(mf, l, h.stats.in_flight.load(Ordering::Relaxed) as f64)),
         ),
         (
+            "oktell_channel_mailbox_backlog",
+            "Messages waiting in the channel actor's mailbox.",
+            MetricType::GAUGE,
+            Box::new(|mf, l, h| gauge(mf, l, h.stats.mailbox.load(Ordering::Relaxed) as f64)),
+        ),
+        (
             "oktell_channel_restarts_total",
             "Supervisor restarts of the channel's actor.",
             MetricType::COUNTER,
@@ -336,6 +342,26 @@ pub fn render(state: &AppState) -> String {
     );
     gauge(mf, &[("state", "idle")], db.idle as f64);
     gauge(mf, &[("state", "in_use")], db.in_use as f64);
+    let waits = state.db.pool_waits();
+    for (name, help, value) in [
+        (
+            "oktell_db_pool_acquired_total",
+            "Connections taken from the database pool.",
+            load(&waits.count),
+        ),
+        (
+            "oktell_db_pool_wait_seconds_total",
+            "Time spent waiting for a pooled connection (divide by acquired_total for the mean).",
+            waits.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "oktell_db_pool_timeouts_total",
+            "Waits for a pooled connection that gave up.",
+            load(&waits.timeouts),
+        ),
+    ] {
+        counter(f.family(name, help, MetricType::COUNTER), &[], value);
+    }
     gauge(
         f.family(
             "oktell_db_pool_max",

@@ -269,6 +269,7 @@ impl Handler<WsInbound> for ChannelActor {
     type Result = ResponseFuture<RunResult>;
 
     fn handle(&mut self, msg: WsInbound, ctx: &mut Context<Self>) -> Self::Result {
+        self.stats.mailbox.fetch_sub(1, Ordering::Relaxed);
         let submitted = self.guarded(ctx, |act| {
             // The current version of the channel: an update applies to the next message.
             let handle = act

@@ -37,6 +37,8 @@ pub struct ChannelStats {
     pub ws_errors: AtomicU64,
     /// Websocket messages put back because the scenario queue or channel was full.
     pub ws_retries: AtomicU64,
+    /// Messages sent to the channel's actor and not yet handled (its mailbox backlog).
+    pub mailbox: AtomicUsize,
 }
 
 impl ChannelStats {

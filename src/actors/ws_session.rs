@@ -162,13 +162,18 @@ impl WsSession {
             return;
         };
         self.busy = true;
+        self.stats.mailbox.fetch_add(1, Ordering::Relaxed);
         let request = self.channel.send(WsInbound {
             code: self.code.clone(),
             text: text.clone(),
             peer_ip: self.peer_ip.clone(),
         });
         ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
-            let outcome: RunResult = outcome.unwrap_or(Err(ScenarioError::Panicked));
+            let outcome: RunResult = outcome.unwrap_or_else(|_| {
+                // The actor never handled it (stopped): it left the mailbox anyway.
+                act.stats.mailbox.fetch_sub(1, Ordering::Relaxed);
+                Err(ScenarioError::Panicked)
+            });
             // A full scenario queue or a busy channel is back-pressure, not a failure:
             // the message goes back to the head of this session's queue and is tried
             // again shortly (the session's own queue limit still bounds what waits).

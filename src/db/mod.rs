@@ -98,6 +98,15 @@ pub type DbConn = PooledConnection<ConnectionManager<AnyConnection>>;
 pub struct Database {
     pool: DbPool,
     backend: Backend,
+    waits: std::sync::Arc<PoolWaits>,
+}
+
+/// Time spent waiting for a pooled connection (for metrics).
+#[derive(Debug, Default)]
+pub struct PoolWaits {
+    pub count: std::sync::atomic::AtomicU64,
+    pub micros: std::sync::atomic::AtomicU64,
+    pub timeouts: std::sync::atomic::AtomicU64,
 }
 
 impl Database {
@@ -125,7 +134,11 @@ impl Database {
             .connection_customizer(Box::new(SqlitePragmas))
             .build(manager)
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        Ok(Database { pool, backend })
+        Ok(Database {
+            pool,
+            backend,
+            waits: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -178,7 +191,21 @@ impl Database {
     }
 
     pub fn conn(&self) -> Result<DbConn, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let got = self.pool.get();
+        self.waits.count.fetch_add(1, Relaxed);
+        self.waits
+            .micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        got.map_err(|e| {
+            self.waits.timeouts.fetch_add(1, Relaxed);
+            StoreError::Pool(e.to_string())
+        })
+    }
+
+    pub fn pool_waits(&self) -> &PoolWaits {
+        &self.waits
     }
 
     /// Applies the pending migrations of this backend; returns how many ran.

@@ -184,6 +184,12 @@ async fn metrics_count_traffic() {
         Some(4.0)
     );
     assert!(sample(&text, "oktell_db_pool_max", &[]).is_some_and(|v| v >= 1.0));
+    assert!(sample(&text, "oktell_db_pool_acquired_total", &[]).is_some_and(|v| v >= 1.0));
+    assert_eq!(
+        sample(&text, "oktell_channel_mailbox_backlog", &ch),
+        Some(0.0),
+        "every message handled"
+    );
     assert!(!text.contains(&token), "tokens never appear in metrics");
 }
 

@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# One-command event fan-out benchmark: SUBSCRIBERS websocket subscriptions to one eventing
+# channel (`/ws/token/v1/{token}/subscribe`), then EVENTS events published one at a time
+# through `POST /admin/v1/events`, each waited for at every subscriber before the next.
+# Runs against the gateway on SQLite and on PostgreSQL, one at a time, on loopback.
+# Reports fan-out latency (POST sent -> event frame read, per subscriber and event)
+# p50/p99/max, the complete fan-out (last subscriber) p50 and the publish ack p50, on
+# stdout and in benches/RESULTS.md.
+#
+#   bash benches/events_run.sh
+#
+# Knobs (environment): SUBSCRIBERS (10000), EVENTS (20, measured), WARMUP_EVENTS (1,
+# published and checked first, not measured), CONNECT_CONCURRENCY (500 handshakes +
+# subscribes in flight at most), WORKERS (gateway HTTP workers, 1), SCENARIO_THREADS (1),
+# BACKENDS ("sqlite postgres"), TIMEOUT_S (bound of each load run, 180), EVENT_TIMEOUT_S
+# (bound of each event's fan-out, 30), NOFILE (ulimit -n to ask for, 65536), PG_HOST
+# (127.0.0.1), PG_PORT (5432), PG_USER (postgres, trust auth), PG_ADMIN_DB (test, the
+# database psql connects to for CREATE/DROP DATABASE), SQLITE_PORT (18101),
+# POSTGRES_PORT (18102).
+# Raw JSON results and gateway logs stay in benches/out/events-<run id>/ (git-ignored).
+set -euo pipefail
+
+SUBSCRIBERS="${SUBSCRIBERS:-10000}"
+EVENTS="${EVENTS:-20}"
+WARMUP_EVENTS="${WARMUP_EVENTS:-1}"
+CONNECT_CONCURRENCY="${CONNECT_CONCURRENCY:-500}"
+WORKERS="${WORKERS:-1}"
+SCENARIO_THREADS="${SCENARIO_THREADS:-1}"
+BACKENDS="${BACKENDS:-sqlite postgres}"
+TIMEOUT_S="${TIMEOUT_S:-180}"
+EVENT_TIMEOUT_S="${EVENT_TIMEOUT_S:-30}"
+NOFILE="${NOFILE:-65536}"
+PG_HOST="${PG_HOST:-127.0.0.1}"
+PG_PORT="${PG_PORT:-5432}"
+PG_USER="${PG_USER:-postgres}"
+PG_ADMIN_DB="${PG_ADMIN_DB:-test}"
+SQLITE_PORT="${SQLITE_PORT:-18101}"
+POSTGRES_PORT="${POSTGRES_PORT:-18102}"
+ADMIN_TOKEN="bench-admin-token-0123456789"
+STARTUP_TIMEOUT_S=30
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COMMAND="SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$ROOT/benches/out/events-$RUN_ID"
+mkdir -p "$OUT"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-eventsbench.XXXXXX")"
+PG_DB="oktell_bench_$$"
+PG_CREATED=""
+
+log() { printf '[events-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+psql_admin() { # sql
+    psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" -c "$1"
+}
+
+# --- processes: everything started here is stopped on exit --------------------------
+PIDS=()
+alive() { # running and not a zombie waiting to be reaped
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+stop_pid() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        log "pid $pid did not stop on TERM within 5s: KILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    local kept=() other
+    for other in "${PIDS[@]+"${PIDS[@]}"}"; do
+        [[ "$other" == "$pid" ]] || kept+=("$other")
+    done
+    PIDS=("${kept[@]+"${kept[@]}"}")
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        stop_pid "$pid"
+    done
+    PIDS=()
+    if [[ -n "$PG_CREATED" ]]; then
+        psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 \
+            || log "could not drop database $PG_DB (drop it by hand)"
+        PG_CREATED=""
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- limits -----------------------------------------------------------------------------
+# The client and the gateway (a child of this shell: it inherits the limit) each hold
+# SUBSCRIBERS sockets plus their own descriptors.
+NEEDED_FDS=$(( SUBSCRIBERS + 1024 ))
+if (( $(ulimit -Sn) < NOFILE )); then
+    if ! ulimit -n "$NOFILE" 2>/dev/null; then
+        # Without CAP_SYS_RESOURCE (e.g. in a container) the hard limit is the ceiling.
+        log "cannot raise the open-files limit to $NOFILE (hard limit $(ulimit -Hn)); using the hard limit"
+        ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+    fi
+fi
+(( $(ulimit -Sn) >= NEEDED_FDS )) \
+    || die "open-files limit $(ulimit -Sn) (hard $(ulimit -Hn)) is below the $NEEDED_FDS that $SUBSCRIBERS subscribers need: raise the hard limit (limits.conf / systemd LimitNOFILE / docker --ulimit nofile=65536) or run with CAP_SYS_RESOURCE"
+read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
+(( PORT_HI - PORT_LO + 1 >= SUBSCRIBERS )) \
+    || die "ephemeral port range $PORT_LO-$PORT_HI is smaller than SUBSCRIBERS=$SUBSCRIBERS"
+log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
+
+# --- helpers --------------------------------------------------------------------------
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+for tool in curl python3 cargo timeout; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
+for backend in $BACKENDS; do
+    case "$backend" in
+        sqlite) ;;
+        postgres)
+            command -v psql >/dev/null || die "psql is needed for the postgres backend (or BACKENDS=sqlite)"
+            psql_admin 'SELECT 1' >/dev/null \
+                || die "cannot reach PostgreSQL at $PG_USER@$PG_HOST:$PG_PORT/$PG_ADMIN_DB (or BACKENDS=sqlite)"
+            ;;
+        *) die "unknown backend '$backend' in BACKENDS (sqlite, postgres)" ;;
+    esac
+done
+
+# --- build --------------------------------------------------------------------------------
+log "building the gateway (cargo build --release)"
+cargo build --release
+GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
+[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+log "building the client (cargo bench --no-run --bench event_fanout)"
+cargo bench --no-run --bench event_fanout --message-format=json >"$TMP/build.json"
+LOAD_BIN="$(python3 - "$TMP/build.json" <<'PY'
+import json, sys
+exe = ""
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "event_fanout" and msg.get("executable"):
+        exe = msg["executable"]
+print(exe)
+PY
+)"
+[[ -n "$LOAD_BIN" && -x "$LOAD_BIN" ]] || die "could not find the event_fanout executable in cargo's output"
+
+# --- gateway -------------------------------------------------------------------------------
+GATEWAY_CONFIG="$TMP/gateway.toml"
+cat >"$GATEWAY_CONFIG" <<'TOML'
+access_log = false
+shutdown_timeout_s = 2
+TOML
+GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
+
+GATEWAY_PID=""
+start_gateway() { # backend, port, database url
+    local backend="$1" port="$2" url="$3" data="$TMP/$1"
+    mkdir -p "$data"
+    port_in_use "$port" && die "port $port is in use (set SQLITE_PORT / POSTGRES_PORT)"
+    "$GATEWAY_BIN" serve \
+        --config "$GATEWAY_CONFIG" \
+        --listen "127.0.0.1:$port" \
+        --data-dir "$data" \
+        --database-url "$url" \
+        --admin-token "$ADMIN_TOKEN" \
+        --workers "$WORKERS" \
+        --scenario-threads "$SCENARIO_THREADS" \
+        --log-level warn \
+        >>"$OUT/gateway-$backend.log" 2>&1 &
+    GATEWAY_PID=$!
+    PIDS+=("$GATEWAY_PID")
+    local deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
+    while (( SECONDS < deadline )); do
+        alive "$GATEWAY_PID" || break
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "gateway ($backend) did not become healthy (log: $OUT/gateway-$backend.log)"
+}
+
+create_channel() { # port -> prints the token
+    local response
+    response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$1/admin/v1/channels" \
+        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        -d '{"code":"bench-feed","kind":"eventing"}')" \
+        || die "creating the bench-feed eventing channel failed"
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
+}
+
+run_backend() { # backend, port, database url
+    local backend="$1" port="$2" url="$3" file="$OUT/$1.json" token
+    start_gateway "$backend" "$port" "$url"
+    token="$(create_channel "$port")"
+    [[ -n "$token" ]] || die "no channel token ($backend)"
+    # Probe: one subscriber, one event (checks the path end to end before the big run).
+    "$LOAD_BIN" --label "$backend-probe" --base "http://127.0.0.1:$port" --token "$token" \
+        --admin-token "$ADMIN_TOKEN" --subscribers 1 --events 1 --warmup-events 0 \
+        --settle-ms 0 --timeout-s 20 --event-timeout-s 10 \
+        >"$OUT/$backend.probe.json" 2>>"$OUT/load.log" || die "probe against $backend failed"
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if r["deliveries"] == 1 and r["held_at_end"] == 1 else 1)' \
+        "$OUT/$backend.probe.json" || die "probe against $backend got no event: $(cat "$OUT/$backend.probe.json")"
+    log "$backend: $SUBSCRIBERS subscribers, $WARMUP_EVENTS warm-up + $EVENTS events (connect concurrency $CONNECT_CONCURRENCY)"
+    timeout "$(( TIMEOUT_S + 30 ))" "$LOAD_BIN" --label "$backend" --base "http://127.0.0.1:$port" \
+        --token "$token" --admin-token "$ADMIN_TOKEN" --pid "$GATEWAY_PID" \
+        --subscribers "$SUBSCRIBERS" --events "$EVENTS" --warmup-events "$WARMUP_EVENTS" \
+        --connect-concurrency "$CONNECT_CONCURRENCY" --timeout-s "$TIMEOUT_S" \
+        --event-timeout-s "$EVENT_TIMEOUT_S" \
+        >"$file" 2> >(tee -a "$OUT/load.log" >&2) || die "event_fanout against $backend failed (exit $?)"
+    python3 - "$file" <<'PY' >&2
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f'[events-bench] {r["label"]}: held {r["held_at_end"]}/{r["subscribers"]} '
+      f'(connect errors {r["connect_errors"]}, subscribe errors {r["subscribe_errors"]}, lost {r["lost"]}), '
+      f'deliveries {r["deliveries"]}/{r["deliveries_expected"]}, fan-out p50 {r["fanout_p50_ms"]} ms, '
+      f'p99 {r["fanout_p99_ms"]} ms, max {r["fanout_max_ms"]} ms, complete p50 {r["complete_p50_ms"]} ms, '
+      f'ack p50 {r["ack_p50_ms"]} ms' + (" TIMED OUT" if r["timed_out"] else ""))
+PY
+    stop_pid "$GATEWAY_PID"
+}
+
+# --- runs ------------------------------------------------------------------------------------
+log "run events-$RUN_ID: backends $BACKENDS; $SUBSCRIBERS subscribers x $EVENTS events, $WORKERS worker(s)"
+for backend in $BACKENDS; do
+    case "$backend" in
+        sqlite)
+            run_backend sqlite "$SQLITE_PORT" "$TMP/sqlite/bench.db"
+            ;;
+        postgres)
+            psql_admin "CREATE DATABASE $PG_DB" >/dev/null || die "CREATE DATABASE $PG_DB failed"
+            PG_CREATED=1
+            run_backend postgres "$POSTGRES_PORT" "postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
+            psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null \
+                || log "could not drop database $PG_DB"
+            PG_CREATED=""
+            ;;
+    esac
+done
+
+# --- report ----------------------------------------------------------------------------------
+CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+LIMITS="ulimit -n $(ulimit -n), ephemeral ports $PORT_LO-$PORT_HI, somaxconn $(cat /proc/sys/net/core/somaxconn)"
+PG_VERSION=""
+if [[ " $BACKENDS " == *" postgres "* ]]; then
+    PG_VERSION="$(psql -X -At -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" -c 'SHOW server_version' 2>/dev/null | head -1 | awk '{print $1}')"
+fi
+status=0
+python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$MACHINE" \
+    "$COMMAND" "$COMMIT" "$LIMITS" "$SUBSCRIBERS" "$EVENTS" "$WARMUP_EVENTS" \
+    "$CONNECT_CONCURRENCY" "$WORKERS" "$SCENARIO_THREADS" "$GATEWAY_SETTINGS" "$BACKENDS" \
+    "$PG_VERSION" "$PG_HOST:$PG_PORT" <<'PY' || status=$?
+import json, os, sys
+(out, results, date, machine, command, commit, limits, subscribers, events, warmup,
+ concurrency, workers, scenario_threads, gateway_settings, backends, pg_version,
+ pg_addr) = sys.argv[1:18]
+subscribers, events, warmup = int(subscribers), int(events), int(warmup)
+names = {"sqlite": "SQLite (file in a temp dir)",
+         "postgres": f"PostgreSQL {pg_version} ({pg_addr}, fresh database)".replace("  ", " ")}
+problems, rows, details = [], [], []
+fmt = lambda v: "n/a" if v is None else f"{v:,.1f}"
+for key in backends.split():
+    r = json.load(open(os.path.join(out, f"{key}.json")))
+    where = key
+    if r["timed_out"]:
+        problems.append(f"{where}: timed out")
+    if r["connect_errors"] or r["subscribe_errors"]:
+        problems.append(f"{where}: {r['connect_errors']} connect errors {r['connect_error_kinds']}, "
+                        f"{r['subscribe_errors']} subscribe errors {r['subscribe_error_kinds']}")
+    if r["held_at_end"] != subscribers:
+        problems.append(f"{where}: {r['held_at_end']} of {subscribers} subscribers held at the end "
+                        f"(lost {r['lost']} {r['lost_kinds']})")
+    if r["publish_errors"]:
+        problems.append(f"{where}: publish errors {r['publish_errors']}")
+    if r["events_incomplete"]:
+        problems.append(f"{where}: events not delivered to every subscriber: {r['events_incomplete']}")
+    if r["deliveries"] != r["deliveries_expected"]:
+        problems.append(f"{where}: {r['deliveries']} of {r['deliveries_expected']} deliveries")
+    if r["subscribers_missing_events"]:
+        problems.append(f"{where}: {r['subscribers_missing_events']} held subscribers missed an event")
+    for field in ["duplicates", "out_of_order", "id_mismatch", "unknown_k"]:
+        if r[field]:
+            problems.append(f"{where}: {r[field]} {field.replace('_', ' ')}")
+    if r["other_frames"]:
+        problems.append(f"{where}: {r['other_frames']} other frames {r['other_frame_kinds']}")
+    rows.append(f'| {names[key]} | {r["held_at_end"]:,} / {subscribers:,} | {r["published"] - warmup} | '
+                f'{fmt(r["fanout_p50_ms"])} | {fmt(r["fanout_p99_ms"])} | {fmt(r["fanout_max_ms"])} | '
+                f'{fmt(r["complete_p50_ms"])} | {fmt(r["ack_p50_ms"])} |')
+    per_event = ", ".join(fmt(v) for v in r["complete_ms_per_event"])
+    rss = "" if r["rss_before_kib"] is None else (
+        f'; gateway RSS before / subscribers held / after (KiB): {r["rss_before_kib"]:,} / '
+        f'{r["rss_held_kib"]:,} / {r["rss_after_kib"]:,}')
+    details.append(f'  - {key}: subscribed in {r["subscribe_s"]} s; deliveries {r["deliveries"]:,} / '
+                   f'{r["deliveries_expected"]:,}; fan-out p90 {fmt(r["fanout_p90_ms"])} ms; '
+                   f'complete fan-out max {fmt(r["complete_max_ms"])} ms, per event (ms): {per_event}; '
+                   f'warm-up event complete (ms): {", ".join(fmt(v) for v in r["warmup_complete_ms"]) or "none"}; '
+                   f'publish ack p99 {fmt(r["ack_p99_ms"])} ms{rss}')
+table = "\n".join([
+    "| backend | subscribers held | events | fan-out p50 ms | p99 ms | max ms | complete fan-out p50 ms | publish ack p50 ms |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    *rows,
+])
+print()
+print(table)
+print()
+if problems:
+    print("PROBLEMS (run marked failed):")
+    for p in problems:
+        print("  - " + p)
+details_text = "\n".join(details)
+section = f"""
+## Events: one event to {subscribers:,} websocket subscribers ({date})
+
+- machine: {machine}
+- commit: {commit}
+- command: `{command}`
+- limits: {limits}
+- gateway: release build, {workers} HTTP worker(s), {scenario_threads} scenario thread(s), `log_level = warn`, {gateway_settings}; one eventing channel (`{{"code":"bench-feed","kind":"eventing"}}`, every type)
+- load: `event_fanout` (Rust, tokio-tungstenite + awc, one thread, on the same machine): {subscribers:,} websockets to `/ws/token/v1/{{token}}/subscribe`, at most {concurrency} handshakes + `subscribe` in flight, each waits for `subscribed`; then {warmup} warm-up event(s) (checked, not measured) and {events} events published one at a time with `POST /admin/v1/events` (`{{"type":"bench.tick","data":{{"k":k,"sent_ns":...}}}}`), each awaited at every subscriber before the next. Fan-out latency: from just before the POST to the event frame read by that subscriber (one monotonic clock, the client's), over all (subscriber, event) pairs; complete fan-out: the last subscriber's latency of an event, p50 over the events; publish ack: POST to its 201 read.
+{details_text}
+
+{table}
+"""
+if problems:
+    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
+existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
+with open(results, "w") as f:
+    f.write(existing + section)
+sys.exit(1 if problems else 0)
+PY
+log "raw JSON results and gateway logs: $OUT"
+log "appended to benches/RESULTS.md"
+if (( status != 0 )); then
+    die "errors during the run (see PROBLEMS above)"
+fi

@@ -15,6 +15,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::actors::ChannelRegistry;
 use crate::actors::broker::EventBroker;
+use crate::actors::delivery::{DeliveryConfig, DeliveryStats, DeliveryWorker, UseEvents};
 use crate::channels::{ChannelService, LiveNode, generate_token};
 use crate::config::{Config, RuntimeKind};
 use crate::db::Database;
@@ -45,6 +46,7 @@ pub struct AppState {
     pub broker: actix::Addr<EventBroker>,
     /// The epoch of the domain's event log.
     pub epoch: String,
+    pub delivery_stats: Arc<DeliveryStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,30 @@ impl Application {
                 EventBroker::new(db, &domain, last_id, max_pending, stats, &logger)
             })
         };
-        let events = events.with_broker(broker.clone());
+        let delivery_stats = Arc::new(DeliveryStats::default());
+        let delivery = {
+            let (db, domain, logger, stats) = (
+                db.clone(),
+                config.domain.clone(),
+                logger.clone(),
+                delivery_stats.clone(),
+            );
+            let delivery_config = DeliveryConfig {
+                retry_delays_ms: config.delivery_retry_delays_ms.clone(),
+                timeout: Duration::from_millis(config.delivery_timeout_ms),
+                disable_after_ms: config.delivery_disable_after_ms as i64,
+                concurrency: config.delivery_concurrency.max(1),
+                poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
+                allow_private: config.allow_private_targets,
+            };
+            DeliveryWorker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
+                DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)
+            })
+        };
+        let events = events
+            .with_broker(broker.clone())
+            .with_delivery(delivery.clone());
+        delivery.do_send(UseEvents(events.clone()));
         let dispatcher = Arc::new(build_dispatcher(&config, events.clone(), &logger)?);
         let registry = Arc::new(ChannelRegistry::new());
         let channels = ChannelService::new(
@@ -127,6 +152,7 @@ impl Application {
             events: events.clone(),
             broker,
             epoch: head.epoch.clone(),
+            delivery_stats,
         });
         spawn_event_purge(events, &config, &logger);
 

@@ -66,6 +66,18 @@ pub struct Config {
     pub event_retention_days: u64,
     /// Events a websocket subscriber may have queued before it is closed (1013).
     pub event_subscriber_buffer: usize,
+    /// Waits before each retry of a failed webhook delivery (the first try is at once).
+    pub delivery_retry_delays_ms: Vec<u64>,
+    /// Time one delivery request may take.
+    pub delivery_timeout_ms: u64,
+    /// A subscription failing this long is disabled (and `subscription.disabled` emitted).
+    pub delivery_disable_after_ms: u64,
+    /// Deliveries sent at once by this node.
+    pub delivery_concurrency: usize,
+    /// How often this node looks for due deliveries (publishes also wake it).
+    pub delivery_poll_ms: u64,
+    /// Allow webhook targets on loopback and private networks (tests, closed networks).
+    pub allow_private_targets: bool,
     pub trusted_proxies: Vec<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -116,6 +128,14 @@ impl Default for Config {
             ws_max_backlog_bytes: 1024 * 1024,
             event_retention_days: 7,
             event_subscriber_buffer: 1000,
+            delivery_retry_delays_ms: vec![
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            delivery_timeout_ms: 15_000,
+            delivery_disable_after_ms: 5 * 24 * 3600 * 1000,
+            delivery_concurrency: 32,
+            delivery_poll_ms: 1000,
+            allow_private_targets: false,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -205,6 +225,9 @@ pub struct ConfigArgs {
     /// Serve /metrics (and health) on this address too, e.g. 127.0.0.1:9090.
     #[arg(long, global = true, env = "OKTELL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Allow webhook subscription targets on loopback and private networks.
+    #[arg(long, global = true, env = "OKTELL_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
 }
 
 /// Errors of reading the configuration.
@@ -274,6 +297,9 @@ impl ConfigArgs {
         }
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen.clone();
+        }
+        if self.allow_private_targets {
+            cfg.allow_private_targets = true;
         }
         // A data folder given without a database URL moves the SQLite file along.
         if self.database_url.is_none() && self.data_dir.is_some() && self.config.is_none() {

@@ -309,6 +309,46 @@ pub fn render(state: &AppState) -> String {
             value,
         );
     }
+    let ds = &state.delivery_stats;
+    let mf = f.family(
+        "oktell_deliveries_total",
+        "Webhook delivery attempts by outcome: delivered, retried (will be tried again), failed (given up).",
+        MetricType::COUNTER,
+    );
+    for (outcome, v) in [
+        ("delivered", &ds.delivered),
+        ("retried", &ds.failed_attempts),
+        ("failed", &ds.gave_up),
+    ] {
+        counter(mf, &[("domain", domain), ("outcome", outcome)], load(v));
+    }
+    counter(
+        f.family(
+            "oktell_delivery_attempt_seconds_total",
+            "Time spent in delivery requests (divide by attempts).",
+            MetricType::COUNTER,
+        ),
+        &[("domain", domain)],
+        ds.latency_micros.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+    counter(
+        f.family(
+            "oktell_delivery_attempts_total",
+            "Delivery requests made.",
+            MetricType::COUNTER,
+        ),
+        &[("domain", domain)],
+        load(&ds.attempts),
+    );
+    gauge(
+        f.family(
+            "oktell_deliveries_in_flight",
+            "Delivery requests under way on this node.",
+            MetricType::GAUGE,
+        ),
+        &[("domain", domain)],
+        ds.in_flight.load(Ordering::Relaxed) as f64,
+    );
     let node_counters = [
         (
             "oktell_scenario_pool_completed_total",

@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod delivery;
 pub mod event_session;
 pub mod registry;
 pub mod sessions;

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::models::Event;
+use super::models::{Delivery, Event};
 use super::schema::{event_logs, events};
 use super::{AnyConnection, StoreError};
 
@@ -62,6 +62,9 @@ pub fn append(
     dedupe_ms: i64,
 ) -> Result<Vec<(Event, bool)>, StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
+        // The outbox is written with the events: whoever stores an event also promises
+        // its deliveries, so a crash between the two cannot lose one.
+        let subscribers = super::subscriptions::enabled_with_channel_types(c, domain)?;
         let mut out = Vec::with_capacity(new.len());
         for ev in new {
             if let Some(key) = &ev.idempotency_key {
@@ -111,6 +114,29 @@ pub fn append(
             diesel::insert_into(events::table)
                 .values(&event)
                 .execute(c)?;
+            let outbox: Vec<Delivery> = subscribers
+                .iter()
+                .filter(|(s, channel_types)| {
+                    let t = event.event_type.as_str();
+                    crate::events::patterns::any_matches(&parse_types(channel_types), t)
+                        && crate::events::patterns::any_matches(&parse_types(&s.event_types), t)
+                })
+                .map(|(s, _)| Delivery {
+                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                    domain: domain.to_string(),
+                    subscription_id: s.id.clone(),
+                    event_id: event.id,
+                    status: super::subscriptions::PENDING.to_string(),
+                    attempts: 0,
+                    next_attempt_at: now,
+                    lease_until: 0,
+                    last_status: 0,
+                    last_error: String::new(),
+                    created_at: now,
+                    delivered_at: 0,
+                })
+                .collect();
+            super::subscriptions::insert_deliveries(c, &outbox)?;
             out.push((event, false));
         }
         Ok(out)
@@ -149,4 +175,23 @@ pub fn purge(conn: &mut AnyConnection, domain: &str, before_ms: i64) -> Result<u
             .filter(events::created_at.lt(before_ms)),
     )
     .execute(conn)?)
+}
+
+/// Patterns stored as a JSON array ('' = every type).
+pub fn parse_types(stored: &str) -> Vec<String> {
+    if stored.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(stored).unwrap_or_default()
+    }
+}
+
+/// One event by id.
+pub fn find(conn: &mut AnyConnection, domain: &str, id: i64) -> Result<Option<Event>, StoreError> {
+    Ok(events::table
+        .filter(events::domain.eq(domain))
+        .filter(events::id.eq(id))
+        .select(Event::as_select())
+        .first(conn)
+        .optional()?)
 }

@@ -6,6 +6,7 @@ pub mod channels;
 pub mod events;
 pub mod models;
 pub mod schema;
+pub mod subscriptions;
 
 use std::path::Path;
 use std::time::Duration;

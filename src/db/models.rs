@@ -43,3 +43,54 @@ pub struct Event {
     pub idempotency_key: Option<String>,
     pub created_at: i64,
 }
+
+/// A webhook subscription of an eventing channel.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = super::schema::subscriptions)]
+pub struct Subscription {
+    pub id: String,
+    pub domain: String,
+    pub channel_id: String,
+    pub url: String,
+    pub event_types: String,
+    pub description: String,
+    pub secret: String,
+    pub previous_secret: String,
+    pub previous_secret_until: i64,
+    pub enabled: bool,
+    pub disabled_reason: String,
+    pub failing_since: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One event to deliver to one subscription (the outbox).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::deliveries)]
+pub struct Delivery {
+    pub id: String,
+    pub domain: String,
+    pub subscription_id: String,
+    pub event_id: i64,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub lease_until: i64,
+    pub last_status: i32,
+    pub last_error: String,
+    pub created_at: i64,
+    pub delivered_at: i64,
+}
+
+/// One try of a delivery.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::delivery_attempts)]
+pub struct DeliveryAttempt {
+    pub delivery_id: String,
+    pub attempt: i32,
+    pub at: i64,
+    pub status: i32,
+    pub latency_ms: i64,
+    pub response: String,
+    pub error: String,
+}

@@ -44,3 +44,53 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        domain -> Text,
+        channel_id -> Text,
+        url -> Text,
+        event_types -> Text,
+        description -> Text,
+        secret -> Text,
+        previous_secret -> Text,
+        previous_secret_until -> BigInt,
+        enabled -> Bool,
+        disabled_reason -> Text,
+        failing_since -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    deliveries (id) {
+        id -> Text,
+        domain -> Text,
+        subscription_id -> Text,
+        event_id -> BigInt,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_until -> BigInt,
+        last_status -> Integer,
+        last_error -> Text,
+        created_at -> BigInt,
+        delivered_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (delivery_id, attempt) {
+        delivery_id -> Text,
+        attempt -> Integer,
+        at -> BigInt,
+        status -> Integer,
+        latency_ms -> BigInt,
+        response -> Text,
+        error -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(channels, subscriptions);

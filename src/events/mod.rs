@@ -3,6 +3,7 @@
 //! (Subscriptions — webhook and websocket — build on this; see docs/eventing.md.)
 
 pub mod patterns;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -160,6 +161,8 @@ pub struct EventService {
     domain: Arc<str>,
     /// Told after each write that stored something new.
     broker: Option<actix::Addr<crate::actors::broker::EventBroker>>,
+    /// Told too: new events may have outbox rows due now.
+    delivery: Option<actix::Addr<crate::actors::delivery::DeliveryWorker>>,
     pub stats: Arc<EventStats>,
 }
 
@@ -169,6 +172,7 @@ impl EventService {
             db,
             domain: domain.into(),
             broker: None,
+            delivery: None,
             stats: Arc::default(),
         }
     }
@@ -179,6 +183,15 @@ impl EventService {
         broker: actix::Addr<crate::actors::broker::EventBroker>,
     ) -> EventService {
         self.broker = Some(broker);
+        self
+    }
+
+    /// The same service, waking this delivery worker after each write.
+    pub fn with_delivery(
+        mut self,
+        worker: actix::Addr<crate::actors::delivery::DeliveryWorker>,
+    ) -> EventService {
+        self.delivery = Some(worker);
         self
     }
 
@@ -197,10 +210,13 @@ impl EventService {
         self.stats
             .published
             .fetch_add(stored.len() as u64 - duplicates, Relaxed);
-        if let Some(broker) = &self.broker
-            && stored.iter().any(|(_, duplicate)| !duplicate)
-        {
-            broker.do_send(crate::actors::broker::Published);
+        if stored.iter().any(|(_, duplicate)| !duplicate) {
+            if let Some(broker) = &self.broker {
+                broker.do_send(crate::actors::broker::Published);
+            }
+            if let Some(worker) = &self.delivery {
+                worker.do_send(crate::actors::delivery::Wake);
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod request_log;
 pub mod status;
+pub mod subscribe;
 pub mod webhook;
 pub mod websocket;
 

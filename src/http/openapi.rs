@@ -62,11 +62,16 @@ impl Modify for AdminToken {
         super::webhook::webhook,
         super::websocket::websocket,
         super::websocket::subscribe,
+        super::subscribe::create,
+        super::subscribe::list,
+        super::subscribe::get,
+        super::subscribe::delete,
+        super::subscribe::rotate,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
     ),
-    components(schemas(crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody)),
+    components(schemas(crate::events::webhooks::SubscriptionInput, crate::events::webhooks::SubscriptionView, crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody)),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

@@ -60,8 +60,11 @@ async fn webhook(
 ) -> Result<HttpResponse, ApiError> {
     let (token, tail) = split_path(req.path()).ok_or_else(unknown_token)?;
     // `/subscribe` belongs to eventing channels, never to a public channel's scenario.
-    if tail == "subscribe" || tail.starts_with("subscribe/") {
-        return Err(unknown_token());
+    if let Some(rest) = tail.strip_prefix("subscribe")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let (token, rest) = (token.to_string(), rest.to_string());
+        return super::subscribe::handle(&req, payload, &state, &token, &rest).await;
     }
     let handle = state
         .registry

@@ -31,7 +31,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves `host:port` on a helper thread, giving up after `timeout` (the system
 /// resolver has no timeout of its own).
-fn resolve(netloc: &str, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) fn resolve(netloc: &str, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let owned = netloc.to_string();
     std::thread::Builder::new()

@@ -343,6 +343,12 @@ impl GatewayProcess {
     pub async fn start() -> GatewayProcess {
         let dir =
             std::env::temp_dir().join(format!("oktell-proc-{}", uuid::Uuid::new_v4().simple()));
+        GatewayProcess::start_in(&dir, &[]).await
+    }
+
+    /// Starts on a given data folder (kept across restarts), with extra flags.
+    pub async fn start_in(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
+        let dir = dir.to_path_buf();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -352,6 +358,7 @@ impl GatewayProcess {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", &dir.display().to_string()])
             .args(["--admin-token", ADMIN_TOKEN, "--log-level", "warn"])
+            .args(extra)
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("gateway starts");
@@ -380,6 +387,12 @@ impl GatewayProcess {
             .expect("admin answers");
         assert_eq!(res.status(), 201);
         res.json().await.expect("channel JSON")
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing released.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn terminate(&self) {

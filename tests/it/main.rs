@@ -4,6 +4,7 @@
 
 mod admin;
 mod cli;
+mod deliveries;
 mod deploy;
 mod events;
 mod helpers;

@@ -1,0 +1,191 @@
+//! `/api/token/v1/{token}/subscribe[/{id}[/rotate-secret]]`: webhook subscriptions of an
+//! eventing channel. The token in the path is the credential.
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::error::ApiError;
+use super::read_body;
+use crate::app::AppState;
+use crate::channels::{KIND_EVENTING, ValidationError};
+use crate::db::models::Subscription;
+use crate::db::{now_millis, subscriptions as rows};
+use crate::events::webhooks::{SubscriptionInput, SubscriptionView, new_secret};
+
+/// The old secret keeps signing beside the new one this long after a rotation.
+const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
+const MAX_PER_CHANNEL: usize = 100;
+
+fn not_found() -> ApiError {
+    ApiError::not_found(
+        "subscription_not_found",
+        "no subscription with this id on this channel",
+    )
+}
+
+pub async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    token: &str,
+    rest: &str,
+) -> Result<HttpResponse, ApiError> {
+    let handle = state
+        .registry
+        .get(token)
+        .filter(|h| h.channel.enabled && h.channel.kind == KIND_EVENTING)
+        .ok_or_else(|| ApiError::no_channel_for_token("eventing"))?;
+    let channel_id = handle.channel.id.clone();
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (req.method(), parts.as_slice()) {
+        (&Method::POST, []) => create(req, payload, state, channel_id).await,
+        (&Method::GET, []) => list(state, channel_id).await,
+        (&Method::GET, [id]) => get(state, channel_id, id).await,
+        (&Method::DELETE, [id]) => delete(state, channel_id, id).await,
+        (&Method::POST, [id, "rotate-secret"]) => rotate(state, channel_id, id).await,
+        (_, [] | [_] | [_, "rotate-secret"]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed on this path",
+        )),
+        _ => Err(ApiError::not_found("not_found", "no such route")),
+    }
+}
+
+async fn load(state: &AppState, channel_id: &str, id: &str) -> Result<Subscription, ApiError> {
+    let (domain, id) = (state.config.domain.clone(), id.to_string());
+    let found = state.db.run(move |c| rows::find(c, &domain, &id)).await?;
+    found
+        .filter(|s| s.channel_id == channel_id)
+        .ok_or_else(not_found)
+}
+
+/// Subscribe a URL to the channel's events. The answer carries the signing secret.
+#[utoipa::path(post, path = "/api/token/v1/{token}/subscribe", tag = "eventing channels", params(("token" = String, Path, description = "The eventing channel's local token")),
+    request_body = SubscriptionInput,
+    responses((status = 201, description = "Subscribed", body = SubscriptionView),
+        (status = 400, description = "Invalid input, naming the field", body = super::openapi::ErrorResponse),
+        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
+async fn create(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    channel_id: String,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(req, payload, 64 * 1024).await?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let input: SubscriptionInput = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::from(ValidationError::new(&field, e.inner().to_string()))
+    })?;
+    // Resolving the URL's host blocks: off the async threads.
+    let allow_private = state.config.allow_private_targets;
+    let (input, checked) = actix_web::rt::task::spawn_blocking(move || {
+        let checked = input.validate(allow_private);
+        (input, checked)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    checked?;
+    let now = now_millis();
+    let sub = Subscription {
+        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+        domain: state.config.domain.clone(),
+        channel_id: channel_id.clone(),
+        url: input.url,
+        event_types: if input.event_types.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&input.event_types).unwrap_or_default()
+        },
+        description: input.description,
+        secret: new_secret(),
+        previous_secret: String::new(),
+        previous_secret_until: 0,
+        enabled: true,
+        disabled_reason: String::new(),
+        failing_since: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    let (row, domain) = (sub.clone(), state.config.domain.clone());
+    state
+        .db
+        .run(move |c| {
+            if rows::list_for_channel(c, &domain, &channel_id)?.len() >= MAX_PER_CHANNEL {
+                return Ok(false);
+            }
+            rows::insert(c, &row)?;
+            Ok(true)
+        })
+        .await?
+        .then_some(())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_subscriptions",
+                format!("a channel may have at most {MAX_PER_CHANNEL} subscriptions"),
+            )
+        })?;
+    Ok(HttpResponse::Created().json(SubscriptionView::new(&sub, true)))
+}
+
+/// The channel's subscriptions (without secrets).
+#[utoipa::path(get, path = "/api/token/v1/{token}/subscribe", tag = "eventing channels", params(("token" = String, Path, description = "The eventing channel's local token")),
+    responses((status = 200, description = "Subscriptions"),
+        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
+async fn list(state: &AppState, channel_id: String) -> Result<HttpResponse, ApiError> {
+    let domain = state.config.domain.clone();
+    let subs = state
+        .db
+        .run(move |c| rows::list_for_channel(c, &domain, &channel_id))
+        .await?;
+    let items: Vec<SubscriptionView> = subs
+        .iter()
+        .map(|s| SubscriptionView::new(s, false))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "total": items.len() })))
+}
+
+/// One subscription (enabled, and why not when disabled).
+#[utoipa::path(get, path = "/api/token/v1/{token}/subscribe/{id}", tag = "eventing channels",
+    params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
+    responses((status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
+async fn get(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
+    let sub = load(state, &channel_id, id).await?;
+    Ok(HttpResponse::Ok().json(SubscriptionView::new(&sub, false)))
+}
+
+/// Unsubscribe; pending deliveries are dropped.
+#[utoipa::path(delete, path = "/api/token/v1/{token}/subscribe/{id}", tag = "eventing channels",
+    params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
+async fn delete(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
+    load(state, &channel_id, id).await?;
+    let (domain, id) = (state.config.domain.clone(), id.to_string());
+    state.db.run(move |c| rows::delete(c, &domain, &id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A new signing secret; the old one keeps signing beside it for 24 h.
+#[utoipa::path(post, path = "/api/token/v1/{token}/subscribe/{id}/rotate-secret", tag = "eventing channels",
+    params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
+    responses((status = 200, description = "Rotated; the answer carries the new secret", body = SubscriptionView),
+        (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
+async fn rotate(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
+    let mut sub = load(state, &channel_id, id).await?;
+    let now = now_millis();
+    sub.previous_secret = std::mem::replace(&mut sub.secret, new_secret());
+    sub.previous_secret_until = now + ROTATION_OVERLAP_MS;
+    sub.updated_at = now;
+    let row = sub.clone();
+    state.db.run(move |c| rows::update(c, &row)).await?;
+    Ok(HttpResponse::Ok().json(SubscriptionView::new(&sub, true)))
+}

@@ -1,0 +1,403 @@
+//! Webhook subscriptions of eventing channels: signed deliveries, retries, 410,
+//! rotation, target safety, and no loss across a crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with, token_of};
+use crate::receiver::{Receiver, Seen};
+
+/// HMAC-SHA256 written out from RFC 2104, independent of the gateway's `hmac` crate.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<_>>());
+    inner.update(message);
+    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<_>>());
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Does one of the `v1,` signatures of the header verify with this secret (Standard
+/// Webhooks: base64 HMAC-SHA256 of "{id}.{timestamp}.{body}", key = base64 after whsec_)?
+fn verifies(seen: &Seen, secret: &str) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let signed = format!(
+        "{}.{}.{}",
+        seen.headers["webhook-id"],
+        seen.headers["webhook-timestamp"],
+        String::from_utf8_lossy(&seen.body)
+    );
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
+    seen.headers["webhook-signature"]
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+async fn app_for_deliveries(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |c| {
+        c.allow_private_targets = true;
+        c.delivery_retry_delays_ms = vec![50, 50, 50];
+        c.delivery_poll_ms = 50;
+    })
+    .await
+}
+
+async fn eventing(app: &TestApp) -> String {
+    token_of(
+        &app.create_channel(json!({"code": "hooks", "kind": "eventing"}))
+            .await,
+    )
+}
+
+async fn subscribe(app: &TestApp, token: &str, body: Value) -> Value {
+    let req = app
+        .client
+        .post(app.url(&format!("/api/token/v1/{token}/subscribe")))
+        .insert_header(("Content-Type", "application/json"));
+    let r = app.send(req, Some(body.to_string().into_bytes())).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+async fn publish(app: &TestApp, t: &str) -> i64 {
+    let r = app
+        .admin(
+            "POST",
+            "/admin/v1/events",
+            Some(json!({"type": t, "data": {"t": t}})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    r.json()["id"].as_i64().unwrap()
+}
+
+crate::on_both_backends!(signed_deliveries_reach_matching_subscriptions);
+
+async fn signed_deliveries_reach_matching_subscriptions(_app: TestApp) {
+    // (the shared app has no private targets allowed: start one that has)
+    let backend = if _app.pg_schema().is_some() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    drop(_app);
+    let app = app_for_deliveries(backend).await.unwrap();
+    let receiver = Receiver::start(|_| (200, "thanks".into()));
+    let token = eventing(&app).await;
+    let sub = subscribe(
+        &app,
+        &token,
+        json!({"url": format!("{}/hook", receiver.url), "event_types": ["order.*"]}),
+    )
+    .await;
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert!(sub["id"].as_str().unwrap().starts_with("sub_"));
+
+    let paid = publish(&app, "order.paid").await;
+    publish(&app, "call.started").await;
+    let shipped = publish(&app, "order.shipped").await;
+    eventually(
+        "both matching events are delivered",
+        Duration::from_secs(15),
+        || async { receiver.seen().len() >= 2 },
+    )
+    .await;
+    let seen = receiver.seen();
+    let mut ids: Vec<i64> = seen
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<Value>(&s.body).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![paid, shipped],
+        "call.started is not for this subscription"
+    );
+    for s in &seen {
+        assert!(s.headers["webhook-id"].starts_with("msg_"));
+        let ts: i64 = s.headers["webhook-timestamp"].parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - ts).abs() < 60);
+        assert!(verifies(s, &secret), "signature verifies independently");
+        assert!(
+            !verifies(s, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "and not with another secret"
+        );
+        let body: Value = serde_json::from_slice(&s.body).unwrap();
+        assert!(body["type"].as_str().unwrap().starts_with("order."));
+        assert!(body["occurred_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(body["data"]["t"], body["type"]);
+    }
+    // The owner reads it back (no secret), and can delete it.
+    let listed = app
+        .send(
+            app.client
+                .get(app.url(&format!("/api/token/v1/{token}/subscribe"))),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(listed["total"], 1);
+    assert!(listed["items"][0].get("secret").is_none());
+}
+
+#[actix_web::test]
+async fn failures_are_retried_with_the_same_webhook_id() {
+    let app = app_for_deliveries(Backend::Sqlite).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let receiver = Receiver::start(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) < 2 {
+            (500, "not yet".into())
+        } else {
+            (204, String::new())
+        }
+    });
+    let token = eventing(&app).await;
+    subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    publish(&app, "retry.me").await;
+    eventually(
+        "the third attempt lands",
+        Duration::from_secs(15),
+        || async { receiver.seen().len() >= 3 },
+    )
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["webhook-id"] == seen[0].headers["webhook-id"]),
+        "stable across retries"
+    );
+    let metrics = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    assert_eq!(
+        crate::ops::sample(
+            &metrics,
+            "oktell_deliveries_total",
+            &[("outcome", "delivered")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        crate::ops::sample(
+            &metrics,
+            "oktell_deliveries_total",
+            &[("outcome", "retried")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[actix_web::test]
+async fn gone_disables_and_rotation_signs_twice() {
+    let app = app_for_deliveries(Backend::Sqlite).await.unwrap();
+    let gone = Receiver::start(|_| (410, "gone".into()));
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": gone.url.clone()})).await;
+    publish(&app, "a.b").await;
+    let url = app.url(&format!(
+        "/api/token/v1/{token}/subscribe/{}",
+        sub["id"].as_str().unwrap()
+    ));
+    eventually(
+        "410 disables the subscription",
+        Duration::from_secs(15),
+        || async { app.send(app.client.get(url.clone()), None).await.json()["enabled"] == false },
+    )
+    .await;
+    let log = app.admin("GET", "/admin/v1/events", None).await.json();
+    assert!(
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "subscription.disabled")
+    );
+    assert_eq!(gone.seen().len(), 1, "no retry after 410");
+
+    let ok = Receiver::start(|_| (200, String::new()));
+    let sub = subscribe(&app, &token, json!({"url": ok.url.clone()})).await;
+    let old = sub["secret"].as_str().unwrap().to_string();
+    let rotate = app.client.post(app.url(&format!(
+        "/api/token/v1/{token}/subscribe/{}/rotate-secret",
+        sub["id"].as_str().unwrap()
+    )));
+    let rotated = app.send(rotate, None).await;
+    assert_eq!(rotated.status, 200);
+    let new = rotated.json()["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    publish(&app, "after.rotation").await;
+    eventually("delivered", Duration::from_secs(15), || async {
+        ok.seen()
+            .iter()
+            .any(|s| String::from_utf8_lossy(&s.body).contains("after.rotation"))
+    })
+    .await;
+    let s = ok
+        .seen()
+        .into_iter()
+        .find(|s| String::from_utf8_lossy(&s.body).contains("after.rotation"))
+        .unwrap();
+    assert_eq!(
+        s.headers["webhook-signature"].split(' ').count(),
+        2,
+        "two signatures during the rotation"
+    );
+    assert!(verifies(&s, &new));
+    assert!(verifies(&s, &old));
+}
+
+#[actix_web::test]
+async fn unsafe_targets_and_wrong_tokens_are_refused() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let token = eventing(&app).await;
+    for (url, field) in [
+        ("http://127.0.0.1:9/x", "url"),
+        ("http://169.254.169.254/latest", "url"),
+        ("ftp://example.com/x", "url"),
+        ("not a url", "url"),
+    ] {
+        let req = app
+            .client
+            .post(app.url(&format!("/api/token/v1/{token}/subscribe")));
+        let r = app
+            .send(req, Some(json!({"url": url}).to_string().into_bytes()))
+            .await;
+        assert_eq!(r.status, 400, "{url}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], field);
+    }
+    let req = app
+        .client
+        .post(app.url(&format!("/api/token/v1/{token}/subscribe")));
+    let r = app
+        .send(
+            req,
+            Some(
+                json!({"url": "http://93.184.216.34/", "event_types": ["Bad"]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(r.json()["error"]["field"], "event_types[0]");
+    let public = app.public_channel("pub", false, "").await;
+    let req = app
+        .client
+        .post(app.url(&format!("/api/token/v1/{}/subscribe", token_of(&public))));
+    assert_eq!(
+        app.send(req, Some(b"{}".to_vec())).await.status,
+        404,
+        "a public channel has no subscriptions"
+    );
+    let r = app
+        .send(
+            app.client
+                .get(app.url(&format!("/api/token/v1/{token}/subscribe/sub_nope"))),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+/// Nothing acknowledged is lost: SIGKILL after the publish, before a successful
+/// delivery; the next start delivers it.
+#[actix_web::test]
+async fn a_killed_node_delivers_after_restart() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = up.clone();
+    let receiver = Receiver::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            (200, String::new())
+        } else {
+            (503, String::new())
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("oktell-kill-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "delivery_retry_delays_ms = [2000, 2000, 2000]\ndelivery_poll_ms = 100\n",
+    )
+    .unwrap();
+    let args = |dir: &std::path::Path| -> Vec<String> {
+        vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--database-url".into(),
+            dir.join("gw.db").display().to_string(),
+            "--allow-private-targets".into(),
+        ]
+    };
+    let mut first = crate::helpers::GatewayProcess::start_in(&dir, &args(&dir)).await;
+    let channel = first
+        .create_channel(json!({"code": "durable", "kind": "eventing"}))
+        .await;
+    let client = awc::Client::default();
+    let res = client
+        .post(format!(
+            "{}/api/token/v1/{}/subscribe",
+            first.base,
+            token_of(&channel)
+        ))
+        .send_json(&json!({"url": receiver.url.clone()}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .post(format!("{}/admin/v1/events", first.base))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+        ))
+        .send_json(&json!({"type": "must.arrive", "data": {}}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "acknowledged");
+    eventually(
+        "the first attempt failed",
+        Duration::from_secs(15),
+        || async { !receiver.seen().is_empty() },
+    )
+    .await;
+    first.kill9();
+    up.store(true, Ordering::SeqCst);
+    let _second = crate::helpers::GatewayProcess::start_in(&dir, &args(&dir)).await;
+    eventually(
+        "the delivery arrives after the restart",
+        Duration::from_secs(30),
+        || async { receiver.seen().len() >= 2 },
+    )
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(
+        seen[0].headers["webhook-id"],
+        seen.last().unwrap().headers["webhook-id"]
+    );
+    assert!(String::from_utf8_lossy(&seen.last().unwrap().body).contains("must.arrive"));
+}

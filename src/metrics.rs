@@ -66,7 +66,7 @@ fn load(a: &AtomicU64) -> f64 {
 }
 
 /// Renders every metric of the node.
-pub fn render(state: &AppState) -> String {
+pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
     let mut f = Families { list: Vec::new() };
     let handles = state.registry.handles();
     let domain = state.config.domain.as_str();
@@ -307,6 +307,29 @@ pub fn render(state: &AppState) -> String {
             f.family(name, help, MetricType::COUNTER),
             &[("domain", domain)],
             value,
+        );
+    }
+    if let Some((pending, oldest)) = outbox {
+        gauge(
+            f.family(
+                "oktell_outbox_pending",
+                "Webhook deliveries waiting to be sent (the domain's, all nodes).",
+                MetricType::GAUGE,
+            ),
+            &[("domain", domain)],
+            pending as f64,
+        );
+        let age = oldest.map_or(0.0, |t| {
+            ((crate::db::now_millis() - t).max(0) as f64) / 1000.0
+        });
+        gauge(
+            f.family(
+                "oktell_outbox_oldest_pending_age_seconds",
+                "Age of the oldest waiting delivery.",
+                MetricType::GAUGE,
+            ),
+            &[("domain", domain)],
+            age,
         );
     }
     let ds = &state.delivery_stats;

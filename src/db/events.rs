@@ -62,6 +62,11 @@ pub fn append(
     dedupe_ms: i64,
 ) -> Result<Vec<(Event, bool)>, StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
+        // Write first: on SQLite this takes the write lock at once (waiting on the busy
+        // timeout) instead of reading an older snapshot and failing to upgrade later.
+        diesel::update(event_logs::table.filter(event_logs::domain.eq(domain)))
+            .set(event_logs::last_id.eq(event_logs::last_id))
+            .execute(c)?;
         // The outbox is written with the events: whoever stores an event also promises
         // its deliveries, so a crash between the two cannot lose one.
         let subscribers = super::subscriptions::enabled_with_channel_types(c, domain)?;

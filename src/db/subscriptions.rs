@@ -206,3 +206,87 @@ pub fn backlog(conn: &mut AnyConnection, domain: &str) -> Result<(i64, Option<i6
         .first(conn)?;
     Ok((count, oldest))
 }
+
+/// Every subscription of the domain, optionally of one channel.
+pub fn list_all(
+    conn: &mut AnyConnection,
+    domain: &str,
+    channel_id: Option<&str>,
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut q = subscriptions::table
+        .filter(subscriptions::domain.eq(domain))
+        .into_boxed();
+    if let Some(c) = channel_id {
+        q = q.filter(subscriptions::channel_id.eq(c.to_string()));
+    }
+    Ok(q.order(subscriptions::created_at.asc())
+        .select(Subscription::as_select())
+        .load(conn)?)
+}
+
+/// Failed deliveries of a subscription for events after `since` go back to pending,
+/// with a fresh retry schedule. Returns how many.
+pub fn recover(
+    conn: &mut AnyConnection,
+    subscription_id: &str,
+    since_event: i64,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(diesel::update(
+        deliveries::table
+            .filter(deliveries::subscription_id.eq(subscription_id))
+            .filter(deliveries::status.eq(FAILED))
+            .filter(deliveries::event_id.gt(since_event)),
+    )
+    .set((
+        deliveries::status.eq(PENDING),
+        deliveries::attempts.eq(0),
+        deliveries::next_attempt_at.eq(now),
+        deliveries::lease_until.eq(0_i64),
+    ))
+    .execute(conn)?)
+}
+
+/// Sends one event to a subscription again: its delivery row goes back to pending (same
+/// webhook-id, so receivers that dedupe see the same message), or a new row is made.
+pub fn resend(
+    conn: &mut AnyConnection,
+    domain: &str,
+    subscription_id: &str,
+    event_id: i64,
+    now: i64,
+) -> Result<String, StoreError> {
+    let existing: Option<String> = deliveries::table
+        .filter(deliveries::subscription_id.eq(subscription_id))
+        .filter(deliveries::event_id.eq(event_id))
+        .select(deliveries::id)
+        .first(conn)
+        .optional()?;
+    if let Some(id) = existing {
+        diesel::update(deliveries::table.filter(deliveries::id.eq(&id)))
+            .set((
+                deliveries::status.eq(PENDING),
+                deliveries::attempts.eq(0),
+                deliveries::next_attempt_at.eq(now),
+                deliveries::lease_until.eq(0_i64),
+            ))
+            .execute(conn)?;
+        return Ok(id);
+    }
+    let row = Delivery {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        domain: domain.to_string(),
+        subscription_id: subscription_id.to_string(),
+        event_id,
+        status: PENDING.to_string(),
+        attempts: 0,
+        next_attempt_at: now,
+        lease_until: 0,
+        last_status: 0,
+        last_error: String::new(),
+        created_at: now,
+        delivered_at: 0,
+    };
+    insert_deliveries(conn, std::slice::from_ref(&row))?;
+    Ok(row.id)
+}

@@ -195,6 +195,13 @@ impl EventService {
         self
     }
 
+    /// Tells the delivery worker that rows may be due now.
+    pub fn wake_delivery(&self) {
+        if let Some(worker) = &self.delivery {
+            worker.do_send(crate::actors::delivery::Wake);
+        }
+    }
+
     pub fn db(&self) -> &Database {
         &self.db
     }

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod request_log;
 pub mod status;
 pub mod subscribe;
+pub mod subscriptions_admin;
 pub mod webhook;
 pub mod websocket;
 
@@ -20,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(webhook::routes)
         .configure(websocket::routes)
         .configure(events::routes)
+        .configure(subscriptions_admin::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)

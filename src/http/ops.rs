@@ -49,7 +49,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus metrics (text format).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // The outbox backlog is shared by the nodes of the domain: read it from storage.
+    let domain = state.config.domain.clone();
+    let outbox = state
+        .db
+        .run(move |c| crate::db::subscriptions::backlog(c, &domain))
+        .await
+        .ok();
     HttpResponse::Ok()
         .content_type(prometheus::TEXT_FORMAT)
-        .body(crate::metrics::render(&state))
+        .body(crate::metrics::render(&state, outbox))
 }

@@ -211,6 +211,58 @@ async fn failures_are_retried_with_the_same_webhook_id() {
         ),
         Some(2.0)
     );
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_outbox_pending", &[]),
+        Some(0.0)
+    );
+
+    // The operator sees the attempts, and can send the event once more.
+    let subs = app
+        .admin("GET", "/admin/v1/subscriptions", None)
+        .await
+        .json();
+    assert_eq!(subs["total"], 1);
+    let id = subs["items"][0]["id"].as_str().unwrap().to_string();
+    let detail = app
+        .admin("GET", &format!("/admin/v1/subscriptions/{id}"), None)
+        .await
+        .json();
+    let attempts = detail["deliveries"][0]["attempts"].as_array().unwrap();
+    let statuses: Vec<i64> = attempts
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [500, 500, 204]);
+    assert_eq!(
+        attempts[0]["response"], "not yet",
+        "the answer's first bytes are kept"
+    );
+    let event_id = detail["deliveries"][0]["event_id"].as_i64().unwrap();
+    let r = app
+        .admin(
+            "POST",
+            &format!("/admin/v1/subscriptions/{id}/resend/{event_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually("the resend arrives", Duration::from_secs(15), || async {
+        receiver.seen().len() >= 4
+    })
+    .await;
+    assert_eq!(
+        receiver.seen()[3].headers["webhook-id"],
+        seen[0].headers["webhook-id"],
+        "a resend is the same message"
+    );
+    let r = app
+        .admin(
+            "POST",
+            &format!("/admin/v1/subscriptions/{id}/resend/999999"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
 }
 
 #[actix_web::test]
@@ -239,6 +291,31 @@ async fn gone_disables_and_rotation_signs_twice() {
             .any(|e| e["type"] == "subscription.disabled")
     );
     assert_eq!(gone.seen().len(), 1, "no retry after 410");
+    // The operator re-enables it and recovers the failed delivery.
+    let sid = sub["id"].as_str().unwrap();
+    let r = app
+        .admin(
+            "POST",
+            &format!("/admin/v1/subscriptions/{sid}/enable"),
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["enabled"], true);
+    let r = app
+        .admin(
+            "POST",
+            &format!("/admin/v1/subscriptions/{sid}/recover?since=0"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["queued"], 1);
+    eventually(
+        "the recovered delivery is sent again",
+        Duration::from_secs(15),
+        || async { gone.seen().len() >= 2 },
+    )
+    .await;
 
     let ok = Receiver::start(|_| (200, String::new()));
     let sub = subscribe(&app, &token, json!({"url": ok.url.clone()})).await;

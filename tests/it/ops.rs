@@ -380,6 +380,11 @@ async fn openapi_matches_the_routes() {
         ("GET", "/api/token/v1/{token}/subscribe/{id}"),
         ("DELETE", "/api/token/v1/{token}/subscribe/{id}"),
         ("POST", "/api/token/v1/{token}/subscribe/{id}/rotate-secret"),
+        ("GET", "/admin/v1/subscriptions"),
+        ("GET", "/admin/v1/subscriptions/{id}"),
+        ("POST", "/admin/v1/subscriptions/{id}/enable"),
+        ("POST", "/admin/v1/subscriptions/{id}/recover"),
+        ("POST", "/admin/v1/subscriptions/{id}/resend/{event_id}"),
         ("GET", "/admin/v1/node"),
         ("POST", "/admin/v1/events"),
         ("GET", "/admin/v1/events"),
@@ -397,7 +402,8 @@ async fn openapi_matches_the_routes() {
         let concrete = path
             .replace("{id}", "x")
             .replace("{code}", "y")
-            .replace("{token}", "z");
+            .replace("{token}", "z")
+            .replace("{event_id}", "1");
         let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
         let req = app.client.request(m, app.url(&concrete)).insert_header((
             "Authorization",

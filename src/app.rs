@@ -47,6 +47,7 @@ pub struct AppState {
     /// The epoch of the domain's event log.
     pub epoch: String,
     pub delivery_stats: Arc<DeliveryStats>,
+    pub delivery: actix::Addr<DeliveryWorker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,7 @@ impl Application {
             broker,
             epoch: head.epoch.clone(),
             delivery_stats,
+            delivery: delivery.clone(),
         });
         spawn_event_purge(events, &config, &logger);
 
@@ -260,6 +262,7 @@ impl Application {
                 "stopping: closing websockets, draining requests"
             );
             http::websocket::close_all_sessions(&state, "server shutting down");
+            drain_deliveries(&state).await;
             handle.stop(true).await;
         });
         self.server.await
@@ -320,6 +323,34 @@ fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| tls("certificate and key", &e))
+}
+
+/// Lets deliveries in flight finish (up to 10 s), then gives back the leases of those
+/// that did not, so that another node (or this one, restarted) sends them at once
+/// instead of after the lease runs out. Delivery is at least once: receivers dedupe by
+/// webhook-id.
+async fn drain_deliveries(state: &AppState) {
+    use std::sync::atomic::Ordering;
+    let _ = state.delivery.send(crate::actors::delivery::Drain).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while state.delivery_stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Ok(left) = state.delivery.send(crate::actors::delivery::Drain).await else {
+        return;
+    };
+    if left.is_empty() {
+        return;
+    }
+    let count = left.len();
+    match state
+        .db
+        .run(move |c| crate::db::subscriptions::release_leases(c, &left))
+        .await
+    {
+        Ok(()) => slog::info!(state.logger, "released delivery leases"; "count" => count),
+        Err(e) => slog::warn!(state.logger, "releasing delivery leases failed"; "error" => %e),
+    }
 }
 
 async fn wait_for_stop_signal() {

@@ -54,6 +54,10 @@ pub struct DeliveryWorker {
     stats: Arc<DeliveryStats>,
     client: Option<awc::Client>,
     claiming: bool,
+    /// Rows claimed and not yet recorded (their leases are ours).
+    claimed: std::collections::HashSet<String>,
+    /// Shutting down: claim nothing more.
+    draining: bool,
     logger: slog::Logger,
 }
 
@@ -73,6 +77,8 @@ impl DeliveryWorker {
             stats,
             client: None,
             claiming: false,
+            claimed: std::collections::HashSet::new(),
+            draining: false,
             logger: logger.new(slog::o!("actor" => "delivery_worker")),
         }
     }
@@ -82,7 +88,7 @@ impl DeliveryWorker {
             .config
             .concurrency
             .saturating_sub(self.stats.in_flight.load(Ordering::Relaxed));
-        if self.claiming || free == 0 {
+        if self.claiming || self.draining || free == 0 {
             return;
         }
         self.claiming = true;
@@ -115,6 +121,7 @@ impl DeliveryWorker {
             match result {
                 Ok(jobs) => {
                     let full = !jobs.is_empty();
+                    act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
                     for job in jobs {
                         act.send(ctx, job);
                     }
@@ -334,6 +341,7 @@ impl DeliveryWorker {
             FAILED => self.stats.gave_up.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed),
         };
+        self.claimed.remove(&delivery.id);
         let attempt = DeliveryAttempt {
             delivery_id: delivery.id.clone(),
             attempt: attempt_no,
@@ -463,5 +471,19 @@ impl Handler<UseEvents> for DeliveryWorker {
     type Result = ();
     fn handle(&mut self, msg: UseEvents, _: &mut Context<Self>) {
         self.events = Some(msg.0);
+    }
+}
+
+/// Shutdown: stop claiming; answers the rows still in flight (their leases to give back
+/// once the drain time is up).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Drain;
+
+impl Handler<Drain> for DeliveryWorker {
+    type Result = Vec<String>;
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Vec<String> {
+        self.draining = true;
+        self.claimed.iter().cloned().collect()
     }
 }

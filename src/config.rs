@@ -301,8 +301,10 @@ impl ConfigArgs {
         if self.allow_private_targets {
             cfg.allow_private_targets = true;
         }
-        // A data folder given without a database URL moves the SQLite file along.
-        if self.database_url.is_none() && self.data_dir.is_some() && self.config.is_none() {
+        // A data folder given without a database URL moves the SQLite file along (from a
+        // flag, the environment or the file alike).
+        let defaults = Config::default();
+        if cfg.database_url == defaults.database_url && cfg.data_dir != defaults.data_dir {
             cfg.database_url = cfg.data_dir.join("oktell-gateway.db").display().to_string();
         }
         cfg.roles.retain(|r| !r.trim().is_empty());
@@ -405,6 +407,21 @@ mod tests {
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.domain, "from-flag");
         assert_eq!(cfg.listen, "0.0.0.0:1");
+        // --data-dir moves the SQLite file even when a config file is given.
+        let moved = ConfigArgs {
+            config: Some(dir.join("c.toml")),
+            data_dir: Some(dir.join("d")),
+            ..ConfigArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            moved.database_url,
+            dir.join("d")
+                .join("oktell-gateway.db")
+                .display()
+                .to_string()
+        );
         std::fs::write(dir.join("bad.toml"), "lisen = 1").unwrap();
         let bad = ConfigArgs {
             config: Some(dir.join("bad.toml")),

@@ -478,3 +478,40 @@ async fn a_killed_node_delivers_after_restart() {
     );
     assert!(String::from_utf8_lossy(&seen.last().unwrap().body).contains("must.arrive"));
 }
+
+#[actix_web::test]
+async fn a_subscription_failing_too_long_is_disabled_with_an_event() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.allow_private_targets = true;
+        c.delivery_retry_delays_ms = vec![50, 50, 50];
+        c.delivery_poll_ms = 50;
+        c.delivery_disable_after_ms = 0;
+    })
+    .await
+    .unwrap();
+    let failing = Receiver::start(|_| (500, "down".into()));
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": failing.url.clone()})).await;
+    publish(&app, "x.y").await;
+    let url = app.url(&format!(
+        "/api/token/v1/{token}/subscribe/{}",
+        sub["id"].as_str().unwrap()
+    ));
+    eventually(
+        "disabled for failing too long",
+        Duration::from_secs(15),
+        || async {
+            let v = app.send(app.client.get(url.clone()), None).await.json();
+            v["enabled"] == false && v["disabled_reason"] == "failing for too long"
+        },
+    )
+    .await;
+    let log = app.admin("GET", "/admin/v1/events", None).await.json();
+    let disabled = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "subscription.disabled")
+        .cloned();
+    assert_eq!(disabled.unwrap()["data"]["subscription_id"], sub["id"]);
+}

@@ -45,6 +45,8 @@ pub struct TestApp {
     pub port: u16,
     pub metrics_port: Option<u16>,
     pub client: Client,
+    /// The node's shared state, for tests that drive internal jobs (e.g. the purge).
+    pub state: actix_web::web::Data<oktell_gateway::app::AppState>,
     server: actix_web::dev::ServerHandle,
     _cleanup: Cleanup,
 }
@@ -123,12 +125,13 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let port = app.port();
     let metrics_port = app.metrics_port();
     let server = app.server_handle();
-    let (server_future, _state) = app.into_parts();
+    let (server_future, state) = app.into_parts();
     actix_web::rt::spawn(server_future);
     Some(TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         metrics_port,
+        state,
         client: Client::builder().timeout(Duration::from_secs(60)).finish(),
         server,
         _cleanup: cleanup,

@@ -257,3 +257,27 @@ async fn a_subscriber_that_stops_reading_is_closed_with_its_last_id() {
     assert_eq!(code, 1013);
     assert!(reason.contains("last delivered id"), "{reason}");
 }
+
+#[actix_web::test]
+async fn events_past_retention_are_purged_and_not_recovered() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let token = feed(&app, json!([])).await;
+    let first = publish(&app, "old.news", 1).await;
+    publish(&app, "old.news", 2).await;
+    // What the hourly job does, with a retention of zero.
+    let purged = app.state.events.purge(-1000).await.unwrap();
+    assert_eq!(purged, 2);
+    let log = app.admin("GET", "/admin/v1/events", None).await.json();
+    assert_eq!(log["items"].as_array().unwrap().len(), 0);
+    let mut ws = open(&app, &token).await;
+    op(&mut ws, json!({"op": "subscribe", "since": first - 1})).await;
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    let e = frame(&mut ws).await;
+    assert_eq!(
+        e["code"], "not_recovered",
+        "the events after since are gone: {e}"
+    );
+    // Ids go on from where they were, in the same epoch.
+    let next = publish(&app, "new.news", 3).await;
+    assert_eq!(next, first + 2);
+}

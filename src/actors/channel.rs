@@ -40,6 +40,7 @@ pub struct ChannelHandle {
     pub actor: Addr<ChannelActor>,
     channel_json: OnceLock<Arc<str>>,
     logger: OnceLock<slog::Logger>,
+    host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
 }
@@ -59,6 +60,7 @@ impl ChannelHandle {
             actor,
             channel_json: OnceLock::new(),
             logger: OnceLock::new(),
+            host: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
         };
@@ -75,6 +77,21 @@ impl ChannelHandle {
     pub fn channel_json(&self) -> Arc<str> {
         self.channel_json
             .get_or_init(|| crate::channels::scenario_json(&self.channel).into())
+            .clone()
+    }
+
+    /// What this channel's scenarios reach (sessions, event log), made once per version.
+    pub fn host(
+        &self,
+        events: &crate::events::EventService,
+    ) -> Arc<dyn crate::scenario::ChannelHost> {
+        self.host
+            .get_or_init(|| {
+                Arc::new(super::sessions::ScenarioHost {
+                    sessions: self.sessions.clone(),
+                    events: events.clone(),
+                })
+            })
             .clone()
     }
 
@@ -277,12 +294,12 @@ impl Handler<WsInbound> for ChannelActor {
                 .upgrade()
                 .and_then(|r| r.get_by_id(&act.id))
                 .ok_or(ScenarioError::Unavailable("the channel is gone".into()))?;
-            let params: Arc<dyn crate::scenario::StartParams> = Arc::new(vec![
-                msg.code,
-                msg.text,
-                handle.channel_json().to_string(),
-                msg.peer_ip,
-            ]);
+            let params: Arc<dyn crate::scenario::StartParams> = Arc::new(WsParams {
+                code: msg.code,
+                text: msg.text,
+                channel_json: handle.channel_json(),
+                peer_ip: msg.peer_ip,
+            });
             act.dispatcher
                 .submit(handle, ScriptKind::Websocket, params, true)
         });
@@ -300,5 +317,29 @@ impl Handler<WsInbound> for ChannelActor {
             Some(Err(e)) => Box::pin(async move { Err(e) }),
             Some(Ok(None)) | None => Box::pin(async { Err(ScenarioError::Panicked) }),
         }
+    }
+}
+
+/// A websocket message's start parameters (the channel JSON shared, not copied).
+struct WsParams {
+    code: String,
+    text: String,
+    channel_json: Arc<str>,
+    peer_ip: String,
+}
+
+impl crate::scenario::StartParams for WsParams {
+    fn count(&self) -> usize {
+        4
+    }
+
+    fn get(&self, n: usize) -> Option<String> {
+        Some(match n {
+            1 => self.code.clone(),
+            2 => self.text.clone(),
+            3 => self.channel_json.to_string(),
+            4 => self.peer_ip.clone(),
+            _ => return None,
+        })
     }
 }

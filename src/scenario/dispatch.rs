@@ -97,10 +97,7 @@ impl Dispatcher {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
         let base_logger = self.logger.clone();
-        let host: Arc<dyn ChannelHost> = Arc::new(crate::actors::sessions::ScenarioHost {
-            sessions: handle.sessions.clone(),
-            events: self.events.clone(),
-        });
+        let host: Arc<dyn ChannelHost> = handle.host(&self.events);
         let handle_stats = handle.stats.clone();
         let job = move || {
             let _slot = slot;

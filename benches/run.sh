@@ -34,48 +34,12 @@ OUT="$ROOT/benches/out/$RUN_ID"
 mkdir -p "$OUT"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-bench.XXXXXX")"
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
 
-# --- processes: everything started here is stopped on exit --------------------------
-PIDS=()
-alive() { # running and not a zombie waiting to be reaped
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-stop_pid() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "pid $pid did not stop on TERM within 5s: KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local kept=() other
-    for other in "${PIDS[@]+"${PIDS[@]}"}"; do
-        [[ "$other" == "$pid" ]] || kept+=("$other")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        stop_pid "$pid"
-    done
-    PIDS=()
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH_TAG="bench"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # --- helpers --------------------------------------------------------------------------
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 seconds_of() { # 10s / 2m / 10 -> seconds (for the wrk watchdog)
     local d="$1"

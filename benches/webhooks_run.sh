@@ -51,59 +51,14 @@ OUT="$ROOT/benches/out/webhooks-$RUN_ID"
 mkdir -p "$OUT"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-webhooksbench.XXXXXX")"
 PG_DB="oktell_bench_$$"
-PG_CREATED=""
 
-log() { printf '[webhooks-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
 
-psql_admin() { # sql
-    psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" -c "$1"
-}
 
-# --- processes: everything started here is stopped on exit --------------------------
-PIDS=()
-alive() { # running and not a zombie waiting to be reaped
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-stop_pid() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "pid $pid did not stop on TERM within 5s: KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local kept=() other
-    for other in "${PIDS[@]+"${PIDS[@]}"}"; do
-        [[ "$other" == "$pid" ]] || kept+=("$other")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        stop_pid "$pid"
-    done
-    PIDS=()
-    if [[ -n "$PG_CREATED" ]]; then
-        psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 \
-            || log "could not drop database $PG_DB (drop it by hand)"
-        PG_CREATED=""
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH_TAG="webhooks-bench"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # --- checks ---------------------------------------------------------------------------
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 for tool in curl python3 cargo; do
     command -v "$tool" >/dev/null || die "$tool is needed"

@@ -42,45 +42,10 @@ OUT="$ROOT/benches/out/ws-$RUN_ID"
 mkdir -p "$OUT"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-wsbench.XXXXXX")"
 
-log() { printf '[ws-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
 
-# --- processes: everything started here is stopped on exit --------------------------
-PIDS=()
-alive() { # running and not a zombie waiting to be reaped
-    local state
-    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
-    [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-stop_pid() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "pid $pid did not stop on TERM within 5s: KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local kept=() other
-    for other in "${PIDS[@]+"${PIDS[@]}"}"; do
-        [[ "$other" == "$pid" ]] || kept+=("$other")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        stop_pid "$pid"
-    done
-    PIDS=()
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH_TAG="ws-bench"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # --- limits -----------------------------------------------------------------------------
 # Each side holds SESSIONS sockets: the client and the server (its children inherit this
@@ -101,7 +66,6 @@ read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
 log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
 
 # --- helpers --------------------------------------------------------------------------
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_listening() { # port, pid: poll until the port accepts, the process dies, or the deadline
     local port="$1" pid="$2" deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))

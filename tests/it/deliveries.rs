@@ -191,6 +191,21 @@ async fn failures_are_retried_with_the_same_webhook_id() {
             .all(|s| s.headers["webhook-id"] == seen[0].headers["webhook-id"]),
         "stable across retries"
     );
+    // The receiver has answered; the gateway records the answer right after.
+    eventually(
+        "the success is recorded",
+        Duration::from_secs(15),
+        || async {
+            let m = app
+                .send(app.client.get(app.url("/metrics")), None)
+                .await
+                .text();
+            crate::ops::sample(&m, "oktell_outbox_pending", &[]) == Some(0.0)
+                && crate::ops::sample(&m, "oktell_deliveries_total", &[("outcome", "delivered")])
+                    == Some(1.0)
+        },
+    )
+    .await;
     let metrics = app
         .send(app.client.get(app.url("/metrics")), None)
         .await
@@ -282,14 +297,20 @@ async fn gone_disables_and_rotation_signs_twice() {
         || async { app.send(app.client.get(url.clone()), None).await.json()["enabled"] == false },
     )
     .await;
-    let log = app.admin("GET", "/admin/v1/events", None).await.json();
-    assert!(
-        log["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["type"] == "subscription.disabled")
-    );
+    // Published right after the subscription is stored as disabled.
+    eventually(
+        "subscription.disabled is published",
+        Duration::from_secs(15),
+        || async {
+            let log = app.admin("GET", "/admin/v1/events", None).await.json();
+            log["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "subscription.disabled")
+        },
+    )
+    .await;
     assert_eq!(gone.seen().len(), 1, "no retry after 410");
     // The operator re-enables it and recovers the failed delivery.
     let sid = sub["id"].as_str().unwrap();
@@ -506,12 +527,22 @@ async fn a_subscription_failing_too_long_is_disabled_with_an_event() {
         },
     )
     .await;
-    let log = app.admin("GET", "/admin/v1/events", None).await.json();
-    let disabled = log["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "subscription.disabled")
-        .cloned();
-    assert_eq!(disabled.unwrap()["data"]["subscription_id"], sub["id"]);
+    // The event is published right after the subscription is stored as disabled.
+    let disabled_event = || async {
+        let log = app.admin("GET", "/admin/v1/events", None).await.json();
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "subscription.disabled")
+            .cloned()
+    };
+    eventually(
+        "subscription.disabled is published",
+        Duration::from_secs(15),
+        || async { disabled_event().await.is_some() },
+    )
+    .await;
+    let event = disabled_event().await.unwrap();
+    assert_eq!(event["data"]["subscription_id"], sub["id"]);
 }

@@ -8,6 +8,7 @@
 //! when longer) until they run out. A subscription failing for `disable_after` is
 //! disabled and a `subscription.disabled` event is emitted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -101,15 +102,23 @@ impl DeliveryWorker {
             db.run(move |c| {
                 let now = now_millis();
                 let claimed = rows::claim_due(c, &domain, now, LEASE_MS, free as i64)?;
+                // A batch is mostly many events for few subscriptions: look each
+                // subscription up (and check its target, which resolves DNS) once.
+                let mut subs: HashMap<String, (Option<Subscription>, Result<(), String>)> =
+                    HashMap::new();
                 let mut jobs = Vec::with_capacity(claimed.len());
                 for d in claimed {
-                    let sub = rows::find(c, &domain, &d.subscription_id)?;
+                    if !subs.contains_key(&d.subscription_id) {
+                        let sub = rows::find(c, &domain, &d.subscription_id)?;
+                        // Checked at send time: DNS may have changed since the subscribe.
+                        let target_ok = sub
+                            .as_ref()
+                            .map(|s| check_target(&s.url, allow_private))
+                            .unwrap_or(Ok(()));
+                        subs.insert(d.subscription_id.clone(), (sub, target_ok));
+                    }
+                    let (sub, target_ok) = subs[&d.subscription_id].clone();
                     let event = log::find(c, &domain, d.event_id)?;
-                    // Checked again at send time: DNS may have changed since the subscribe.
-                    let target_ok = sub
-                        .as_ref()
-                        .map(|s| check_target(&s.url, allow_private))
-                        .unwrap_or(Ok(()));
                     jobs.push((d, sub, event, target_ok));
                 }
                 Ok(jobs)

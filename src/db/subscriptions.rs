@@ -100,32 +100,28 @@ pub fn claim_due(
     lease_ms: i64,
     limit: i64,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let candidates: Vec<String> = deliveries::table
+    let candidates: Vec<Delivery> = deliveries::table
         .filter(deliveries::domain.eq(domain))
         .filter(deliveries::status.eq(PENDING))
         .filter(deliveries::next_attempt_at.le(now))
         .filter(deliveries::lease_until.lt(now))
         .order(deliveries::next_attempt_at.asc())
         .limit(limit)
-        .select(deliveries::id)
+        .select(Delivery::as_select())
         .load(conn)?;
-    let mut claimed = Vec::new();
-    for id in candidates {
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for mut d in candidates {
         let n = diesel::update(
             deliveries::table
-                .filter(deliveries::id.eq(&id))
+                .filter(deliveries::id.eq(&d.id))
                 .filter(deliveries::status.eq(PENDING))
                 .filter(deliveries::lease_until.lt(now)),
         )
         .set(deliveries::lease_until.eq(now + lease_ms))
         .execute(conn)?;
-        if n == 1
-            && let Some(d) = deliveries::table
-                .filter(deliveries::id.eq(&id))
-                .select(Delivery::as_select())
-                .first(conn)
-                .optional()?
-        {
+        // Won: the row is as read (the update only matched it unchanged), now leased.
+        if n == 1 {
+            d.lease_until = now + lease_ms;
             claimed.push(d);
         }
     }

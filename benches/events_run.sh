@@ -57,20 +57,7 @@ source "$ROOT/benches/lib.sh"
 # --- limits -----------------------------------------------------------------------------
 # The client and the gateway (a child of this shell: it inherits the limit) each hold
 # SUBSCRIBERS sockets plus their own descriptors.
-NEEDED_FDS=$(( SUBSCRIBERS + 1024 ))
-if (( $(ulimit -Sn) < NOFILE )); then
-    if ! ulimit -n "$NOFILE" 2>/dev/null; then
-        # Without CAP_SYS_RESOURCE (e.g. in a container) the hard limit is the ceiling.
-        log "cannot raise the open-files limit to $NOFILE (hard limit $(ulimit -Hn)); using the hard limit"
-        ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
-    fi
-fi
-(( $(ulimit -Sn) >= NEEDED_FDS )) \
-    || die "open-files limit $(ulimit -Sn) (hard $(ulimit -Hn)) is below the $NEEDED_FDS that $SUBSCRIBERS subscribers need: raise the hard limit (limits.conf / systemd LimitNOFILE / docker --ulimit nofile=65536) or run with CAP_SYS_RESOURCE"
-read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
-(( PORT_HI - PORT_LO + 1 >= SUBSCRIBERS )) \
-    || die "ephemeral port range $PORT_LO-$PORT_HI is smaller than SUBSCRIBERS=$SUBSCRIBERS"
-log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
+raise_fd_limit "$SUBSCRIBERS" subscribers
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -95,21 +82,7 @@ cargo build --release
 GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
 [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 log "building the client (cargo bench --no-run --bench event_fanout)"
-cargo bench --no-run --bench event_fanout --message-format=json >"$TMP/build.json"
-LOAD_BIN="$(python3 - "$TMP/build.json" <<'PY'
-import json, sys
-exe = ""
-for line in open(sys.argv[1]):
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "event_fanout" and msg.get("executable"):
-        exe = msg["executable"]
-print(exe)
-PY
-)"
-[[ -n "$LOAD_BIN" && -x "$LOAD_BIN" ]] || die "could not find the event_fanout executable in cargo's output"
+LOAD_BIN="$(bench_exe event_fanout)"
 
 # --- gateway -------------------------------------------------------------------------------
 GATEWAY_CONFIG="$TMP/gateway.toml"

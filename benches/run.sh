@@ -220,20 +220,7 @@ cargo build --release
 GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
 [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 log "building the bare actix-web baseline (cargo bench --no-run --bench bare_actix)"
-BARE_BIN="$(cargo bench --no-run --bench bare_actix --message-format=json \
-    | python3 -c '
-import json, sys
-exe = None
-for line in sys.stdin:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "bare_actix" and msg.get("executable"):
-        exe = msg["executable"]
-print(exe or "")
-')"
-[[ -n "$BARE_BIN" && -x "$BARE_BIN" ]] || die "could not find the bare_actix executable in cargo's output"
+BARE_BIN="$(bench_exe bare_actix)"
 
 for port in "$BARE_PORT" "$GATEWAY_PORT"; do
     port_in_use "$port" && die "port $port is in use (set BARE_PORT / GATEWAY_PORT)"

@@ -83,21 +83,7 @@ cargo build --release
 GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
 [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 log "building the receiver (cargo bench --no-run --bench webhook_sink)"
-cargo bench --no-run --bench webhook_sink --message-format=json >"$TMP/build.json"
-SINK_BIN="$(python3 - "$TMP/build.json" <<'PY'
-import json, sys
-exe = ""
-for line in open(sys.argv[1]):
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "webhook_sink" and msg.get("executable"):
-        exe = msg["executable"]
-print(exe)
-PY
-)"
-[[ -n "$SINK_BIN" && -x "$SINK_BIN" ]] || die "could not find the webhook_sink executable in cargo's output"
+SINK_BIN="$(bench_exe webhook_sink)"
 
 # --- the driver: channel, subscription, probe, publishing, waiting ---------------------------
 cat >"$TMP/drive.py" <<'PY'

@@ -50,20 +50,7 @@ source "$ROOT/benches/lib.sh"
 # --- limits -----------------------------------------------------------------------------
 # Each side holds SESSIONS sockets: the client and the server (its children inherit this
 # shell's limit) each need SESSIONS descriptors plus their own.
-NEEDED_FDS=$(( SESSIONS + 1024 ))
-if (( $(ulimit -Sn) < NOFILE )); then
-    if ! ulimit -n "$NOFILE" 2>/dev/null; then
-        # Without CAP_SYS_RESOURCE (e.g. in a container) the hard limit is the ceiling.
-        log "cannot raise the open-files limit to $NOFILE (hard limit $(ulimit -Hn)); using the hard limit"
-        ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
-    fi
-fi
-(( $(ulimit -Sn) >= NEEDED_FDS )) \
-    || die "open-files limit $(ulimit -Sn) (hard $(ulimit -Hn)) is below the $NEEDED_FDS that $SESSIONS sessions need: raise the hard limit (limits.conf / systemd LimitNOFILE / docker --ulimit nofile=65536) or run with CAP_SYS_RESOURCE"
-read -r PORT_LO PORT_HI </proc/sys/net/ipv4/ip_local_port_range
-(( PORT_HI - PORT_LO + 1 >= SESSIONS )) \
-    || die "ephemeral port range $PORT_LO-$PORT_HI is smaller than SESSIONS=$SESSIONS"
-log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
+raise_fd_limit "$SESSIONS" sessions
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -87,26 +74,8 @@ cargo build --release
 GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
 [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 log "building the baseline and the load client (cargo bench --no-run --bench bare_ws --bench ws_load)"
-cargo bench --no-run --bench bare_ws --bench ws_load --message-format=json >"$TMP/build.json"
-exe_of() {
-    python3 - "$1" "$TMP/build.json" <<'PY'
-import json, sys
-name, path = sys.argv[1], sys.argv[2]
-exe = ""
-for line in open(path):
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == name and msg.get("executable"):
-        exe = msg["executable"]
-print(exe)
-PY
-}
-BARE_BIN="$(exe_of bare_ws)"
-LOAD_BIN="$(exe_of ws_load)"
-[[ -n "$BARE_BIN" && -x "$BARE_BIN" ]] || die "could not find the bare_ws executable in cargo's output"
-[[ -n "$LOAD_BIN" && -x "$LOAD_BIN" ]] || die "could not find the ws_load executable in cargo's output"
+BARE_BIN="$(bench_exe bare_ws)"
+LOAD_BIN="$(bench_exe ws_load)"
 
 for port in "$BARE_PORT" "$GATEWAY_PORT"; do
     port_in_use "$port" && die "port $port is in use (set BARE_PORT / GATEWAY_PORT)"

@@ -25,7 +25,7 @@ use crate::http::error::ApiError;
 use crate::scenario::ScenarioRuntime;
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::http_runtime::HttpRuntime;
-use crate::scenario::outgoing::OutgoingClient;
+use crate::scenario::outgoing::{OutgoingClient, OutgoingSettings};
 use crate::scenario::pool::ScenarioPool;
 use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
 use actix::Actor;
@@ -283,8 +283,8 @@ impl Application {
 }
 
 /// The configured scenario runtime (also used by the CLI to validate scripts on save).
-pub fn scenario_runtime(config: &Config) -> Arc<dyn ScenarioRuntime> {
-    match config.scenario_runtime {
+pub fn scenario_runtime(config: &Config) -> Result<Arc<dyn ScenarioRuntime>, StartError> {
+    Ok(match config.scenario_runtime {
         RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(
             &RhaiLimits {
                 max_operations: config.scenario_max_operations,
@@ -293,12 +293,12 @@ pub fn scenario_runtime(config: &Config) -> Arc<dyn ScenarioRuntime> {
                 max_array_len: config.scenario_max_array_len,
                 max_map_len: config.scenario_max_map_len,
             },
-            outgoing_client(config),
+            outgoing_client(config)?,
         )),
         RuntimeKind::Http => Arc::new(HttpRuntime::new(
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
-    }
+    })
 }
 
 /// The rustls server configuration from PEM files (ring as the crypto provider).
@@ -374,11 +374,11 @@ fn build_dispatcher(
     config: &Config,
     events: EventService,
     logger: &slog::Logger,
-) -> std::io::Result<Dispatcher> {
-    let runtime = scenario_runtime(config);
+) -> Result<Dispatcher, StartError> {
+    let runtime = scenario_runtime(config)?;
     let pool = ScenarioPool::start(
         config.effective_scenario_threads(),
-        config.scenario_queue,
+        config.scenario_max_admitted,
         logger.clone(),
     )?;
     Ok(Dispatcher::new(
@@ -410,11 +410,21 @@ fn spawn_event_purge(events: EventService, config: &Config, logger: &slog::Logge
 }
 
 /// The client scenarios use for `outgoing_request`.
-pub fn outgoing_client(config: &Config) -> Arc<OutgoingClient> {
-    Arc::new(OutgoingClient::new(
-        Duration::from_millis(config.outgoing_timeout_ms),
-        config.outgoing_max_response_bytes,
-    ))
+pub fn outgoing_client(config: &Config) -> Result<Arc<OutgoingClient>, StartError> {
+    let settings = OutgoingSettings {
+        timeout: Duration::from_millis(config.outgoing_timeout_ms),
+        max_response_bytes: config.outgoing_max_response_bytes,
+        max_connections_per_host: config.outgoing_max_connections_per_host,
+    };
+    Ok(Arc::new(OutgoingClient::new(
+        &settings,
+        client_tls(config)?,
+    )))
+}
+
+/// The TLS trust of the node's clients.
+pub fn client_tls(_config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError> {
+    crate::net::tls::client_config(None).map_err(|e| StartError::Tls(e.to_string()))
 }
 
 /// The admin token: configured, or read from (or first written to) `admin-token` in

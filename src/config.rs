@@ -42,7 +42,10 @@ pub struct Config {
     pub admin_max_body_bytes: usize,
     pub scenario_timeout_ms: u64,
     pub scenario_threads: usize,
-    pub scenario_queue: usize,
+    /// Runs admitted at once (queued, computing or waiting); `scenario_queue` is its
+    /// old name.
+    #[serde(alias = "scenario_queue")]
+    pub scenario_max_admitted: usize,
     pub channel_max_in_flight: usize,
     pub scenario_max_operations: u64,
     pub scenario_max_call_depth: usize,
@@ -53,6 +56,7 @@ pub struct Config {
     pub scenario_http_url: Option<String>,
     pub outgoing_timeout_ms: u64,
     pub outgoing_max_response_bytes: usize,
+    pub outgoing_max_connections_per_host: usize,
     pub ws_heartbeat_interval_ms: u64,
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
@@ -108,7 +112,7 @@ impl Default for Config {
             admin_max_body_bytes: 4 * 1024 * 1024,
             scenario_timeout_ms: 30_000,
             scenario_threads: 0,
-            scenario_queue: 4096,
+            scenario_max_admitted: 1024,
             channel_max_in_flight: 512,
             scenario_max_operations: 10_000_000,
             scenario_max_call_depth: 64,
@@ -119,6 +123,7 @@ impl Default for Config {
             scenario_http_url: None,
             outgoing_timeout_ms: 15_000,
             outgoing_max_response_bytes: 4 * 1024 * 1024,
+            outgoing_max_connections_per_host: 256,
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
@@ -190,9 +195,15 @@ pub struct ConfigArgs {
     /// Scenario threads (0 = one per core).
     #[arg(long, global = true, env = "OKTELL_SCENARIO_THREADS")]
     pub scenario_threads: Option<usize>,
-    /// Scenario runs that may wait for a thread before callers get 503.
-    #[arg(long, global = true, env = "OKTELL_SCENARIO_QUEUE")]
-    pub scenario_queue: Option<usize>,
+    /// Scenario runs admitted at once (queued, computing or waiting on the outside
+    /// world); beyond, callers get 503 + Retry-After.
+    #[arg(
+        long,
+        global = true,
+        env = "OKTELL_SCENARIO_MAX_ADMITTED",
+        alias = "scenario-queue"
+    )]
+    pub scenario_max_admitted: Option<usize>,
     /// Scenario runs one channel may have queued or running at once.
     #[arg(long, global = true, env = "OKTELL_CHANNEL_MAX_IN_FLIGHT")]
     pub channel_max_in_flight: Option<usize>,
@@ -276,7 +287,7 @@ impl ConfigArgs {
             max_body_bytes,
             scenario_timeout_ms,
             scenario_threads,
-            scenario_queue,
+            scenario_max_admitted,
             channel_max_in_flight,
             scenario_runtime,
             trusted_proxies,
@@ -342,8 +353,11 @@ impl Config {
                 "websocket message size and queue must be above 0",
             ));
         }
-        if self.scenario_queue == 0 || self.channel_max_in_flight == 0 {
-            return Err(invalid("scenario_queue", "queues must hold at least 1"));
+        if self.scenario_max_admitted == 0 || self.channel_max_in_flight == 0 {
+            return Err(invalid(
+                "scenario_max_admitted",
+                "admission bounds must be at least 1",
+            ));
         }
         if let Some(token) = &self.admin_token
             && token.len() < 16

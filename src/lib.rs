@@ -7,7 +7,8 @@
 //! - [`actors`]: channel registry and the supervised per-channel actors;
 //! - [`scenario`]: the runtime trait, Rhai and HTTP runtimes, the scenario pool;
 //! - [`channels`]: channel input validation and the service that applies changes live;
-//! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations.
+//! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations;
+//! - [`net`]: what outgoing connections share: DNS with timeouts, client TLS trust.
 
 pub mod actors;
 pub mod app;
@@ -19,4 +20,5 @@ pub mod events;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod scenario;

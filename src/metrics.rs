@@ -239,18 +239,48 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
         ),
         (
             "oktell_scenario_pool_queue_capacity",
-            "Bound of the scenario queue.",
-            pool.capacity() as f64,
+            "Runs admitted at most (scenario_max_admitted): queued, computing or waiting.",
+            pool.max_admitted() as f64,
+        ),
+        (
+            "oktell_scenario_pool_admitted",
+            "Runs admitted now: queued, computing or waiting.",
+            pool.admitted() as f64,
+        ),
+        (
+            "oktell_scenario_pool_slots",
+            "Compute slots (scenario_threads): runs computing at once at most.",
+            pool.slots() as f64,
         ),
         (
             "oktell_scenario_pool_threads",
-            "Scenario threads.",
-            pool.threads() as f64,
+            "Scenario threads alive: slot holders, runs waiting on the outside world, spares.",
+            stats.threads.load(Ordering::Relaxed) as f64,
         ),
         (
             "oktell_scenario_pool_busy",
-            "Scenario threads running a script now.",
+            "Runs computing now (holding a compute slot).",
             stats.busy.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_scenario_pool_waiting",
+            "Runs waiting on the outside world now (their compute slot given away).",
+            stats.waiting.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_scenario_pool_returning",
+            "Runs back from a wait, queued for a compute slot.",
+            stats.returning.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_scenario_pool_spare_threads",
+            "Threads parked without a slot (they retire after 10 s idle).",
+            stats.spare.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_scenario_pool_recent_compute_seconds",
+            "Smoothed compute time of one run (waits excluded), used to estimate start delays.",
+            pool.recent_compute().as_secs_f64(),
         ),
         (
             "oktell_channels_served",
@@ -380,8 +410,23 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
         ),
         (
             "oktell_scenario_pool_rejected_total",
-            "Jobs refused because the queue was full.",
+            "Runs refused at admission (scenario_max_admitted reached, or no start before the deadline).",
             load(&stats.rejected),
+        ),
+        (
+            "oktell_scenario_pool_handoffs_total",
+            "Waits that gave their compute slot to another thread.",
+            load(&stats.handoffs),
+        ),
+        (
+            "oktell_scenario_pool_threads_started_total",
+            "Spare scenario threads started for runs that wait.",
+            load(&stats.spawned),
+        ),
+        (
+            "oktell_scenario_pool_threads_retired_total",
+            "Spare scenario threads ended after idling.",
+            load(&stats.retired),
         ),
         (
             "oktell_scenario_pool_panics_total",

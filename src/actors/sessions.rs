@@ -187,7 +187,12 @@ impl ChannelHost for ScenarioHost {
         self.sessions.codes()
     }
 
-    fn emit_event(&self, event_type: &str, data: serde_json::Value) -> Result<i64, String> {
+    fn emit_event(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        deadline: std::time::Instant,
+    ) -> Result<i64, String> {
         let input = crate::events::EventInput {
             event_type: event_type.to_string(),
             data,
@@ -199,7 +204,7 @@ impl ChannelHost for ScenarioHost {
             .map_err(|e| e.to_string())?;
         let stored = self
             .events
-            .publish_blocking(std::slice::from_ref(&new))
+            .publish_blocking(std::slice::from_ref(&new), deadline)
             .map_err(|e| format!("storing the event failed: {e}"))?;
         stored
             .first()

@@ -179,7 +179,7 @@ impl WsSession {
             // again shortly (the session's own queue limit still bounds what waits).
             if matches!(
                 outcome,
-                Err(ScenarioError::QueueFull | ScenarioError::ChannelBusy)
+                Err(ScenarioError::QueueFull { .. } | ScenarioError::ChannelBusy)
             ) {
                 act.pending.push_front(text);
                 act.stats.ws_retries.fetch_add(1, Ordering::Relaxed);

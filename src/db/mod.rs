@@ -192,9 +192,18 @@ impl Database {
     }
 
     pub fn conn(&self) -> Result<DbConn, StoreError> {
+        self.conn_within(None)
+    }
+
+    /// A connection, waiting for one at most `limit` (the pool's own timeout if None):
+    /// a scenario's database wait stays inside its deadline.
+    pub fn conn_within(&self, limit: Option<std::time::Duration>) -> Result<DbConn, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
-        let got = self.pool.get();
+        let got = match limit {
+            Some(limit) => self.pool.get_timeout(limit),
+            None => self.pool.get(),
+        };
         self.waits.count.fetch_add(1, Relaxed);
         self.waits
             .micros

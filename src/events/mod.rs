@@ -245,8 +245,18 @@ impl EventService {
     }
 
     /// The same from a thread that may block (scenario threads).
-    pub fn publish_blocking(&self, events: &[NewEvent]) -> Result<Vec<(Event, bool)>, StoreError> {
-        let mut conn = self.db.conn()?;
+    /// Stores events from a scenario thread, waiting for a connection no longer than
+    /// `deadline` allows.
+    pub fn publish_blocking(
+        &self,
+        events: &[NewEvent],
+        deadline: std::time::Instant,
+    ) -> Result<Vec<(Event, bool)>, StoreError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(StoreError::Pool("no time left for a database write".into()));
+        }
+        let mut conn = self.db.conn_within(Some(left))?;
         let conn: &mut AnyConnection = &mut conn;
         let stored = log::append(conn, &self.domain, events, now_millis(), DEDUPE_MS)?;
         self.told(&stored);

@@ -102,13 +102,11 @@ pub fn check_target(raw: &str, allow_private: bool) -> Result<(), String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => {
-            crate::scenario::outgoing::resolve(&format!("{host}:{port}"), Duration::from_secs(5))
-                .map_err(|e| format!("does not resolve: {e}"))?
-                .into_iter()
-                .map(|a| a.ip())
-                .collect()
-        }
+        Err(_) => crate::net::dns::resolve(&format!("{host}:{port}"), Duration::from_secs(5))
+            .map_err(|e| format!("does not resolve: {e}"))?
+            .into_iter()
+            .map(|a| a.ip())
+            .collect(),
     };
     if addrs.is_empty() {
         return Err("does not resolve".into());

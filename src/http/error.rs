@@ -173,7 +173,12 @@ impl From<ScenarioError> for ApiError {
     fn from(e: ScenarioError) -> Self {
         let status = match &e {
             ScenarioError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ScenarioError::QueueFull | ScenarioError::ChannelBusy => {
+            ScenarioError::QueueFull { retry_after_secs } => {
+                let mut err = ApiError::overloaded(e.code(), e.public_message());
+                err.retry_after = Some((*retry_after_secs).max(1));
+                return err;
+            }
+            ScenarioError::ChannelBusy => {
                 return ApiError::overloaded(e.code(), e.public_message());
             }
             ScenarioError::Unavailable(_) => StatusCode::BAD_GATEWAY,

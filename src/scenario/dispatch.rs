@@ -106,6 +106,16 @@ impl Dispatcher {
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
                 return;
             }
+            // Queued past its deadline (the start estimate was off): refused, not run.
+            if Instant::now() >= deadline {
+                handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(ScenarioError::QueueFull {
+                        retry_after_secs: 1,
+                    }));
+                }
+                return;
+            }
             let started = Instant::now();
             let outcome = match handle.script(kind, runtime.as_ref()) {
                 Ok(script) => runtime.run(
@@ -131,10 +141,15 @@ impl Dispatcher {
         };
         // A refused job is dropped unrun; its slot is given back on drop.
         let stats = handle_stats;
-        self.pool.try_execute(job).map_err(|_| {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            ScenarioError::QueueFull
-        })?;
+        let lane = stats.lane.clone();
+        self.pool
+            .submit(&lane, self.timeout, job)
+            .map_err(|refused| {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                ScenarioError::QueueFull {
+                    retry_after_secs: refused.retry_after.as_secs_f64().ceil() as u64,
+                }
+            })?;
         Ok(rx)
     }
 }

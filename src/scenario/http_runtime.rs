@@ -56,26 +56,32 @@ impl ScenarioRuntime for HttpRuntime {
             "script": source,
             "params": ctx.params.to_vec(),
         });
-        let response = match self.agent.post(&self.url).timeout(left).send_json(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, _)) => {
-                return Err(ScenarioError::Script(format!(
-                    "scenario engine answered {code}"
-                )));
-            }
-            Err(ureq::Error::Transport(t)) => {
-                if Instant::now() >= ctx.deadline {
-                    return Err(ScenarioError::Timeout);
+        // The remote engine's time is a wait: the compute slot goes to another run.
+        let raw = super::pool::blocking(|| -> Result<Vec<u8>, ScenarioError> {
+            let response = match self.agent.post(&self.url).timeout(left).send_json(body) {
+                Ok(r) => r,
+                Err(ureq::Error::Status(code, _)) => {
+                    return Err(ScenarioError::Script(format!(
+                        "scenario engine answered {code}"
+                    )));
                 }
-                return Err(ScenarioError::Unavailable(t.to_string()));
-            }
-        };
-        let mut raw = Vec::new();
-        response
-            .into_reader()
-            .take(MAX_ENGINE_REPLY)
-            .read_to_end(&mut raw)
-            .map_err(|e| ScenarioError::Unavailable(format!("reading the engine reply: {e}")))?;
+                Err(ureq::Error::Transport(t)) => {
+                    if Instant::now() >= ctx.deadline {
+                        return Err(ScenarioError::Timeout);
+                    }
+                    return Err(ScenarioError::Unavailable(t.to_string()));
+                }
+            };
+            let mut raw = Vec::new();
+            response
+                .into_reader()
+                .take(MAX_ENGINE_REPLY)
+                .read_to_end(&mut raw)
+                .map_err(|e| {
+                    ScenarioError::Unavailable(format!("reading the engine reply: {e}"))
+                })?;
+            Ok(raw)
+        })?;
         let value: serde_json::Value = serde_json::from_slice(&raw)
             .map_err(|e| ScenarioError::Script(format!("engine reply is not JSON: {e}")))?;
         let mut reply = ScenarioReply::default();

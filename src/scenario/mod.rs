@@ -46,8 +46,10 @@ pub enum ScenarioError {
     Limit(String),
     #[error("scenario set an invalid reply: {0}")]
     InvalidReply(String),
-    #[error("scenario queue is full")]
-    QueueFull,
+    /// Refused before it ran: the node is at its admission bound, or the run could not
+    /// start before its deadline. The estimated wait, for `Retry-After`.
+    #[error("the node is busy, try again in {retry_after_secs} s")]
+    QueueFull { retry_after_secs: u64 },
     #[error("channel has too many scenarios in flight")]
     ChannelBusy,
     #[error("scenario runner crashed")]
@@ -91,8 +93,13 @@ pub trait ChannelHost: Send + Sync {
     fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool;
     /// Codes of the open sessions.
     fn ws_sessions(&self) -> Vec<String>;
-    /// Stores an event in the domain's log; its id.
-    fn emit_event(&self, event_type: &str, data: serde_json::Value) -> Result<i64, String>;
+    /// Stores an event in the domain's log (waiting no longer than `deadline`); its id.
+    fn emit_event(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<i64, String>;
 }
 
 impl ScenarioError {
@@ -100,7 +107,7 @@ impl ScenarioError {
     pub fn code(&self) -> &'static str {
         match self {
             ScenarioError::Timeout => "scenario_timeout",
-            ScenarioError::QueueFull => "scenario_queue_full",
+            ScenarioError::QueueFull { .. } => "scenario_queue_full",
             ScenarioError::ChannelBusy => "channel_busy",
             ScenarioError::Limit(_) => "scenario_limit_exceeded",
             ScenarioError::Unavailable(_) => "scenario_engine_unavailable",

@@ -1,54 +1,158 @@
-//! ScenarioPool: a fixed set of threads with a bounded queue in front.
+//! ScenarioPool: compute slots held by threads, one lane per channel served round-robin,
+//! and waits that give their slot away.
 //!
-//! Scripts must never run on an async worker, and the hop to a script thread is on the
-//! hot path of every webhook. Measured on a 2-core VM: a `web::block` per request cost
-//! 43-89 µs and grew the blocking pool to ~70 threads; a crossbeam channel cost the
-//! HTTP worker a futex wake (an IPI under virtualisation) per request, ~15% of its CPU.
-//! So here a job is one push onto a lock-free bounded queue, and the producer wakes a
-//! thread only when one has been idle long enough to sleep for good. Busy or
-//! recently busy threads poll the queue themselves, so under load the wake-ups are
-//! amortised over every job that arrived meanwhile, and they cost the scenario side,
-//! not the HTTP workers. A full queue refuses work at once (the caller answers 503).
+//! Rhai cannot yield mid-script, so a run that waits on the outside world (an outgoing
+//! call, a name lookup, a database write, `sleep_ms`) keeps its thread. What it gives up
+//! is its *compute slot*: the pool has `threads` slots ("roles"), and only a thread
+//! holding one takes new runs. [`blocking`] hands the caller's slot to a spare thread
+//! (parked, or started when none is), runs the wait, then queues for a slot again.
+//! Threads holding a slot look at those returning runs before they take a new one, so a
+//! run coming back from a wait finishes before new runs start.
+//!
+//! Admission bounds everything that grows: at most `max_admitted` runs are queued,
+//! computing or waiting at once, and the thread count is bounded by `threads +
+//! max_admitted`, so a run that starts waiting never blocks on a permit mid-run. A run
+//! whose estimated end (queue ahead of it × recent compute time ÷ slots, plus its own)
+//! is past its budget is refused at once with that estimate (the caller answers 503 + Retry-After).
+//!
+//! Fairness: every channel has a [`Lane`]; lanes with work sit in a ring and each turn
+//! takes one run from the lane at the head, so one channel's flood delays another
+//! channel's run by at most one run per busy channel.
+//!
+//! The hot path stays as measured before (benches/RESULTS.md): a job is a push onto
+//! lock-free queues, and the producer wakes a thread only when a slot holder has been
+//! idle long enough to sleep for good; slot holders nap and poll while recently busy.
+//! Spare threads (no slot) sleep on a condition variable and retire after
+//! [`SPARE_RETIRE_AFTER`] idle, giving their stacks back.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Scripts recurse on the native stack: give them room.
 const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
-/// How long an idle thread naps between looks at the queue.
+/// How long an idle slot holder naps between looks at the queue.
 const NAP: Duration = Duration::from_micros(50);
-/// Idle this long, a thread sleeps until a producer wakes it.
+/// Idle this long, a slot holder sleeps until a producer wakes it.
 const DEEP_SLEEP_AFTER: Duration = Duration::from_millis(2);
+/// A spare thread idle this long ends.
+pub const SPARE_RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// How often a run waiting for its slot back looks whether the pool is shutting down.
+const RETURN_CHECK: Duration = Duration::from_millis(100);
 
 /// Counters of the pool, readable at any time.
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Runs holding a compute slot now.
     pub busy: AtomicUsize,
+    /// Runs inside a wait (their slot given away) now.
+    pub waiting: AtomicUsize,
+    /// Runs back from a wait, queued for a slot.
+    pub returning: AtomicUsize,
+    /// Threads alive (slot holders, waiting runs and spares).
+    pub threads: AtomicUsize,
+    /// Threads parked without a slot.
+    pub spare: AtomicUsize,
     pub completed: AtomicU64,
+    /// Runs refused at admission (too many admitted, or could not start in time).
     pub rejected: AtomicU64,
     pub panicked: AtomicU64,
     /// Wake-ups producers had to make (a measure of how often the pool went idle).
     pub wakeups: AtomicU64,
+    /// Waits that gave their slot away.
+    pub handoffs: AtomicU64,
+    /// Spare threads started, and retired after idling.
+    pub spawned: AtomicU64,
+    pub retired: AtomicU64,
 }
 
-struct Sleeper {
-    thread: Thread,
-    /// Set while the thread sleeps without a timeout: only then must a producer wake it.
+/// One channel's queue of runs. Lanes with work are in the pool's ring exactly once.
+#[derive(Default)]
+pub struct Lane {
+    jobs: SegQueue<Job>,
+    scheduled: AtomicBool,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane").field("queued", &self.len()).finish()
+    }
+}
+
+impl Lane {
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+/// One compute slot: who holds it, and whether that holder sleeps until woken.
+struct Slot {
     deep: AtomicBool,
+    thread: Mutex<Option<Thread>>,
+}
+
+/// Where a thread without a slot receives one.
+#[derive(Default)]
+struct Grant {
+    state: Mutex<GrantState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct GrantState {
+    role: Option<usize>,
+    stop: bool,
+}
+
+impl Grant {
+    fn give(&self, role: usize) {
+        lock(&self.state).role = Some(role);
+        self.cv.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Handoff {
+    /// Runs back from a wait, oldest first.
+    returners: VecDeque<Arc<Grant>>,
+    /// Parked threads without a slot.
+    spares: Vec<Arc<Grant>>,
 }
 
 struct Shared {
-    queue: ArrayQueue<Job>,
-    sleepers: Vec<Sleeper>,
+    ring: SegQueue<Arc<Lane>>,
+    /// Jobs in all lanes.
+    queued: AtomicUsize,
+    /// Lanes in the ring.
+    active_lanes: AtomicUsize,
+    /// Runs admitted and not yet ended (queued, computing or waiting).
+    admitted: AtomicUsize,
+    max_admitted: usize,
+    max_threads: usize,
+    slots: Vec<Slot>,
+    handoff: Mutex<Handoff>,
+    returners_waiting: AtomicUsize,
     shutdown: AtomicBool,
+    /// Recent compute time of a run (slot held, waits excluded), µs, smoothed.
+    compute_micros: AtomicU64,
     stats: PoolStats,
+    logger: slog::Logger,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Stops the threads (after the queue drains) when the last pool handle goes.
@@ -56,9 +160,17 @@ struct Owner(Arc<Shared>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.0.shutdown.store(true, Ordering::SeqCst);
-        for s in &self.0.sleepers {
-            s.thread.unpark();
+        let shared = &self.0;
+        shared.shutdown.store(true, Ordering::SeqCst);
+        for s in &shared.slots {
+            if let Some(t) = lock(&s.thread).as_ref() {
+                t.unpark();
+            }
+        }
+        let handoff = lock(&shared.handoff);
+        for g in &handoff.spares {
+            lock(&g.state).stop = true;
+            g.cv.notify_one();
         }
     }
 }
@@ -68,94 +180,123 @@ pub struct ScenarioPool {
     owner: Arc<Owner>,
 }
 
-/// The queue was full; the job was not taken.
-#[derive(Debug)]
-pub struct QueueFull;
+/// The run was not taken: the node is at its admission bound, or the run could not
+/// start before its deadline. `retry_after` is the estimated wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refused {
+    pub retry_after: Duration,
+}
+
+/// What the thread running a job knows about itself (set on pool threads only).
+struct WorkerCtx {
+    shared: Arc<Shared>,
+    grant: Arc<Grant>,
+    role: Option<usize>,
+    /// Time spent in waits during the current job.
+    waited: Duration,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<WorkerCtx>> = const { RefCell::new(None) };
+}
 
 impl ScenarioPool {
-    /// Starts `threads` threads behind a queue of `capacity` jobs.
+    /// Starts `threads` compute slots (one thread each) admitting at most
+    /// `max_admitted` runs at once.
     pub fn start(
         threads: usize,
-        capacity: usize,
+        max_admitted: usize,
         logger: slog::Logger,
     ) -> std::io::Result<ScenarioPool> {
         let threads = threads.max(1);
-        // Threads need the shared state, and the shared state names the threads: start
-        // them parked on a one-shot handover.
-        let (handover_tx, handover_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
-        let handover_rx = Arc::new(std::sync::Mutex::new(handover_rx));
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let rx = handover_rx.clone();
-            let logger = logger.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("scenario-{i}"))
-                .stack_size(THREAD_STACK_BYTES)
-                .spawn(move || {
-                    let shared = match rx.lock().map(|r| r.recv()) {
-                        Ok(Ok(shared)) => shared,
-                        _ => return,
-                    };
-                    drop(rx);
-                    work(&shared, i, &logger);
-                })?;
-            handles.push(handle);
-        }
+        let max_admitted = max_admitted.max(1);
         let shared = Arc::new(Shared {
-            queue: ArrayQueue::new(capacity.max(1)),
-            sleepers: handles
-                .iter()
-                .map(|h| Sleeper {
-                    thread: h.thread().clone(),
+            ring: SegQueue::new(),
+            queued: AtomicUsize::new(0),
+            active_lanes: AtomicUsize::new(0),
+            admitted: AtomicUsize::new(0),
+            max_admitted,
+            max_threads: threads + max_admitted,
+            slots: (0..threads)
+                .map(|_| Slot {
                     deep: AtomicBool::new(false),
+                    thread: Mutex::new(None),
                 })
                 .collect(),
+            handoff: Mutex::new(Handoff::default()),
+            returners_waiting: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            compute_micros: AtomicU64::new(0),
             stats: PoolStats::default(),
+            logger,
         });
-        for _ in 0..threads {
-            let _ = handover_tx.send(shared.clone());
+        for role in 0..threads {
+            spawn_worker(&shared, role)?;
         }
         Ok(ScenarioPool {
             owner: Arc::new(Owner(shared)),
         })
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Arc<Shared> {
         &self.owner.0
     }
 
-    /// Queues a job, or refuses it at once when the queue is full.
-    pub fn try_execute(&self, job: impl FnOnce() + Send + 'static) -> Result<(), QueueFull> {
+    /// Admits a run into `lane` that should end within `budget`, or refuses it at once
+    /// with the estimated wait.
+    pub fn submit(
+        &self,
+        lane: &Arc<Lane>,
+        budget: Duration,
+        job: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Refused> {
         let shared = self.shared();
-        if shared.queue.push(Box::new(job)).is_err() {
+        let before = shared.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(shared.clone());
+        let estimate = shared.finish_estimate(lane);
+        if before >= shared.max_admitted || estimate > budget {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(QueueFull);
+            drop(admission);
+            return Err(Refused {
+                retry_after: estimate.max(Duration::from_secs(1)),
+            });
         }
-        // Napping threads look at the queue by themselves; a deep sleeper must be woken
-        // (a busy thread may be busy for long).
-        // Claiming the flag makes back-to-back jobs wake different sleepers.
-        if let Some(s) = shared.sleepers.iter().find(|s| {
-            s.deep
-                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        }) {
-            shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
-            s.thread.unpark();
+        let job: Job = Box::new(move || {
+            let _admission = admission;
+            job()
+        });
+        lane.jobs.push(job);
+        shared.queued.fetch_add(1, Ordering::SeqCst);
+        if !lane.scheduled.swap(true, Ordering::SeqCst) {
+            shared.active_lanes.fetch_add(1, Ordering::Relaxed);
+            shared.ring.push(lane.clone());
         }
+        shared.wake_one();
         Ok(())
     }
 
+    /// Runs waiting for a slot.
     pub fn queued(&self) -> usize {
-        self.shared().queue.len()
+        self.shared().queued.load(Ordering::Relaxed)
     }
 
-    pub fn capacity(&self) -> usize {
-        self.shared().queue.capacity()
+    /// Runs admitted and not ended (queued, computing, waiting).
+    pub fn admitted(&self) -> usize {
+        self.shared().admitted.load(Ordering::Relaxed)
     }
 
-    pub fn threads(&self) -> usize {
-        self.shared().sleepers.len()
+    pub fn max_admitted(&self) -> usize {
+        self.shared().max_admitted
+    }
+
+    /// Compute slots.
+    pub fn slots(&self) -> usize {
+        self.shared().slots.len()
+    }
+
+    /// Recent compute time of one run.
+    pub fn recent_compute(&self) -> Duration {
+        Duration::from_micros(self.shared().compute_micros.load(Ordering::Relaxed))
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -163,19 +304,276 @@ impl ScenarioPool {
     }
 }
 
-fn work(shared: &Shared, index: usize, logger: &slog::Logger) {
-    let me = &shared.sleepers[index];
+/// Holds one admission; given back however the run ends (also when it is dropped unrun).
+struct Admission(Arc<Shared>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    /// When a run queued now in `lane` would end: the lanes are served round-robin, so
+    /// ahead of it are at most (its lane's queue + 1) runs of each active lane, plus
+    /// what the runs holding the slots have left (half a run on average), plus its own
+    /// compute. Zero until a run has been measured.
+    fn finish_estimate(&self, lane: &Lane) -> Duration {
+        let per_run = self.compute_micros.load(Ordering::Relaxed);
+        if per_run == 0 {
+            return Duration::ZERO;
+        }
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        let lanes = self.active_lanes.load(Ordering::Relaxed).max(1) as u64;
+        let ahead = queued.min((lane.len() as u64 + 1).saturating_mul(lanes));
+        let slots = self.slots.len() as u64;
+        let busy = self.stats.busy.load(Ordering::Relaxed) as u64 >= slots;
+        let start = ahead.saturating_mul(per_run) / slots + if busy { per_run / 2 } else { 0 };
+        Duration::from_micros(start.saturating_add(per_run))
+    }
+
+    /// Wakes one slot holder that sleeps for good (napping ones look by themselves).
+    fn wake_one(&self) {
+        // Claiming the flag makes back-to-back jobs wake different sleepers.
+        if let Some(s) = self.slots.iter().find(|s| {
+            s.deep
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        }) {
+            self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = lock(&s.thread).as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// The next run, round-robin over the lanes.
+    fn pop(&self) -> Option<Job> {
+        let lane = self.ring.pop()?;
+        let job = lane.jobs.pop();
+        if job.is_some() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !lane.jobs.is_empty() {
+            // More work: back to the end of the ring (still scheduled).
+            self.ring.push(lane);
+        } else {
+            lane.scheduled.store(false, Ordering::SeqCst);
+            self.active_lanes.fetch_sub(1, Ordering::Relaxed);
+            // A producer that pushed before seeing the flag cleared left a job here.
+            if !lane.jobs.is_empty() && !lane.scheduled.swap(true, Ordering::SeqCst) {
+                self.active_lanes.fetch_add(1, Ordering::Relaxed);
+                self.ring.push(lane);
+            }
+        }
+        job
+    }
+
+    /// Gives `role` to a returning run, else a spare thread, else a new thread. False
+    /// when none could take it (thread bound reached, or the OS refused a thread).
+    fn hand_off(self: &Arc<Self>, role: usize) -> bool {
+        let mut handoff = lock(&self.handoff);
+        if let Some(ret) = handoff.returners.pop_front() {
+            self.returners_waiting.fetch_sub(1, Ordering::SeqCst);
+            drop(handoff);
+            ret.give(role);
+            return true;
+        }
+        if let Some(spare) = handoff.spares.pop() {
+            self.stats.spare.fetch_sub(1, Ordering::Relaxed);
+            drop(handoff);
+            spare.give(role);
+            return true;
+        }
+        drop(handoff);
+        if self.stats.threads.load(Ordering::Relaxed) >= self.max_threads {
+            return false;
+        }
+        match spawn_worker(self, role) {
+            Ok(()) => {
+                self.stats.spawned.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                slog::warn!(self.logger, "could not start a scenario thread; the run keeps its slot while it waits"; "error" => %e);
+                false
+            }
+        }
+    }
+
+    /// Queues for a slot after a wait; None when the pool shuts down (the run then
+    /// finishes without one).
+    fn reacquire(&self, grant: &Arc<Grant>) -> Option<usize> {
+        {
+            let mut handoff = lock(&self.handoff);
+            if self.shutdown.load(Ordering::SeqCst) {
+                return None;
+            }
+            handoff.returners.push_back(grant.clone());
+            self.returners_waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        self.stats.returning.fetch_add(1, Ordering::Relaxed);
+        // An idle slot holder may sleep for good: wake it to hand its slot over.
+        self.wake_one();
+        let role = loop {
+            let state = lock(&grant.state);
+            let (mut state, _) = grant
+                .cv
+                .wait_timeout_while(state, RETURN_CHECK, |s| s.role.is_none())
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(role) = state.role.take() {
+                break Some(role);
+            }
+            drop(state);
+            if self.shutdown.load(Ordering::SeqCst) {
+                let mut handoff = lock(&self.handoff);
+                if let Some(i) = handoff.returners.iter().position(|g| Arc::ptr_eq(g, grant)) {
+                    handoff.returners.remove(i);
+                    self.returners_waiting.fetch_sub(1, Ordering::SeqCst);
+                    break None;
+                }
+                // Someone took us off the list: the slot is on its way.
+            }
+        };
+        self.stats.returning.fetch_sub(1, Ordering::Relaxed);
+        role
+    }
+
+    /// Parks a thread that gave its slot away until it gets one (Some) or retires /
+    /// the pool stops (None).
+    fn park_spare(&self, grant: &Arc<Grant>) -> Option<usize> {
+        {
+            let mut handoff = lock(&self.handoff);
+            if self.shutdown.load(Ordering::SeqCst) {
+                return None;
+            }
+            handoff.spares.push(grant.clone());
+            self.stats.spare.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut retire_at = Some(Instant::now() + SPARE_RETIRE_AFTER);
+        loop {
+            let mut state = lock(&grant.state);
+            if let Some(role) = state.role.take() {
+                return Some(role);
+            }
+            if state.stop {
+                return None;
+            }
+            match retire_at {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        drop(state);
+                        let mut handoff = lock(&self.handoff);
+                        if let Some(i) = handoff.spares.iter().position(|g| Arc::ptr_eq(g, grant)) {
+                            handoff.spares.remove(i);
+                            self.stats.spare.fetch_sub(1, Ordering::Relaxed);
+                            self.stats.retired.fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
+                        // Taken off the list by someone about to give us a slot.
+                        retire_at = None;
+                        continue;
+                    }
+                    drop(grant.cv.wait_timeout(state, left));
+                }
+                None => {
+                    drop(grant.cv.wait(state));
+                }
+            }
+        }
+    }
+
+    fn record_compute(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as i64;
+        let old = self.compute_micros.load(Ordering::Relaxed) as i64;
+        let new = if old == 0 {
+            sample
+        } else {
+            old + (sample - old) / 16
+        };
+        self.compute_micros
+            .store(new.max(1) as u64, Ordering::Relaxed);
+    }
+}
+
+fn spawn_worker(shared: &Arc<Shared>, role: usize) -> std::io::Result<()> {
+    let n = shared.stats.threads.fetch_add(1, Ordering::Relaxed);
+    let thread_shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("scenario-{n}"))
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || {
+            let stats_shared = thread_shared.clone();
+            work(thread_shared, role);
+            stats_shared.stats.threads.fetch_sub(1, Ordering::Relaxed);
+        });
+    if let Err(e) = spawned {
+        shared.stats.threads.fetch_sub(1, Ordering::Relaxed);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn current_role() -> Option<usize> {
+    WORKER.with(|w| w.borrow().as_ref().and_then(|w| w.role))
+}
+
+fn set_role(role: Option<usize>) {
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow_mut().as_mut() {
+            w.role = role;
+        }
+    });
+}
+
+fn take_slot(shared: &Shared, role: usize) {
+    *lock(&shared.slots[role].thread) = Some(std::thread::current());
+}
+
+fn work(shared: Arc<Shared>, role: usize) {
+    let grant = Arc::new(Grant::default());
+    take_slot(&shared, role);
+    WORKER.with(|w| {
+        *w.borrow_mut() = Some(WorkerCtx {
+            shared: shared.clone(),
+            grant: grant.clone(),
+            role: Some(role),
+            waited: Duration::ZERO,
+        })
+    });
     let mut idle_since: Option<Instant> = None;
     loop {
-        if let Some(job) = shared.queue.pop() {
-            idle_since = None;
-            shared.stats.busy.fetch_add(1, Ordering::Relaxed);
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
-                slog::error!(logger, "a scenario job panicked; the thread goes on");
+        let Some(role) = current_role() else {
+            return; // finished a run without a slot (shutdown)
+        };
+        // Runs back from a wait go before new runs.
+        if shared.returners_waiting.load(Ordering::SeqCst) > 0 {
+            let returner = {
+                let mut handoff = lock(&shared.handoff);
+                let r = handoff.returners.pop_front();
+                if r.is_some() {
+                    shared.returners_waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                r
+            };
+            if let Some(returner) = returner {
+                set_role(None);
+                returner.give(role);
+                idle_since = None;
+                match shared.park_spare(&grant) {
+                    Some(new_role) => {
+                        take_slot(&shared, new_role);
+                        set_role(Some(new_role));
+                        continue;
+                    }
+                    None => return,
+                }
             }
-            shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
-            shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(job) = shared.pop() {
+            idle_since = None;
+            run_job(&shared, job);
             continue;
         }
         if shared.shutdown.load(Ordering::SeqCst) {
@@ -186,10 +584,15 @@ fn work(shared: &Shared, index: usize, logger: &slog::Logger) {
             std::thread::park_timeout(NAP);
             continue;
         }
-        // Announce the deep sleep, then look once more: a producer that pushed before
-        // seeing the flag left a job we find here; one that pushed after unparks us.
+        // Announce the deep sleep, then look once more: a producer (or returning run)
+        // that came before seeing the flag left work we find here; one that came after
+        // unparks us.
+        let me = &shared.slots[role];
         me.deep.store(true, Ordering::SeqCst);
-        if shared.queue.is_empty() && !shared.shutdown.load(Ordering::SeqCst) {
+        if shared.queued.load(Ordering::SeqCst) == 0
+            && shared.returners_waiting.load(Ordering::SeqCst) == 0
+            && !shared.shutdown.load(Ordering::SeqCst)
+        {
             std::thread::park();
         }
         me.deep.store(false, Ordering::SeqCst);
@@ -197,30 +600,93 @@ fn work(shared: &Shared, index: usize, logger: &slog::Logger) {
     }
 }
 
+fn run_job(shared: &Shared, job: Job) {
+    shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow_mut().as_mut() {
+            w.waited = Duration::ZERO;
+        }
+    });
+    let started = Instant::now();
+    if catch_unwind(AssertUnwindSafe(job)).is_err() {
+        shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
+        slog::error!(shared.logger, "a scenario job panicked; the thread goes on");
+    }
+    let waited = WORKER.with(|w| w.borrow().as_ref().map_or(Duration::ZERO, |w| w.waited));
+    shared.record_compute(started.elapsed().saturating_sub(waited));
+    shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs `wait` without holding a compute slot: on a pool thread holding one, the slot
+/// goes to another thread for the length of the wait and is queued for (ahead of new
+/// runs) afterwards. Anywhere else (tests, the CLI, a nested wait) it just runs `wait`.
+/// Every wait must be bounded by the run's deadline: this only moves who computes.
+pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    let ctx = WORKER.with(|w| {
+        w.borrow()
+            .as_ref()
+            .and_then(|w| w.role.map(|r| (w.shared.clone(), w.grant.clone(), r)))
+    });
+    let Some((shared, grant, role)) = ctx else {
+        return wait();
+    };
+    if !shared.hand_off(role) {
+        return wait();
+    }
+    set_role(None);
+    shared.stats.handoffs.fetch_add(1, Ordering::Relaxed);
+    shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let out = wait();
+    shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    let role = shared.reacquire(&grant);
+    if let Some(role) = role {
+        take_slot(&shared, role);
+    }
+    shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+    let waited = started.elapsed();
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow_mut().as_mut() {
+            w.role = role;
+            w.waited += waited;
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
     #[test]
-    fn runs_jobs_after_deep_sleep_and_refuses_when_full() {
-        let pool =
-            ScenarioPool::start(2, 4, slog::Logger::root(slog::Discard, slog::o!())).unwrap();
+    fn runs_jobs_after_deep_sleep_and_refuses_past_admission() {
+        let pool = ScenarioPool::start(2, 6, logger()).unwrap();
+        let lane = Arc::new(Lane::default());
         let (tx, rx) = mpsc::channel();
         for round in 0..3 {
             let tx = tx.clone();
-            pool.try_execute(move || tx.send(round).unwrap()).unwrap();
+            pool.submit(&lane, LONG, move || tx.send(round).unwrap())
+                .unwrap();
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), round);
             // Long enough for both threads to fall into deep sleep.
             std::thread::sleep(DEEP_SLEEP_AFTER * 3);
         }
-        // Block both threads, fill the queue, and one more is refused.
+        // Block both slots, queue four more, and one more is refused.
         let (release_tx, release_rx) = mpsc::channel::<()>();
-        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let release_rx = Arc::new(Mutex::new(release_rx));
         let (started_tx, started_rx) = mpsc::channel();
         for _ in 0..2 {
             let (r, s) = (release_rx.clone(), started_tx.clone());
-            pool.try_execute(move || {
+            pool.submit(&lane, LONG, move || {
                 s.send(()).unwrap();
                 let _ = r.lock().unwrap().recv();
             })
@@ -229,21 +695,105 @@ mod tests {
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         for _ in 0..4 {
-            pool.try_execute(|| {}).unwrap();
+            pool.submit(&lane, LONG, || {}).unwrap();
         }
-        assert!(pool.try_execute(|| {}).is_err());
+        assert!(pool.submit(&lane, LONG, || {}).is_err());
         assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
         drop(release_tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.admitted() > 0 {
+            assert!(Instant::now() < deadline, "admissions were not given back");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]
     fn a_panicking_job_does_not_kill_the_thread() {
-        let pool =
-            ScenarioPool::start(1, 4, slog::Logger::root(slog::Discard, slog::o!())).unwrap();
-        pool.try_execute(|| panic!("boom")).unwrap();
+        let pool = ScenarioPool::start(1, 4, logger()).unwrap();
+        let lane = Arc::new(Lane::default());
+        pool.submit(&lane, LONG, || panic!("boom")).unwrap();
         let (tx, rx) = mpsc::channel();
-        pool.try_execute(move || tx.send(42).unwrap()).unwrap();
+        pool.submit(&lane, LONG, move || tx.send(42).unwrap())
+            .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 42);
         assert_eq!(pool.stats().panicked.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn waiting_runs_give_their_slot_away() {
+        // One slot; eight runs wait on a gate; a ninth run still computes and answers.
+        let pool = ScenarioPool::start(1, 64, logger()).unwrap();
+        let lane = Arc::new(Lane::default());
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (done_tx, done_rx) = mpsc::channel();
+        for i in 0..8 {
+            let (gate, done) = (gate.clone(), done_tx.clone());
+            pool.submit(&lane, LONG, move || {
+                blocking(|| {
+                    let (open, cv) = &*gate;
+                    let mut open = open.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
+                });
+                done.send(i).unwrap();
+            })
+            .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.stats().waiting.load(Ordering::Relaxed) < 8 {
+            assert!(Instant::now() < deadline, "the eight runs did not all wait");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (tx, rx) = mpsc::channel();
+        let other = Arc::new(Lane::default());
+        pool.submit(&other, LONG, move || tx.send("other").unwrap())
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "other");
+        assert!(done_rx.try_recv().is_err(), "the gate is still closed");
+        assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 8);
+        assert_eq!(pool.stats().threads.load(Ordering::Relaxed), 9);
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let mut seen: Vec<i32> = (0..8)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lanes_are_served_round_robin() {
+        let pool = ScenarioPool::start(1, 64, logger()).unwrap();
+        let (a, b) = (Arc::new(Lane::default()), Arc::new(Lane::default()));
+        // Hold the only slot so that everything below queues.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel();
+        pool.submit(&a, LONG, move || {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        })
+        .unwrap();
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..10 {
+            let order = order.clone();
+            pool.submit(&a, LONG, move || {
+                order.lock().unwrap().push(format!("a{i}"))
+            })
+            .unwrap();
+        }
+        let (tx, rx) = mpsc::channel();
+        let o = order.clone();
+        pool.submit(&b, LONG, move || {
+            o.lock().unwrap().push("b".into());
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+        drop(release_tx);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|s| s == "b").unwrap();
+        assert!(at <= 1, "b ran after {at} runs of a: {order:?}");
     }
 }

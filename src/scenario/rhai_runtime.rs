@@ -11,6 +11,7 @@ use std::time::Instant;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
 use super::outgoing::OutgoingClient;
+use super::pool::blocking;
 use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
 use crate::db::models::Channel;
 
@@ -94,6 +95,15 @@ impl RhaiRuntime {
             let value =
                 with_run(|run| usize::try_from(n).ok().and_then(|n| run.params.get(n))).flatten();
             value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
+        });
+        // Rhai's own `sleep(seconds)` blocks the thread past any time budget: replaced by
+        // sleeps that wait (compute slot given away) and end at the run's deadline.
+        engine.register_fn("sleep_ms", |ms: i64| sleep_within_deadline(ms));
+        engine.register_fn("sleep", |seconds: i64| {
+            sleep_within_deadline(seconds.saturating_mul(1000))
+        });
+        engine.register_fn("sleep", |seconds: f64| {
+            sleep_within_deadline((seconds * 1000.0) as i64)
         });
         engine.register_fn("stop", || -> FnResult<()> {
             Err(Box::new(EvalAltResult::Exit(Dynamic::UNIT, Position::NONE)))
@@ -181,6 +191,26 @@ impl RhaiRuntime {
     }
 }
 
+/// `sleep_ms(ms)`: waits without computing; a sleep that would outlast the run's
+/// deadline waits until the deadline and then times the run out.
+fn sleep_within_deadline(ms: i64) -> FnResult<()> {
+    let deadline =
+        with_run(|run| run.deadline).ok_or_else(|| script_error("sleep outside a run"))?;
+    if ms <= 0 {
+        return Ok(());
+    }
+    let wanted = Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let until = wanted.min(deadline);
+    blocking(|| std::thread::sleep(until.saturating_duration_since(Instant::now())));
+    if wanted > deadline {
+        return Err(Box::new(EvalAltResult::ErrorTerminated(
+            Dynamic::from(TIMEOUT_MARK),
+            Position::NONE,
+        )));
+    }
+    Ok(())
+}
+
 /// `outgoing_request(method, path[, body[, headers]])` → `#{status, body, headers}`.
 fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
     let call = move |method: &str, path: &str, body: Dynamic, headers: Dynamic| -> FnResult<Map> {
@@ -188,8 +218,9 @@ fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
         let headers = dynamic_headers(&headers)?;
         let run = with_run(|run| (run.channel.clone(), run.deadline))
             .ok_or_else(|| script_error("outgoing_request outside a run"))?;
-        let response = client
-            .request(&run.0, method, path, &body, &headers, run.1)
+        // Waiting on the outside system is not computing: the compute slot goes to
+        // another run meanwhile.
+        let response = blocking(|| client.request(&run.0, method, path, &body, &headers, run.1))
             .map_err(script_error)?;
         let mut out = Map::new();
         out.insert("status".into(), Dynamic::from(i64::from(response.status)));
@@ -233,18 +264,22 @@ fn register_websocket(engine: &mut Engine) {
     engine.register_fn("ws_close", |code: &str| -> FnResult<bool> {
         Ok(host()?.ws_close(code, 1000, ""))
     });
+    fn emit(event_type: &str, data: serde_json::Value) -> FnResult<i64> {
+        let (host, deadline) = with_run(|run| (run.host.clone(), run.deadline))
+            .ok_or_else(|| script_error("no run in progress"))?;
+        // A database write is a wait: the compute slot goes to another run meanwhile.
+        blocking(|| host.emit_event(event_type, data, deadline)).map_err(script_error)
+    }
     engine.register_fn(
         "emit_event",
         |event_type: &str, data: Dynamic| -> FnResult<i64> {
             let data = serde_json::to_value(&data)
                 .map_err(|e| script_error(format!("emit_event: {e}")))?;
-            host()?.emit_event(event_type, data).map_err(script_error)
+            emit(event_type, data)
         },
     );
     engine.register_fn("emit_event", |event_type: &str| -> FnResult<i64> {
-        host()?
-            .emit_event(event_type, serde_json::json!({}))
-            .map_err(script_error)
+        emit(event_type, serde_json::json!({}))
     });
     engine.register_fn("ws_sessions", || -> FnResult<rhai::Array> {
         Ok(host()?
@@ -381,7 +416,14 @@ mod tests {
     use std::time::Duration;
 
     fn outgoing() -> Arc<OutgoingClient> {
-        Arc::new(OutgoingClient::new(Duration::from_secs(1), 1024))
+        Arc::new(OutgoingClient::new(
+            &crate::scenario::outgoing::OutgoingSettings {
+                timeout: Duration::from_secs(1),
+                max_response_bytes: 1024,
+                max_connections_per_host: 4,
+            },
+            crate::net::tls::client_config(None).unwrap(),
+        ))
     }
 
     fn runtime() -> RhaiRuntime {
@@ -453,7 +495,7 @@ mod tests {
         fn ws_sessions(&self) -> Vec<String> {
             Vec::new()
         }
-        fn emit_event(&self, _: &str, _: serde_json::Value) -> Result<i64, String> {
+        fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
             Err("no event log in unit tests".into())
         }
     }

@@ -372,7 +372,7 @@ fn every_alert_rule_is_complete_and_uses_known_metrics() {
     let used = assert_metrics_exist(ALERTS, &exprs);
     for name in [
         "oktell_webhook_responses_total",
-        "oktell_scenario_pool_queue_depth",
+        "oktell_scenario_pool_admitted",
         "oktell_scenario_pool_queue_capacity",
         "oktell_channel_restarts_total",
         "oktell_db_pool_connections",

@@ -14,5 +14,6 @@ mod receiver;
 mod scenarios;
 mod status_page;
 mod subscribe;
+mod waiting;
 mod webhook;
 mod websocket;

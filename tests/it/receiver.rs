@@ -201,3 +201,113 @@ fn serve_ftp(
         }
     }
 }
+
+/// An HTTP/1.1 upstream (keep-alive) that holds every request until the test opens its
+/// gate, and counts the connections it accepted and the requests it holds: for checking
+/// that waiting runs do not stall the node, and that outgoing connections are capped
+/// and reused.
+pub struct HoldingUpstream {
+    pub url: String,
+    state: Arc<(Mutex<HoldState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct HoldState {
+    open: bool,
+    held: usize,
+    served: usize,
+    connections: usize,
+}
+
+impl HoldingUpstream {
+    pub fn start() -> HoldingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("upstream binds");
+        let port = listener.local_addr().unwrap().port();
+        let state: Arc<(Mutex<HoldState>, std::sync::Condvar)> = Arc::default();
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                s.0.lock().unwrap().connections += 1;
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_held(conn, &s);
+                });
+            }
+        });
+        HoldingUpstream {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    /// Requests held right now.
+    pub fn held(&self) -> usize {
+        self.state.0.lock().unwrap().held
+    }
+
+    pub fn served(&self) -> usize {
+        self.state.0.lock().unwrap().served
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.0.lock().unwrap().connections
+    }
+
+    /// Lets every held and later request through.
+    pub fn release(&self) {
+        self.state.0.lock().unwrap().open = true;
+        self.state.1.notify_all();
+    }
+}
+
+fn serve_held(
+    conn: TcpStream,
+    state: &(Mutex<HoldState>, std::sync::Condvar),
+) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut length = 0usize;
+        let mut first = String::new();
+        if reader.read_line(&mut first)? == 0 {
+            return Ok(());
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        {
+            let (lock, cv) = state;
+            let mut s = lock.lock().unwrap();
+            s.held += 1;
+            while !s.open {
+                s = cv.wait(s).unwrap();
+            }
+            s.held -= 1;
+            s.served += 1;
+        }
+        let path = first.split(' ').nth(1).unwrap_or("").to_string();
+        let reply = format!("upstream saw {path}");
+        out.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{reply}",
+                reply.len()
+            )
+            .as_bytes(),
+        )?;
+    }
+}

@@ -371,7 +371,7 @@ async fn scenario_timeout_is_504() {
 async fn full_queue_is_503_with_retry_after() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.scenario_threads = 1;
-        c.scenario_queue = 1;
+        c.scenario_max_admitted = 2;
         c.scenario_max_operations = 0;
     })
     .await
@@ -393,7 +393,7 @@ async fn full_queue_is_503_with_retry_after() {
             assert_eq!(r.status, 200);
         }
     }
-    // One thread and one queue slot: at most two of five are taken.
+    // One thread and two admissions: at most two of five are taken.
     assert!(refused.len() >= 3, "refused {}", refused.len());
     assert_eq!(refused[0].error_code(), "scenario_queue_full");
     assert_eq!(refused[0].header("retry-after").as_deref(), Some("1"));

@@ -1,0 +1,164 @@
+//! Name resolution for the gateway's outgoing connections (scenario calls, FTP, webhook
+//! delivery checks).
+//!
+//! The system resolver (`getaddrinfo`) has no timeout, so the old code started a thread
+//! per lookup to be able to give up on it. Here hickory's resolver (reading
+//! /etc/resolv.conf and /etc/hosts) runs on one small runtime of its own; a lookup from
+//! any thread is a task on it, waited for with a timeout. Answers are cached by TTL.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hickory_resolver::Resolver;
+use hickory_resolver::config::{ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+
+/// The longest one lookup may take, whatever the caller's budget.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Dns {
+    runtime: tokio::runtime::Runtime,
+    resolver: Resolver<TokioRuntimeProvider>,
+}
+
+static DNS: OnceLock<Result<Dns, String>> = OnceLock::new();
+
+fn dns() -> io::Result<&'static Dns> {
+    DNS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dns")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the resolver's runtime: {e}"))?;
+        let resolver = runtime.block_on(async {
+            let mut builder = match Resolver::builder_tokio() {
+                Ok(b) => b,
+                // No usable /etc/resolv.conf: names in /etc/hosts still resolve.
+                Err(_) => Resolver::builder_with_config(
+                    ResolverConfig::default(),
+                    TokioRuntimeProvider::default(),
+                ),
+            };
+            let opts = builder.options_mut();
+            opts.timeout = Duration::from_secs(2);
+            opts.attempts = 2;
+            opts.use_hosts_file = ResolveHosts::Always;
+            builder
+                .build()
+                .map_err(|e| format!("building the resolver: {e}"))
+        })?;
+        Ok(Dns { runtime, resolver })
+    })
+    .as_ref()
+    .map_err(|e| io::Error::other(e.clone()))
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals).
+fn split_netloc(netloc: &str) -> io::Result<(&str, u16)> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad address {netloc:?}"),
+        )
+    };
+    let (host, port) = netloc.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// Resolves `host:port`, giving up after `timeout` (at most [`DNS_TIMEOUT`]). IP
+/// literals and `localhost` (RFC 6761) are answered without a lookup.
+pub fn resolve(netloc: &str, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
+    let (host, port) = split_netloc(netloc)?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return Ok(vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ]);
+    }
+    let timeout = timeout.min(DNS_TIMEOUT);
+    let dns = dns()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let name = host.to_string();
+    let resolver = dns.resolver.clone();
+    let task = dns.runtime.spawn(async move {
+        let found = tokio::time::timeout(timeout, resolver.lookup_ip(name.as_str())).await;
+        let _ = tx.send(found);
+    });
+    let answer = rx.recv_timeout(timeout + Duration::from_millis(100));
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} took too long"),
+        )
+    };
+    match answer {
+        Ok(Ok(Ok(found))) => {
+            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            if addrs.is_empty() {
+                Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host} has no address"),
+                ))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Ok(Ok(Err(e))) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("resolving {host}: {e}"),
+        )),
+        Ok(Err(_)) => Err(timed_out()),
+        Err(_) => {
+            task.abort();
+            Err(timed_out())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_localhost_need_no_lookup() {
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            resolve("127.0.0.1:80", t).unwrap(),
+            vec!["127.0.0.1:80".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("[::1]:8080", t).unwrap(),
+            vec!["[::1]:8080".parse().unwrap()]
+        );
+        assert!(resolve("localhost:21", t).unwrap()[0].ip().is_loopback());
+        assert!(resolve("no-port", t).is_err());
+        assert!(resolve(":80", t).is_err());
+    }
+
+    #[test]
+    fn an_unknown_name_fails_within_the_timeout() {
+        let started = std::time::Instant::now();
+        assert!(
+            resolve(
+                "name-that-does-not-exist.invalid:80",
+                Duration::from_millis(500)
+            )
+            .is_err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -115,6 +115,8 @@ impl Application {
                 concurrency: config.delivery_concurrency.max(1),
                 poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
                 allow_private: config.allow_private_targets,
+                tls: crate::events::delivery_tls::client_config(config.tls_ca_file.as_deref())
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
             };
             DeliveryWorker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
                 DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)

@@ -88,6 +88,9 @@ pub struct Config {
     /// PEM certificate chain and private key: serve https and wss when both are set.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted (besides the public web roots) by
+    /// webhook deliveries to https:// receivers.
+    pub tls_ca_file: Option<PathBuf>,
     /// A second address serving only /metrics, /healthz and /readyz (optional).
     pub metrics_listen: Option<String>,
     /// One log line per request.
@@ -146,6 +149,7 @@ impl Default for Config {
             log_level: "info".into(),
             tls_cert: None,
             tls_key: None,
+            tls_ca_file: None,
             metrics_listen: None,
             access_log: true,
             shutdown_timeout_s: 30,
@@ -233,6 +237,9 @@ pub struct ConfigArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, global = true, env = "OKTELL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// PEM file of extra CA certificates that webhook deliveries to https:// trust.
+    #[arg(long, global = true, env = "OKTELL_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Serve /metrics (and health) on this address too, e.g. 127.0.0.1:9090.
     #[arg(long, global = true, env = "OKTELL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -305,6 +312,9 @@ impl ConfigArgs {
         }
         if self.tls_key.is_some() {
             cfg.tls_key = self.tls_key.clone();
+        }
+        if self.tls_ca_file.is_some() {
+            cfg.tls_ca_file = self.tls_ca_file.clone();
         }
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen.clone();

@@ -34,6 +34,8 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     pub poll: Duration,
     pub allow_private: bool,
+    /// Which certificates https:// receivers may present (see `events::delivery_tls`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Counters for metrics.
@@ -194,6 +196,7 @@ impl DeliveryWorker {
         }
         let client = self.client.get_or_insert_with(|| {
             awc::Client::builder()
+                .connector(awc::Connector::new().rustls_0_23(self.config.tls.clone()))
                 .disable_redirects()
                 .timeout(Duration::from_secs(60))
                 .finish()

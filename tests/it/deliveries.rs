@@ -546,3 +546,107 @@ async fn a_subscription_failing_too_long_is_disabled_with_an_event() {
     let event = disabled_event().await.unwrap();
     assert_eq!(event["data"]["subscription_id"], sub["id"]);
 }
+
+/// The shipped binary (not the in-process app: its features are the release's) delivers
+/// to an https receiver whose certificate is signed by a CA given with --tls-ca-file.
+#[actix_web::test]
+async fn the_binary_delivers_to_an_https_receiver_trusted_by_tls_ca_file() {
+    let receiver = Receiver::start_tls(|_| (200, "ok".into()));
+    assert!(receiver.url.starts_with("https://localhost:"));
+    let dir = std::env::temp_dir().join(format!("oktell-https-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("receivers-ca.pem");
+    std::fs::write(&ca_file, receiver.ca_pem.clone().unwrap()).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "delivery_poll_ms = 50\ndelivery_retry_delays_ms = [50, 50]\n",
+    )
+    .unwrap();
+    let gateway = crate::helpers::GatewayProcess::start_in(
+        &dir,
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--allow-private-targets".into(),
+            "--tls-ca-file".into(),
+            ca_file.display().to_string(),
+        ],
+    )
+    .await;
+    let channel = gateway
+        .create_channel(json!({"code": "secure-hooks", "kind": "eventing"}))
+        .await;
+    let client = awc::Client::default();
+    let mut res = client
+        .post(format!(
+            "{}/api/token/v1/{}/subscribe",
+            gateway.base,
+            token_of(&channel)
+        ))
+        .send_json(&json!({"url": format!("{}/hook", receiver.url)}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let secret = res.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = client
+        .post(format!("{}/admin/v1/events", gateway.base))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+        ))
+        .send_json(&json!({"type": "over.tls", "data": {"n": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    eventually(
+        "the delivery arrives over https",
+        Duration::from_secs(30),
+        || async { !receiver.seen().is_empty() },
+    )
+    .await;
+    let seen = &receiver.seen()[0];
+    assert_eq!(seen.path, "/hook");
+    assert!(String::from_utf8_lossy(&seen.body).contains("over.tls"));
+    assert!(
+        verifies(seen, &secret),
+        "signed with the subscription's secret"
+    );
+    drop(gateway);
+}
+
+/// Without the CA the receiver's certificate is not trusted: the attempt fails (and is
+/// recorded as such) rather than being sent to an unverified peer.
+#[actix_web::test]
+async fn an_untrusted_https_receiver_gets_nothing() {
+    let receiver = Receiver::start_tls(|_| (200, "ok".into()));
+    let app = app_for_deliveries(Backend::Sqlite).await.unwrap();
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    publish(&app, "not.trusted").await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    eventually(
+        "a failed attempt is recorded",
+        Duration::from_secs(15),
+        || async {
+            let detail = app
+                .admin("GET", &format!("/admin/v1/subscriptions/{id}"), None)
+                .await
+                .json();
+            detail["deliveries"][0]["attempts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+    )
+    .await;
+    let detail = app
+        .admin("GET", &format!("/admin/v1/subscriptions/{id}"), None)
+        .await
+        .json();
+    let attempt = &detail["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["status"], 0, "{attempt}");
+    assert!(receiver.seen().is_empty());
+}

@@ -482,3 +482,26 @@ fn image_and_unit_match_the_gateway() {
         "TimeoutStopSec must exceed the 30 s drain, is {stop}"
     );
 }
+
+/// Test builds unify a dev-dependency's features into the binary the tests run: a
+/// dev-dependency on a crate the gateway already depends on (say, awc with TLS) would
+/// make the tests pass with features the release lacks. So none may exist.
+#[test]
+fn no_dev_dependency_duplicates_a_dependency() {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml parses");
+    let names = |section: &str| -> BTreeSet<String> {
+        manifest
+            .get(section)
+            .and_then(|t| t.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let both: Vec<String> = names("dependencies")
+        .intersection(&names("dev-dependencies"))
+        .cloned()
+        .collect();
+    assert!(
+        both.is_empty(),
+        "dev-dependencies that are also dependencies: {both:?}"
+    );
+}

@@ -22,6 +22,8 @@ type Responder = Arc<dyn Fn(&Seen) -> (u16, String) + Send + Sync>;
 pub struct Receiver {
     pub url: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The CA certificate (PEM) that signed a TLS receiver's certificate.
+    pub ca_pem: Option<String>,
     server: actix_web::dev::ServerHandle,
 }
 
@@ -35,11 +37,41 @@ impl Drop for Receiver {
 impl Receiver {
     /// Starts a receiver answering each request with `respond(request)`.
     pub fn start(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
+        Receiver::start_with(Arc::new(respond), None)
+    }
+
+    /// An https receiver on `https://localhost:<port>`, its certificate signed by a CA
+    /// made for it (`ca_pem`), which is trusted nowhere by default.
+    pub fn start_tls(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "oktell test receivers CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let der_key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der_key)
+        .unwrap();
+        Receiver::start_with(Arc::new(respond), Some((config, ca.pem())))
+    }
+
+    fn start_with(respond: Responder, tls: Option<(rustls::ServerConfig, String)>) -> Receiver {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let respond: Responder = Arc::new(respond);
-        let (s, r) = (seen.clone(), respond.clone());
+        let s = seen.clone();
         let server = HttpServer::new(move || {
-            let (seen, respond) = (s.clone(), r.clone());
+            let (seen, respond) = (s.clone(), respond.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
                 let (seen, respond) = (seen.clone(), respond.clone());
                 async move {
@@ -64,16 +96,31 @@ impl Receiver {
             }))
         })
         .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .expect("receiver binds");
+        .disable_signals();
+        let (server, scheme, host, ca_pem) = match tls {
+            Some((config, ca_pem)) => (
+                server
+                    .bind_rustls_0_23("127.0.0.1:0", config)
+                    .expect("receiver binds"),
+                "https",
+                "localhost",
+                Some(ca_pem),
+            ),
+            None => (
+                server.bind("127.0.0.1:0").expect("receiver binds"),
+                "http",
+                "127.0.0.1",
+                None,
+            ),
+        };
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Receiver {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://{host}:{port}"),
             seen,
+            ca_pem,
             server: handle,
         }
     }

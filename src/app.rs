@@ -115,8 +115,7 @@ impl Application {
                 concurrency: config.delivery_concurrency.max(1),
                 poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
                 allow_private: config.allow_private_targets,
-                tls: crate::events::delivery_tls::client_config(config.tls_ca_file.as_deref())
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
+                tls: client_tls(&config)?,
             };
             DeliveryWorker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
                 DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)
@@ -424,9 +423,11 @@ pub fn outgoing_client(config: &Config) -> Result<Arc<OutgoingClient>, StartErro
     )))
 }
 
-/// The TLS trust of the node's clients.
-pub fn client_tls(_config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError> {
-    crate::net::tls::client_config(None).map_err(|e| StartError::Tls(e.to_string()))
+/// The TLS trust of the node's clients (deliveries, scenario calls): web roots plus
+/// `tls_ca_file`.
+pub fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, StartError> {
+    crate::net::tls::client_config(config.tls_ca_file.as_deref())
+        .map_err(|e| StartError::Tls(e.to_string()))
 }
 
 /// The admin token: configured, or read from (or first written to) `admin-token` in

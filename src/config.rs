@@ -237,7 +237,8 @@ pub struct ConfigArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, global = true, env = "OKTELL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// PEM file of extra CA certificates that webhook deliveries to https:// trust.
+    /// PEM file of extra CA certificates the gateway's clients trust (deliveries to
+    /// https://, outgoing calls to https:// and ftps://).
     #[arg(long, global = true, env = "OKTELL_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
     /// Serve /metrics (and health) on this address too, e.g. 127.0.0.1:9090.

@@ -34,7 +34,7 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     pub poll: Duration,
     pub allow_private: bool,
-    /// Which certificates https:// receivers may present (see `events::delivery_tls`).
+    /// Which certificates https:// receivers may present (see `net::tls`).
     pub tls: Arc<rustls::ClientConfig>,
 }
 

@@ -2,7 +2,6 @@
 //! before anyone is told; publishing is acknowledged only after the write.
 //! (Subscriptions — webhook and websocket — build on this; see docs/eventing.md.)
 
-pub mod delivery_tls;
 pub mod patterns;
 pub mod webhooks;
 

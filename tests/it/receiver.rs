@@ -43,28 +43,8 @@ impl Receiver {
     /// An https receiver on `https://localhost:<port>`, its certificate signed by a CA
     /// made for it (`ca_pem`), which is trusted nowhere by default.
     pub fn start_tls(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "oktell test receivers CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        let der_key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der_key)
-        .unwrap();
-        Receiver::start_with(Arc::new(respond), Some((config, ca.pem())))
+        let (config, ca_pem) = localhost_tls();
+        Receiver::start_with(Arc::new(respond), Some((config, ca_pem)))
     }
 
     fn start_with(respond: Responder, tls: Option<(rustls::ServerConfig, String)>) -> Receiver {
@@ -136,19 +116,60 @@ pub struct FtpServer {
     pub port: u16,
     pub files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     pub logins: Arc<Mutex<Vec<(String, String)>>>,
+    /// With FTPS: the CA that signed the server's certificate (for --tls-ca-file).
+    pub ca_pem: Option<String>,
+}
+
+/// A certificate for `localhost` signed by a CA made for it: the server side, and the
+/// CA's PEM (trusted nowhere by default).
+pub fn localhost_tls() -> (rustls::ServerConfig, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "oktell test receivers CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let der_key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], der_key)
+    .unwrap();
+    (config, ca.pem())
 }
 
 impl FtpServer {
     pub fn start(password: &str) -> FtpServer {
-        FtpServer::start_with(password, false)
+        FtpServer::start_with(password, false, None)
     }
 
     /// A server that opens the data connection for RETR and then sends nothing, ever.
     pub fn stalling(password: &str) -> FtpServer {
-        FtpServer::start_with(password, true)
+        FtpServer::start_with(password, true, None)
     }
 
-    fn start_with(password: &str, stall: bool) -> FtpServer {
+    /// Explicit FTPS (AUTH TLS, PROT P) with a certificate for `localhost`.
+    pub fn start_tls(password: &str) -> FtpServer {
+        let (config, ca_pem) = localhost_tls();
+        let mut server = FtpServer::start_with(password, false, Some(Arc::new(config)));
+        server.ca_pem = Some(ca_pem);
+        server
+    }
+
+    fn start_with(
+        password: &str,
+        stall: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> FtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("ftp binds");
         let port = listener.local_addr().unwrap().port();
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
@@ -156,9 +177,9 @@ impl FtpServer {
         let (f, l, password) = (files.clone(), logins.clone(), password.to_string());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (f, l, p) = (f.clone(), l.clone(), password.clone());
+                let (f, l, p, tls) = (f.clone(), l.clone(), password.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_ftp(conn, &f, &l, &p, stall);
+                    let _ = serve_ftp(conn, &f, &l, &p, stall, tls);
                 });
             }
         });
@@ -166,6 +187,66 @@ impl FtpServer {
             port,
             files,
             logins,
+            ca_pem: None,
+        }
+    }
+}
+
+/// A control or data connection, plain or after the TLS upgrade.
+enum FtpIo {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl FtpIo {
+    fn secure(tcp: TcpStream, config: &Arc<rustls::ServerConfig>) -> std::io::Result<FtpIo> {
+        let conn = rustls::ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+        Ok(FtpIo::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+    }
+
+    /// Ends the stream as the protocol wants (close_notify under TLS).
+    fn finish(mut self) {
+        if let FtpIo::Tls(s) = &mut self {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    }
+
+    fn line(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.read(&mut byte)? {
+                0 if line.is_empty() => return Ok(None),
+                0 => break,
+                _ if byte[0] == b'\n' => break,
+                _ => line.push(byte[0]),
+            }
+        }
+        Ok(Some(String::from_utf8_lossy(&line).trim_end().to_string()))
+    }
+}
+
+impl Read for FtpIo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            FtpIo::Plain(s) => s.read(buf),
+            FtpIo::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for FtpIo {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            FtpIo::Plain(s) => s.write(buf),
+            FtpIo::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            FtpIo::Plain(s) => s.flush(),
+            FtpIo::Tls(s) => s.flush(),
         }
     }
 }
@@ -176,38 +257,55 @@ fn serve_ftp(
     logins: &Mutex<Vec<(String, String)>>,
     password: &str,
     stall: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    let mut out = conn.try_clone()?;
-    let mut lines = BufReader::new(conn);
+    let mut ctl = FtpIo::Plain(conn);
     let mut user = String::new();
     let mut data: Option<TcpListener> = None;
-    out.write_all(b"220 test ftp\r\n")?;
+    let mut protected = false;
+    ctl.write_all(b"220 test ftp\r\n")?;
     loop {
-        let mut line = String::new();
-        if lines.read_line(&mut line)? == 0 {
+        let Some(line) = ctl.line()? else {
             return Ok(());
-        }
-        let line = line.trim_end();
-        let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+        };
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         match cmd.to_ascii_uppercase().as_str() {
+            "AUTH" => {
+                let upgrade = match (&tls, &mut ctl) {
+                    (Some(config), FtpIo::Plain(tcp)) => {
+                        tcp.write_all(b"234 go ahead\r\n")?;
+                        Some(FtpIo::secure(tcp.try_clone()?, config)?)
+                    }
+                    _ => None,
+                };
+                match upgrade {
+                    Some(secure) => ctl = secure,
+                    None => ctl.write_all(b"502 no TLS here\r\n")?,
+                }
+            }
+            "PBSZ" => ctl.write_all(b"200 ok\r\n")?,
+            "PROT" => {
+                protected = arg.eq_ignore_ascii_case("P");
+                ctl.write_all(b"200 ok\r\n")?;
+            }
             "USER" => {
                 user = arg.to_string();
-                out.write_all(b"331 password please\r\n")?;
+                ctl.write_all(b"331 password please\r\n")?;
             }
             "PASS" => {
                 logins.lock().unwrap().push((user.clone(), arg.to_string()));
                 if arg == password {
-                    out.write_all(b"230 welcome\r\n")?;
+                    ctl.write_all(b"230 welcome\r\n")?;
                 } else {
-                    out.write_all(b"530 wrong password\r\n")?;
+                    ctl.write_all(b"530 wrong password\r\n")?;
                 }
             }
-            "TYPE" => out.write_all(b"200 ok\r\n")?,
+            "TYPE" => ctl.write_all(b"200 ok\r\n")?,
             "PASV" => {
                 let l = TcpListener::bind("127.0.0.1:0")?;
                 let p = l.local_addr()?.port();
                 data = Some(l);
-                out.write_all(
+                ctl.write_all(
                     format!(
                         "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
                         p / 256,
@@ -218,11 +316,15 @@ fn serve_ftp(
             }
             "STOR" | "RETR" => {
                 let Some(l) = data.take() else {
-                    out.write_all(b"425 no data connection\r\n")?;
+                    ctl.write_all(b"425 no data connection\r\n")?;
                     continue;
                 };
-                out.write_all(b"150 opening data connection\r\n")?;
-                let (mut d, _) = l.accept()?;
+                ctl.write_all(b"150 opening data connection\r\n")?;
+                let (d, _) = l.accept()?;
+                let mut d = match (&tls, protected) {
+                    (Some(config), true) => FtpIo::secure(d, config)?,
+                    _ => FtpIo::Plain(d),
+                };
                 if stall && cmd.eq_ignore_ascii_case("RETR") {
                     // Hold both connections open without a byte until the peer leaves.
                     let mut sink = [0u8; 1];
@@ -231,20 +333,26 @@ fn serve_ftp(
                 }
                 if cmd.eq_ignore_ascii_case("STOR") {
                     let mut buf = Vec::new();
-                    d.read_to_end(&mut buf)?;
+                    match d.read_to_end(&mut buf) {
+                        Ok(_) => {}
+                        // A TLS peer that closed without close_notify: what came is all.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                        Err(e) => return Err(e),
+                    }
                     files.lock().unwrap().insert(arg.to_string(), buf);
                 } else {
                     let content = files.lock().unwrap().get(arg).cloned().unwrap_or_default();
                     d.write_all(&content)?;
                 }
-                drop(d);
-                out.write_all(b"226 transfer complete\r\n")?;
+                d.finish();
+                ctl.write_all(b"226 transfer complete\r\n")?;
             }
             "QUIT" => {
-                out.write_all(b"221 bye\r\n")?;
+                ctl.write_all(b"221 bye\r\n")?;
+                ctl.finish();
                 return Ok(());
             }
-            _ => out.write_all(b"502 not implemented\r\n")?,
+            _ => ctl.write_all(b"502 not implemented\r\n")?,
         }
     }
 }

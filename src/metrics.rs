@@ -393,6 +393,15 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
         &[("domain", domain)],
         load(&ds.attempts),
     );
+    counter(
+        f.family(
+            "oktell_delivery_leases_lost_total",
+            "Delivery attempts not recorded because the delivery's lease was no longer this node's (another node owns it).",
+            MetricType::COUNTER,
+        ),
+        &[("domain", domain)],
+        load(&ds.leases_lost),
+    );
     gauge(
         f.family(
             "oktell_deliveries_in_flight",

@@ -17,14 +17,25 @@ use actix::prelude::*;
 use futures_util::StreamExt;
 
 use crate::db::models::{Delivery, DeliveryAttempt, Event, Subscription};
-use crate::db::subscriptions::{self as rows, DELIVERED, FAILED, PENDING};
+use crate::db::subscriptions::{
+    self as rows, AttemptResult, DELIVERED, FAILED, PENDING, Recorded, SubscriptionChange,
+};
 use crate::db::{Database, events as log, now_millis};
 use crate::events::webhooks::{check_target, signature_header};
 
 /// First bytes of a response kept with an attempt.
 const RESPONSE_KEPT: usize = 4096;
-/// A claimed row stays ours this long (longer than one request can take).
+/// A claimed row stays ours at least this long.
 const LEASE_MS: i64 = 60_000;
+/// What a lease covers beyond the attempt itself (bounded by the delivery timeout):
+/// checking the target before it and recording the attempt after it.
+const LEASE_MARGIN_MS: i64 = 30_000;
+
+/// The lease of a claimed delivery: it outlives the attempt, whatever the timeout.
+fn lease_ms(timeout: Duration) -> i64 {
+    let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4);
+    LEASE_MS.max(timeout.saturating_add(LEASE_MARGIN_MS))
+}
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
@@ -47,6 +58,8 @@ pub struct DeliveryStats {
     pub in_flight: AtomicUsize,
     pub latency_micros: AtomicU64,
     pub attempts: AtomicU64,
+    /// Attempts not recorded: the lease was no longer this node's by then.
+    pub leases_lost: AtomicU64,
 }
 
 pub struct DeliveryWorker {
@@ -57,6 +70,8 @@ pub struct DeliveryWorker {
     stats: Arc<DeliveryStats>,
     client: Option<awc::Client>,
     claiming: bool,
+    /// How long a claim holds (see `lease_ms`).
+    lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
     claimed: std::collections::HashSet<String>,
     /// Shutting down: claim nothing more.
@@ -72,6 +87,7 @@ impl DeliveryWorker {
         stats: Arc<DeliveryStats>,
         logger: &slog::Logger,
     ) -> DeliveryWorker {
+        let timeout = config.timeout;
         DeliveryWorker {
             db,
             domain: domain.to_string(),
@@ -80,6 +96,7 @@ impl DeliveryWorker {
             stats,
             client: None,
             claiming: false,
+            lease_ms: lease_ms(timeout),
             claimed: std::collections::HashSet::new(),
             draining: false,
             logger: logger.new(slog::o!("actor" => "delivery_worker")),
@@ -95,15 +112,16 @@ impl DeliveryWorker {
             return;
         }
         self.claiming = true;
-        let (db, domain, allow_private) = (
+        let (db, domain, allow_private, lease_ms) = (
             self.db.clone(),
             self.domain.clone(),
             self.config.allow_private,
+            self.lease_ms,
         );
         let work = async move {
             db.run(move |c| {
                 let now = now_millis();
-                let claimed = rows::claim_due(c, &domain, now, LEASE_MS, free as i64)?;
+                let claimed = rows::claim_due(c, &domain, now, lease_ms, free as i64)?;
                 // A batch is mostly many events for few subscriptions: look each
                 // subscription up (and check its target, which resolves DNS) once.
                 let mut subs: HashMap<String, (Option<Subscription>, Result<(), String>)> =
@@ -194,6 +212,15 @@ impl DeliveryWorker {
             );
             return;
         }
+        // The attempt must end (timeout) and be recorded while the lease is ours; a
+        // claim that took too long to get here is left for its lease to run out.
+        let timeout = self.config.timeout;
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4);
+        if now_millis() + timeout_ms + LEASE_MARGIN_MS / 2 > delivery.lease_until {
+            slog::warn!(self.logger, "delivery not sent: too little of its lease is left"; "delivery" => &delivery.id);
+            self.claimed.remove(&delivery.id);
+            return;
+        }
         let client = self.client.get_or_insert_with(|| {
             awc::Client::builder()
                 .connector(awc::Connector::new().rustls_0_23(self.config.tls.clone()))
@@ -213,7 +240,7 @@ impl DeliveryWorker {
             signature_header(&sub, now_millis(), &delivery.id, timestamp, body.as_bytes());
         let request = client
             .post(&sub.url)
-            .timeout(self.config.timeout)
+            .timeout(timeout)
             .insert_header(("content-type", "application/json"))
             .insert_header((
                 "user-agent",
@@ -246,6 +273,12 @@ impl DeliveryWorker {
                 retry_after,
                 String::from_utf8_lossy(&kept).into_owned(),
             ))
+        };
+        // The whole attempt (answer and kept bytes) is bounded, so the lease outlives it.
+        let call = async move {
+            tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
         };
         ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
             act.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -310,50 +343,40 @@ impl DeliveryWorker {
         response: String,
     ) {
         let now = now_millis();
-        let (status, next, delivered_at, code, error, disable): (
-            &str,
-            i64,
-            i64,
-            i32,
-            String,
-            Option<String>,
-        ) = match &outcome {
-            Outcome::Delivered(code) => {
-                (DELIVERED, now, now, i32::from(*code), String::new(), None)
-            }
-            Outcome::Gone => (
-                FAILED,
-                now,
-                0,
-                410,
-                "410 Gone".into(),
-                Some("the receiver answered 410 Gone".into()),
-            ),
-            Outcome::GiveUp(why) => (FAILED, now, 0, 0, why.clone(), None),
-            Outcome::Retry(why, retry_after) | Outcome::RetryStatus(why, retry_after, _) => {
-                let code = if let Outcome::RetryStatus(_, _, c) = &outcome {
-                    i32::from(*c)
-                } else {
-                    0
-                };
-                match self.config.retry_delays_ms.get((attempt_no - 1) as usize) {
-                    Some(delay) => {
-                        let jittered = jitter(*delay);
-                        let wait = retry_after
-                            .map_or(jittered, |r| r.max(jittered))
-                            .min(86_400_000);
-                        (PENDING, now + wait as i64, 0, code, why.clone(), None)
+        let (status, next, delivered_at, code, error): (&str, i64, i64, i32, String) =
+            match &outcome {
+                Outcome::Delivered(code) => (DELIVERED, now, now, i32::from(*code), String::new()),
+                Outcome::Gone => (FAILED, now, 0, 410, "410 Gone".into()),
+                Outcome::GiveUp(why) => (FAILED, now, 0, 0, why.clone()),
+                Outcome::Retry(why, retry_after) | Outcome::RetryStatus(why, retry_after, _) => {
+                    let code = if let Outcome::RetryStatus(_, _, c) = &outcome {
+                        i32::from(*c)
+                    } else {
+                        0
+                    };
+                    match self.config.retry_delays_ms.get((attempt_no - 1) as usize) {
+                        Some(delay) => {
+                            let jittered = jitter(*delay);
+                            let wait = retry_after
+                                .map_or(jittered, |r| r.max(jittered))
+                                .min(86_400_000);
+                            (PENDING, now + wait as i64, 0, code, why.clone())
+                        }
+                        None => (FAILED, now, 0, code, why.clone()),
                     }
-                    None => (FAILED, now, 0, code, why.clone(), None),
+                }
+            };
+        self.claimed.remove(&delivery.id);
+        let change = match (&sub, &outcome) {
+            (None, _) | (_, Outcome::GiveUp(_)) => SubscriptionChange::None,
+            (Some(_), Outcome::Delivered(_)) => SubscriptionChange::Healthy,
+            (Some(_), Outcome::Gone) => SubscriptionChange::Gone,
+            (Some(_), Outcome::Retry(..) | Outcome::RetryStatus(..)) => {
+                SubscriptionChange::Failing {
+                    disable_after_ms: self.config.disable_after_ms,
                 }
             }
         };
-        match status {
-            DELIVERED => self.stats.delivered.fetch_add(1, Ordering::Relaxed),
-            FAILED => self.stats.gave_up.fetch_add(1, Ordering::Relaxed),
-            _ => self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed),
-        };
-        self.claimed.remove(&delivery.id);
         let attempt = DeliveryAttempt {
             delivery_id: delivery.id.clone(),
             attempt: attempt_no,
@@ -363,64 +386,67 @@ impl DeliveryWorker {
             response,
             error,
         };
-        let (db, domain, disable_after) = (
-            self.db.clone(),
-            self.domain.clone(),
-            self.config.disable_after_ms,
-        );
+        let db = self.db.clone();
         let status = status.to_string();
         let events = self.events.clone();
+        let stats = self.stats.clone();
         let logger = self.logger.clone();
         let save = async move {
+            let subscription_id = delivery.subscription_id.clone();
             let saved = db
                 .run(move |c| {
-                    rows::record_attempt(c, &attempt, &status, next, delivered_at)?;
-                    let Some(mut sub) = sub else { return Ok(None) };
-                    let mut disabled = None;
-                    if status == DELIVERED {
-                        if sub.failing_since != 0 {
-                            sub.failing_since = 0;
-                            sub.updated_at = now;
-                            rows::update(c, &sub)?;
-                        }
-                    } else {
-                        if sub.failing_since == 0 {
-                            sub.failing_since = now;
-                        }
-                        let reason = disable.or_else(|| {
-                            (now - sub.failing_since >= disable_after)
-                                .then(|| "failing for too long".to_string())
-                        });
-                        if let Some(reason) = reason {
-                            sub.enabled = false;
-                            sub.disabled_reason = reason.clone();
-                            disabled = Some((sub.id.clone(), sub.url.clone(), reason));
-                        }
-                        sub.updated_at = now;
-                        rows::update(c, &sub)?;
-                    }
-                    let _ = domain;
-                    Ok(disabled)
+                    rows::record_attempt(
+                        c,
+                        &AttemptResult {
+                            attempt: &attempt,
+                            subscription_id: &subscription_id,
+                            status: &status,
+                            next_attempt_at: next,
+                            delivered_at,
+                            lease_until: delivery.lease_until,
+                            change,
+                            now,
+                        },
+                    )
+                    .map(|recorded| (recorded, status))
                 })
                 .await;
-            match saved {
-                Ok(Some((id, url, reason))) => {
-                    slog::warn!(logger, "subscription disabled"; "subscription" => &id, "reason" => &reason);
-                    if let Some(events) = events {
-                        let new = crate::events::EventInput {
-                            event_type: "subscription.disabled".into(),
-                            data: serde_json::json!({ "subscription_id": id, "url": url, "reason": reason }),
-                            occurred_at: None,
-                            idempotency_key: None,
-                        };
-                        if let Ok(v) = new.validate(None, now_millis()) {
-                            let _ = events.publish(vec![v]).await;
-                        }
-                    }
+            let disabled = match saved {
+                Ok((Recorded::LeaseLost, _)) => {
+                    stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    slog::warn!(logger, "delivery lease lost before the attempt was recorded; another node owns it now";
+                        "delivery" => &delivery.id, "attempt" => attempt_no);
+                    return;
                 }
-                Ok(None) => {}
+                Ok((Recorded::Saved { disabled }, status)) => {
+                    match status.as_str() {
+                        DELIVERED => stats.delivered.fetch_add(1, Ordering::Relaxed),
+                        FAILED => stats.gave_up.fetch_add(1, Ordering::Relaxed),
+                        _ => stats.failed_attempts.fetch_add(1, Ordering::Relaxed),
+                    };
+                    disabled
+                }
                 Err(e) => {
-                    slog::error!(logger, "recording a delivery attempt failed"; "error" => %e)
+                    slog::error!(logger, "recording a delivery attempt failed"; "delivery" => &delivery.id, "error" => %e);
+                    return;
+                }
+            };
+            // Only the attempt whose conditional update disabled the subscription gets
+            // here with a reason: one event per disable.
+            if let (Some(reason), Some(sub)) = (disabled, sub) {
+                slog::warn!(logger, "subscription disabled"; "subscription" => &sub.id, "reason" => &reason);
+                if let Some(events) = events {
+                    let new = crate::events::EventInput {
+                        event_type: "subscription.disabled".into(),
+                        data: serde_json::json!({ "subscription_id": sub.id, "url": sub.url, "reason": reason }),
+                        occurred_at: None,
+                        idempotency_key: None,
+                    };
+                    if let Ok(v) = new.validate(None, now_millis())
+                        && let Err(e) = events.publish(vec![v]).await
+                    {
+                        slog::error!(logger, "publishing subscription.disabled failed"; "subscription" => &sub.id, "error" => %e);
+                    }
                 }
             }
         };
@@ -497,5 +523,20 @@ impl Handler<Drain> for DeliveryWorker {
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Vec<String> {
         self.draining = true;
         self.claimed.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_outlives_the_attempt() {
+        assert_eq!(lease_ms(Duration::from_secs(15)), LEASE_MS);
+        assert_eq!(
+            lease_ms(Duration::from_secs(120)),
+            120_000 + LEASE_MARGIN_MS
+        );
+        assert!(lease_ms(Duration::MAX) > 0);
     }
 }

@@ -17,11 +17,59 @@ pub fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), StoreErr
     Ok(())
 }
 
-pub fn update(conn: &mut AnyConnection, s: &Subscription) -> Result<(), StoreError> {
-    diesel::update(subscriptions::table.filter(subscriptions::id.eq(&s.id)))
-        .set(s)
-        .execute(conn)?;
-    Ok(())
+// Subscriptions are changed by targeted updates only, never by writing back a row read
+// earlier: the API (rotation, enable) and delivery workers on every node change them
+// concurrently, and a whole-row write would revert what the other did meanwhile.
+
+/// Starts a secret rotation: the current secret becomes the previous one (valid until
+/// `previous_until`), `secret` the current one. The row as it is now, if it exists.
+pub fn rotate_secret(
+    conn: &mut AnyConnection,
+    domain: &str,
+    id: &str,
+    secret: &str,
+    previous_until: i64,
+    now: i64,
+) -> Result<Option<Subscription>, StoreError> {
+    conn.transaction::<_, StoreError, _>(|c| {
+        diesel::update(
+            subscriptions::table
+                .filter(subscriptions::domain.eq(domain))
+                .filter(subscriptions::id.eq(id)),
+        )
+        .set((
+            subscriptions::previous_secret.eq(subscriptions::secret),
+            subscriptions::secret.eq(secret),
+            subscriptions::previous_secret_until.eq(previous_until),
+            subscriptions::updated_at.eq(now),
+        ))
+        .execute(c)?;
+        find(c, domain, id)
+    })
+}
+
+/// Enables a subscription again, restarting its failure clock. The row as it is now.
+pub fn enable(
+    conn: &mut AnyConnection,
+    domain: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<Subscription>, StoreError> {
+    conn.transaction::<_, StoreError, _>(|c| {
+        diesel::update(
+            subscriptions::table
+                .filter(subscriptions::domain.eq(domain))
+                .filter(subscriptions::id.eq(id)),
+        )
+        .set((
+            subscriptions::enabled.eq(true),
+            subscriptions::disabled_reason.eq(""),
+            subscriptions::failing_since.eq(0_i64),
+            subscriptions::updated_at.eq(now),
+        ))
+        .execute(c)?;
+        find(c, domain, id)
+    })
 }
 
 pub fn list_for_channel(
@@ -128,31 +176,143 @@ pub fn claim_due(
     Ok(claimed)
 }
 
-/// Records an attempt and the delivery's new state, releasing its lease.
+/// What an attempt's outcome does to its subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionChange {
+    /// Nothing (e.g. the subscription was disabled, or the event is gone).
+    None,
+    /// Delivered: the failure clock stops, if it ran.
+    Healthy,
+    /// Failed: the failure clock starts, if it did not run; a subscription failing for
+    /// `disable_after_ms` is disabled.
+    Failing { disable_after_ms: i64 },
+    /// The receiver answered 410 Gone: disabled at once.
+    Gone,
+}
+
+/// What recording an attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The lease was no longer ours (it ran out and another node took the delivery, or
+    /// it was given back or reset): nothing was written.
+    LeaseLost,
+    /// Written; `disabled` is the reason when this attempt disabled the subscription
+    /// (exactly one attempt does, whatever else runs at the same time).
+    Saved { disabled: Option<String> },
+}
+
+/// The new state of a delivery after an attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult<'a> {
+    pub attempt: &'a DeliveryAttempt,
+    pub subscription_id: &'a str,
+    pub status: &'a str,
+    pub next_attempt_at: i64,
+    pub delivered_at: i64,
+    /// The lease this node took when it claimed the delivery.
+    pub lease_until: i64,
+    pub change: SubscriptionChange,
+    pub now: i64,
+}
+
+/// Records an attempt, in one transaction: the delivery's new state (releasing its
+/// lease) only if the lease is still the one this node took, then the attempt row, then
+/// what the outcome does to the subscription (targeted updates).
 pub fn record_attempt(
     conn: &mut AnyConnection,
-    attempt: &DeliveryAttempt,
-    status: &str,
-    next_attempt_at: i64,
-    delivered_at: i64,
-) -> Result<(), StoreError> {
+    r: &AttemptResult<'_>,
+) -> Result<Recorded, StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
+        let held = diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq(&r.attempt.delivery_id))
+                .filter(deliveries::status.eq(PENDING))
+                .filter(deliveries::lease_until.eq(r.lease_until)),
+        )
+        .set((
+            deliveries::status.eq(r.status),
+            deliveries::attempts.eq(r.attempt.attempt),
+            deliveries::next_attempt_at.eq(r.next_attempt_at),
+            deliveries::lease_until.eq(0_i64),
+            deliveries::last_status.eq(r.attempt.status),
+            deliveries::last_error.eq(&r.attempt.error),
+            deliveries::delivered_at.eq(r.delivered_at),
+        ))
+        .execute(c)?;
+        if held != 1 {
+            return Ok(Recorded::LeaseLost);
+        }
         diesel::insert_into(delivery_attempts::table)
-            .values(attempt)
+            .values(r.attempt)
             .execute(c)?;
-        diesel::update(deliveries::table.filter(deliveries::id.eq(&attempt.delivery_id)))
-            .set((
-                deliveries::status.eq(status),
-                deliveries::attempts.eq(attempt.attempt),
-                deliveries::next_attempt_at.eq(next_attempt_at),
-                deliveries::lease_until.eq(0_i64),
-                deliveries::last_status.eq(attempt.status),
-                deliveries::last_error.eq(&attempt.error),
-                deliveries::delivered_at.eq(delivered_at),
-            ))
-            .execute(c)?;
-        Ok(())
+        let disabled = change_subscription(c, r.subscription_id, r.change, r.now)?;
+        Ok(Recorded::Saved { disabled })
     })
+}
+
+/// Applies an attempt's outcome to its subscription; the disable reason when this call
+/// disabled it (the `WHERE enabled` makes that true for exactly one caller).
+fn change_subscription(
+    c: &mut AnyConnection,
+    id: &str,
+    change: SubscriptionChange,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    let this = subscriptions::table.filter(subscriptions::id.eq(id));
+    let disable = |c: &mut AnyConnection, reason: &str, failing_before: Option<i64>| {
+        let target = this.filter(subscriptions::enabled.eq(true));
+        let n = match failing_before {
+            Some(before) => diesel::update(
+                target
+                    .filter(subscriptions::failing_since.ne(0_i64))
+                    .filter(subscriptions::failing_since.le(before)),
+            )
+            .set((
+                subscriptions::enabled.eq(false),
+                subscriptions::disabled_reason.eq(reason),
+                subscriptions::updated_at.eq(now),
+            ))
+            .execute(c)?,
+            None => diesel::update(target)
+                .set((
+                    subscriptions::enabled.eq(false),
+                    subscriptions::disabled_reason.eq(reason),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)?,
+        };
+        Ok::<_, StoreError>((n == 1).then(|| reason.to_string()))
+    };
+    match change {
+        SubscriptionChange::None => Ok(None),
+        SubscriptionChange::Healthy => {
+            diesel::update(this.filter(subscriptions::failing_since.ne(0_i64)))
+                .set((
+                    subscriptions::failing_since.eq(0_i64),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            Ok(None)
+        }
+        SubscriptionChange::Failing { disable_after_ms } => {
+            diesel::update(this.filter(subscriptions::failing_since.eq(0_i64)))
+                .set((
+                    subscriptions::failing_since.eq(now),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            disable(c, "failing for too long", Some(now - disable_after_ms))
+        }
+        SubscriptionChange::Gone => {
+            diesel::update(this.filter(subscriptions::failing_since.eq(0_i64)))
+                .set((
+                    subscriptions::failing_since.eq(now),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            disable(c, "the receiver answered 410 Gone", None)
+        }
+    }
 }
 
 /// Gives back the leases this node holds (shutdown), so another node can send at once.

@@ -180,12 +180,13 @@ async fn delete(state: &AppState, channel_id: String, id: &str) -> Result<HttpRe
     responses((status = 200, description = "Rotated; the answer carries the new secret", body = SubscriptionView),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
 async fn rotate(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
-    let mut sub = load(state, &channel_id, id).await?;
+    load(state, &channel_id, id).await?;
     let now = now_millis();
-    sub.previous_secret = std::mem::replace(&mut sub.secret, new_secret());
-    sub.previous_secret_until = now + ROTATION_OVERLAP_MS;
-    sub.updated_at = now;
-    let row = sub.clone();
-    state.db.run(move |c| rows::update(c, &row)).await?;
+    let (domain, id, secret) = (state.config.domain.clone(), id.to_string(), new_secret());
+    let sub = state
+        .db
+        .run(move |c| rows::rotate_secret(c, &domain, &id, &secret, now + ROTATION_OVERLAP_MS, now))
+        .await?
+        .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(SubscriptionView::new(&sub, true)))
 }

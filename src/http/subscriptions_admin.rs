@@ -128,13 +128,12 @@ async fn enable(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut sub = load(&state, &id).await?;
-    sub.enabled = true;
-    sub.disabled_reason.clear();
-    sub.failing_since = 0;
-    sub.updated_at = now_millis();
-    let row = sub.clone();
-    state.db.run(move |c| rows::update(c, &row)).await?;
+    let (domain, id, now) = (state.config.domain.clone(), id.into_inner(), now_millis());
+    let sub = state
+        .db
+        .run(move |c| rows::enable(c, &domain, &id, now))
+        .await?
+        .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(admin_view(&sub)))
 }
 

@@ -650,3 +650,238 @@ async fn an_untrusted_https_receiver_gets_nothing() {
     assert_eq!(attempt["status"], 0, "{attempt}");
     assert!(receiver.seen().is_empty());
 }
+
+/// Runs `test(backend)` on SQLite and on PostgreSQL (skipped there when none answers).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use crate::helpers::Backend;
+
+                #[actix_web::test]
+                async fn sqlite() {
+                    super::$name(Backend::Sqlite).await;
+                }
+
+                #[actix_web::test]
+                async fn postgres() {
+                    super::$name(Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+async fn subscription_detail(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .admin("GET", &format!("/admin/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    crate::ops::sample(&text, name, labels)
+}
+
+on_both!(a_rotation_during_an_attempt_is_kept);
+
+/// The worker must not write back the subscription it read before the attempt: a
+/// secret rotated while an attempt is in flight keeps signing the next delivery.
+async fn a_rotation_during_an_attempt_is_kept(backend: Backend) {
+    let Some(app) = app_for_deliveries(backend).await else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let (receiver, hold) = Receiver::holding(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            (500, "not yet".into())
+        } else {
+            (200, String::new())
+        }
+    });
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    let old = sub["secret"].as_str().unwrap().to_string();
+    publish(&app, "during.rotation").await;
+    eventually(
+        "the first attempt is in flight",
+        Duration::from_secs(15),
+        || async { hold.waiting() == 1 },
+    )
+    .await;
+    let rotate = app.client.post(app.url(&format!(
+        "/api/token/v1/{token}/subscribe/{}/rotate-secret",
+        sub["id"].as_str().unwrap()
+    )));
+    let rotated = app.send(rotate, None).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let new = rotated.json()["secret"].as_str().unwrap().to_string();
+    hold.release(1);
+    eventually(
+        "the first attempt failed and the retry is in flight",
+        Duration::from_secs(15),
+        || async { receiver.seen().len() == 1 && hold.waiting() == 1 },
+    )
+    .await;
+    hold.release(1);
+    eventually("the retry is answered", Duration::from_secs(15), || async {
+        receiver.seen().len() == 2
+    })
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(seen[0].headers["webhook-id"], seen[1].headers["webhook-id"]);
+    assert!(verifies(&seen[0], &old) && !verifies(&seen[0], &new));
+    assert!(
+        verifies(&seen[1], &new),
+        "the retry is signed with the secret rotated during the first attempt"
+    );
+    assert!(
+        verifies(&seen[1], &old),
+        "and the previous one, during the overlap"
+    );
+    hold.release(100);
+}
+
+on_both!(one_disable_publishes_one_event);
+
+/// Several deliveries pending when a subscription is disabled for failing too long:
+/// exactly one `subscription.disabled` event.
+async fn one_disable_publishes_one_event(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.allow_private_targets = true;
+        c.delivery_retry_delays_ms = vec![50, 50, 50];
+        c.delivery_poll_ms = 50;
+        c.delivery_disable_after_ms = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let failing = Receiver::start(|_| (500, "down".into()));
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": failing.url.clone()})).await;
+    let events: Vec<Value> = (0..8)
+        .map(|i| json!({"type": "many.pending", "data": {"i": i}}))
+        .collect();
+    let r = app
+        .admin(
+            "POST",
+            "/admin/v1/events",
+            Some(json!({ "events": events })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = sub["id"].as_str().unwrap().to_string();
+    eventually(
+        "every delivery has ended (failed)",
+        Duration::from_secs(20),
+        || async {
+            let detail = subscription_detail(&app, &id).await;
+            detail["enabled"] == false
+                && detail["deliveries"].as_array().is_some_and(|d| {
+                    d.len() == 8
+                        && d.iter().all(|d| {
+                            d["status"] == "failed"
+                                && d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+                        })
+                })
+        },
+    )
+    .await;
+    let disabled_events = || async {
+        let log = app
+            .admin("GET", "/admin/v1/events?limit=1000", None)
+            .await
+            .json();
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "subscription.disabled")
+            .count()
+    };
+    eventually(
+        "subscription.disabled is published",
+        Duration::from_secs(15),
+        || async { disabled_events().await >= 1 },
+    )
+    .await;
+    // Every attempt is recorded; what each would publish follows its record at once.
+    // Watch for a while that no second event comes.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        assert_eq!(disabled_events().await, 1, "one disable, one event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both!(an_attempt_is_recorded_only_while_its_lease_is_held);
+
+/// Another node took the delivery over while this node's attempt was in flight (its
+/// lease had run out): this node must not record its attempt, nor release the other
+/// node's lease.
+async fn an_attempt_is_recorded_only_while_its_lease_is_held(backend: Backend) {
+    let Some(app) = app_for_deliveries(backend).await else {
+        return;
+    };
+    let (receiver, hold) = Receiver::holding(|_| (200, String::new()));
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    publish(&app, "leased").await;
+    eventually(
+        "the attempt is in flight",
+        Duration::from_secs(15),
+        || async { hold.waiting() == 1 },
+    )
+    .await;
+    // What another node's claim leaves: its own lease on the row.
+    let other_lease: i64 = 4_102_444_800_000;
+    app.state
+        .db
+        .run(move |c| {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&format!(
+                "UPDATE deliveries SET lease_until = {other_lease}"
+            ))
+            .map_err(oktell_gateway::db::StoreError::from)
+        })
+        .await
+        .unwrap();
+    hold.release(1);
+    eventually(
+        "the lost lease is noticed",
+        Duration::from_secs(15),
+        || async { metric(&app, "oktell_delivery_leases_lost_total", &[]).await == Some(1.0) },
+    )
+    .await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let detail = subscription_detail(&app, &id).await;
+    let delivery = &detail["deliveries"][0];
+    assert_eq!(delivery["status"], "pending", "{delivery}");
+    assert_eq!(delivery["attempts"], json!([]), "nothing recorded");
+    let lease = app
+        .state
+        .db
+        .run(move |c| {
+            use diesel::prelude::*;
+            use oktell_gateway::db::schema::deliveries;
+            deliveries::table
+                .select(deliveries::lease_until)
+                .first::<i64>(c)
+                .map_err(oktell_gateway::db::StoreError::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(lease, other_lease, "the other node's lease stands");
+    assert_eq!(
+        metric(&app, "oktell_deliveries_total", &[("outcome", "delivered")]).await,
+        Some(0.0)
+    );
+    assert_eq!(receiver.seen().len(), 1);
+}

@@ -371,8 +371,13 @@ impl GatewayProcess {
             port,
             dir,
         };
+        let mut process = process;
         let client = Client::default();
         eventually("the gateway answers", Duration::from_secs(30), || {
+            // A gateway that refused its flags is not waited for.
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("the gateway exited at start ({status}); args: {extra:?}");
+            }
             let req = client.get(format!("{}/healthz", process.base));
             async move { req.send().await.is_ok_and(|r| r.status() == 200) }
         })

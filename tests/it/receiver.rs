@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
@@ -34,26 +37,67 @@ impl Drop for Receiver {
     }
 }
 
+/// Holds each request (after recording it) until the test lets it go.
+pub struct Hold {
+    waiting: AtomicUsize,
+    permits: Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Hold {
+        Hold {
+            waiting: AtomicUsize::new(0),
+            permits: Semaphore::new(0),
+        }
+    }
+}
+
+impl Hold {
+    /// Requests arrived and held now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held (or future) requests be answered.
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+}
+
 impl Receiver {
     /// Starts a receiver answering each request with `respond(request)`.
     pub fn start(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
-        Receiver::start_with(Arc::new(respond), None)
+        Receiver::start_with(Arc::new(respond), None, None)
+    }
+
+    /// A receiver that holds every request until [`Hold::release`], then answers it
+    /// with `respond(request)`.
+    pub fn holding(
+        respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
+    ) -> (Receiver, Arc<Hold>) {
+        let hold = Arc::new(Hold::default());
+        let receiver = Receiver::start_with(Arc::new(respond), Some(hold.clone()), None);
+        (receiver, hold)
     }
 
     /// An https receiver on `https://localhost:<port>`, its certificate signed by a CA
     /// made for it (`ca_pem`), which is trusted nowhere by default.
     pub fn start_tls(respond: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static) -> Receiver {
         let (config, ca_pem) = localhost_tls();
-        Receiver::start_with(Arc::new(respond), Some((config, ca_pem)))
+        Receiver::start_with(Arc::new(respond), None, Some((config, ca_pem)))
     }
 
-    fn start_with(respond: Responder, tls: Option<(rustls::ServerConfig, String)>) -> Receiver {
+    fn start_with(
+        respond: Responder,
+        hold: Option<Arc<Hold>>,
+        tls: Option<(rustls::ServerConfig, String)>,
+    ) -> Receiver {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let s = seen.clone();
         let server = HttpServer::new(move || {
-            let (seen, respond) = (s.clone(), respond.clone());
+            let (seen, respond, hold) = (s.clone(), respond.clone(), hold.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (seen, respond) = (seen.clone(), respond.clone());
+                let (seen, respond, hold) = (seen.clone(), respond.clone(), hold.clone());
                 async move {
                     let entry = Seen {
                         method: req.method().to_string(),
@@ -67,6 +111,11 @@ impl Receiver {
                             .collect(),
                         body: body.to_vec(),
                     };
+                    if let Some(hold) = hold {
+                        hold.waiting.fetch_add(1, Ordering::SeqCst);
+                        hold.permits.acquire().await.unwrap().forget();
+                        hold.waiting.fetch_sub(1, Ordering::SeqCst);
+                    }
                     let (status, text) = respond(&entry);
                     seen.lock().unwrap().push(entry);
                     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())

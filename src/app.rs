@@ -174,6 +174,8 @@ impl Application {
                     access_log,
                     from_fn(http::request_log::log_requests),
                 ))
+                // Outermost: the access log and error causes carry the request id.
+                .wrap(from_fn(http::request_id::tag_requests))
                 .configure(http::routes)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found(

@@ -29,6 +29,9 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// Seconds for `Retry-After` on 429/503.
     pub retry_after: Option<u64>,
+    /// What went wrong inside (a storage error, say): logged once at the edge with the
+    /// request id (`request_id::tag_requests`), never sent to the caller.
+    pub cause: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -55,6 +58,7 @@ impl ApiError {
                 column: None,
             },
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -77,6 +81,19 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// A 500 whose cause goes to the log only.
+    pub fn internal_with_cause(
+        message: impl Into<String>,
+        cause: impl std::fmt::Display,
+    ) -> ApiError {
+        ApiError::internal(message).with_cause(cause)
+    }
+
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> ApiError {
+        self.cause = Some(cause.to_string());
+        self
     }
 
     pub fn unauthorized() -> ApiError {
@@ -138,15 +155,16 @@ impl From<ValidationError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // Details go to the log at the call site; the caller gets no internals.
+        // The caller gets no internals; the cause is logged at the edge.
         match e {
             StoreError::Pool(_) => {
                 ApiError::overloaded("database_unavailable", "the database is unavailable")
+                    .with_cause(e)
             }
             StoreError::DuplicateCode => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            _ => ApiError::internal("storage error"),
+            _ => ApiError::internal_with_cause("storage error", e),
         }
     }
 }

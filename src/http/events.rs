@@ -91,10 +91,7 @@ async fn publish(
         .enumerate()
         .map(|(i, e)| e.validate((!single).then_some(i), now))
         .collect::<Result<Vec<_>, _>>()?;
-    let stored = state.events.publish(new).await.map_err(|e| {
-        slog::error!(state.logger, "storing events failed"; "error" => %e);
-        ApiError::from(e)
-    })?;
+    let stored = state.events.publish(new).await?;
     if single {
         let Some((event, duplicate)) = stored.first() else {
             return Err(ApiError::internal("no event was stored"));

@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod openapi;
 pub mod ops;
+pub mod request_id;
 pub mod request_log;
 pub mod status;
 pub mod subscribe;

@@ -1,5 +1,5 @@
-//! One log line per request: method, path (tokens masked), status, latency, and the
-//! channel code when a handler named one.
+//! One log line per request: method, path (tokens masked), status, latency, the request
+//! id, and the channel code when a handler named one.
 
 use std::time::Instant;
 
@@ -8,6 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
+use super::request_id::RequestId;
 use crate::app::AppState;
 
 /// Set by handlers in the request extensions: which channel served the request.
@@ -44,11 +45,18 @@ pub async fn log_requests(
             .get::<ChannelTag>()
             .map(|t| t.0.clone())
             .unwrap_or_default();
+        let request_id = res
+            .request()
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
         slog::info!(logger, "request";
             "method" => %method,
             "path" => path,
             "status" => res.status().as_u16(),
             "channel" => channel,
+            "request_id" => request_id,
             "latency_ms" => format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         );
     }

@@ -90,7 +90,7 @@ async fn create(
         (input, checked)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal_with_cause("checking the URL failed", e))?;
     checked?;
     let now = now_millis();
     let sub = Subscription {

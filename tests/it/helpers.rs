@@ -1,6 +1,7 @@
 //! `spawn_app`: the real gateway per test, on a random port, with its own database.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use awc::Client;
@@ -90,6 +91,59 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Starts a gateway; `None` only for PostgreSQL outside CI when no server answers.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    spawn_app_logging_to(backend, tweak, None).await
+}
+
+/// What a gateway logged (JSON lines), for tests that check the logs.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// The lines logged so far, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Everything logged, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A gateway whose logs (every level, JSON, synchronous) go to the returned capture.
+pub async fn spawn_app_logged(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+) -> Option<(TestApp, LogCapture)> {
+    use slog::Drain;
+    let capture = LogCapture::default();
+    let json = slog_json::Json::new(capture.clone())
+        .add_default_keys()
+        .build();
+    let logger = slog::Logger::root(Mutex::new(json).fuse(), slog::o!());
+    let app = spawn_app_logging_to(backend, tweak, Some(logger)).await?;
+    Some((app, capture))
+}
+
+async fn spawn_app_logging_to(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+    logger: Option<slog::Logger>,
+) -> Option<TestApp> {
     let mut config = test_config();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let cleanup = match backend {
@@ -114,7 +168,9 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         }
     };
     tweak(&mut config);
-    let logger = if std::env::var("IT_LOG").is_ok() {
+    let logger = if let Some(logger) = logger {
+        logger
+    } else if std::env::var("IT_LOG").is_ok() {
         oktell_gateway::logging::build(&config)
     } else {
         oktell_gateway::logging::discard()

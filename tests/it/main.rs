@@ -13,6 +13,7 @@ mod outgoing;
 mod receiver;
 mod scenarios;
 mod status_page;
+mod storage_errors;
 mod subscribe;
 mod waiting;
 mod webhook;

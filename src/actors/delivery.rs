@@ -6,7 +6,9 @@
 //! records every attempt. 2xx is delivered; 410 disables the subscription; anything else
 //! is retried after the configured delays (with jitter, or the receiver's Retry-After
 //! when longer) until they run out. A subscription failing for `disable_after` is
-//! disabled and a `subscription.disabled` event is emitted.
+//! disabled and one `subscription.disabled` event is emitted. Attempts are recorded
+//! (with what they do to the subscription, as targeted updates) only while the lease
+//! taken at claim time is still this node's: `db::subscriptions::record_attempt`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -126,7 +126,7 @@ impl Default for Config {
             scenario_http_url: None,
             outgoing_timeout_ms: 15_000,
             outgoing_max_response_bytes: 4 * 1024 * 1024,
-            outgoing_max_connections_per_host: 256,
+            outgoing_max_connections_per_host: 512,
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,

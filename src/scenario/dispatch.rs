@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::pool::ScenarioPool;
+use super::pool::{ScenarioPool, Start};
 use super::{
     ChannelHost, CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime,
     StartParams,
@@ -99,19 +99,25 @@ impl Dispatcher {
         let base_logger = self.logger.clone();
         let host: Arc<dyn ChannelHost> = handle.host(&self.events);
         let handle_stats = handle.stats.clone();
-        let job = move || {
-            let _slot = slot;
+        let job = move |start: Start| {
             let logger = handle.logger(&base_logger);
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
                 return;
             }
-            // Queued past its deadline (the start estimate was off): refused, not run.
-            if Instant::now() >= deadline {
+            // Refused in the queue (its channel's runs cost more than the queue left it
+            // time for), or queued past its deadline: answered 503, not run.
+            let refused = match start {
+                Start::Refused(r) => Some(r.retry_after),
+                Start::Run if Instant::now() >= deadline => Some(Duration::from_secs(1)),
+                Start::Run => None,
+            };
+            if let Some(retry_after) = refused {
                 handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                drop(slot);
                 if let Some(tx) = tx {
                     let _ = tx.send(Err(ScenarioError::QueueFull {
-                        retry_after_secs: 1,
+                        retry_after_secs: retry_secs(retry_after),
                     }));
                 }
                 return;
@@ -135,6 +141,9 @@ impl Dispatcher {
             if let Err(err) = &outcome {
                 slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => tx.is_some());
             }
+            // The in-flight slot is free before the caller hears back, so that a caller
+            // sending its next request at once is not refused as channel_busy.
+            drop(slot);
             if let Some(tx) = tx {
                 let _ = tx.send(outcome);
             }
@@ -142,16 +151,19 @@ impl Dispatcher {
         // A refused job is dropped unrun; its slot is given back on drop.
         let stats = handle_stats;
         let lane = stats.lane.clone();
-        self.pool
-            .submit(&lane, self.timeout, job)
-            .map_err(|refused| {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
-                ScenarioError::QueueFull {
-                    retry_after_secs: refused.retry_after.as_secs_f64().ceil() as u64,
-                }
-            })?;
+        self.pool.submit(&lane, deadline, job).map_err(|refused| {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            ScenarioError::QueueFull {
+                retry_after_secs: retry_secs(refused.retry_after),
+            }
+        })?;
         Ok(rx)
     }
+}
+
+/// Whole seconds for `Retry-After`, at least 1.
+fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
 fn count_outcome(stats: &ChannelStats, outcome: &RunResult) {

@@ -35,7 +35,29 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// Weight of a new sample in a lane's compute estimate (1/4: learns a channel's cost
+/// within a few runs) and in the node-wide one, the prior of lanes without history.
+const LANE_SMOOTHING: i64 = 4;
+const NODE_SMOOTHING: i64 = 16;
+
+/// A queued run: called once, to run (`Start::Run`) or to be told it was refused.
+type Job = Box<dyn FnOnce(Start) + Send + 'static>;
+
+/// What a queued run is told when its turn comes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Start {
+    Run,
+    /// It could not finish before its deadline: refused unrun, with the estimated wait.
+    Refused(Refused),
+}
+
+/// A run in its lane.
+struct Queued {
+    job: Job,
+    deadline: Instant,
+    /// The compute it was expected to take (µs), counted in `Shared::queued_cost`.
+    cost: u64,
+}
 
 /// Scripts recurse on the native stack: give them room.
 const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
@@ -69,16 +91,28 @@ pub struct PoolStats {
     pub wakeups: AtomicU64,
     /// Waits that gave their slot away.
     pub handoffs: AtomicU64,
+    /// Queued runs refused because they could no longer finish in time.
+    pub shed: AtomicU64,
     /// Spare threads started, and retired after idling.
     pub spawned: AtomicU64,
     pub retired: AtomicU64,
 }
 
-/// One channel's queue of runs. Lanes with work are in the pool's ring exactly once.
+/// One channel's queue of runs and what its runs cost. Lanes with work are in the
+/// pool's ring exactly once (`scheduled`, changed under the lane's lock).
 #[derive(Default)]
 pub struct Lane {
-    jobs: SegQueue<Job>,
-    scheduled: AtomicBool,
+    queue: Mutex<LaneQueue>,
+    /// Recent compute time of this channel's runs (µs, smoothed; 0 = none measured).
+    cost_micros: AtomicU64,
+    /// Runs queued in this lane (readable without the lock).
+    len: AtomicUsize,
+}
+
+#[derive(Default)]
+struct LaneQueue {
+    jobs: VecDeque<Queued>,
+    scheduled: bool,
 }
 
 impl std::fmt::Debug for Lane {
@@ -89,11 +123,16 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     pub fn len(&self) -> usize {
-        self.jobs.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
+        self.len() == 0
+    }
+
+    /// Recent compute time of one run of this channel (zero until one was measured).
+    pub fn recent_compute(&self) -> Duration {
+        Duration::from_micros(self.cost_micros.load(Ordering::Relaxed))
     }
 }
 
@@ -135,6 +174,8 @@ struct Shared {
     ring: SegQueue<Arc<Lane>>,
     /// Jobs in all lanes.
     queued: AtomicUsize,
+    /// Their expected compute, µs.
+    queued_cost: AtomicU64,
     /// Lanes in the ring.
     active_lanes: AtomicUsize,
     /// Runs admitted and not yet ended (queued, computing or waiting).
@@ -213,6 +254,7 @@ impl ScenarioPool {
         let shared = Arc::new(Shared {
             ring: SegQueue::new(),
             queued: AtomicUsize::new(0),
+            queued_cost: AtomicU64::new(0),
             active_lanes: AtomicUsize::new(0),
             admitted: AtomicUsize::new(0),
             max_admitted,
@@ -242,32 +284,46 @@ impl ScenarioPool {
         &self.owner.0
     }
 
-    /// Admits a run into `lane` that should end within `budget`, or refuses it at once
-    /// with the estimated wait.
+    /// Admits a run into `lane` that should end by `deadline`, or refuses it at once
+    /// with the estimated wait. `job` is later called with `Start::Run`, or with
+    /// `Start::Refused` when the channel's runs turn out to cost more than the queue
+    /// leaves it time for.
     pub fn submit(
         &self,
         lane: &Arc<Lane>,
-        budget: Duration,
-        job: impl FnOnce() + Send + 'static,
+        deadline: Instant,
+        job: impl FnOnce(Start) + Send + 'static,
     ) -> Result<(), Refused> {
         let shared = self.shared();
         let before = shared.admitted.fetch_add(1, Ordering::AcqRel);
         let admission = Admission(shared.clone());
-        let estimate = shared.finish_estimate(lane);
-        if before >= shared.max_admitted || estimate > budget {
+        let cost = shared.lane_cost(lane);
+        let finish = shared.finish_estimate(lane.len(), cost);
+        let budget = deadline.saturating_duration_since(Instant::now());
+        if before >= shared.max_admitted || finish > budget {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
             drop(admission);
             return Err(Refused {
-                retry_after: estimate.max(Duration::from_secs(1)),
+                retry_after: finish.max(Duration::from_secs(1)),
             });
         }
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |start| {
             let _admission = admission;
-            job()
+            job(start)
         });
-        lane.jobs.push(job);
-        shared.queued.fetch_add(1, Ordering::SeqCst);
-        if !lane.scheduled.swap(true, Ordering::SeqCst) {
+        let schedule = {
+            let mut q = lock(&lane.queue);
+            q.jobs.push_back(Queued {
+                job,
+                deadline,
+                cost,
+            });
+            lane.len.fetch_add(1, Ordering::Relaxed);
+            shared.queued_cost.fetch_add(cost, Ordering::Relaxed);
+            shared.queued.fetch_add(1, Ordering::SeqCst);
+            !std::mem::replace(&mut q.scheduled, true)
+        };
+        if schedule {
             shared.active_lanes.fetch_add(1, Ordering::Relaxed);
             shared.ring.push(lane.clone());
         }
@@ -314,22 +370,71 @@ impl Drop for Admission {
 }
 
 impl Shared {
-    /// When a run queued now in `lane` would end: the lanes are served round-robin, so
-    /// ahead of it are at most (its lane's queue + 1) runs of each active lane, plus
-    /// what the runs holding the slots have left (half a run on average), plus its own
-    /// compute. Zero until a run has been measured.
-    fn finish_estimate(&self, lane: &Lane) -> Duration {
-        let per_run = self.compute_micros.load(Ordering::Relaxed);
-        if per_run == 0 {
-            return Duration::ZERO;
+    /// What a run of `lane` is expected to compute: the lane's own history, else the
+    /// node's recent runs.
+    fn lane_cost(&self, lane: &Lane) -> u64 {
+        match lane.cost_micros.load(Ordering::Relaxed) {
+            0 => self.compute_micros.load(Ordering::Relaxed),
+            c => c,
         }
+    }
+
+    /// When a run behind `ahead_in_lane` runs of its own lane (each costing `own_cost`)
+    /// would end. The lanes are served round-robin, so before it also run at most
+    /// (ahead_in_lane + 1) runs of each other active lane (at the queue's average cost),
+    /// and at most the whole queue; plus what the runs holding the slots have left (half
+    /// a run on average), plus its own compute.
+    fn finish_estimate(&self, ahead_in_lane: usize, own_cost: u64) -> Duration {
+        let ahead = ahead_in_lane as u64;
         let queued = self.queued.load(Ordering::Relaxed) as u64;
-        let lanes = self.active_lanes.load(Ordering::Relaxed).max(1) as u64;
-        let ahead = queued.min((lane.len() as u64 + 1).saturating_mul(lanes));
+        let queued_cost = self.queued_cost.load(Ordering::Relaxed);
+        let others = (self.active_lanes.load(Ordering::Relaxed) as u64).saturating_sub(1);
+        let average = queued_cost.checked_div(queued).unwrap_or(own_cost);
+        let other_lanes = (ahead + 1)
+            .saturating_mul(others)
+            .saturating_mul(average)
+            .min(queued_cost);
+        let own_lane = ahead.saturating_mul(own_cost);
         let slots = self.slots.len() as u64;
         let busy = self.stats.busy.load(Ordering::Relaxed) as u64 >= slots;
-        let start = ahead.saturating_mul(per_run) / slots + if busy { per_run / 2 } else { 0 };
-        Duration::from_micros(start.saturating_add(per_run))
+        let residual = if busy {
+            self.compute_micros.load(Ordering::Relaxed) / 2
+        } else {
+            0
+        };
+        let start = own_lane.saturating_add(other_lanes) / slots + residual;
+        Duration::from_micros(start.saturating_add(own_cost))
+    }
+
+    /// Refuses the runs at the end of `lane` that can no longer finish by their
+    /// deadline, now that its runs are known to cost `cost` (the newest runs have the
+    /// latest deadlines, so they go first and quickly, instead of timing out later).
+    fn shed_hopeless(&self, lane: &Lane, cost: u64) {
+        let now = Instant::now();
+        let mut refused = Vec::new();
+        {
+            let mut q = lock(&lane.queue);
+            while let Some(last) = q.jobs.back() {
+                let finish = self.finish_estimate(q.jobs.len() - 1, cost);
+                if now + finish <= last.deadline {
+                    break;
+                }
+                if let Some(last) = q.jobs.pop_back() {
+                    lane.len.fetch_sub(1, Ordering::Relaxed);
+                    self.queued_cost.fetch_sub(last.cost, Ordering::Relaxed);
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    refused.push((last.job, finish));
+                }
+            }
+            // An emptied lane stays in the ring until popped (pop copes with that).
+        }
+        for (job, finish) in refused {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            job(Start::Refused(Refused {
+                retry_after: finish.max(Duration::from_secs(1)),
+            }));
+        }
     }
 
     /// Wakes one slot holder that sleeps for good (napping ones look by themselves).
@@ -347,26 +452,33 @@ impl Shared {
         }
     }
 
-    /// The next run, round-robin over the lanes.
-    fn pop(&self) -> Option<Job> {
-        let lane = self.ring.pop()?;
-        let job = lane.jobs.pop();
-        if job.is_some() {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-        if !lane.jobs.is_empty() {
-            // More work: back to the end of the ring (still scheduled).
-            self.ring.push(lane);
-        } else {
-            lane.scheduled.store(false, Ordering::SeqCst);
-            self.active_lanes.fetch_sub(1, Ordering::Relaxed);
-            // A producer that pushed before seeing the flag cleared left a job here.
-            if !lane.jobs.is_empty() && !lane.scheduled.swap(true, Ordering::SeqCst) {
-                self.active_lanes.fetch_add(1, Ordering::Relaxed);
-                self.ring.push(lane);
+    /// The next run, round-robin over the lanes, with its lane.
+    fn pop(&self) -> Option<(Queued, Arc<Lane>)> {
+        loop {
+            let lane = self.ring.pop()?;
+            let (next, more) = {
+                let mut q = lock(&lane.queue);
+                let next = q.jobs.pop_front();
+                let more = !q.jobs.is_empty();
+                if !more {
+                    q.scheduled = false;
+                }
+                (next, more)
+            };
+            if more {
+                // More work: back to the end of the ring (still scheduled).
+                self.ring.push(lane.clone());
+            } else {
+                self.active_lanes.fetch_sub(1, Ordering::Relaxed);
             }
+            if let Some(next) = next {
+                lane.len.fetch_sub(1, Ordering::Relaxed);
+                self.queued_cost.fetch_sub(next.cost, Ordering::Relaxed);
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Some((next, lane));
+            }
+            // A lane emptied by shedding: look at the next one.
         }
-        job
     }
 
     /// Gives `role` to a returning run, else a spare thread, else a new thread. False
@@ -484,16 +596,21 @@ impl Shared {
         }
     }
 
-    fn record_compute(&self, took: Duration) {
+    fn record_compute(&self, lane: &Lane, took: Duration) -> u64 {
         let sample = took.as_micros().min(u128::from(u32::MAX)) as i64;
-        let old = self.compute_micros.load(Ordering::Relaxed) as i64;
-        let new = if old == 0 {
-            sample
-        } else {
-            old + (sample - old) / 16
+        let smooth = |cell: &AtomicU64, weight: i64| {
+            let old = cell.load(Ordering::Relaxed) as i64;
+            let new = if old == 0 {
+                sample
+            } else {
+                old + (sample - old) / weight
+            };
+            let new = new.max(1) as u64;
+            cell.store(new, Ordering::Relaxed);
+            new
         };
-        self.compute_micros
-            .store(new.max(1) as u64, Ordering::Relaxed);
+        smooth(&self.compute_micros, NODE_SMOOTHING);
+        smooth(&lane.cost_micros, LANE_SMOOTHING)
     }
 }
 
@@ -571,9 +688,9 @@ fn work(shared: Arc<Shared>, role: usize) {
                 }
             }
         }
-        if let Some(job) = shared.pop() {
+        if let Some((queued, lane)) = shared.pop() {
             idle_since = None;
-            run_job(&shared, job);
+            run_job(&shared, queued, &lane);
             continue;
         }
         if shared.shutdown.load(Ordering::SeqCst) {
@@ -600,22 +717,39 @@ fn work(shared: Arc<Shared>, role: usize) {
     }
 }
 
-fn run_job(shared: &Shared, job: Job) {
+fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
+    // A run that can no longer finish in time (its channel's runs cost more than the
+    // queue left it) is refused now, quickly, rather than run into a timeout.
+    let cost = lane.cost_micros.load(Ordering::Relaxed);
+    let now = Instant::now();
+    if cost > 0 && now + Duration::from_micros(cost) > queued.deadline {
+        shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        shared.stats.shed.fetch_add(1, Ordering::Relaxed);
+        (queued.job)(Start::Refused(Refused {
+            retry_after: shared
+                .finish_estimate(lane.len(), cost)
+                .max(Duration::from_secs(1)),
+        }));
+        return;
+    }
     shared.stats.busy.fetch_add(1, Ordering::Relaxed);
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.waited = Duration::ZERO;
         }
     });
-    let started = Instant::now();
-    if catch_unwind(AssertUnwindSafe(job)).is_err() {
+    let job = queued.job;
+    if catch_unwind(AssertUnwindSafe(move || job(Start::Run))).is_err() {
         shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
         slog::error!(shared.logger, "a scenario job panicked; the thread goes on");
     }
     let waited = WORKER.with(|w| w.borrow().as_ref().map_or(Duration::ZERO, |w| w.waited));
-    shared.record_compute(started.elapsed().saturating_sub(waited));
+    let cost = shared.record_compute(lane, now.elapsed().saturating_sub(waited));
     shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
     shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+    if !lane.is_empty() {
+        shared.shed_hopeless(lane, cost);
+    }
 }
 
 /// Runs `wait` without holding a compute slot: on a pool thread holding one, the slot
@@ -667,6 +801,10 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
+    fn later() -> Instant {
+        Instant::now() + LONG
+    }
+
     #[test]
     fn runs_jobs_after_deep_sleep_and_refuses_past_admission() {
         let pool = ScenarioPool::start(2, 6, logger()).unwrap();
@@ -674,7 +812,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for round in 0..3 {
             let tx = tx.clone();
-            pool.submit(&lane, LONG, move || tx.send(round).unwrap())
+            pool.submit(&lane, later(), move |_| tx.send(round).unwrap())
                 .unwrap();
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), round);
             // Long enough for both threads to fall into deep sleep.
@@ -686,7 +824,7 @@ mod tests {
         let (started_tx, started_rx) = mpsc::channel();
         for _ in 0..2 {
             let (r, s) = (release_rx.clone(), started_tx.clone());
-            pool.submit(&lane, LONG, move || {
+            pool.submit(&lane, later(), move |_| {
                 s.send(()).unwrap();
                 let _ = r.lock().unwrap().recv();
             })
@@ -695,9 +833,9 @@ mod tests {
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         for _ in 0..4 {
-            pool.submit(&lane, LONG, || {}).unwrap();
+            pool.submit(&lane, later(), |_| {}).unwrap();
         }
-        assert!(pool.submit(&lane, LONG, || {}).is_err());
+        assert!(pool.submit(&lane, later(), |_| {}).is_err());
         assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
         drop(release_tx);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -711,9 +849,9 @@ mod tests {
     fn a_panicking_job_does_not_kill_the_thread() {
         let pool = ScenarioPool::start(1, 4, logger()).unwrap();
         let lane = Arc::new(Lane::default());
-        pool.submit(&lane, LONG, || panic!("boom")).unwrap();
+        pool.submit(&lane, later(), |_| panic!("boom")).unwrap();
         let (tx, rx) = mpsc::channel();
-        pool.submit(&lane, LONG, move || tx.send(42).unwrap())
+        pool.submit(&lane, later(), move |_| tx.send(42).unwrap())
             .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 42);
         assert_eq!(pool.stats().panicked.load(Ordering::Relaxed), 1);
@@ -728,7 +866,7 @@ mod tests {
         let (done_tx, done_rx) = mpsc::channel();
         for i in 0..8 {
             let (gate, done) = (gate.clone(), done_tx.clone());
-            pool.submit(&lane, LONG, move || {
+            pool.submit(&lane, later(), move |_| {
                 blocking(|| {
                     let (open, cv) = &*gate;
                     let mut open = open.lock().unwrap();
@@ -747,7 +885,7 @@ mod tests {
         }
         let (tx, rx) = mpsc::channel();
         let other = Arc::new(Lane::default());
-        pool.submit(&other, LONG, move || tx.send("other").unwrap())
+        pool.submit(&other, later(), move |_| tx.send("other").unwrap())
             .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "other");
         assert!(done_rx.try_recv().is_err(), "the gate is still closed");
@@ -763,13 +901,63 @@ mod tests {
     }
 
     #[test]
+    fn runs_that_cannot_finish_in_time_are_refused_early() {
+        // One slot; a channel whose runs compute 50 ms floods it before any run has
+        // been measured. Once the first run teaches the pool its cost, the runs that
+        // cannot finish by their deadline are refused at once, not run into a timeout.
+        let pool = ScenarioPool::start(1, 64, logger()).unwrap();
+        let lane = Arc::new(Lane::default());
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(600);
+        let (tx, rx) = mpsc::channel();
+        for i in 0..20 {
+            let tx = tx.clone();
+            pool.submit(&lane, deadline, move |start| {
+                if start == Start::Run {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                tx.send((i, start, Instant::now())).unwrap();
+            })
+            .unwrap();
+        }
+        let outcomes: Vec<_> = (0..20)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        let ran = outcomes.iter().filter(|o| o.1 == Start::Run).count();
+        let refused: Vec<_> = outcomes.iter().filter(|o| o.1 != Start::Run).collect();
+        assert!((5..=12).contains(&ran), "ran {ran}");
+        assert_eq!(ran + refused.len(), 20);
+        // The refused ones heard so well before their deadline, and the runs that
+        // ran all ended by it.
+        for (i, _, at) in &refused {
+            assert!(
+                *at < deadline - Duration::from_millis(200),
+                "run {i} refused late"
+            );
+        }
+        for (i, start, at) in &outcomes {
+            if *start == Start::Run {
+                assert!(
+                    *at <= deadline + Duration::from_millis(60),
+                    "run {i} ended late"
+                );
+            }
+        }
+        assert!(lane.recent_compute() >= Duration::from_millis(45));
+        assert_eq!(
+            pool.stats().shed.load(Ordering::Relaxed),
+            refused.len() as u64
+        );
+    }
+
+    #[test]
     fn lanes_are_served_round_robin() {
         let pool = ScenarioPool::start(1, 64, logger()).unwrap();
         let (a, b) = (Arc::new(Lane::default()), Arc::new(Lane::default()));
         // Hold the only slot so that everything below queues.
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel();
-        pool.submit(&a, LONG, move || {
+        pool.submit(&a, later(), move |_| {
             started_tx.send(()).unwrap();
             let _ = release_rx.recv();
         })
@@ -778,14 +966,14 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         for i in 0..10 {
             let order = order.clone();
-            pool.submit(&a, LONG, move || {
+            pool.submit(&a, later(), move |_| {
                 order.lock().unwrap().push(format!("a{i}"))
             })
             .unwrap();
         }
         let (tx, rx) = mpsc::channel();
         let o = order.clone();
-        pool.submit(&b, LONG, move || {
+        pool.submit(&b, later(), move |_| {
             o.lock().unwrap().push("b".into());
             tx.send(()).unwrap();
         })

@@ -110,10 +110,10 @@ impl RhaiRuntime {
         });
         engine.register_fn("log", |level: &str, text: &str| log_line(level, text));
         engine.register_fn("log", |text: &str| log_line("info", text));
+        // Straight from the text into script values (no serde_json::Value in between).
         engine.register_fn("parse_json", |text: &str| -> FnResult<Dynamic> {
-            let value: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| script_error(format!("parse_json: {e}")))?;
-            rhai::serde::to_dynamic(value)
+            serde_json::from_str::<Dynamic>(text)
+                .map_err(|e| script_error(format!("parse_json: {e}")))
         });
         engine.register_fn("to_json", |value: Dynamic| -> FnResult<String> {
             serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))
@@ -577,5 +577,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.content, b"[1,2]");
+        let r = run(
+            r#"let v = parse_json("{\"a\":1,\"b\":2.5,\"c\":[true,null,\"x\"],\"d\":{\"e\":-3}}");
+               response_content = `${type_of(v.a)} ${type_of(v.b)} ${v.c[0]} ${v.c[1] == ()} ${v.c[2]} ${v.d.e}`;"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&r.content),
+            "i64 f64 true true x -3"
+        );
+        assert!(run(r#"parse_json("{");"#, Duration::from_secs(5)).is_err());
     }
 }

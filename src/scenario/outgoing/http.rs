@@ -196,7 +196,8 @@ impl HttpCaller {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => {
-                return Err(format!("outgoing request failed: {}", t.kind()));
+                // The transport error says what failed (refused, TLS, timeout...).
+                return Err(format!("outgoing request failed: {t}"));
             }
         };
         let status = response.status();

@@ -7,6 +7,7 @@ pub mod http_runtime;
 pub mod outgoing;
 pub mod pool;
 pub mod reply;
+pub mod rhai_json;
 pub mod rhai_runtime;
 
 use std::any::Any;

@@ -110,10 +110,8 @@ impl RhaiRuntime {
         });
         engine.register_fn("log", |level: &str, text: &str| log_line(level, text));
         engine.register_fn("log", |text: &str| log_line("info", text));
-        // Straight from the text into script values (no serde_json::Value in between).
         engine.register_fn("parse_json", |text: &str| -> FnResult<Dynamic> {
-            serde_json::from_str::<Dynamic>(text)
-                .map_err(|e| script_error(format!("parse_json: {e}")))
+            super::rhai_json::parse(text).map_err(|e| script_error(format!("parse_json: {e}")))
         });
         engine.register_fn("to_json", |value: Dynamic| -> FnResult<String> {
             serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))

@@ -1,0 +1,160 @@
+//! Where a scenario's time goes on a real payload: the JSON order webhook of
+//! `benches/forward_run.sh` (a 2 KiB order of 35 items, summed, answered as JSON), run
+//! step by step in the embedded Rhai runtime on this thread, with the gateway's
+//! allocator. Prints microseconds per run of each cumulative step.
+//!
+//!   cargo bench --bench script_profile
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oktell_gateway::db::models::Channel;
+use oktell_gateway::scenario::outgoing::{OutgoingClient, OutgoingSettings};
+use oktell_gateway::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
+use oktell_gateway::scenario::{ChannelHost, RunContext, ScenarioRuntime, StartParams};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const RUNS: usize = 20_000;
+
+struct NoHost;
+impl ChannelHost for NoHost {
+    fn ws_send(&self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn ws_broadcast(&self, _: &str) -> usize {
+        0
+    }
+    fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
+        false
+    }
+    fn ws_sessions(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
+        Err("no event log here".into())
+    }
+}
+
+fn order_body() -> String {
+    let items: Vec<String> = (1..=35)
+        .map(|i| {
+            format!(
+                r#"{{"sku":"SKU-{i:05}","name":"Item {i} of order 7","price":{}.{:02},"qty":{}}}"#,
+                (i * 13) % 90 + 5,
+                i % 100,
+                i % 9 + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"id":1007,"customer":"c-7","currency":"EUR","items":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let outgoing = Arc::new(OutgoingClient::new(
+        &OutgoingSettings {
+            timeout: Duration::from_secs(1),
+            max_response_bytes: 1024,
+            max_connections_per_host: 1,
+        },
+        oktell_gateway::net::tls::client_config(None)?,
+    ));
+    // The defaults of config.default.toml.
+    let rt = RhaiRuntime::new(
+        &RhaiLimits {
+            max_operations: 10_000_000,
+            max_call_depth: 64,
+            max_string_bytes: 4 * 1024 * 1024,
+            max_array_len: 100_000,
+            max_map_len: 100_000,
+        },
+        outgoing,
+    );
+    let channel = Arc::new(Channel {
+        id: "id".into(),
+        domain: "default".into(),
+        code: "order".into(),
+        kind: "public".into(),
+        wait_for_completion: true,
+        ws_role: String::new(),
+        token: "t".into(),
+        outgoing_url: String::new(),
+        outgoing_token_primary: String::new(),
+        outgoing_token_secondary: String::new(),
+        webhook_scenario: String::new(),
+        websocket_scenario: String::new(),
+        comment: String::new(),
+        enabled: true,
+        version: 1,
+        created_at: 0,
+        updated_at: 0,
+        ws_hello: false,
+        event_types: String::new(),
+    });
+    let params: Arc<dyn StartParams> = Arc::new(vec![
+        "{}".to_string(),
+        "POST".into(),
+        "http://127.0.0.1/api/token/v1/t".into(),
+        order_body(),
+        "{}".into(),
+        "127.0.0.1".into(),
+        "HTTP/1.1".into(),
+    ]);
+    let host: Arc<dyn ChannelHost> = Arc::new(NoHost);
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let steps = [
+        ("empty script", ""),
+        ("startparam(4)", "let b = startparam(4);"),
+        ("+ parse_json", "let o = parse_json(startparam(4));"),
+        (
+            "+ for it in o.items {}",
+            "let o = parse_json(startparam(4)); for it in o.items { }",
+        ),
+        (
+            "+ total += it.price * it.qty",
+            "let o = parse_json(startparam(4)); let total = 0.0; for it in o.items { total += it.price * it.qty; }",
+        ),
+        (
+            "+ to_json reply (the whole scenario)",
+            r#"let o = parse_json(startparam(4)); let total = 0.0; for it in o.items { total += it.price * it.qty; } response_content = to_json(#{ id: o.id, total: total, items: o.items.len() }); response_headers = #{"Content-Type": "application/json"};"#,
+        ),
+    ];
+    println!("{:40} {:>10}", "step (cumulative)", "µs / run");
+    for (name, src) in steps {
+        let compiled = rt.compile(src).map_err(|e| e.message)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            for _ in 0..RUNS {
+                rt.run(
+                    &compiled,
+                    RunContext {
+                        channel: &channel,
+                        params: &params,
+                        deadline: Instant::now() + Duration::from_secs(5),
+                        logger: &logger,
+                        host: &host,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            best = best.min(started.elapsed().as_secs_f64() * 1e6 / RUNS as f64);
+        }
+        println!("{name:40} {best:>10.2}");
+    }
+    let body = order_body();
+    let started = Instant::now();
+    for _ in 0..RUNS {
+        std::hint::black_box(serde_json::from_str::<serde_json::Value>(&body)?);
+    }
+    println!(
+        "{:40} {:>10.2}",
+        "(reference: serde_json::Value parse)",
+        started.elapsed().as_secs_f64() * 1e6 / RUNS as f64
+    );
+    Ok(())
+}

@@ -98,3 +98,97 @@ raise_fd_limit() { # count, what (for messages)
         || die "ephemeral port range $PORT_LO-$PORT_HI is smaller than $count $what"
     log "open files limit $(ulimit -n); ephemeral ports $PORT_LO-$PORT_HI; somaxconn $(cat /proc/sys/net/core/somaxconn)"
 }
+
+# --- wrk runs and gateway processes (run.sh, forward_run.sh) ------------------------------
+# These use OUT (raw output folder), TMP, ROOT and STARTUP_TIMEOUT_S (default 30).
+
+seconds_of() { # 10s / 2m / 10 -> seconds (for watchdogs)
+    local d="$1"
+    case "$d" in
+        *ms) echo 1 ;;
+        *s) echo "${d%s}" ;;
+        *m) echo $(( ${d%m} * 60 )) ;;
+        *h) echo $(( ${d%h} * 3600 )) ;;
+        *) echo "$d" ;;
+    esac
+}
+
+wait_http() { # url, pid, [seconds per try]: poll until the URL answers 2xx, the process dies, or the deadline
+    local url="$1" pid="$2" per_try="${3:-1}" deadline=$(( SECONDS + ${STARTUP_TIMEOUT_S:-30} ))
+    while (( SECONDS < deadline )); do
+        alive "$pid" || return 1
+        curl -fsSk -o /dev/null --max-time "$per_try" "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+ensure_wrk() { # installs Debian's wrk when missing; checks the other tools
+    local sudo=""
+    [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo="sudo"
+    if ! command -v wrk >/dev/null; then
+        log "installing wrk"
+        apt-cache show wrk >/dev/null 2>&1 || $sudo apt-get update
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y wrk
+    fi
+    local tool
+    for tool in wrk curl python3 cargo timeout "$@"; do
+        command -v "$tool" >/dev/null || die "$tool is needed"
+    done
+}
+
+# One wrk measurement (after an unmeasured warm-up of WARMUP unless 0):
+#   run_wrk LABEL URL ROUND [CONNECTIONS] [LUA SCRIPT]  -> $OUT/<label>-<round>.txt
+# Uses THREADS, DURATION, WARMUP, CONNECTIONS and WRK_SCRIPT as defaults.
+run_wrk() {
+    local label="$1" url="$2" round="$3" conns="${4:-$CONNECTIONS}" script="${5:-$WRK_SCRIPT}"
+    local file="$OUT/$1-$3.txt" limit
+    limit=$(( $(seconds_of "$DURATION") + 30 ))
+    if [[ "$WARMUP" != "0" && "$WARMUP" != "0s" ]]; then
+        timeout "$(( $(seconds_of "$WARMUP") + 30 ))" \
+            wrk -t"$THREADS" -c"$conns" -d"$WARMUP" -s "$script" "$url" \
+            >"$OUT/$label-$round.warmup.txt" 2>&1 || die "wrk warm-up against $label failed"
+    fi
+    timeout "$limit" wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency -s "$script" "$url" \
+        >"$file" 2>&1 || die "wrk against $label failed: $(tail -3 "$file")"
+    log "round $round $label: $(python3 "$ROOT/benches/wrk_parse.py" one "$file")"
+}
+
+machine_line() {
+    local cpu
+    cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "nproc $(nproc), ${cpu:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
+}
+
+commit_line() {
+    echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+}
+
+# The release gateway (built once per run), started on PORT with CONFIG and DATA dir:
+#   start_gateway_at PORT CONFIG DATA LOG [more flags...]   -> sets GATEWAY_PID
+build_gateway() {
+    log "building the gateway (cargo build --release)"
+    cargo build --release || die "cargo build --release failed"
+    GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
+    [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+}
+start_gateway_at() {
+    local port="$1" config="$2" data="$3" logf="$4"
+    shift 4
+    "$GATEWAY_BIN" serve --config "$config" --listen "127.0.0.1:$port" --data-dir "$data" \
+        --database-url "$data/bench.db" --admin-token "$ADMIN_TOKEN" --log-level warn "$@" \
+        >>"$logf" 2>&1 &
+    GATEWAY_PID=$!
+    PIDS+=("$GATEWAY_PID")
+    wait_http "http://127.0.0.1:$port/healthz" "$GATEWAY_PID" \
+        || die "gateway did not become healthy (log: $logf)"
+}
+
+# Creates a channel from a JSON body on the gateway at PORT and prints its token.
+create_channel_json() { # port, json
+    local response
+    response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$1/admin/v1/channels" \
+        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        -d "$2")" || die "creating a channel failed: $2"
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
+}

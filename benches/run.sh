@@ -39,29 +39,6 @@ BENCH_TAG="bench"
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 
-# --- helpers --------------------------------------------------------------------------
-
-seconds_of() { # 10s / 2m / 10 -> seconds (for the wrk watchdog)
-    local d="$1"
-    case "$d" in
-        *ms) echo 1 ;;
-        *s) echo "${d%s}" ;;
-        *m) echo $(( ${d%m} * 60 )) ;;
-        *h) echo $(( ${d%h} * 3600 )) ;;
-        *) echo "$d" ;;
-    esac
-}
-
-wait_http() { # url, pid: poll until the URL answers 2xx, the process dies, or the deadline
-    local url="$1" pid="$2" deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
-    while (( SECONDS < deadline )); do
-        alive "$pid" || return 1
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 WRK_SCRIPT="$TMP/post.lua"
 cat >"$WRK_SCRIPT" <<'LUA'
 wrk.method = "POST"
@@ -69,57 +46,12 @@ wrk.body = '{"event":"call.finished","call_id":"bench-0001","duration":42}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-run_wrk() { # label, url, round -> writes $OUT/<label>-<round>.txt
-    local label="$1" url="$2" round="$3" file="$OUT/$1-$3.txt" limit
-    limit=$(( $(seconds_of "$DURATION") + 30 ))
-    if [[ "$WARMUP" != "0" && "$WARMUP" != "0s" ]]; then
-        timeout "$(( $(seconds_of "$WARMUP") + 30 ))" \
-            wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$WRK_SCRIPT" "$url" \
-            >"$OUT/$label-$round.warmup.txt" 2>&1 || die "wrk warm-up against $label failed"
-    fi
-    timeout "$limit" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WRK_SCRIPT" "$url" \
-        >"$file" 2>&1 || die "wrk against $label failed: $(tail -3 "$file")"
-    local line
-    line="$(python3 "$TMP/parse.py" one "$file")"
-    log "round $round $label: $line"
-}
-
 cat >"$TMP/parse.py" <<'PY'
-import re, sys
-
-def ms(value):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
-    if not m:
-        return float("nan")
-    n, unit = float(m.group(1)), m.group(2)
-    return n * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-def parse(path):
-    text = open(path).read()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    total = re.search(r"(\d+) requests in", text)
-    return {
-        "rps": float(rps.group(1)) if rps else 0.0,
-        "p50": ms(p50.group(1)) if p50 else float("nan"),
-        "p99": ms(p99.group(1)) if p99 else float("nan"),
-        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
-        "socket_detail": sock.group(0) if sock else "",
-        "non2xx": int(non2xx.group(1)) if non2xx else 0,
-        "requests": int(total.group(1)) if total else 0,
-    }
-
-if sys.argv[1] == "one":
-    r = parse(sys.argv[2])
-    print(f'{r["rps"]:.0f} req/s, p50 {r["p50"]:.3f} ms, p99 {r["p99"]:.3f} ms, '
-          f'socket errors {r["socket_errors"]}, non-2xx {r["non2xx"]}')
-    sys.exit(0)
+import os, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from wrk_parse import medians, append_section
 
 # report <out dir> <rounds> <results.md> <date> <machine> <command> <wrk params> <workers> <commit>
-import os, statistics
 out, rounds, results, date, machine, command, wrk_params, workers, commit = sys.argv[2:11]
 scenario_threads = os.environ.get("SCENARIO_THREADS", "?")
 rounds = int(rounds)
@@ -128,24 +60,11 @@ labels = [("bare", "bare actix-web (baseline)"),
           ("wait-on", "gateway, wait_for_completion on")]
 med, problems = {}, []
 for key, _ in labels:
-    runs = [parse(os.path.join(out, f"{key}-{i}.txt")) for i in range(1, rounds + 1)]
-    for i, r in enumerate(runs, 1):
-        if r["rps"] <= 0 or r["requests"] == 0:
-            problems.append(f"{key} round {i}: no requests measured")
-        if r["socket_errors"]:
-            problems.append(f"{key} round {i}: {r['socket_detail']}")
-        if r["non2xx"]:
-            problems.append(f"{key} round {i}: {r['non2xx']} non-2xx/3xx responses of {r['requests']}")
-    med[key] = {
-        "rps": statistics.median(r["rps"] for r in runs),
-        "p50": statistics.median(r["p50"] for r in runs),
-        "p99": statistics.median(r["p99"] for r in runs),
-        "runs": [r["rps"] for r in runs],
-    }
+    med[key] = medians([os.path.join(out, f"{key}-{i}.txt") for i in range(1, rounds + 1)], key, problems)
 
 bare = med["bare"]["rps"] or float("nan")
 ratios = [("wait-off / bare", med["wait-off"]["rps"] / bare, 0.75),
-          ("wait-on / bare", med["wait-on"]["rps"] / bare, 0.60)]
+          ("wait-on / bare", med["wait-on"]["rps"] / bare, 0.70)]
 
 rows = []
 for key, name in labels:
@@ -189,36 +108,18 @@ HEADER = """# Webhook benchmark results
 How to run: `bash benches/run.sh` from the repository root (see `benches/README.md` for the
 knobs). Each run appends a dated section below; older sections are kept for comparison.
 Targets: gateway with `wait_for_completion` off >= 75% of bare actix-web req/s, with it
-on >= 60%.
+on >= 70%.
 """
-if os.path.exists(results):
-    existing = open(results).read().rstrip("\n") + "\n"
-else:
-    existing = HEADER
-with open(results, "w") as f:
-    f.write(existing + section)
+append_section(results, HEADER, section)
 sys.exit(1 if problems else 0)
 PY
 
 # --- tools ------------------------------------------------------------------------------
-SUDO=""
-[[ $EUID -ne 0 ]] && command -v sudo >/dev/null && SUDO="sudo"
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    if ! apt-cache show wrk >/dev/null 2>&1; then
-        $SUDO apt-get update
-    fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y wrk
-fi
-for tool in wrk curl python3 cargo timeout; do
-    command -v "$tool" >/dev/null || die "$tool is needed"
-done
+ensure_wrk
+export BENCHES_DIR="$ROOT/benches"
 
 # --- build --------------------------------------------------------------------------------
-log "building the gateway (cargo build --release)"
-cargo build --release
-GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
-[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+build_gateway
 log "building the bare actix-web baseline (cargo bench --no-run --bench bare_actix)"
 BARE_BIN="$(bench_exe bare_actix)"
 
@@ -247,31 +148,14 @@ channel_max_in_flight = 4096
 TOML
 GATEWAY_PID=""
 start_gateway() {
-    "$GATEWAY_BIN" serve \
-        --config "$GATEWAY_CONFIG" \
-        --listen "127.0.0.1:$GATEWAY_PORT" \
-        --data-dir "$TMP" \
-        --database-url "$TMP/bench.db" \
-        --admin-token "$ADMIN_TOKEN" \
-        --workers "$WORKERS" \
-        --scenario-threads "$SCENARIO_THREADS" \
-        --log-level warn \
-        >>"$OUT/gateway.log" 2>&1 &
-    GATEWAY_PID=$!
-    PIDS+=("$GATEWAY_PID")
-    wait_http "http://127.0.0.1:$GATEWAY_PORT/healthz" "$GATEWAY_PID" \
-        || die "gateway did not become healthy (log: $OUT/gateway.log)"
+    start_gateway_at "$GATEWAY_PORT" "$GATEWAY_CONFIG" "$TMP" "$OUT/gateway.log" \
+        --workers "$WORKERS" --scenario-threads "$SCENARIO_THREADS"
 }
 
 create_channel() { # code, wait_for_completion -> prints the token
-    local code="$1" wait="$2" body response
-    body="$(python3 -c 'import json, sys; print(json.dumps({"code": sys.argv[1], "kind": "public",
+    create_channel_json "$GATEWAY_PORT" "$(python3 -c 'import json, sys; print(json.dumps({"code": sys.argv[1], "kind": "public",
         "wait_for_completion": sys.argv[2] == "true",
-        "webhook_scenario": "response_code = 200; response_content = \"ok\";"}))' "$code" "$wait")"
-    response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$GATEWAY_PORT/admin/v1/channels" \
-        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
-        -d "$body")" || die "creating channel $code failed"
-    python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
+        "webhook_scenario": "response_code = 200; response_content = \"ok\";"}))' "$1" "$2")"
 }
 
 # --- rounds ----------------------------------------------------------------------------------
@@ -303,9 +187,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # --- report ----------------------------------------------------------------------------------
-CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+MACHINE="$(machine_line)"
+COMMIT="$(commit_line)"
 WRK_PARAMS="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP before each)"
 status=0
 python3 "$TMP/parse.py" report "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" \

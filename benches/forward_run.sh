@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# One-command benchmark of the workloads users run, next to Node-RED 4.1 on the same
+# machine in the same run, on the release binary with default settings:
+#   - forward: a webhook whose scenario calls its outgoing URL once (an upstream that
+#     answers in 50 ms) and replies with what came back; 64 connections over http and
+#     https (local TLS upstream), and 512 connections;
+#   - JSON order: a webhook that parses a 2 KiB order (35 items, bodies varied per
+#     request), sums price x qty and replies JSON;
+#   - bursts (gateway only): 500 simultaneous callers of a scenario that waits 2 s on
+#     its upstream (all should answer 200 in ~2-3 s; RSS before/after/a minute later),
+#     and 2,000 callers of a scenario that computes 200 ms while a probe calls another
+#     channel every 50 ms (quick 503 + Retry-After for the excess; probe p99).
+# Medians over ROUNDS interleaved rounds go to stdout and to benches/RESULTS.md.
+#
+#   bash benches/forward_run.sh
+#
+# Knobs (environment): DURATION (wrk -d, 10s), ROUNDS (5), WARMUP (2s), THREADS (wrk -t,
+# 1), DELAY_MS (upstream delay, 50), NODERED_VERSION (4.1.8), BURSTS (1; 0 skips the
+# burst rows), PORT_BASE (18090: upstream, +1 TLS upstream, +2 gateway, +3 Node-RED,
+# +4 2 s upstream). Raw output and logs stay in benches/out/<run id>/ (git-ignored);
+# Node-RED is installed once into benches/out/node-red-<version>/ from the npm registry.
+set -euo pipefail
+
+DURATION="${DURATION:-10s}"
+ROUNDS="${ROUNDS:-5}"
+WARMUP="${WARMUP:-2s}"
+THREADS="${THREADS:-1}"
+DELAY_MS="${DELAY_MS:-50}"
+NODERED_VERSION="${NODERED_VERSION:-4.1.8}"
+BURSTS="${BURSTS:-1}"
+PORT_BASE="${PORT_BASE:-18090}"
+UP_PORT=$PORT_BASE
+UP_TLS_PORT=$(( PORT_BASE + 1 ))
+GATEWAY_PORT=$(( PORT_BASE + 2 ))
+NR_PORT=$(( PORT_BASE + 3 ))
+UP_SLOW_PORT=$(( PORT_BASE + 4 ))
+CONNECTIONS=64
+NOFILE="${NOFILE:-65536}"
+ADMIN_TOKEN="bench-admin-token-0123456789"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS DELAY_MS=$DELAY_MS NODERED_VERSION=$NODERED_VERSION BURSTS=$BURSTS bash benches/forward_run.sh"
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$ROOT/benches/out/forward-$RUN_ID"
+mkdir -p "$OUT"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-forward.XXXXXX")"
+BENCH_TAG="forward"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+
+ensure_wrk node npm openssl
+export BENCHES_DIR="$ROOT/benches"
+# 512 wrk connections, as many at the gateway and to the upstream, 2,000 burst callers.
+raise_fd_limit 4000 "connections"
+for port in "$UP_PORT" "$UP_TLS_PORT" "$GATEWAY_PORT" "$NR_PORT" "$UP_SLOW_PORT"; do
+    port_in_use "$port" && die "port $port is in use (set PORT_BASE)"
+done
+
+# --- build and install -------------------------------------------------------------------
+build_gateway
+UPSTREAM_BIN="$(bench_exe bare_actix)"
+NR_DIR="$ROOT/benches/out/node-red-$NODERED_VERSION"
+if [[ ! -f "$NR_DIR/node_modules/node-red/red.js" ]]; then
+    log "installing node-red@$NODERED_VERSION from the npm registry into $NR_DIR"
+    mkdir -p "$NR_DIR"
+    (cd "$NR_DIR" && timeout 600 npm install --no-audit --no-fund --omit=dev "node-red@$NODERED_VERSION" >"$OUT/npm.log" 2>&1) \
+        || die "npm install node-red failed (log: $OUT/npm.log)"
+fi
+
+# --- upstreams (50 ms over http and https, 2 s for the burst) -----------------------------
+# A CA (trusted by the gateway through --tls-ca-file) and a certificate for localhost.
+{
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TMP/ca.key" -out "$TMP/ca.pem" -days 2 \
+        -subj /CN=oktell-bench-ca \
+    && openssl req -newkey rsa:2048 -nodes -keyout "$TMP/key.pem" -out "$TMP/cert.csr" \
+        -subj /CN=localhost \
+    && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$TMP/san.ext" \
+    && openssl x509 -req -in "$TMP/cert.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" \
+        -CAcreateserial -out "$TMP/cert.pem" -days 2 -extfile "$TMP/san.ext"
+} >/dev/null 2>&1 || die "openssl could not make the certificates"
+start_upstream() { # port, delay, [cert key]
+    "$UPSTREAM_BIN" "127.0.0.1:$1" 1 "$2" "${@:3}" >>"$OUT/upstream-$1.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    local scheme=http
+    [[ $# -gt 2 ]] && scheme=https
+    wait_http "$scheme://127.0.0.1:$1/ready" "$pid" 5 || die "upstream on $1 did not come up"
+}
+start_upstream "$UP_PORT" "$DELAY_MS"
+start_upstream "$UP_TLS_PORT" "$DELAY_MS" "$TMP/cert.pem" "$TMP/key.pem"
+start_upstream "$UP_SLOW_PORT" 2000
+
+# --- the gateway (defaults, but quiet) ----------------------------------------------------
+cat >"$TMP/gateway.toml" <<'TOML'
+access_log = false
+shutdown_timeout_s = 2
+TOML
+start_gateway_at "$GATEWAY_PORT" "$TMP/gateway.toml" "$TMP" "$OUT/gateway.log" \
+    --tls-ca-file "$TMP/ca.pem"
+FORWARD='let r = outgoing_request("GET", "/slow"); response_code = r.status; response_content = r.body; response_headers = #{"Content-Type": "application/json"};'
+ORDER='let o = parse_json(startparam(4)); let total = 0.0; for it in o.items { total += it.price * it.qty; } response_content = to_json(#{ id: o.id, total: total, items: o.items.len() }); response_headers = #{"Content-Type": "application/json"};'
+channel() { # code, outgoing_url, scenario -> token
+    create_channel_json "$GATEWAY_PORT" "$(python3 -c 'import json, sys; print(json.dumps({"code": sys.argv[1], "kind": "public",
+        "wait_for_completion": True, "outgoing_url": sys.argv[2], "webhook_scenario": sys.argv[3]}))' "$1" "$2" "$3")"
+}
+T_FWD="$(channel fwd "http://127.0.0.1:$UP_PORT/api" "$FORWARD")"
+T_FWD_TLS="$(channel fwd-tls "https://localhost:$UP_TLS_PORT/api" "$FORWARD")"
+T_ORDER="$(channel order "" "$ORDER")"
+T_WAIT2S="$(channel wait2s "http://127.0.0.1:$UP_SLOW_PORT" "$FORWARD")"
+T_COMPUTE="$(channel compute "" 'let t = timestamp(); while t.elapsed < 0.2 {} response_content = "done";')"
+T_LIGHT="$(channel light "" 'response_content = "light";')"
+GW="http://127.0.0.1:$GATEWAY_PORT/api/token/v1"
+
+# --- Node-RED 4.1 with the same flows -----------------------------------------------------
+mkdir -p "$TMP/nr"
+cat >"$TMP/nr/settings.js" <<JS
+module.exports = {
+    uiPort: $NR_PORT, uiHost: "127.0.0.1", flowFile: "flows.json", httpAdminRoot: false,
+    logging: { console: { level: "warn", metrics: false, audit: false } },
+    editorTheme: { tours: false }, telemetry: { enabled: false },
+};
+JS
+python3 - "$TMP/nr/flows.json" "$UP_PORT" <<'PY'
+import json, sys
+path, port = sys.argv[1], sys.argv[2]
+order = ("const o = msg.payload; let total = 0; for (const it of o.items) total += it.price * it.qty;\n"
+         "msg.payload = { id: o.id, total: total, items: o.items.length };\n"
+         "msg.headers = { 'content-type': 'application/json' }; return msg;")
+flows = [
+    {"id": "t", "type": "tab", "label": "bench"},
+    {"id": "i1", "type": "http in", "z": "t", "url": "/fwd", "method": "post", "wires": [["r1"]]},
+    {"id": "r1", "type": "http request", "z": "t", "method": "GET", "ret": "txt",
+     "url": f"http://127.0.0.1:{port}/api/slow", "wires": [["o1"]]},
+    {"id": "o1", "type": "http response", "z": "t", "wires": []},
+    {"id": "i2", "type": "http in", "z": "t", "url": "/order", "method": "post", "wires": [["f2"]]},
+    {"id": "f2", "type": "function", "z": "t", "func": order, "outputs": 1, "wires": [["o2"]]},
+    {"id": "o2", "type": "http response", "z": "t", "wires": []},
+]
+json.dump(flows, open(path, "w"))
+PY
+node "$NR_DIR/node_modules/node-red/red.js" --settings "$TMP/nr/settings.js" --userDir "$TMP/nr" \
+    >>"$OUT/node-red.log" 2>&1 &
+NR_PID=$!
+PIDS+=("$NR_PID")
+NR_UP=0
+for _ in $(seq 1 300); do
+    alive "$NR_PID" || die "Node-RED exited (log: $OUT/node-red.log)"
+    code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' -d '{"id":1,"items":[]}' "http://127.0.0.1:$NR_PORT/order" || true)"
+    [[ "$code" == 200 ]] && { NR_UP=1; break; }
+    sleep 0.2
+done
+(( NR_UP )) || die "Node-RED did not answer (log: $OUT/node-red.log)"
+NR="http://127.0.0.1:$NR_PORT"
+
+# --- wrk scripts ---------------------------------------------------------------------------
+cat >"$TMP/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"event":"call.finished","call_id":"bench-0001"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+cat >"$TMP/order.lua" <<'LUA'
+-- 100 different 2 KiB orders of 35 items, sent in turn.
+local bodies, n = {}, 0
+for b = 1, 100 do
+    local items = {}
+    for i = 1, 35 do
+        items[i] = string.format('{"sku":"SKU-%05d","name":"Item %d of order %d","price":%d.%02d,"qty":%d}',
+            b * 100 + i, i, b, (b * 7 + i * 13) % 90 + 5, (b + i) % 100, (b + i) % 9 + 1)
+    end
+    bodies[b] = string.format('{"id":%d,"customer":"c-%d","currency":"EUR","items":[%s]}',
+        1000 + b, b % 17, table.concat(items, ","))
+end
+request = function()
+    n = n % 100 + 1
+    return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[n])
+end
+LUA
+for probe in "$GW/$T_FWD" "$GW/$T_FWD_TLS" "$GW/$T_ORDER" "$NR/fwd"; do
+    code="$(curl -s -o "$TMP/probe.txt" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d '{"id":1,"items":[{"price":1.5,"qty":2}]}' "$probe")"
+    [[ "$code" == 200 ]] || die "probe $probe answered $code: $(head -c 300 "$TMP/probe.txt")"
+done
+
+# --- rounds ----------------------------------------------------------------------------------
+log "run $RUN_ID: $ROUNDS rounds, wrk -t$THREADS -d$DURATION, upstream delay $DELAY_MS ms"
+for round in $(seq 1 "$ROUNDS"); do
+    run_wrk gw-fwd-64 "$GW/$T_FWD" "$round" 64 "$TMP/post.lua"
+    run_wrk nr-fwd-64 "$NR/fwd" "$round" 64 "$TMP/post.lua"
+    run_wrk gw-fwd-tls-64 "$GW/$T_FWD_TLS" "$round" 64 "$TMP/post.lua"
+    run_wrk gw-fwd-512 "$GW/$T_FWD" "$round" 512 "$TMP/post.lua"
+    run_wrk nr-fwd-512 "$NR/fwd" "$round" 512 "$TMP/post.lua"
+    run_wrk gw-order-64 "$GW/$T_ORDER" "$round" 64 "$TMP/order.lua"
+    run_wrk nr-order-64 "$NR/order" "$round" 64 "$TMP/order.lua"
+done
+
+# --- bursts ------------------------------------------------------------------------------------
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$GATEWAY_PID/status"; }
+threads_of() { awk '/Threads/ {print $2}' "/proc/$GATEWAY_PID/status"; }
+if [[ "$BURSTS" != 0 ]]; then
+    RSS_BEFORE="$(rss_mb)"
+    log "burst: 500 callers of a scenario that waits 2 s (RSS ${RSS_BEFORE} MB)"
+    timeout 120 python3 "$ROOT/benches/burst.py" --url "$GW/$T_WAIT2S" --count 500 --timeout 60 \
+        >"$OUT/burst-wait.json" || die "burst client failed"
+    RSS_PEAK="$(rss_mb)"
+    THREADS_PEAK="$(threads_of)"
+    log "burst-wait: $(cat "$OUT/burst-wait.json"); RSS ${RSS_PEAK} MB, threads ${THREADS_PEAK}"
+    # A minute later: spare threads have retired (10 s idle).
+    deadline=$(( SECONDS + 60 ))
+    while (( SECONDS < deadline )); do sleep 5; done
+    RSS_AFTER="$(rss_mb)"
+    THREADS_AFTER="$(threads_of)"
+    log "a minute later: RSS ${RSS_AFTER} MB, threads ${THREADS_AFTER}"
+    log "burst: 2,000 callers of a scenario that computes 200 ms, probe on another channel"
+    timeout 180 python3 "$ROOT/benches/burst.py" --url "$GW/$T_COMPUTE" --count 2000 --timeout 90 \
+        --probe "$GW/$T_LIGHT" --probe-ms 50 >"$OUT/burst-compute.json" || die "burst client failed"
+    log "burst-compute: $(cat "$OUT/burst-compute.json")"
+    printf '{"rss_before_mb": %s, "rss_peak_mb": %s, "rss_after_mb": %s, "threads_peak": %s, "threads_after": %s}\n' \
+        "$RSS_BEFORE" "$RSS_PEAK" "$RSS_AFTER" "$THREADS_PEAK" "$THREADS_AFTER" >"$OUT/burst-rss.json"
+fi
+
+# --- report ------------------------------------------------------------------------------------
+status=0
+python3 - "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    "$(machine_line)" "$COMMAND" "$(commit_line)" "$DELAY_MS" "$NODERED_VERSION" "$BURSTS" <<'PY' || status=$?
+import json, os, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from wrk_parse import medians, append_section
+out, rounds, results, date, machine, command, commit, delay, nrv, bursts = sys.argv[1:11]
+rounds, delay = int(rounds), int(delay)
+problems = []
+def med(key):
+    return medians([os.path.join(out, f"{key}-{i}.txt") for i in range(1, rounds + 1)], key, problems)
+rows = [("forward, 64 conns, http", "gw-fwd-64", "nr-fwd-64", 1150, 90),
+        ("forward, 64 conns, https", "gw-fwd-tls-64", None, 1000, None),
+        ("forward, 512 conns, http (cap 512/host)", "gw-fwd-512", "nr-fwd-512", min(5000, 512 * 1000 // delay), None),
+        ("JSON order (2 KiB, 35 items), 64 conns", "gw-order-64", "nr-order-64", 30000, None)]
+lines = ["| workload | gateway req/s | p50 ms | p99 ms | Node-RED req/s | p50 ms | p99 ms | gateway / Node-RED | target | |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+for name, gw, nr, target, p99_target in rows:
+    g = med(gw)
+    n = med(nr) if nr else None
+    ok = g["rps"] >= target and (p99_target is None or g["p99"] <= p99_target)
+    tgt = f">= {target:,} req/s" + (f", p99 <= {p99_target} ms" if p99_target else "")
+    nr_cols = (f'{n["rps"]:,.0f} | {n["p50"]:.1f} | {n["p99"]:.1f} | {g["rps"] / n["rps"]:.2f}x' if n else "— | — | — | —")
+    lines.append(f'| {name} | {g["rps"]:,.0f} | {g["p50"]:.1f} | {g["p99"]:.1f} | {nr_cols} | {tgt} | {"ok" if ok else "BELOW TARGET"} |')
+lines.append("")
+lines.append("Per round (req/s): " + "; ".join(
+    f"{k} " + ", ".join(f"{x:,.0f}" for x in med(k)["runs"])
+    for k in ["gw-fwd-64", "nr-fwd-64", "gw-fwd-tls-64", "gw-fwd-512", "nr-fwd-512", "gw-order-64", "nr-order-64"]))
+# medians() appended each problem once per call: keep unique ones.
+problems = sorted(set(problems))
+if bursts != "0":
+    w = json.load(open(os.path.join(out, "burst-wait.json")))
+    c = json.load(open(os.path.join(out, "burst-compute.json")))
+    r = json.load(open(os.path.join(out, "burst-rss.json")))
+    lines += ["",
+        "| burst | result | target |", "|---|---|---|",
+        f'| 500 callers, scenario waits 2 s | statuses {w["statuses"]}, wall {w["wall_s"]} s, slowest 200 {w["ok_max_ms"]} ms | all 200 within ~2-3 s |',
+        f'| RSS of the gateway | before {r["rss_before_mb"]} MB, peak {r["rss_peak_mb"]} MB ({r["threads_peak"]} threads), a minute later {r["rss_after_mb"]} MB ({r["threads_after"]} threads) | back to baseline ±20% |',
+        f'| 2,000 callers, scenario computes 200 ms | statuses {c["statuses"]}, 503 with Retry-After {c["refused_with_retry_after"]}, slowest 503 {c["refused_max_ms"]} ms | quick 503 + Retry-After for the excess |',
+        f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
+table = "\n".join(lines)
+print(); print(table); print()
+if problems:
+    print("PROBLEMS (run marked failed):"); [print("  - " + p) for p in problems]
+section = f"""
+## {date} — forward / JSON order / bursts (benches/forward_run.sh)
+
+- machine: {machine}
+- commit: {commit}
+- command: `{command}`
+- gateway: release build, default settings (2 HTTP workers, 2 scenario threads on 2 cores), SQLite, `access_log = false`, `log_level = warn`; Node-RED {nrv} from the npm registry on the machine's Node.js, same flows (http in → http request → http response; http in → function → http response)
+- upstream: bare actix-web answering every request after {delay} ms (http, and https with a self-signed certificate the gateway trusts through `--tls-ca-file`); wrk -t1, {rounds} interleaved rounds, medians
+
+{table}
+"""
+if problems:
+    section += "\n**Run failed** (errors seen):\n\n" + "\n".join("- " + p for p in problems) + "\n"
+append_section(results, "# Benchmark results\n", section)
+sys.exit(1 if problems else 0)
+PY
+log "raw output and logs: $OUT"
+(( status == 0 )) || die "errors during the run (see PROBLEMS above)"

@@ -198,6 +198,11 @@ done
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$GATEWAY_PID/status"; }
 threads_of() { awk '/Threads/ {print $2}' "/proc/$GATEWAY_PID/status"; }
 if [[ "$BURSTS" != 0 ]]; then
+    # A fresh gateway (same data: the channels stay) so that the baseline is its own.
+    stop_pid "$GATEWAY_PID"
+    start_gateway_at "$GATEWAY_PORT" "$TMP/gateway.toml" "$TMP" "$OUT/gateway.log" \
+        --tls-ca-file "$TMP/ca.pem"
+    curl -fsS -o /dev/null -X POST "$GW/$T_LIGHT" || die "the restarted gateway does not answer"
     RSS_BEFORE="$(rss_mb)"
     log "burst: 500 callers of a scenario that waits 2 s (RSS ${RSS_BEFORE} MB)"
     timeout 120 python3 "$ROOT/benches/burst.py" --url "$GW/$T_WAIT2S" --count 500 --timeout 60 \

@@ -23,7 +23,8 @@ use crate::db::subscriptions::{
     self as rows, AttemptResult, DELIVERED, FAILED, PENDING, Recorded, SubscriptionChange,
 };
 use crate::db::{Database, events as log, now_millis};
-use crate::events::webhooks::{check_target, signature_header};
+use crate::events::webhooks::signature_header;
+use crate::net::targets::{CheckedResolver, check_literal};
 
 /// First bytes of a response kept with an attempt.
 const RESPONSE_KEPT: usize = 4096;
@@ -114,34 +115,25 @@ impl DeliveryWorker {
             return;
         }
         self.claiming = true;
-        let (db, domain, allow_private, lease_ms) = (
-            self.db.clone(),
-            self.domain.clone(),
-            self.config.allow_private,
-            self.lease_ms,
-        );
+        let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
+        // Storage only: targets are checked when the delivery connects (names resolved
+        // then, by the client's resolver), never while a connection is held here.
         let work = async move {
             db.run(move |c| {
                 let now = now_millis();
                 let claimed = rows::claim_due(c, &domain, now, lease_ms, free as i64)?;
                 // A batch is mostly many events for few subscriptions: look each
-                // subscription up (and check its target, which resolves DNS) once.
-                let mut subs: HashMap<String, (Option<Subscription>, Result<(), String>)> =
-                    HashMap::new();
+                // subscription up once.
+                let mut subs: HashMap<String, Option<Subscription>> = HashMap::new();
                 let mut jobs = Vec::with_capacity(claimed.len());
                 for d in claimed {
                     if !subs.contains_key(&d.subscription_id) {
                         let sub = rows::find(c, &domain, &d.subscription_id)?;
-                        // Checked at send time: DNS may have changed since the subscribe.
-                        let target_ok = sub
-                            .as_ref()
-                            .map(|s| check_target(&s.url, allow_private))
-                            .unwrap_or(Ok(()));
-                        subs.insert(d.subscription_id.clone(), (sub, target_ok));
+                        subs.insert(d.subscription_id.clone(), sub);
                     }
-                    let (sub, target_ok) = subs[&d.subscription_id].clone();
+                    let sub = subs.get(&d.subscription_id).cloned().flatten();
                     let event = log::find(c, &domain, d.event_id)?;
-                    jobs.push((d, sub, event, target_ok));
+                    jobs.push((d, sub, event));
                 }
                 Ok(jobs)
             })
@@ -169,12 +161,7 @@ impl DeliveryWorker {
     fn send(
         &mut self,
         ctx: &mut Context<Self>,
-        (delivery, sub, event, target_ok): (
-            Delivery,
-            Option<Subscription>,
-            Option<Event>,
-            Result<(), String>,
-        ),
+        (delivery, sub, event): (Delivery, Option<Subscription>, Option<Event>),
     ) {
         let attempt_no = delivery.attempts + 1;
         let (Some(sub), Some(event)) = (sub, event) else {
@@ -202,7 +189,9 @@ impl DeliveryWorker {
             );
             return;
         }
-        if let Err(why) = target_ok {
+        // An IP literal is checked here; a name is resolved and checked by the client's
+        // resolver, which connects only to the addresses it checked (no rebinding).
+        if let Err(why) = check_literal(&sub.url, self.config.allow_private) {
             self.finish(
                 ctx,
                 delivery,
@@ -224,8 +213,19 @@ impl DeliveryWorker {
             return;
         }
         let client = self.client.get_or_insert_with(|| {
+            let resolver = CheckedResolver {
+                allow_private: self.config.allow_private,
+                timeout: crate::net::dns::DNS_TIMEOUT,
+            };
+            let tcp =
+                actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(resolver))
+                    .service();
             awc::Client::builder()
-                .connector(awc::Connector::new().rustls_0_23(self.config.tls.clone()))
+                .connector(
+                    awc::Connector::new()
+                        .connector(tcp)
+                        .rustls_0_23(self.config.tls.clone()),
+                )
                 .disable_redirects()
                 .timeout(Duration::from_secs(60))
                 .finish()

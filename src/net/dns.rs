@@ -129,6 +129,67 @@ pub fn resolve(netloc: &str, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
     }
 }
 
+/// The same as [`resolve`] for async callers (the delivery client's connector): the
+/// lookup runs on the resolver's own runtime; the caller waits without blocking a thread.
+pub async fn resolve_async(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<Vec<SocketAddr>> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return Ok(vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ]);
+    }
+    if host.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty host"));
+    }
+    let timeout = timeout.min(DNS_TIMEOUT);
+    let dns = dns()?;
+    let name = host.to_string();
+    let resolver = dns.resolver.clone();
+    let task = dns.runtime.spawn(async move {
+        tokio::time::timeout(timeout, resolver.lookup_ip(name.as_str())).await
+    });
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} took too long"),
+        )
+    };
+    let abort = task.abort_handle();
+    match tokio::time::timeout(timeout + Duration::from_millis(100), task).await {
+        Ok(Ok(Ok(Ok(found)))) => {
+            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            if addrs.is_empty() {
+                Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host} has no address"),
+                ))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Ok(Ok(Ok(Err(e)))) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("resolving {host}: {e}"),
+        )),
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(timed_out()),
+        Err(_) => {
+            abort.abort();
+            Err(timed_out())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

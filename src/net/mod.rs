@@ -3,4 +3,5 @@
 //! not reach.
 
 pub mod dns;
+pub mod targets;
 pub mod tls;

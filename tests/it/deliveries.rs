@@ -885,3 +885,81 @@ async fn an_attempt_is_recorded_only_while_its_lease_is_held(backend: Backend) {
     );
     assert_eq!(receiver.seen().len(), 1);
 }
+
+/// Special-purpose addresses, written as an attacker would (IPv4 embedded in IPv6 forms,
+/// multicast, benchmarking, reserved), are refused with the default settings, and the
+/// refusal changes nothing.
+#[actix_web::test]
+async fn special_purpose_targets_are_refused() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let token = eventing(&app).await;
+    for host in [
+        "[::127.0.0.1]",
+        "[::7f00:1]",
+        "[::ffff:0:7f00:1]",
+        "[::ffff:127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[2002:7f00:1::1]",
+        "[2002:a9fe:a9fe::1]",
+        "[2001:0:5db8:d822::80ff:fffe]",
+        "[fec0::1]",
+        "[ff02::1]",
+        "224.0.0.1",
+        "239.255.255.250",
+        "198.18.0.1",
+        "192.0.0.1",
+        "240.0.0.1",
+    ] {
+        let url = format!("http://{host}:8080/hook");
+        let req = app
+            .client
+            .post(app.url(&format!("/api/token/v1/{token}/subscribe")));
+        let r = app
+            .send(req, Some(json!({"url": url}).to_string().into_bytes()))
+            .await;
+        assert_eq!(r.status, 400, "{url}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], "url", "{url}");
+    }
+    let listed = app
+        .send(
+            app.client
+                .get(app.url(&format!("/api/token/v1/{token}/subscribe"))),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(listed["total"], 0, "nothing was stored");
+}
+
+/// A receiver that answers 302 to another one: the redirect is not followed (nothing
+/// reaches the second), and the attempt is recorded with its 302 as a failure to retry.
+#[actix_web::test]
+async fn redirects_are_not_followed() {
+    let app = app_for_deliveries(Backend::Sqlite).await.unwrap();
+    let elsewhere = Receiver::start(|_| (200, "should never be called".into()));
+    let target = format!("{}/stolen", elsewhere.url);
+    let redirecting = Receiver::start(move |_| (302, target.clone()));
+    let token = eventing(&app).await;
+    let sub = subscribe(&app, &token, json!({"url": redirecting.url.clone()})).await;
+    publish(&app, "go.elsewhere").await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    eventually(
+        "two attempts are recorded with 302",
+        Duration::from_secs(15),
+        || async {
+            let detail = subscription_detail(&app, &id).await;
+            detail["deliveries"][0]["attempts"]
+                .as_array()
+                .is_some_and(|a| a.len() >= 2 && a.iter().all(|a| a["status"] == 302))
+        },
+    )
+    .await;
+    let detail = subscription_detail(&app, &id).await;
+    assert!(
+        ["pending", "failed"].contains(&detail["deliveries"][0]["status"].as_str().unwrap()),
+        "a redirect is not a success: {detail}"
+    );
+    assert!(redirecting.seen().len() >= 2);
+    assert!(elsewhere.seen().is_empty(), "the redirect was followed");
+}

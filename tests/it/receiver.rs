@@ -118,9 +118,14 @@ impl Receiver {
                     }
                     let (status, text) = respond(&entry);
                     seen.lock().unwrap().push(entry);
-                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                        .insert_header(("X-Receiver", "yes"))
-                        .body(text)
+                    let mut reply =
+                        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+                    reply.insert_header(("X-Receiver", "yes"));
+                    // A redirect goes where its text says.
+                    if (300..400).contains(&status) {
+                        reply.insert_header(("Location", text.clone()));
+                    }
+                    reply.body(text)
                 }
             }))
         })

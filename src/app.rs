@@ -42,6 +42,8 @@ pub struct AppState {
     pub started: Instant,
     /// Open websocket sessions on this node (all channels).
     pub ws_sessions: Arc<AtomicUsize>,
+    /// Open event subscriber websockets on this node (all channels).
+    pub event_sockets: Arc<AtomicUsize>,
     pub events: EventService,
     pub broker: actix::Addr<EventBroker>,
     /// The epoch of the domain's event log.
@@ -151,6 +153,7 @@ impl Application {
             logger: logger.clone(),
             started: Instant::now(),
             ws_sessions: Arc::new(AtomicUsize::new(0)),
+            event_sockets: Arc::new(AtomicUsize::new(0)),
             events: events.clone(),
             broker,
             epoch: head.epoch.clone(),
@@ -394,9 +397,12 @@ fn build_dispatcher(
     ))
 }
 
-/// Purges events past the retention, hourly (first run a minute after start).
+/// Purges events and ended webhook deliveries (with their attempts) past their
+/// retentions, hourly (first run a minute after start).
 fn spawn_event_purge(events: EventService, config: &Config, logger: &slog::Logger) {
-    let retention_ms = (config.event_retention_days as i64).saturating_mul(24 * 60 * 60 * 1000);
+    let day_ms: i64 = 24 * 60 * 60 * 1000;
+    let retention_ms = (config.event_retention_days as i64).saturating_mul(day_ms);
+    let delivery_retention_ms = (config.delivery_retention_days as i64).saturating_mul(day_ms);
     let logger = logger.clone();
     actix_web::rt::spawn(async move {
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -407,6 +413,12 @@ fn spawn_event_purge(events: EventService, config: &Config, logger: &slog::Logge
                 Ok(0) => {}
                 Ok(n) => slog::info!(logger, "purged old events"; "count" => n),
                 Err(e) => slog::warn!(logger, "purging old events failed"; "error" => %e),
+            }
+            match events.purge_deliveries(delivery_retention_ms).await {
+                Ok((0, _)) => {}
+                Ok((deliveries, attempts)) => slog::info!(logger, "purged old deliveries";
+                    "deliveries" => deliveries, "attempts" => attempts),
+                Err(e) => slog::warn!(logger, "purging old deliveries failed"; "error" => %e),
             }
         }
     });

@@ -66,6 +66,10 @@ pub struct Config {
     /// Bytes queued for a websocket client that it has not read yet; beyond, it is
     /// closed (1008 on public channels, 1013 on event subscriptions).
     pub ws_max_backlog_bytes: usize,
+    /// Open event subscriptions (`/ws/token/v1/{token}/subscribe`) per eventing
+    /// channel and per node; beyond, the upgrade is refused with 503.
+    pub ws_max_subscribers_per_channel: usize,
+    pub ws_max_subscribers_per_node: usize,
     /// Events older than this are purged (hourly).
     pub event_retention_days: u64,
     /// Events a websocket subscriber may have queued before it is closed (1013).
@@ -80,6 +84,9 @@ pub struct Config {
     pub delivery_concurrency: usize,
     /// How often this node looks for due deliveries (publishes also wake it).
     pub delivery_poll_ms: u64,
+    /// Delivered and failed deliveries (and their attempts) are purged this many days
+    /// after they ended; pending ones are kept.
+    pub delivery_retention_days: u64,
     /// Allow webhook targets on loopback and private networks (tests, closed networks).
     pub allow_private_targets: bool,
     pub trusted_proxies: Vec<IpAddr>,
@@ -134,6 +141,8 @@ impl Default for Config {
             ws_max_sessions_per_channel: 10_000,
             ws_max_sessions_per_node: 50_000,
             ws_max_backlog_bytes: 1024 * 1024,
+            ws_max_subscribers_per_channel: 50_000,
+            ws_max_subscribers_per_node: 50_000,
             event_retention_days: 7,
             event_subscriber_buffer: 1000,
             delivery_retry_delays_ms: vec![
@@ -143,6 +152,7 @@ impl Default for Config {
             delivery_disable_after_ms: 5 * 24 * 3600 * 1000,
             delivery_concurrency: 32,
             delivery_poll_ms: 1000,
+            delivery_retention_days: 7,
             allow_private_targets: false,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Human,

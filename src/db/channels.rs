@@ -42,14 +42,21 @@ pub fn update(
     Ok(n == 1)
 }
 
+/// Deletes a channel and, in the same transaction, its webhook subscriptions with their
+/// deliveries and attempts (nothing of a deleted channel keeps being sent).
 pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, StoreError> {
-    let n = diesel::delete(
-        dsl::channels
-            .filter(dsl::id.eq(id))
-            .filter(dsl::domain.eq(domain)),
-    )
-    .execute(conn)?;
-    Ok(n == 1)
+    conn.transaction::<_, StoreError, _>(|c| {
+        let n = diesel::delete(
+            dsl::channels
+                .filter(dsl::id.eq(id))
+                .filter(dsl::domain.eq(domain)),
+        )
+        .execute(c)?;
+        if n == 1 {
+            super::subscriptions::delete_for_channel(c, domain, id)?;
+        }
+        Ok(n == 1)
+    })
 }
 
 pub fn find(

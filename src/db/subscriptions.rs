@@ -98,20 +98,120 @@ pub fn find(
         .optional()?)
 }
 
+/// Deletes a subscription with its deliveries and their attempts, in one transaction:
+/// nothing of it is sent after this commits, and nothing is left that no one can read.
 pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, StoreError> {
-    let n = diesel::delete(
-        subscriptions::table
-            .filter(subscriptions::domain.eq(domain))
-            .filter(subscriptions::id.eq(id)),
-    )
-    .execute(conn)?;
-    diesel::delete(
-        deliveries::table
-            .filter(deliveries::subscription_id.eq(id))
-            .filter(deliveries::status.eq(PENDING)),
-    )
-    .execute(conn)?;
-    Ok(n == 1)
+    conn.transaction::<_, StoreError, _>(|c| {
+        let n = diesel::delete(
+            subscriptions::table
+                .filter(subscriptions::domain.eq(domain))
+                .filter(subscriptions::id.eq(id)),
+        )
+        .execute(c)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        delete_deliveries_of(c, &[id.to_string()])?;
+        Ok(true)
+    })
+}
+
+/// The deliveries (any status) of these subscriptions, and their attempts.
+fn delete_deliveries_of(
+    c: &mut AnyConnection,
+    subscription_ids: &[String],
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = deliveries::table
+        .filter(deliveries::subscription_id.eq_any(subscription_ids))
+        .select(deliveries::id)
+        .load(c)?;
+    // Bounded statements (SQLite limits bound parameters).
+    for chunk in ids.chunks(500) {
+        diesel::delete(
+            delivery_attempts::table.filter(delivery_attempts::delivery_id.eq_any(chunk)),
+        )
+        .execute(c)?;
+        diesel::delete(deliveries::table.filter(deliveries::id.eq_any(chunk))).execute(c)?;
+    }
+    Ok(())
+}
+
+/// Deletes every subscription of a channel with their deliveries and attempts (the
+/// channel is being deleted; call inside its transaction). Returns how many.
+pub fn delete_for_channel(
+    c: &mut AnyConnection,
+    domain: &str,
+    channel_id: &str,
+) -> Result<usize, StoreError> {
+    let ids: Vec<String> = subscriptions::table
+        .filter(subscriptions::domain.eq(domain))
+        .filter(subscriptions::channel_id.eq(channel_id))
+        .select(subscriptions::id)
+        .load(c)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    delete_deliveries_of(c, &ids)?;
+    diesel::delete(subscriptions::table.filter(subscriptions::id.eq_any(&ids))).execute(c)?;
+    Ok(ids.len())
+}
+
+/// What one round of [`purge_ended`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub deliveries: usize,
+    pub attempts: usize,
+    /// A full batch: there may be more.
+    pub more: bool,
+}
+
+/// Deletes up to `batch` deliveries of the domain that ended before `before_ms`
+/// (delivered: by `delivered_at`; failed: by the time they failed, `next_attempt_at`),
+/// with their attempts, in one transaction. Pending deliveries are never touched.
+pub fn purge_ended(
+    conn: &mut AnyConnection,
+    domain: &str,
+    before_ms: i64,
+    batch: i64,
+) -> Result<Purged, StoreError> {
+    conn.transaction::<_, StoreError, _>(|c| {
+        let ended = deliveries::status
+            .eq(DELIVERED)
+            .and(deliveries::delivered_at.lt(before_ms))
+            .or(deliveries::status
+                .eq(FAILED)
+                .and(deliveries::next_attempt_at.lt(before_ms)));
+        let ids: Vec<String> = deliveries::table
+            .filter(deliveries::domain.eq(domain))
+            .filter(ended)
+            .select(deliveries::id)
+            .limit(batch)
+            .load(c)?;
+        if ids.is_empty() {
+            return Ok(Purged::default());
+        }
+        // The same condition again: a row sent again (recover, resend) meanwhile stays.
+        let gone: Vec<String> = deliveries::table
+            .filter(deliveries::id.eq_any(&ids))
+            .filter(ended)
+            .select(deliveries::id)
+            .load(c)?;
+        let attempts = diesel::delete(
+            delivery_attempts::table.filter(delivery_attempts::delivery_id.eq_any(&gone)),
+        )
+        .execute(c)?;
+        let deliveries_n = diesel::delete(
+            deliveries::table
+                .filter(deliveries::id.eq_any(&gone))
+                .filter(ended),
+        )
+        .execute(c)?;
+        Ok(Purged {
+            deliveries: deliveries_n,
+            attempts,
+            more: ids.len() as i64 == batch,
+        })
+    })
 }
 
 /// Enabled subscriptions of the domain with their channel's event type patterns (for

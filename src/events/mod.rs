@@ -152,6 +152,8 @@ pub struct EventStats {
     pub subscribers: std::sync::atomic::AtomicUsize,
     pub pushed: std::sync::atomic::AtomicU64,
     pub slow_closed: std::sync::atomic::AtomicU64,
+    /// Subscribe upgrades refused at a subscriber limit.
+    pub subscribers_refused: std::sync::atomic::AtomicU64,
 }
 
 /// The domain's event log on this node.
@@ -277,6 +279,27 @@ impl EventService {
                 ))
             })
             .await
+    }
+
+    /// Deletes ended (delivered or failed) webhook deliveries older than the retention,
+    /// with their attempts, a batch per transaction so that writers are not held up;
+    /// pending ones are kept whatever their age. Returns (deliveries, attempts) removed.
+    pub async fn purge_deliveries(&self, retention_ms: i64) -> Result<(usize, usize), StoreError> {
+        const BATCH: i64 = 1000;
+        let before = now_millis().saturating_sub(retention_ms);
+        let mut total = (0, 0);
+        loop {
+            let domain = self.domain.clone();
+            let round = self
+                .db
+                .run(move |c| crate::db::subscriptions::purge_ended(c, &domain, before, BATCH))
+                .await?;
+            total.0 += round.deliveries;
+            total.1 += round.attempts;
+            if !round.more {
+                return Ok(total);
+            }
+        }
     }
 
     /// Deletes events older than the retention; returns how many.

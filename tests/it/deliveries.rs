@@ -963,3 +963,187 @@ async fn redirects_are_not_followed() {
     assert!(redirecting.seen().len() >= 2);
     assert!(elsewhere.seen().is_empty(), "the redirect was followed");
 }
+
+/// Rows of a table, counted straight from storage.
+async fn count_rows(app: &TestApp, table: &'static str) -> i64 {
+    app.state
+        .db
+        .run(move |c| {
+            use diesel::prelude::*;
+            use oktell_gateway::db::schema::{deliveries, delivery_attempts, subscriptions};
+            let n = match table {
+                "subscriptions" => subscriptions::table.count().get_result::<i64>(c),
+                "deliveries" => deliveries::table.count().get_result::<i64>(c),
+                "delivery_attempts" => delivery_attempts::table.count().get_result::<i64>(c),
+                other => panic!("no table {other}"),
+            };
+            n.map_err(oktell_gateway::db::StoreError::from)
+        })
+        .await
+        .unwrap()
+}
+
+on_both!(deleting_a_channel_deletes_its_subscriptions_and_deliveries);
+
+/// A deleted channel's subscriptions, their pending deliveries and attempts go with it:
+/// nothing keeps being sent for it. Another channel's are untouched.
+async fn deleting_a_channel_deletes_its_subscriptions_and_deliveries(backend: Backend) {
+    let Some(app) = app_for_deliveries(backend).await else {
+        return;
+    };
+    let failing = Receiver::start(|_| (500, "down".into()));
+    let doomed = app
+        .create_channel(json!({"code": "doomed", "kind": "eventing"}))
+        .await;
+    let kept = app
+        .create_channel(json!({"code": "kept", "kind": "eventing"}))
+        .await;
+    subscribe(
+        &app,
+        &token_of(&doomed),
+        json!({"url": failing.url.clone()}),
+    )
+    .await;
+    subscribe(
+        &app,
+        &token_of(&doomed),
+        json!({"url": failing.url.clone()}),
+    )
+    .await;
+    let other = subscribe(&app, &token_of(&kept), json!({"url": failing.url.clone()})).await;
+    publish(&app, "keeps.failing").await;
+    eventually(
+        "attempts were made for every subscription",
+        Duration::from_secs(15),
+        || async { failing.seen().len() >= 3 && count_rows(&app, "delivery_attempts").await >= 3 },
+    )
+    .await;
+    let r = app
+        .admin(
+            "DELETE",
+            &format!("/admin/v1/channels/{}", doomed["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let subs = app
+        .admin("GET", "/admin/v1/subscriptions", None)
+        .await
+        .json();
+    assert_eq!(
+        subs["total"], 1,
+        "only the other channel's subscription: {subs}"
+    );
+    assert_eq!(subs["items"][0]["id"], other["id"]);
+    assert_eq!(count_rows(&app, "subscriptions").await, 1);
+    // What is left belongs to the other channel's subscription only.
+    let left = app
+        .state
+        .db
+        .run(|c| {
+            use diesel::prelude::*;
+            use oktell_gateway::db::schema::deliveries;
+            deliveries::table
+                .select(deliveries::subscription_id)
+                .load::<String>(c)
+                .map_err(oktell_gateway::db::StoreError::from)
+        })
+        .await
+        .unwrap();
+    assert!(
+        !left.is_empty() && left.iter().all(|s| s == other["id"].as_str().unwrap()),
+        "{left:?}"
+    );
+    let attempts_of_others =
+        subscription_detail(&app, other["id"].as_str().unwrap()).await["deliveries"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .len() as i64;
+    eventually(
+        "every attempt left is the other subscription's",
+        Duration::from_secs(15),
+        || async {
+            let others = subscription_detail(&app, other["id"].as_str().unwrap()).await
+                ["deliveries"][0]["attempts"]
+                .as_array()
+                .unwrap()
+                .len() as i64;
+            count_rows(&app, "delivery_attempts").await == others
+        },
+    )
+    .await;
+    assert!(attempts_of_others >= 1);
+}
+
+on_both!(ended_deliveries_are_purged_after_the_retention);
+
+/// Delivered and failed deliveries past the retention go, with their attempts; pending
+/// ones stay whatever their age. Deleting a subscription takes its rows with it.
+async fn ended_deliveries_are_purged_after_the_retention(backend: Backend) {
+    let Some(app) = app_for_deliveries(backend).await else {
+        return;
+    };
+    let ok = Receiver::start(|_| (200, String::new()));
+    let failing = Receiver::start(|_| (500, "down".into()));
+    let (held, hold) = Receiver::holding(|_| (200, String::new()));
+    let token = eventing(&app).await;
+    let delivered = subscribe(&app, &token, json!({"url": ok.url.clone()})).await;
+    let failed = subscribe(&app, &token, json!({"url": failing.url.clone()})).await;
+    let pending = subscribe(&app, &token, json!({"url": held.url.clone()})).await;
+    publish(&app, "to.purge").await;
+    let status_of = |sub: &Value| {
+        let id = sub["id"].as_str().unwrap().to_string();
+        let app = &app;
+        async move { subscription_detail(app, &id).await["deliveries"][0]["status"].clone() }
+    };
+    eventually(
+        "one delivered, one failed (retries used up), one in flight",
+        Duration::from_secs(20),
+        || async {
+            status_of(&delivered).await == "delivered"
+                && status_of(&failed).await == "failed"
+                && hold.waiting() == 1
+        },
+    )
+    .await;
+    // 1 + 4 attempts (the first and three retries) are recorded; the held one has none.
+    assert_eq!(count_rows(&app, "deliveries").await, 3);
+    assert_eq!(count_rows(&app, "delivery_attempts").await, 5);
+    // Within the retention: nothing goes.
+    let kept = app.state.events.purge_deliveries(3_600_000).await.unwrap();
+    assert_eq!(kept, (0, 0));
+    // What the hourly job does once they are older than the retention.
+    let purged = app.state.events.purge_deliveries(-1000).await.unwrap();
+    assert_eq!(
+        purged,
+        (2, 5),
+        "the delivered and the failed one, with their attempts"
+    );
+    assert_eq!(count_rows(&app, "deliveries").await, 1);
+    assert_eq!(count_rows(&app, "delivery_attempts").await, 0);
+    assert_eq!(
+        status_of(&pending).await,
+        "pending",
+        "pending is never purged"
+    );
+    hold.release(10);
+    eventually(
+        "the held one is delivered",
+        Duration::from_secs(15),
+        || async { status_of(&pending).await == "delivered" },
+    )
+    .await;
+    // Unsubscribing takes the subscription's deliveries and attempts with it.
+    let r = app
+        .send(
+            app.client.delete(app.url(&format!(
+                "/api/token/v1/{token}/subscribe/{}",
+                pending["id"].as_str().unwrap()
+            ))),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(count_rows(&app, "deliveries").await, 0);
+    assert_eq!(count_rows(&app, "delivery_attempts").await, 0);
+}

@@ -133,6 +133,12 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
             Box::new(|mf, l, h| gauge(mf, l, h.sessions.len() as f64)),
         ),
         (
+            "oktell_ws_subscribers_open",
+            "Open event subscriber websockets (/ws/token/v1/{token}/subscribe).",
+            MetricType::GAUGE,
+            Box::new(|mf, l, h| gauge(mf, l, h.sessions.subscribers() as f64)),
+        ),
+        (
             "oktell_ws_sessions_opened_total",
             "Websocket sessions opened.",
             MetricType::COUNTER,
@@ -293,6 +299,11 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
             state.ws_sessions.load(Ordering::Relaxed) as f64,
         ),
         (
+            "oktell_ws_subscribers_node_open",
+            "Open event subscriber websockets on this node (limit: ws_max_subscribers_per_node).",
+            state.event_sockets.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "oktell_uptime_seconds",
             "Seconds since the node started.",
             state.started.elapsed().as_secs_f64(),
@@ -331,6 +342,11 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
             "oktell_event_subscribers_dropped_total",
             "Subscribers closed for falling behind (1013).",
             load(&ev.slow_closed),
+        ),
+        (
+            "oktell_event_subscribers_refused_total",
+            "Subscribe upgrades refused at a subscriber limit (503).",
+            load(&ev.subscribers_refused),
         ),
     ] {
         counter(

@@ -206,6 +206,9 @@ impl Supervised for ChannelActor {
                         Some(current) if current.channel.version <= channel.version => {}
                         _ => return,
                     }
+                    act.sessions
+                        .event_types()
+                        .set(crate::channels::event_types_of(&channel));
                     let handle = ChannelHandle::new(
                         Arc::new(channel),
                         act.stats.clone(),

@@ -8,7 +8,7 @@
 //! from there on passes the live stream through.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -16,6 +16,8 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use serde::Deserialize;
 
 use super::broker::{Deliver, EventBroker, Overflowed, Subscribe, Unsubscribe};
+use super::sessions::{LiveTypes, SessionSlot, SessionTable};
+use super::ws_session::{CloseSession, NodeSlot};
 use crate::channels::rfc3339_millis;
 use crate::db::models::Event;
 use crate::db::{Database, events as log};
@@ -44,8 +46,18 @@ enum Phase {
     Live,
 }
 
+/// Numbers event sessions on this node (their key in the channel's table).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 pub struct EventSessionParts {
-    pub channel_types: Vec<String>,
+    /// The channel's exposed types as they are now (a channel update changes them).
+    pub channel_types: Arc<LiveTypes>,
+    /// The channel's websockets: the session registers there so that deleting or
+    /// disabling the channel, or shutting down, closes it.
+    pub sessions: Arc<SessionTable>,
+    /// Places held in the node's and the channel's subscriber limits.
+    pub node_slot: NodeSlot,
+    pub channel_slot: SessionSlot,
     pub broker: Addr<EventBroker>,
     pub db: Database,
     pub domain: String,
@@ -58,6 +70,7 @@ pub struct EventSessionParts {
 }
 
 pub struct EventSession {
+    id: u64,
     parts: EventSessionParts,
     subscription: Option<u64>,
     /// Bumped on every (re)subscribe, so that answers to an older one are ignored.
@@ -76,6 +89,7 @@ fn error_frame(code: &str, message: &str) -> String {
 impl EventSession {
     pub fn new(parts: EventSessionParts) -> EventSession {
         EventSession {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             parts,
             subscription: None,
             generation: 0,
@@ -159,8 +173,11 @@ impl EventSession {
         let generation = self.generation;
         let channel_types = self.parts.channel_types.clone();
         let client_types = types.clone();
+        // The channel's types are read at each event: an update of the channel applies
+        // to open subscriptions from the next event on.
         let filter: Arc<dyn Fn(&str) -> bool + Send + Sync> = Arc::new(move |t: &str| {
-            patterns::any_matches(&channel_types, t) && patterns::any_matches(&client_types, t)
+            patterns::any_matches(&client_types, t)
+                && patterns::any_matches(&channel_types.get(), t)
         });
         self.phase = Phase::Replaying(Vec::new());
         // A fresh counter: nothing queued for an older subscription counts against it.
@@ -320,6 +337,9 @@ impl Actor for EventSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.parts
+            .sessions
+            .insert_subscriber(self.id, ctx.address());
         ctx.run_interval(self.parts.heartbeat_interval, |act, ctx| {
             if act.last_pong.elapsed() > act.parts.heartbeat_timeout {
                 act.close(ctx, 1001, "heartbeat timeout".into());
@@ -331,6 +351,16 @@ impl Actor for EventSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.unsubscribe();
+        self.parts.sessions.remove_subscriber(self.id);
+    }
+}
+
+/// The channel was deleted or disabled, or the node shuts down: close (1001).
+impl Handler<CloseSession> for EventSession {
+    type Result = ();
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.unsubscribe();
+        self.close(ctx, msg.code, msg.reason);
     }
 }
 

@@ -10,6 +10,7 @@ use actix::Addr;
 use dashmap::DashMap;
 use serde::Serialize;
 
+use super::event_session::EventSession;
 use super::ws_session::{CloseSession, Push, WsSession};
 use crate::scenario::ChannelHost;
 
@@ -43,12 +44,39 @@ pub struct SessionView {
     pub errors: u64,
 }
 
+/// The event types an eventing channel exposes now (`event_types`), shared by the
+/// filters of its open subscribers: a change applies to the next event they are sent.
+#[derive(Default)]
+pub struct LiveTypes(std::sync::RwLock<Arc<Vec<String>>>);
+
+impl LiveTypes {
+    pub fn get(&self) -> Arc<Vec<String>> {
+        match self.0.read() {
+            Ok(types) => types.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, types: Vec<String>) {
+        let types = Arc::new(types);
+        match self.0.write() {
+            Ok(mut current) => *current = types,
+            Err(poisoned) => *poisoned.into_inner() = types,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct SessionTable {
     sessions: DashMap<String, SessionEntry>,
     /// Places taken, counted from before the upgrade (the table itself only knows a
     /// session once its actor runs), so that a burst of upgrades cannot pass the limit.
     reserved: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open event subscribers (`/ws/token/v1/{token}/subscribe`) of an eventing
+    /// channel: closed with the channel, like sessions, and limited the same way.
+    subscribers: DashMap<u64, Addr<EventSession>>,
+    subscribers_reserved: Arc<std::sync::atomic::AtomicUsize>,
+    event_types: Arc<LiveTypes>,
 }
 
 /// One reserved place of a channel's session limit; given back on drop.
@@ -77,6 +105,40 @@ impl SessionTable {
         let before = self.reserved.fetch_add(1, Ordering::AcqRel);
         let slot = SessionSlot(self.reserved.clone());
         (before < max).then_some(slot)
+    }
+
+    /// A place under `max` event subscribers, or None when the channel is full.
+    pub fn reserve_subscriber(&self, max: usize) -> Option<SessionSlot> {
+        let before = self.subscribers_reserved.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot(self.subscribers_reserved.clone());
+        (before < max).then_some(slot)
+    }
+
+    pub fn insert_subscriber(&self, id: u64, addr: Addr<EventSession>) {
+        self.subscribers.insert(id, addr);
+    }
+
+    pub fn remove_subscriber(&self, id: u64) {
+        self.subscribers.remove(&id);
+    }
+
+    /// Open event subscribers of the channel on this node.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// The channel's exposed event types, as its subscribers' filters read them.
+    pub fn event_types(&self) -> Arc<LiveTypes> {
+        self.event_types.clone()
+    }
+
+    pub fn close_subscribers(&self, close_code: u16, reason: &str) {
+        for entry in self.subscribers.iter() {
+            entry.value().do_send(CloseSession {
+                code: close_code,
+                reason: reason.to_string(),
+            });
+        }
     }
 
     pub fn insert(&self, code: String, entry: SessionEntry) {
@@ -132,13 +194,20 @@ impl SessionTable {
         }
     }
 
-    pub fn close_all(&self, close_code: u16, reason: &str) {
+    /// Closes the public websocket sessions.
+    pub fn close_sessions(&self, close_code: u16, reason: &str) {
         for entry in self.sessions.iter() {
             entry.addr.do_send(CloseSession {
                 code: close_code,
                 reason: reason.to_string(),
             });
         }
+    }
+
+    /// Closes every websocket of the channel: sessions and event subscribers.
+    pub fn close_all(&self, close_code: u16, reason: &str) {
+        self.close_sessions(close_code, reason);
+        self.close_subscribers(close_code, reason);
     }
 
     pub fn views(&self) -> Vec<SessionView> {

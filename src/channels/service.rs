@@ -246,10 +246,15 @@ impl ChannelService {
                 (actor, stats, sessions)
             }
         };
-        // A channel that stops taking websockets lets its open sessions go.
+        // A channel that stops taking websockets lets its open sessions go; an eventing
+        // channel's open subscribers filter by its event types as they are now.
         if !channel.enabled || channel.kind != super::KIND_PUBLIC {
-            sessions.close_all(close_code::GOING_AWAY, "channel disabled");
+            sessions.close_sessions(close_code::GOING_AWAY, "channel disabled");
         }
+        if !channel.enabled || channel.kind != super::KIND_EVENTING {
+            sessions.close_subscribers(close_code::GOING_AWAY, "channel disabled");
+        }
+        sessions.event_types().set(super::event_types_of(&channel));
         let handle = ChannelHandle::new(channel, stats, sessions, actor, compiled);
         live.registry.publish(Arc::new(handle));
     }

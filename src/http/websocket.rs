@@ -109,7 +109,8 @@ async fn websocket(
 #[utoipa::path(get, path = "/ws/token/v1/{token}/subscribe", tag = "eventing channels",
     params(("token" = String, Path, description = "The eventing channel's local token")),
     responses((status = 101, description = "Switching protocols"),
-        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
+        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse),
+        (status = 503, description = "Too many subscribers", body = super::openapi::ErrorResponse)))]
 async fn subscribe(
     req: HttpRequest,
     stream: web::Payload,
@@ -124,9 +125,40 @@ async fn subscribe(
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;
+    // Places are taken before the upgrade, so that a burst of upgrades cannot pass the
+    // limits; they are given back when the session ends (or here, on refusal).
+    let refused = || {
+        state
+            .events
+            .stats
+            .subscribers_refused
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let Some(channel_slot) = handle
+        .sessions
+        .reserve_subscriber(config.ws_max_subscribers_per_channel)
+    else {
+        refused();
+        return Err(ApiError::overloaded(
+            "too_many_subscribers",
+            "this channel has as many event subscribers as it may",
+        ));
+    };
+    let taken = state.event_sockets.fetch_add(1, Ordering::AcqRel);
+    let node_slot = NodeSlot(state.event_sockets.clone());
+    if taken >= config.ws_max_subscribers_per_node {
+        refused();
+        return Err(ApiError::overloaded(
+            "too_many_subscribers",
+            "this node has as many event subscribers as it may",
+        ));
+    }
     let backlog = Arc::new(Backlog::default());
     let session = EventSession::new(EventSessionParts {
-        channel_types: crate::channels::event_types_of(&handle.channel),
+        channel_types: handle.sessions.event_types(),
+        sessions: handle.sessions.clone(),
+        node_slot,
+        channel_slot,
         broker: state.broker.clone(),
         db: state.db.clone(),
         domain: config.domain.clone(),
@@ -141,7 +173,8 @@ async fn subscribe(
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }
 
-/// Closes every websocket of the node (shutdown): 1001, going away.
+/// Closes every websocket of the node, event subscribers included (shutdown): 1001,
+/// going away.
 pub fn close_all_sessions(state: &AppState, reason: &str) {
     for handle in state.registry.handles() {
         handle

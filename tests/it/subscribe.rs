@@ -281,3 +281,183 @@ async fn events_past_retention_are_purged_and_not_recovered() {
     let next = publish(&app, "new.news", 3).await;
     assert_eq!(next, first + 2);
 }
+
+/// The HTTP status of a refused subscribe upgrade.
+async fn refused(app: &TestApp, token: &str) -> u16 {
+    let url = format!("ws://127.0.0.1:{}/ws/token/v1/{token}/subscribe", app.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}
+
+async fn subscribed(app: &TestApp, token: &str) -> Ws {
+    let mut ws = open(app, token).await;
+    op(&mut ws, json!({"op": "subscribe"})).await;
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    ws
+}
+
+on_both_backends!(subscribers_are_closed_with_their_channel);
+
+/// Disabling or deleting an eventing channel closes its open subscribers (1001), as for
+/// public sessions; while disabled, no one subscribes.
+async fn subscribers_are_closed_with_their_channel(app: TestApp) {
+    let channel = app
+        .create_channel(json!({"code": "feed", "kind": "eventing"}))
+        .await;
+    let (id, token) = (crate::helpers::id_of(&channel), token_of(&channel));
+    let mut ws = subscribed(&app, &token).await;
+    let r = app
+        .admin(
+            "PATCH",
+            &format!("/admin/v1/channels/{id}"),
+            Some(json!({"comment": "a change that keeps it enabled"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    publish(&app, "still.open", 1).await;
+    assert_eq!(
+        frame(&mut ws).await["type"],
+        "still.open",
+        "an update keeps it"
+    );
+    let r = app
+        .admin(
+            "PATCH",
+            &format!("/admin/v1/channels/{id}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(next_close(&mut ws).await.0, 1001, "disabled");
+    assert_eq!(refused(&app, &token).await, 404);
+    let r = app
+        .admin(
+            "PATCH",
+            &format!("/admin/v1/channels/{id}"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut ws = subscribed(&app, &token).await;
+    let r = app
+        .admin("DELETE", &format!("/admin/v1/channels/{id}"), None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(next_close(&mut ws).await.0, 1001, "deleted");
+    assert_eq!(refused(&app, &token).await, 404);
+}
+
+on_both_backends!(a_changed_event_types_applies_to_open_subscribers);
+
+/// Changing the channel's `event_types` changes what its open subscribers get, from the
+/// next event on, without a reconnect.
+async fn a_changed_event_types_applies_to_open_subscribers(app: TestApp) {
+    let channel = app
+        .create_channel(json!({"code": "feed", "kind": "eventing", "event_types": ["a.*"]}))
+        .await;
+    let id = crate::helpers::id_of(&channel);
+    let mut ws = subscribed(&app, &token_of(&channel)).await;
+    publish(&app, "b.before", 1).await;
+    publish(&app, "a.before", 2).await;
+    let e = frame(&mut ws).await;
+    assert_eq!(e["type"], "a.before", "b.* is not exposed yet: {e}");
+    let r = app
+        .admin(
+            "PATCH",
+            &format!("/admin/v1/channels/{id}"),
+            Some(json!({"event_types": ["b.*"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    publish(&app, "a.after", 3).await;
+    publish(&app, "b.after", 4).await;
+    let e = frame(&mut ws).await;
+    assert_eq!(
+        e["type"], "b.after",
+        "a.* is no longer exposed, b.* is: {e}"
+    );
+    // A resume replays with the channel's types as they are now.
+    op(&mut ws, json!({"op": "subscribe", "since": 0})).await;
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    assert_eq!(frame(&mut ws).await["type"], "b.before");
+    assert_eq!(frame(&mut ws).await["type"], "b.after");
+}
+
+/// Subscriber websockets are limited per channel and per node, counted before the
+/// upgrade (503), with metrics; a closed one gives its place back.
+#[actix_web::test]
+async fn subscriber_limits_refuse_before_the_upgrade() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.ws_max_subscribers_per_channel = 2;
+        c.ws_max_subscribers_per_node = 3;
+    })
+    .await
+    .unwrap();
+    let first = token_of(
+        &app.create_channel(json!({"code": "one", "kind": "eventing"}))
+            .await,
+    );
+    let second = token_of(
+        &app.create_channel(json!({"code": "two", "kind": "eventing"}))
+            .await,
+    );
+    let a = subscribed(&app, &first).await;
+    let _b = subscribed(&app, &first).await;
+    assert_eq!(refused(&app, &first).await, 503, "the channel is full");
+    let _c = subscribed(&app, &second).await;
+    assert_eq!(refused(&app, &second).await, 503, "the node is full");
+    let metrics = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_ws_subscribers_node_open", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        crate::ops::sample(
+            &metrics,
+            "oktell_ws_subscribers_open",
+            &[("channel", "one")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_event_subscribers_refused_total", &[]),
+        Some(2.0)
+    );
+    drop(a);
+    crate::helpers::eventually(
+        "the closed subscriber's place is free again",
+        Duration::from_secs(15),
+        || async {
+            let url = format!("ws://127.0.0.1:{}/ws/token/v1/{second}/subscribe", app.port);
+            tokio_tungstenite::connect_async(url).await.is_ok()
+        },
+    )
+    .await;
+}
+
+/// The real binary: SIGTERM closes event subscribers with 1001, and exits 0.
+#[actix_web::test]
+async fn sigterm_closes_subscribers_with_going_away() {
+    let mut gateway = crate::helpers::GatewayProcess::start().await;
+    let channel = gateway
+        .create_channel(json!({"code": "term-feed", "kind": "eventing"}))
+        .await;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws/token/v1/{}/subscribe",
+        gateway.port,
+        token_of(&channel)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    op(&mut ws, json!({"op": "subscribe"})).await;
+    assert_eq!(frame(&mut ws).await["op"], "subscribed");
+    gateway.terminate();
+    assert_eq!(next_close(&mut ws).await.0, 1001);
+    drop(ws);
+    assert_eq!(gateway.exit_code().await, Some(0));
+}

@@ -71,6 +71,8 @@ async def main(a):
         "statuses": statuses,
         "refused_with_retry_after": sum(1 for s, r, _ in results if s == 503 and r),
         "ok_p50_ms": pct(ok_ms, 0.5), "ok_max_ms": pct(ok_ms, 1.0),
+        "refused_p50_ms": pct([ms for s, _, ms in results if s == 503], 0.5),
+        "refused_p99_ms": pct([ms for s, _, ms in results if s == 503], 0.99),
         "refused_max_ms": pct([ms for s, _, ms in results if s == 503], 1.0),
         "probe_n": len(probe_ms), "probe_p50_ms": pct(probe_ms, 0.5),
         "probe_p99_ms": pct(probe_ms, 0.99),

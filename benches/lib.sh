@@ -148,6 +148,9 @@ run_wrk() {
         timeout "$(( $(seconds_of "$WARMUP") + 30 ))" \
             wrk -t"$THREADS" -c"$conns" -d"$WARMUP" -s "$script" "$url" \
             >"$OUT/$label-$round.warmup.txt" 2>&1 || die "wrk warm-up against $label failed"
+        # The warm-up's connections are gone, but their runs may still wait on an
+        # upstream (and hold their channel's in-flight slots): let them end first.
+        sleep "${WARMUP_SETTLE:-0}"
     fi
     timeout "$limit" wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency -s "$script" "$url" \
         >"$file" 2>&1 || die "wrk against $label failed: $(tail -3 "$file")"

@@ -107,6 +107,19 @@ pub struct Lane {
     cost_micros: AtomicU64,
     /// Runs queued in this lane (readable without the lock).
     len: AtomicUsize,
+    /// Deadline of the newest queued run, µs since [`epoch`] (a lock-free look at whether
+    /// shedding could refuse anything).
+    tail_deadline: AtomicU64,
+}
+
+/// A fixed instant that deadlines are counted from in atomics.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64
 }
 
 #[derive(Default)]
@@ -319,6 +332,8 @@ impl ScenarioPool {
                 cost,
             });
             lane.len.fetch_add(1, Ordering::Relaxed);
+            lane.tail_deadline
+                .store(micros_since_epoch(deadline), Ordering::Relaxed);
             shared.queued_cost.fetch_add(cost, Ordering::Relaxed);
             shared.queued.fetch_add(1, Ordering::SeqCst);
             !std::mem::replace(&mut q.scheduled, true)
@@ -409,8 +424,16 @@ impl Shared {
     /// Refuses the runs at the end of `lane` that can no longer finish by their
     /// deadline, now that its runs are known to cost `cost` (the newest runs have the
     /// latest deadlines, so they go first and quickly, instead of timing out later).
-    fn shed_hopeless(&self, lane: &Lane, cost: u64) {
-        let now = Instant::now();
+    fn shed_hopeless(&self, lane: &Lane, cost: u64, now: Instant) {
+        // Without the lock first: can even the newest run still finish in time?
+        let len = lane.len();
+        if len == 0 {
+            return;
+        }
+        let finish = self.finish_estimate(len - 1, cost);
+        if micros_since_epoch(now + finish) <= lane.tail_deadline.load(Ordering::Relaxed) {
+            return;
+        }
         let mut refused = Vec::new();
         {
             let mut q = lock(&lane.queue);
@@ -759,9 +782,7 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
     let cost = shared.record_compute(lane, now.elapsed().saturating_sub(waited));
     shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
     shared.stats.completed.fetch_add(1, Ordering::Relaxed);
-    if !lane.is_empty() {
-        shared.shed_hopeless(lane, cost);
-    }
+    shared.shed_hopeless(lane, cost, Instant::now());
 }
 
 /// Runs `wait` without holding a compute slot: on a pool thread holding one, the slot

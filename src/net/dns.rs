@@ -76,57 +76,84 @@ fn split_netloc(netloc: &str) -> io::Result<(&str, u16)> {
     Ok((host, port))
 }
 
-/// Resolves `host:port`, giving up after `timeout` (at most [`DNS_TIMEOUT`]). IP
-/// literals and `localhost` (RFC 6761) are answered without a lookup.
-pub fn resolve(netloc: &str, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
-    let (host, port) = split_netloc(netloc)?;
+/// IP literals and `localhost` (RFC 6761) need no lookup.
+fn without_lookup(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
+        return Some(vec![SocketAddr::new(ip, port)]);
     }
     if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
-        return Ok(vec![
+        return Some(vec![
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
             SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
         ]);
     }
-    let timeout = timeout.min(DNS_TIMEOUT);
+    None
+}
+
+/// A lookup's answer (None: it took too long) as socket addresses, or a clear error.
+fn addresses<E: std::fmt::Display>(
+    host: &str,
+    port: u16,
+    found: Option<Result<Vec<IpAddr>, E>>,
+) -> io::Result<Vec<SocketAddr>> {
+    match found {
+        Some(Ok(ips)) if ips.is_empty() => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} has no address"),
+        )),
+        Some(Ok(ips)) => Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()),
+        Some(Err(e)) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("resolving {host}: {e}"),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("resolving {host} took too long"),
+        )),
+    }
+}
+
+/// Starts a lookup of `host` on the resolver's runtime; its answer (None when it took
+/// longer than `timeout`) comes through `done`.
+fn start_lookup(
+    host: &str,
+    timeout: Duration,
+    done: impl FnOnce(Option<Result<Vec<IpAddr>, String>>) + Send + 'static,
+) -> io::Result<tokio::task::AbortHandle> {
     let dns = dns()?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let name = host.to_string();
     let resolver = dns.resolver.clone();
     let task = dns.runtime.spawn(async move {
         let found = tokio::time::timeout(timeout, resolver.lookup_ip(name.as_str())).await;
-        let _ = tx.send(found);
+        done(
+            found
+                .ok()
+                .map(|r| r.map(|l| l.iter().collect()).map_err(|e| e.to_string())),
+        );
     });
-    let answer = rx.recv_timeout(timeout + Duration::from_millis(100));
-    let timed_out = || {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("resolving {host} took too long"),
-        )
-    };
-    match answer {
-        Ok(Ok(Ok(found))) => {
-            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-            if addrs.is_empty() {
-                Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{host} has no address"),
-                ))
-            } else {
-                Ok(addrs)
-            }
-        }
-        Ok(Ok(Err(e))) => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("resolving {host}: {e}"),
-        )),
-        Ok(Err(_)) => Err(timed_out()),
-        Err(_) => {
-            task.abort();
-            Err(timed_out())
-        }
+    Ok(task.abort_handle())
+}
+
+/// Resolves `host:port`, giving up after `timeout` (at most [`DNS_TIMEOUT`]). IP
+/// literals and `localhost` (RFC 6761) are answered without a lookup.
+pub fn resolve(netloc: &str, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
+    let (host, port) = split_netloc(netloc)?;
+    if let Some(addrs) = without_lookup(host, port) {
+        return Ok(addrs);
     }
+    let timeout = timeout.min(DNS_TIMEOUT);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let task = start_lookup(host, timeout, move |found| {
+        let _ = tx.send(found);
+    })?;
+    let found = rx.recv_timeout(timeout + Duration::from_millis(100)).ok();
+    if found.is_none() {
+        task.abort();
+    }
+    addresses(host, port, found.flatten())
 }
 
 /// The same as [`resolve`] for async callers (the delivery client's connector): the
@@ -140,54 +167,25 @@ pub async fn resolve_async(
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
-        return Ok(vec![
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
-        ]);
+    if let Some(addrs) = without_lookup(host, port) {
+        return Ok(addrs);
     }
     if host.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty host"));
     }
     let timeout = timeout.min(DNS_TIMEOUT);
-    let dns = dns()?;
-    let name = host.to_string();
-    let resolver = dns.resolver.clone();
-    let task = dns.runtime.spawn(async move {
-        tokio::time::timeout(timeout, resolver.lookup_ip(name.as_str())).await
-    });
-    let timed_out = || {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("resolving {host} took too long"),
-        )
-    };
-    let abort = task.abort_handle();
-    match tokio::time::timeout(timeout + Duration::from_millis(100), task).await {
-        Ok(Ok(Ok(Ok(found)))) => {
-            let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-            if addrs.is_empty() {
-                Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{host} has no address"),
-                ))
-            } else {
-                Ok(addrs)
-            }
-        }
-        Ok(Ok(Ok(Err(e)))) => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("resolving {host}: {e}"),
-        )),
-        Ok(Ok(Err(_))) | Ok(Err(_)) => Err(timed_out()),
-        Err(_) => {
-            abort.abort();
-            Err(timed_out())
-        }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = start_lookup(host, timeout, move |found| {
+        let _ = tx.send(found);
+    })?;
+    let found = tokio::time::timeout(timeout + Duration::from_millis(100), rx)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if found.is_none() {
+        task.abort();
     }
+    addresses(host, port, found.flatten())
 }
 
 #[cfg(test)]

@@ -435,48 +435,12 @@ async fn a_killed_node_delivers_after_restart() {
             (503, String::new())
         }
     });
-    let dir = std::env::temp_dir().join(format!("oktell-kill-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        "delivery_retry_delays_ms = [2000, 2000, 2000]\ndelivery_poll_ms = 100\n",
-    )
-    .unwrap();
-    let args = |dir: &std::path::Path| -> Vec<String> {
-        vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--database-url".into(),
-            dir.join("gw.db").display().to_string(),
-            "--allow-private-targets".into(),
-        ]
-    };
-    let mut first = crate::helpers::GatewayProcess::start_in(&dir, &args(&dir)).await;
-    let channel = first
-        .create_channel(json!({"code": "durable", "kind": "eventing"}))
-        .await;
-    let client = awc::Client::default();
-    let res = client
-        .post(format!(
-            "{}/api/token/v1/{}/subscribe",
-            first.base,
-            token_of(&channel)
-        ))
-        .send_json(&json!({"url": receiver.url.clone()}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let res = client
-        .post(format!("{}/admin/v1/events", first.base))
-        .insert_header((
-            "Authorization",
-            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
-        ))
-        .send_json(&json!({"type": "must.arrive", "data": {}}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "acknowledged");
+    let (dir, args) =
+        crash_node("delivery_retry_delays_ms = [2000, 2000, 2000]\ndelivery_poll_ms = 100\n");
+    let mut first = crate::helpers::GatewayProcess::start_in(&dir, &args).await;
+    subscribe_process(&first, "durable", &receiver.url).await;
+    let status = publish_process(&first, json!({"type": "must.arrive", "data": {}})).await;
+    assert_eq!(status, 201, "acknowledged");
     eventually(
         "the first attempt failed",
         Duration::from_secs(15),
@@ -485,7 +449,7 @@ async fn a_killed_node_delivers_after_restart() {
     .await;
     first.kill9();
     up.store(true, Ordering::SeqCst);
-    let _second = crate::helpers::GatewayProcess::start_in(&dir, &args(&dir)).await;
+    let _second = crate::helpers::GatewayProcess::start_in(&dir, &args).await;
     eventually(
         "the delivery arrives after the restart",
         Duration::from_secs(30),
@@ -1154,47 +1118,14 @@ async fn ended_deliveries_are_purged_after_the_retention(backend: Backend) {
 #[actix_web::test]
 async fn a_batch_of_a_thousand_survives_a_sigkill_mid_way() {
     let receiver = Receiver::start(|_| (200, String::new()));
-    let dir = std::env::temp_dir().join(format!("oktell-kill-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "delivery_poll_ms = 50\n").unwrap();
-    let args = vec![
-        "--config".to_string(),
-        config.display().to_string(),
-        "--database-url".into(),
-        dir.join("gw.db").display().to_string(),
-        "--allow-private-targets".into(),
-    ];
+    let (dir, args) = crash_node("delivery_poll_ms = 50\n");
     let mut first = crate::helpers::GatewayProcess::start_in(&dir, &args).await;
-    let channel = first
-        .create_channel(json!({"code": "bulk", "kind": "eventing"}))
-        .await;
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .finish();
-    let res = client
-        .post(format!(
-            "{}/api/token/v1/{}/subscribe",
-            first.base,
-            token_of(&channel)
-        ))
-        .send_json(&json!({"url": receiver.url.clone()}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    subscribe_process(&first, "bulk", &receiver.url).await;
     let events: Vec<Value> = (0..1000)
         .map(|i| json!({"type": "bulk.item", "data": {"n": i}}))
         .collect();
-    let res = client
-        .post(format!("{}/admin/v1/events", first.base))
-        .insert_header((
-            "Authorization",
-            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
-        ))
-        .send_json(&json!({ "events": events }))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "acknowledged");
+    let status = publish_process(&first, json!({ "events": events })).await;
+    assert_eq!(status, 201, "acknowledged");
     eventually(
         "some of the batch arrived",
         Duration::from_secs(30),
@@ -1239,4 +1170,55 @@ async fn a_batch_of_a_thousand_survives_a_sigkill_mid_way() {
         "the kill came after everything was sent ({before_restart})"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A folder and flags for a node of the SIGKILL tests: SQLite in the folder, private
+/// targets allowed, `settings` in its config file.
+fn crash_node(settings: &str) -> (std::path::PathBuf, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("oktell-kill-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, settings).unwrap();
+    let args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--database-url".into(),
+        dir.join("gw.db").display().to_string(),
+        "--allow-private-targets".into(),
+    ];
+    (dir, args)
+}
+
+/// A new eventing channel on `node` with `url` subscribed to it.
+async fn subscribe_process(node: &crate::helpers::GatewayProcess, code: &str, url: &str) {
+    let channel = node
+        .create_channel(json!({"code": code, "kind": "eventing"}))
+        .await;
+    let res = awc::Client::default()
+        .post(format!(
+            "{}/api/token/v1/{}/subscribe",
+            node.base,
+            token_of(&channel)
+        ))
+        .send_json(&json!({ "url": url }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+/// Publishes through `node`'s admin API; the status.
+async fn publish_process(node: &crate::helpers::GatewayProcess, body: Value) -> u16 {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+        .post(format!("{}/admin/v1/events", node.base))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+        ))
+        .send_json(&body)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

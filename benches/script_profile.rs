@@ -75,25 +75,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         outgoing,
     );
     let channel = Arc::new(Channel {
-        id: "id".into(),
-        domain: "default".into(),
         code: "order".into(),
         kind: "public".into(),
         wait_for_completion: true,
-        ws_role: String::new(),
-        token: "t".into(),
-        outgoing_url: String::new(),
-        outgoing_token_primary: String::new(),
-        outgoing_token_secondary: String::new(),
-        webhook_scenario: String::new(),
-        websocket_scenario: String::new(),
-        comment: String::new(),
         enabled: true,
         version: 1,
-        created_at: 0,
-        updated_at: 0,
-        ws_hello: false,
-        event_types: String::new(),
+        ..Channel::default()
     });
     let params: Arc<dyn StartParams> = Arc::new(vec![
         "{}".to_string(),

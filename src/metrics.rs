@@ -276,7 +276,7 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
         (
             "oktell_scenario_pool_returning",
             "Runs back from a wait, queued for a compute slot.",
-            stats.returning.load(Ordering::Relaxed) as f64,
+            pool.returning() as f64,
         ),
         (
             "oktell_scenario_pool_spare_threads",

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use super::schema::{channels, events};
 
 /// One integration channel, as stored in `channels`.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Debug, Clone, Default, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = channels)]
 pub struct Channel {
     pub id: String,

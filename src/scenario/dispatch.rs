@@ -100,28 +100,23 @@ impl Dispatcher {
         let host: Arc<dyn ChannelHost> = handle.host(&self.events);
         let handle_stats = handle.stats.clone();
         let job = move |start: Start| {
-            let logger = handle.logger(&base_logger);
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
                 return;
             }
-            // Refused in the queue (its channel's runs cost more than the queue left it
-            // time for), or queued past its deadline: answered 503, not run.
-            let refused = match start {
-                Start::Refused(r) => Some(r.retry_after),
-                Start::Run if Instant::now() >= deadline => Some(Duration::from_secs(1)),
-                Start::Run => None,
-            };
-            if let Some(retry_after) = refused {
+            // Refused in the queue (past its deadline, or its channel's runs cost more
+            // than the queue left it time for): answered 503, not run.
+            if let Start::Refused(refused) = start {
                 handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 drop(slot);
                 if let Some(tx) = tx {
                     let _ = tx.send(Err(ScenarioError::QueueFull {
-                        retry_after_secs: retry_secs(retry_after),
+                        retry_after_secs: retry_secs(refused.retry_after),
                     }));
                 }
                 return;
             }
+            let logger = handle.logger(&base_logger);
             let started = Instant::now();
             let outcome = match handle.script(kind, runtime.as_ref()) {
                 Ok(script) => runtime.run(
@@ -150,13 +145,14 @@ impl Dispatcher {
         };
         // A refused job is dropped unrun; its slot is given back on drop.
         let stats = handle_stats;
-        let lane = stats.lane.clone();
-        self.pool.submit(&lane, deadline, job).map_err(|refused| {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            ScenarioError::QueueFull {
-                retry_after_secs: retry_secs(refused.retry_after),
-            }
-        })?;
+        self.pool
+            .submit(&stats.lane, deadline, job)
+            .map_err(|refused| {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                ScenarioError::QueueFull {
+                    retry_after_secs: retry_secs(refused.retry_after),
+                }
+            })?;
         Ok(rx)
     }
 }

@@ -365,6 +365,11 @@ impl ScenarioPool {
         self.shared().slots.len()
     }
 
+    /// Runs back from a wait, queued for a compute slot.
+    pub fn returning(&self) -> usize {
+        self.shared().returners_waiting.load(Ordering::Relaxed)
+    }
+
     /// Recent compute time of one run.
     pub fn recent_compute(&self) -> Duration {
         Duration::from_micros(self.shared().compute_micros.load(Ordering::Relaxed))
@@ -508,8 +513,7 @@ impl Shared {
     /// when none could take it (thread bound reached, or the OS refused a thread).
     fn hand_off(self: &Arc<Self>, role: usize) -> bool {
         let mut handoff = lock(&self.handoff);
-        if let Some(ret) = handoff.returners.pop_front() {
-            self.returners_waiting.fetch_sub(1, Ordering::SeqCst);
+        if let Some(ret) = self.take_returner(&mut handoff) {
             drop(handoff);
             ret.give(role);
             return true;
@@ -536,6 +540,15 @@ impl Shared {
         }
     }
 
+    /// The oldest run back from a wait, off the list.
+    fn take_returner(&self, handoff: &mut Handoff) -> Option<Arc<Grant>> {
+        let ret = handoff.returners.pop_front();
+        if ret.is_some() {
+            self.returners_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        ret
+    }
+
     /// Queues for a slot after a wait; None when the pool shuts down (the run then
     /// finishes without one).
     fn reacquire(&self, grant: &Arc<Grant>) -> Option<usize> {
@@ -547,17 +560,16 @@ impl Shared {
             handoff.returners.push_back(grant.clone());
             self.returners_waiting.fetch_add(1, Ordering::SeqCst);
         }
-        self.stats.returning.fetch_add(1, Ordering::Relaxed);
         // An idle slot holder may sleep for good: wake it to hand its slot over.
         self.wake_one();
-        let role = loop {
+        loop {
             let state = lock(&grant.state);
             let (mut state, _) = grant
                 .cv
                 .wait_timeout_while(state, RETURN_CHECK, |s| s.role.is_none())
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(role) = state.role.take() {
-                break Some(role);
+                return Some(role);
             }
             drop(state);
             if self.shutdown.load(Ordering::SeqCst) {
@@ -565,13 +577,11 @@ impl Shared {
                 if let Some(i) = handoff.returners.iter().position(|g| Arc::ptr_eq(g, grant)) {
                     handoff.returners.remove(i);
                     self.returners_waiting.fetch_sub(1, Ordering::SeqCst);
-                    break None;
+                    return None;
                 }
                 // Someone took us off the list: the slot is on its way.
             }
-        };
-        self.stats.returning.fetch_sub(1, Ordering::Relaxed);
-        role
+        }
     }
 
     /// Parks a thread that gave its slot away until it gets one (Some) or retires /
@@ -701,14 +711,7 @@ fn work(shared: Arc<Shared>, role: usize) {
         };
         // Runs back from a wait go before new runs.
         if shared.returners_waiting.load(Ordering::SeqCst) > 0 {
-            let returner = {
-                let mut handoff = lock(&shared.handoff);
-                let r = handoff.returners.pop_front();
-                if r.is_some() {
-                    shared.returners_waiting.fetch_sub(1, Ordering::SeqCst);
-                }
-                r
-            };
+            let returner = shared.take_returner(&mut lock(&shared.handoff));
             if let Some(returner) = returner {
                 set_role(None);
                 returner.give(role);
@@ -753,11 +756,11 @@ fn work(shared: Arc<Shared>, role: usize) {
 }
 
 fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
-    // A run that can no longer finish in time (its channel's runs cost more than the
-    // queue left it) is refused now, quickly, rather than run into a timeout.
+    // A run past its deadline, or that can no longer finish in time (its channel's runs
+    // cost more than the queue left it), is refused now, quickly, not run into a timeout.
     let cost = lane.cost_micros.load(Ordering::Relaxed);
     let now = Instant::now();
-    if cost > 0 && now + Duration::from_micros(cost) > queued.deadline {
+    if now >= queued.deadline || (cost > 0 && now + Duration::from_micros(cost) > queued.deadline) {
         shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
         shared.stats.shed.fetch_add(1, Ordering::Relaxed);
         (queued.job)(Start::Refused(Refused {

@@ -444,20 +444,10 @@ mod tests {
             code: "c".into(),
             kind: "public".into(),
             wait_for_completion: true,
-            ws_role: String::new(),
             token: "t".into(),
-            outgoing_url: String::new(),
-            outgoing_token_primary: String::new(),
-            outgoing_token_secondary: String::new(),
-            webhook_scenario: String::new(),
-            websocket_scenario: String::new(),
-            comment: String::new(),
             enabled: true,
             version: 1,
-            created_at: 0,
-            updated_at: 0,
-            ws_hello: false,
-            event_types: String::new(),
+            ..Channel::default()
         })
     }
 

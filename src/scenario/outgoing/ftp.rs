@@ -20,7 +20,6 @@ use crate::db::models::Channel;
 use crate::net::dns;
 
 pub struct FtpCaller {
-    pub timeout: Duration,
     pub max_response_bytes: usize,
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -62,17 +61,14 @@ impl FtpCaller {
                 ));
             }
         };
-        let addr = dns::resolve(
-            &format!("{host}:{port}"),
-            time_left(deadline, self.timeout)?,
-        )
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
+        let addr = dns::resolve(&format!("{host}:{port}"), time_left(deadline)?)
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
         let mut last_error = String::new();
         for password in &passwords {
-            let left = time_left(deadline, self.timeout)?;
+            let left = time_left(deadline)?;
             let max = self.max_response_bytes;
             let to = FtpTarget {
                 addr,

@@ -139,7 +139,7 @@ impl HttpCaller {
         }
     }
 
-    /// One request; `left` bounds the whole call (waiting for a connection included).
+    /// One request; `deadline` bounds the whole call (waiting for a connection included).
     pub fn call(
         &self,
         url: &str,
@@ -157,10 +157,20 @@ impl HttpCaller {
             parsed.port_or_known_default().unwrap_or(0)
         );
         let _permit = self.limiter.acquire(&key, deadline, &self.stats)?;
+        let mut req = self
+            .agent
+            .request(&method.to_ascii_uppercase(), url)
+            .timeout(super::time_left(deadline)?);
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
+        if !token.is_empty() {
+            req = req.set("Authorization", &format!("Bearer {token}"));
+        }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         CALL_DEADLINE.set(Some(deadline));
-        let out = self.call_now(url, method, body, headers, token, deadline);
+        let out = self.send(req, body);
         CALL_DEADLINE.set(None);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if out.is_err() {
@@ -169,29 +179,9 @@ impl HttpCaller {
         out
     }
 
-    fn call_now(
-        &self,
-        url: &str,
-        method: &str,
-        body: &[u8],
-        headers: &[(String, String)],
-        token: &str,
-        deadline: Instant,
-    ) -> Result<OutgoingResponse, String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("no time left for an outgoing request".into());
-        }
-        let mut req = self
-            .agent
-            .request(&method.to_ascii_uppercase(), url)
-            .timeout(left);
-        for (name, value) in headers {
-            req = req.set(name, value);
-        }
-        if !token.is_empty() {
-            req = req.set("Authorization", &format!("Bearer {token}"));
-        }
+    /// Sends and reads the answer whole (up to the size cap), which gives the
+    /// connection back to the pool for reuse.
+    fn send(&self, req: ureq::Request, body: &[u8]) -> Result<OutgoingResponse, String> {
         let response = match req.send_bytes(body) {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
@@ -210,7 +200,6 @@ impl HttpCaller {
                     .map(|v| (name.clone(), v.to_string()))
             })
             .collect();
-        // Reading to the end gives the connection back to the pool for reuse.
         let mut body = Vec::new();
         response
             .into_reader()

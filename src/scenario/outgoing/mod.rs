@@ -44,9 +44,9 @@ pub struct OutgoingClient {
     ftp: ftp::FtpCaller,
 }
 
-/// What is left of the run's time for a call (at most `cap`), or an error when none.
-pub(crate) fn time_left(deadline: Instant, cap: Duration) -> Result<Duration, String> {
-    let left = deadline.saturating_duration_since(Instant::now()).min(cap);
+/// What is left of the call's time, or an error when none.
+pub(crate) fn time_left(deadline: Instant) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         Err("no time left for an outgoing request".into())
     } else {
@@ -64,7 +64,6 @@ impl OutgoingClient {
                 tls.clone(),
             ),
             ftp: ftp::FtpCaller {
-                timeout: settings.timeout,
                 max_response_bytes: settings.max_response_bytes,
                 tls,
             },
@@ -90,7 +89,8 @@ impl OutgoingClient {
             return Err("the channel has no outgoing_url".into());
         }
         // The call's own budget: the run's deadline or the outgoing timeout.
-        let deadline = deadline.min(Instant::now() + time_left(deadline, self.timeout)?);
+        let deadline = deadline.min(Instant::now() + self.timeout);
+        time_left(deadline)?;
         let lower = base.to_ascii_lowercase();
         if lower.starts_with("ftp://") || lower.starts_with("ftps://") {
             return self.ftp.call(channel, method, path, body, deadline);

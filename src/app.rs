@@ -115,6 +115,7 @@ impl Application {
                 timeout: Duration::from_millis(config.delivery_timeout_ms),
                 disable_after_ms: config.delivery_disable_after_ms as i64,
                 concurrency: config.delivery_concurrency.max(1),
+                per_subscription: config.delivery_max_in_flight_per_subscription.max(1),
                 poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
                 allow_private: config.allow_private_targets,
                 tls: client_tls(&config)?,

@@ -82,6 +82,9 @@ pub struct Config {
     pub delivery_disable_after_ms: u64,
     /// Deliveries sent at once by this node.
     pub delivery_concurrency: usize,
+    /// Deliveries of one subscription sent at once by this node (so that one slow
+    /// receiver cannot hold every slot).
+    pub delivery_max_in_flight_per_subscription: usize,
     /// How often this node looks for due deliveries (publishes also wake it).
     pub delivery_poll_ms: u64,
     /// Delivered and failed deliveries (and their attempts) are purged this many days
@@ -150,7 +153,8 @@ impl Default for Config {
             ],
             delivery_timeout_ms: 15_000,
             delivery_disable_after_ms: 5 * 24 * 3600 * 1000,
-            delivery_concurrency: 32,
+            delivery_concurrency: 64,
+            delivery_max_in_flight_per_subscription: 16,
             delivery_poll_ms: 1000,
             delivery_retention_days: 7,
             allow_private_targets: false,

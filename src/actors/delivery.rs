@@ -10,7 +10,7 @@
 //! (with what they do to the subscription, as targeted updates) only while the lease
 //! taken at claim time is still this node's: `db::subscriptions::record_attempt`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ const LEASE_MS: i64 = 60_000;
 /// checking the target before it and recording the attempt after it.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
+/// Deliveries of one subscription a node holds (sending or waiting for a slot), per
+/// delivery it may send to it at once.
+const HELD_PER_SLOT: usize = 4;
+
 /// The lease of a claimed delivery: it outlives the attempt, whatever the timeout.
 fn lease_ms(timeout: Duration) -> i64 {
     let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4);
@@ -46,6 +50,8 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     pub disable_after_ms: i64,
     pub concurrency: usize,
+    /// Of those, at most this many to one subscription.
+    pub per_subscription: usize,
     pub poll: Duration,
     pub allow_private: bool,
     /// Which certificates https:// receivers may present (see `net::tls`).
@@ -73,10 +79,22 @@ pub struct DeliveryWorker {
     stats: Arc<DeliveryStats>,
     client: Option<awc::Client>,
     claiming: bool,
+    /// Woken while a claim ran: claim again when it ends (new rows may have come after
+    /// its query).
+    wake_again: bool,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
-    claimed: std::collections::HashSet<String>,
+    claimed: HashSet<String>,
+    /// Attempts being sent, per subscription (bounded by `per_subscription`).
+    sending: HashMap<String, usize>,
+    /// Claimed deliveries of subscriptions that had no free slot, in claim order.
+    waiting: HashMap<String, std::collections::VecDeque<Job>>,
+    waiting_total: usize,
+    /// Finished attempts waiting to be recorded; recorded a batch per transaction, the
+    /// next batch as soon as the last one committed.
+    to_record: Vec<Finished>,
+    recording: bool,
     /// Shutting down: claim nothing more.
     draining: bool,
     logger: slog::Logger,
@@ -99,8 +117,14 @@ impl DeliveryWorker {
             stats,
             client: None,
             claiming: false,
+            wake_again: false,
             lease_ms: lease_ms(timeout),
-            claimed: std::collections::HashSet::new(),
+            claimed: HashSet::new(),
+            sending: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_total: 0,
+            to_record: Vec::new(),
+            recording: false,
             draining: false,
             logger: logger.new(slog::o!("actor" => "delivery_worker")),
         }
@@ -111,44 +135,79 @@ impl DeliveryWorker {
             .config
             .concurrency
             .saturating_sub(self.stats.in_flight.load(Ordering::Relaxed));
-        if self.claiming || self.draining || free == 0 {
+        if self.draining || free == 0 {
+            return;
+        }
+        if self.claiming {
+            self.wake_again = true;
             return;
         }
         self.claiming = true;
+        self.wake_again = false;
         let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
+        // Of one subscription this node holds (sending, or leased and waiting for a
+        // slot) at most `HELD_PER_SLOT` times what it may send at once: one receiver
+        // cannot take a whole batch. A subscription with less room than it may send at
+        // once is not read at all (so that claims stay large: each costs a round of
+        // statements, whatever its size).
+        let cap = self.config.per_subscription;
+        let held: HashMap<String, usize> = self
+            .sending
+            .iter()
+            .map(|(id, n)| (id.clone(), n + self.waiting.get(id).map_or(0, |q| q.len())))
+            .collect();
+        let full: Vec<String> = held
+            .iter()
+            .filter(|(_, n)| HELD_PER_SLOT * cap - (**n).min(HELD_PER_SLOT * cap) < cap)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let limit = free as i64;
         // Storage only: targets are checked when the delivery connects (names resolved
         // then, by the client's resolver), never while a connection is held here.
         let work = async move {
             db.run(move |c| {
                 let now = now_millis();
-                let claimed = rows::claim_due(c, &domain, now, lease_ms, free as i64)?;
-                // A batch is mostly many events for few subscriptions: look each
-                // subscription up once.
-                let mut subs: HashMap<String, Option<Subscription>> = HashMap::new();
-                let mut jobs = Vec::with_capacity(claimed.len());
-                for d in claimed {
-                    if !subs.contains_key(&d.subscription_id) {
-                        let sub = rows::find(c, &domain, &d.subscription_id)?;
-                        subs.insert(d.subscription_id.clone(), sub);
-                    }
-                    let sub = subs.get(&d.subscription_id).cloned().flatten();
-                    let event = log::find(c, &domain, d.event_id)?;
-                    jobs.push((d, sub, event));
-                }
-                Ok(jobs)
+                let room = |id: &str| {
+                    (HELD_PER_SLOT * cap).saturating_sub(held.get(id).copied().unwrap_or(0))
+                };
+                let claimed = rows::claim_due(c, &domain, now, lease_ms, limit, &room, &full)?;
+                // A batch is mostly many events for few subscriptions: one query each.
+                let mut sub_ids: Vec<&str> =
+                    claimed.iter().map(|d| d.subscription_id.as_str()).collect();
+                sub_ids.sort_unstable();
+                sub_ids.dedup();
+                let subs: HashMap<String, Subscription> = rows::find_many(c, &domain, &sub_ids)?
+                    .into_iter()
+                    .map(|s| (s.id.clone(), s))
+                    .collect();
+                let mut event_ids: Vec<i64> = claimed.iter().map(|d| d.event_id).collect();
+                event_ids.sort_unstable();
+                event_ids.dedup();
+                let events: HashMap<i64, Arc<Event>> = log::find_many(c, &domain, &event_ids)?
+                    .into_iter()
+                    .map(|e| (e.id, Arc::new(e)))
+                    .collect();
+                Ok(claimed
+                    .into_iter()
+                    .map(|d| {
+                        let sub = subs.get(&d.subscription_id).cloned();
+                        let event = events.get(&d.event_id).cloned();
+                        (d, sub, event)
+                    })
+                    .collect::<Vec<_>>())
             })
             .await
         };
-        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
             match result {
                 Ok(jobs) => {
-                    let full = !jobs.is_empty();
+                    let more = !jobs.is_empty() || act.wake_again;
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
                     for job in jobs {
-                        act.send(ctx, job);
+                        act.start(ctx, job);
                     }
-                    if full {
+                    if more {
                         // There may be more due rows: look again right away.
                         ctx.notify(Wake);
                     }
@@ -158,11 +217,46 @@ impl DeliveryWorker {
         }));
     }
 
-    fn send(
-        &mut self,
-        ctx: &mut Context<Self>,
-        (delivery, sub, event): (Delivery, Option<Subscription>, Option<Event>),
-    ) {
+    /// Sends a claimed delivery now, or once its subscription has a free slot.
+    fn start(&mut self, ctx: &mut Context<Self>, job: Job) {
+        let sending = self.sending.get(&job.0.subscription_id).copied();
+        if sending.unwrap_or(0) >= self.config.per_subscription {
+            self.waiting_total += 1;
+            self.waiting
+                .entry(job.0.subscription_id.clone())
+                .or_default()
+                .push_back(job);
+            return;
+        }
+        self.send(ctx, job);
+    }
+
+    /// An attempt of this subscription ended: its slot goes to the next one waiting.
+    fn sent(&mut self, ctx: &mut Context<Self>, subscription_id: &str) {
+        if let Some(n) = self.sending.get_mut(subscription_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.sending.remove(subscription_id);
+            }
+        }
+        let next = self
+            .waiting
+            .get_mut(subscription_id)
+            .and_then(|q| q.pop_front());
+        if self
+            .waiting
+            .get(subscription_id)
+            .is_some_and(|q| q.is_empty())
+        {
+            self.waiting.remove(subscription_id);
+        }
+        if let Some(job) = next {
+            self.waiting_total = self.waiting_total.saturating_sub(1);
+            self.send(ctx, job);
+        }
+    }
+
+    fn send(&mut self, ctx: &mut Context<Self>, (delivery, sub, event): Job) {
         let attempt_no = delivery.attempts + 1;
         let (Some(sub), Some(event)) = (sub, event) else {
             // The subscription or the event is gone: nothing to deliver.
@@ -252,6 +346,7 @@ impl DeliveryWorker {
             .insert_header(("webhook-timestamp", timestamp.to_string()))
             .insert_header(("webhook-signature", signature));
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        *self.sending.entry(sub.id.clone()).or_insert(0) += 1;
         let started = Instant::now();
         let call = async move {
             let mut res = request.send_body(body).await.map_err(|e| e.to_string())?;
@@ -284,6 +379,7 @@ impl DeliveryWorker {
         };
         ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
             act.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            act.sent(ctx, &delivery.subscription_id);
             let latency = started.elapsed();
             act.stats.attempts.fetch_add(1, Ordering::Relaxed);
             act.stats
@@ -368,9 +464,12 @@ impl DeliveryWorker {
                     }
                 }
             };
-        self.claimed.remove(&delivery.id);
         let change = match (&sub, &outcome) {
             (None, _) | (_, Outcome::GiveUp(_)) => SubscriptionChange::None,
+            // A subscription that was not failing when claimed needs no write (should
+            // an attempt recorded meanwhile have started its failure clock, the next
+            // delivered claim after it stops it).
+            (Some(s), Outcome::Delivered(_)) if s.failing_since == 0 => SubscriptionChange::None,
             (Some(_), Outcome::Delivered(_)) => SubscriptionChange::Healthy,
             (Some(_), Outcome::Gone) => SubscriptionChange::Gone,
             (Some(_), Outcome::Retry(..) | Outcome::RetryStatus(..)) => {
@@ -379,80 +478,138 @@ impl DeliveryWorker {
                 }
             }
         };
-        let attempt = DeliveryAttempt {
-            delivery_id: delivery.id.clone(),
-            attempt: attempt_no,
-            at: now,
-            status: code,
-            latency_ms,
-            response,
-            error,
-        };
+        self.to_record.push(Finished {
+            attempt: DeliveryAttempt {
+                delivery_id: delivery.id,
+                attempt: attempt_no,
+                at: now,
+                status: code,
+                latency_ms,
+                response,
+                error,
+            },
+            subscription_id: delivery.subscription_id,
+            status,
+            next_attempt_at: next,
+            delivered_at,
+            lease_until: delivery.lease_until,
+            change,
+            now,
+            sub,
+        });
+        self.record(ctx);
+    }
+
+    /// Records what finished since the last batch, in one transaction; the rows stay
+    /// claimed (their leases ours) until it committed.
+    fn record(&mut self, ctx: &mut Context<Self>) {
+        if self.recording || self.to_record.is_empty() {
+            return;
+        }
+        self.recording = true;
+        let batch = std::mem::take(&mut self.to_record);
         let db = self.db.clone();
-        let status = status.to_string();
-        let events = self.events.clone();
-        let stats = self.stats.clone();
-        let logger = self.logger.clone();
         let save = async move {
-            let subscription_id = delivery.subscription_id.clone();
-            let saved = db
+            let (batch, saved) = db
                 .run(move |c| {
-                    rows::record_attempt(
-                        c,
-                        &AttemptResult {
-                            attempt: &attempt,
-                            subscription_id: &subscription_id,
-                            status: &status,
-                            next_attempt_at: next,
-                            delivered_at,
-                            lease_until: delivery.lease_until,
-                            change,
-                            now,
-                        },
-                    )
-                    .map(|recorded| (recorded, status))
+                    let rows: Vec<AttemptResult<'_>> = batch.iter().map(Finished::row).collect();
+                    let saved = rows::record_attempts(c, &rows);
+                    drop(rows);
+                    Ok((batch, saved))
                 })
-                .await;
-            let disabled = match saved {
-                Ok((Recorded::LeaseLost, _)) => {
-                    stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-                    slog::warn!(logger, "delivery lease lost before the attempt was recorded; another node owns it now";
-                        "delivery" => &delivery.id, "attempt" => attempt_no);
-                    return;
-                }
-                Ok((Recorded::Saved { disabled }, status)) => {
-                    match status.as_str() {
-                        DELIVERED => stats.delivered.fetch_add(1, Ordering::Relaxed),
-                        FAILED => stats.gave_up.fetch_add(1, Ordering::Relaxed),
-                        _ => stats.failed_attempts.fetch_add(1, Ordering::Relaxed),
-                    };
-                    disabled
-                }
-                Err(e) => {
-                    slog::error!(logger, "recording a delivery attempt failed"; "delivery" => &delivery.id, "error" => %e);
-                    return;
-                }
-            };
-            // Only the attempt whose conditional update disabled the subscription gets
-            // here with a reason: one event per disable.
-            if let (Some(reason), Some(sub)) = (disabled, sub) {
-                slog::warn!(logger, "subscription disabled"; "subscription" => &sub.id, "reason" => &reason);
-                if let Some(events) = events {
-                    let new = crate::events::EventInput {
-                        event_type: "subscription.disabled".into(),
-                        data: serde_json::json!({ "subscription_id": sub.id, "url": sub.url, "reason": reason }),
-                        occurred_at: None,
-                        idempotency_key: None,
-                    };
-                    if let Ok(v) = new.validate(None, now_millis())
-                        && let Err(e) = events.publish(vec![v]).await
-                    {
-                        slog::error!(logger, "publishing subscription.disabled failed"; "subscription" => &sub.id, "error" => %e);
+                .await?;
+            Ok::<_, crate::db::StoreError>((batch, saved?))
+        };
+        ctx.spawn(save.into_actor(self).map(|result, act, ctx| {
+            act.recording = false;
+            match result {
+                Ok((batch, saved)) => {
+                    for (done, recorded) in batch.into_iter().zip(saved) {
+                        act.recorded(done, recorded);
                     }
                 }
+                Err(e) => {
+                    // Not recorded: the leases run out and the rows are sent again (at
+                    // least once, with the same webhook-id).
+                    slog::error!(act.logger, "recording delivery attempts failed"; "error" => %e);
+                }
             }
+            act.record(ctx);
+            act.claim(ctx);
+        }));
+    }
+
+    fn recorded(&mut self, done: Finished, recorded: Recorded) {
+        self.claimed.remove(&done.attempt.delivery_id);
+        let disabled = match recorded {
+            Recorded::LeaseLost => {
+                self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                slog::warn!(self.logger, "delivery lease lost before the attempt was recorded; another node owns it now";
+                    "delivery" => &done.attempt.delivery_id, "attempt" => done.attempt.attempt);
+                return;
+            }
+            Recorded::Saved { disabled } => disabled,
         };
-        ctx.spawn(save.into_actor(self));
+        match done.status {
+            DELIVERED => self.stats.delivered.fetch_add(1, Ordering::Relaxed),
+            FAILED => self.stats.gave_up.fetch_add(1, Ordering::Relaxed),
+            _ => self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed),
+        };
+        // Only the attempt whose conditional update disabled the subscription gets here
+        // with a reason: one event per disable.
+        let (Some(reason), Some(sub)) = (disabled, done.sub) else {
+            return;
+        };
+        slog::warn!(self.logger, "subscription disabled"; "subscription" => &sub.id, "reason" => &reason);
+        let Some(events) = self.events.clone() else {
+            return;
+        };
+        let logger = self.logger.clone();
+        actix::spawn(async move {
+            let new = crate::events::EventInput {
+                event_type: "subscription.disabled".into(),
+                data: serde_json::json!({ "subscription_id": sub.id, "url": sub.url, "reason": reason }),
+                occurred_at: None,
+                idempotency_key: None,
+            };
+            if let Ok(v) = new.validate(None, now_millis())
+                && let Err(e) = events.publish(vec![v]).await
+            {
+                slog::error!(logger, "publishing subscription.disabled failed"; "subscription" => &sub.id, "error" => %e);
+            }
+        });
+    }
+}
+
+/// A claimed delivery with what it needs to be sent.
+type Job = (Delivery, Option<Subscription>, Option<Arc<Event>>);
+
+/// An attempt that ended, waiting to be recorded.
+struct Finished {
+    attempt: DeliveryAttempt,
+    subscription_id: String,
+    status: &'static str,
+    next_attempt_at: i64,
+    delivered_at: i64,
+    lease_until: i64,
+    change: SubscriptionChange,
+    now: i64,
+    /// For the `subscription.disabled` event, should this attempt disable it.
+    sub: Option<Subscription>,
+}
+
+impl Finished {
+    fn row(&self) -> AttemptResult<'_> {
+        AttemptResult {
+            attempt: &self.attempt,
+            subscription_id: &self.subscription_id,
+            status: self.status,
+            next_attempt_at: self.next_attempt_at,
+            delivered_at: self.delivered_at,
+            lease_until: self.lease_until,
+            change: self.change,
+            now: self.now,
+        }
     }
 }
 

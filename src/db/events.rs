@@ -1,5 +1,7 @@
 //! Queries on the event log (`event_logs`, `events`). All blocking.
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 
 use super::models::{Delivery, Event};
@@ -53,7 +55,10 @@ pub struct NewEvent {
 }
 
 /// Appends events in one transaction. An event whose idempotency key was used within
-/// `dedupe_ms` is not appended again: the stored one comes back, marked `true`.
+/// `dedupe_ms` (or earlier in the same batch) is not appended again: the stored one
+/// comes back, marked `true`. The batch costs a fixed number of statements whatever its
+/// size: one id allocation for all its events, multi-row inserts of the events and of
+/// their outbox rows.
 pub fn append(
     conn: &mut AnyConnection,
     domain: &str,
@@ -67,23 +72,25 @@ pub fn append(
         diesel::update(event_logs::table.filter(event_logs::domain.eq(domain)))
             .set(event_logs::last_id.eq(event_logs::last_id))
             .execute(c)?;
-        // The outbox is written with the events: whoever stores an event also promises
-        // its deliveries, so a crash between the two cannot lose one.
-        let subscribers = super::subscriptions::enabled_with_channel_types(c, domain)?;
-        let mut out = Vec::with_capacity(new.len());
-        for ev in new {
-            if let Some(key) = &ev.idempotency_key {
-                let existing = events::table
-                    .filter(events::domain.eq(domain))
-                    .filter(events::idempotency_key.eq(key))
-                    .select(Event::as_select())
-                    .first(c)
-                    .optional()?;
-                if let Some(existing) = existing {
-                    if existing.created_at >= now - dedupe_ms {
-                        out.push((existing, true));
-                        continue;
-                    }
+        // Earlier uses of the batch's idempotency keys.
+        let keys: Vec<&str> = new
+            .iter()
+            .filter_map(|e| e.idempotency_key.as_deref())
+            .collect();
+        let mut known: HashMap<String, Event> = HashMap::new();
+        if !keys.is_empty() {
+            for existing in events::table
+                .filter(events::domain.eq(domain))
+                .filter(events::idempotency_key.eq_any(&keys))
+                .select(Event::as_select())
+                .load(c)?
+            {
+                let Some(key) = existing.idempotency_key.clone() else {
+                    continue;
+                };
+                if existing.created_at >= now - dedupe_ms {
+                    known.insert(key, existing);
+                } else {
                     // An old use of the key: it no longer dedupes.
                     diesel::update(
                         events::table
@@ -94,59 +101,117 @@ pub fn append(
                     .execute(c)?;
                 }
             }
-            // The row lock taken by this update serializes id allocation across nodes.
+        }
+        // What becomes of each event: appended (the n-th new one), or a repeat.
+        enum Plan {
+            Known(Event),
+            New(usize),
+            RepeatOf(usize),
+        }
+        let mut plan: Vec<Plan> = Vec::with_capacity(new.len());
+        let mut appended: Vec<&NewEvent> = Vec::with_capacity(new.len());
+        let mut batch_keys: HashMap<&str, usize> = HashMap::new();
+        for ev in new {
+            let key = ev.idempotency_key.as_deref();
+            if let Some(existing) = key.and_then(|k| known.get(k)) {
+                plan.push(Plan::Known(existing.clone()));
+            } else if let Some(&n) = key.and_then(|k| batch_keys.get(k)) {
+                plan.push(Plan::RepeatOf(n));
+            } else {
+                if let Some(k) = key {
+                    batch_keys.insert(k, appended.len());
+                }
+                plan.push(Plan::New(appended.len()));
+                appended.push(ev);
+            }
+        }
+        // The row lock taken by this update serializes id allocation across nodes.
+        let count = appended.len() as i64;
+        let mut stored: Vec<Event> = Vec::with_capacity(appended.len());
+        if count > 0 {
             let bumped = diesel::update(event_logs::table.filter(event_logs::domain.eq(domain)))
-                .set(event_logs::last_id.eq(event_logs::last_id + 1))
+                .set(event_logs::last_id.eq(event_logs::last_id + count))
                 .execute(c)?;
             if bumped != 1 {
                 return Err(StoreError::Setup(format!(
                     "no event log for domain {domain}"
                 )));
             }
-            let id: i64 = event_logs::table
+            let last: i64 = event_logs::table
                 .filter(event_logs::domain.eq(domain))
                 .select(event_logs::last_id)
                 .first(c)?;
-            let event = Event {
-                domain: domain.to_string(),
-                id,
-                event_type: ev.event_type.clone(),
-                occurred_at: ev.occurred_at,
-                data: ev.data.clone(),
-                idempotency_key: ev.idempotency_key.clone(),
-                created_at: now,
-            };
-            diesel::insert_into(events::table)
-                .values(&event)
-                .execute(c)?;
-            let outbox: Vec<Delivery> = subscribers
-                .iter()
-                .filter(|(s, channel_types)| {
-                    let t = event.event_type.as_str();
-                    crate::events::patterns::any_matches(&parse_types(channel_types), t)
-                        && crate::events::patterns::any_matches(&parse_types(&s.event_types), t)
-                })
-                .map(|(s, _)| Delivery {
-                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+            for (n, ev) in appended.iter().enumerate() {
+                stored.push(Event {
                     domain: domain.to_string(),
-                    subscription_id: s.id.clone(),
-                    event_id: event.id,
-                    status: super::subscriptions::PENDING.to_string(),
-                    attempts: 0,
-                    next_attempt_at: now,
-                    lease_until: 0,
-                    last_status: 0,
-                    last_error: String::new(),
+                    id: last - count + 1 + n as i64,
+                    event_type: ev.event_type.clone(),
+                    occurred_at: ev.occurred_at,
+                    data: ev.data.clone(),
+                    idempotency_key: ev.idempotency_key.clone(),
                     created_at: now,
-                    delivered_at: 0,
-                })
-                .collect();
+                });
+            }
+            for chunk in stored.chunks(INSERT_CHUNK) {
+                super::insert_rows!(c, events::table, chunk)?;
+            }
+            // The outbox is written with the events: whoever stores an event also
+            // promises its deliveries, so a crash between the two cannot lose one.
+            let subscribers: Vec<(String, Vec<String>, Vec<String>)> =
+                super::subscriptions::enabled_with_channel_types(c, domain)?
+                    .into_iter()
+                    .map(|(s, channel_types)| {
+                        (
+                            s.id,
+                            parse_types(&channel_types),
+                            parse_types(&s.event_types),
+                        )
+                    })
+                    .collect();
+            let mut outbox: Vec<Delivery> = Vec::new();
+            for event in &stored {
+                let t = event.event_type.as_str();
+                for (sub, channel_types, types) in &subscribers {
+                    if crate::events::patterns::any_matches(channel_types, t)
+                        && crate::events::patterns::any_matches(types, t)
+                    {
+                        outbox.push(Delivery {
+                            id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                            domain: domain.to_string(),
+                            subscription_id: sub.clone(),
+                            event_id: event.id,
+                            status: super::subscriptions::PENDING.to_string(),
+                            attempts: 0,
+                            next_attempt_at: now,
+                            lease_until: 0,
+                            last_status: 0,
+                            last_error: String::new(),
+                            created_at: now,
+                            delivered_at: 0,
+                        });
+                    }
+                }
+            }
             super::subscriptions::insert_deliveries(c, &outbox)?;
-            out.push((event, false));
+        }
+        let mut out = Vec::with_capacity(new.len());
+        for p in plan {
+            let (event, duplicate) = match p {
+                Plan::Known(existing) => (Some(existing), true),
+                Plan::New(n) => (stored.get(n).cloned(), false),
+                Plan::RepeatOf(n) => (stored.get(n).cloned(), true),
+            };
+            let event =
+                event.ok_or_else(|| StoreError::Setup("an appended event went missing".into()))?;
+            out.push((event, duplicate));
         }
         Ok(out)
     })
 }
+
+/// Rows per multi-row insert: well under SQLite's bound parameters per statement
+/// (32,766) and PostgreSQL's (65,535) with the widest row (12 columns).
+pub(crate) const INSERT_CHUNK: usize = 500;
 
 /// Events after `after`, oldest first, at most `limit`.
 pub fn list_after(
@@ -199,4 +264,17 @@ pub fn find(conn: &mut AnyConnection, domain: &str, id: i64) -> Result<Option<Ev
         .select(Event::as_select())
         .first(conn)
         .optional()?)
+}
+
+/// Events by id (those still in the log).
+pub fn find_many(
+    conn: &mut AnyConnection,
+    domain: &str,
+    ids: &[i64],
+) -> Result<Vec<Event>, StoreError> {
+    Ok(events::table
+        .filter(events::domain.eq(domain))
+        .filter(events::id.eq_any(ids))
+        .select(Event::as_select())
+        .load(conn)?)
 }

@@ -26,6 +26,22 @@ pub enum AnyConnection {
     Sqlite(diesel::SqliteConnection),
 }
 
+/// A multi-row insert of `rows` into `table` (one statement). diesel's `MultiConnection`
+/// has no multi-row insert, so each backend runs its own.
+macro_rules! insert_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {
+        match $conn {
+            $crate::db::AnyConnection::Postgresql(c) => {
+                diesel::insert_into($table).values($rows).execute(c)
+            }
+            $crate::db::AnyConnection::Sqlite(c) => {
+                diesel::insert_into($table).values($rows).execute(c)
+            }
+        }
+    };
+}
+pub(crate) use insert_rows;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

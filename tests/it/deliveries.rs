@@ -1222,3 +1222,60 @@ async fn publish_process(node: &crate::helpers::GatewayProcess, body: Value) -> 
         .status()
         .as_u16()
 }
+
+on_both!(one_slow_subscription_does_not_hold_every_slot);
+
+/// A receiver that does not answer holds at most its subscription's share of the
+/// node's delivery slots: another subscription's deliveries go on meanwhile, and the
+/// held ones complete once it answers.
+async fn one_slow_subscription_does_not_hold_every_slot(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.allow_private_targets = true;
+        c.delivery_poll_ms = 50;
+        c.delivery_concurrency = 4;
+        c.delivery_max_in_flight_per_subscription = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let (slow, hold) = Receiver::holding(|_| (204, String::new()));
+    let fast = Receiver::start(|_| (204, String::new()));
+    let token = eventing(&app).await;
+    subscribe(&app, &token, json!({"url": format!("{}/slow", slow.url)})).await;
+    subscribe(&app, &token, json!({"url": format!("{}/fast", fast.url)})).await;
+    let r = app
+        .admin(
+            "POST",
+            "/admin/v1/events",
+            Some(json!({"events": (0..6).map(|i| json!({"type": "t.x", "data": {"i": i}})).collect::<Vec<_>>()})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    eventually(
+        "the fast receiver got all 6",
+        Duration::from_secs(20),
+        || async { fast.seen().len() >= 6 },
+    )
+    .await;
+    assert_eq!(fast.seen().len(), 6);
+    assert!(
+        hold.waiting() <= 2 && slow.seen().len() <= 2,
+        "the slow receiver holds {} (seen {}), more than its 2 slots",
+        hold.waiting(),
+        slow.seen().len()
+    );
+    hold.release(100);
+    eventually(
+        "the slow receiver got all 6",
+        Duration::from_secs(20),
+        || async { slow.seen().len() >= 6 },
+    )
+    .await;
+    let ids: std::collections::HashSet<String> = slow
+        .seen()
+        .iter()
+        .map(|s| s.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 6);
+}

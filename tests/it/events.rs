@@ -133,6 +133,49 @@ async fn idempotency_keys_dedupe(app: TestApp) {
     assert_eq!(r.status, 201);
     assert_eq!(r.json()["duplicates"], 1);
     assert_eq!(r.json()["events"][0]["id"], first.json()["id"]);
+    // A key repeated inside one batch: stored once, the repeat answers the first's id;
+    // the new events of a batch get consecutive ids.
+    let r = app
+        .admin(
+            "POST",
+            "/admin/v1/events",
+            Some(json!({"events": [
+                {"type": "order.paid", "idempotency_key": "pay-50"},
+                {"type": "order.paid", "idempotency_key": "pay-50"},
+                {"type": "order.shipped"},
+                {"type": "order.paid", "idempotency_key": "pay-43"},
+                {"type": "order.shipped", "idempotency_key": "pay-51"},
+            ]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["duplicates"], 2, "{body}");
+    let ids: Vec<i64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids[1], ids[0], "{body}");
+    assert_eq!(ids[2], ids[0] + 1, "{body}");
+    assert_eq!(ids[3], other.json()["id"].as_i64().unwrap(), "{body}");
+    assert_eq!(ids[4], ids[0] + 2, "{body}");
+    let log = app
+        .admin(
+            "GET",
+            &format!("/admin/v1/events?after={}", ids[0] - 1),
+            None,
+        )
+        .await
+        .json();
+    let stored: Vec<i64> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(stored, vec![ids[0], ids[0] + 1, ids[0] + 2], "{log}");
 }
 
 async fn scenarios_emit_events(app: TestApp) {

@@ -26,6 +26,9 @@ pub struct Deliver {
     /// The subscription it is for (a session that re-subscribed ignores older ones).
     pub subscription: u64,
     pub event: Arc<Event>,
+    /// The event's websocket frame, rendered by the first subscriber that sends it and
+    /// shared (not copied) by all the others.
+    pub frame: Arc<std::sync::OnceLock<bytestring::ByteString>>,
 }
 
 /// The subscriber fell too far behind: close it.
@@ -114,6 +117,7 @@ impl EventBroker {
     fn fan_out(&mut self, event: Arc<Event>) {
         let max = self.max_pending;
         let stats = self.stats.clone();
+        let frame = Arc::new(std::sync::OnceLock::new());
         self.subscribers.retain(|id, s| {
             if !(s.filter)(&event.event_type) {
                 return true;
@@ -127,6 +131,7 @@ impl EventBroker {
             s.deliver.do_send(Deliver {
                 subscription: *id,
                 event: event.clone(),
+                frame: frame.clone(),
             });
             true
         });

@@ -113,7 +113,13 @@ impl EventSession {
         .to_string()
     }
 
-    fn send_event(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: &Event) {
+    /// Sends one event; `shared` is the frame other subscribers of a live event share.
+    fn send_event(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        e: &Event,
+        shared: Option<&std::sync::OnceLock<bytestring::ByteString>>,
+    ) {
         if e.id <= self.last_sent || self.closing {
             return;
         }
@@ -126,7 +132,10 @@ impl EventSession {
             self.close(ctx, 1013, reason);
             return;
         }
-        let frame = self.event_frame(e);
+        let frame: bytestring::ByteString = match shared {
+            Some(cell) => cell.get_or_init(|| self.event_frame(e).into()).clone(),
+            None => self.event_frame(e).into(),
+        };
         self.parts.backlog.queued(frame.len());
         ctx.text(frame);
         self.last_sent = e.id;
@@ -273,7 +282,7 @@ impl EventSession {
                     for e in page.iter().take_while(|e| e.id <= until) {
                         next = e.id;
                         if filter(&e.event_type) {
-                            act.send_event(ctx, e);
+                            act.send_event(ctx, e, None);
                         }
                     }
                     let more = page.len() as i64 == REPLAY_PAGE && next < until;
@@ -298,7 +307,7 @@ impl EventSession {
         };
         for e in waiting {
             self.took_one();
-            self.send_event(ctx, &e);
+            self.send_event(ctx, &e, None);
         }
     }
 
@@ -374,7 +383,7 @@ impl Handler<Deliver> for EventSession {
             Phase::Replaying(buffer) => buffer.push(msg.event),
             Phase::Live => {
                 self.took_one();
-                self.send_event(ctx, &msg.event);
+                self.send_event(ctx, &msg.event, Some(&msg.frame));
             }
             Phase::Idle => self.took_one(),
         }

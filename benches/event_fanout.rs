@@ -25,7 +25,7 @@
 //! Usage:
 //!   event_fanout --base http://127.0.0.1:18101 --token <eventing channel token>
 //!                --admin-token <admin token> [--subscribers 10000] [--events 20]
-//!                [--warmup-events 1] [--connect-concurrency 500] [--timeout-s 180]
+//!                [--warmup-events 1] [--connect-concurrency 500] [--source-addresses 1] [--timeout-s 180]
 //!                [--event-timeout-s 30] [--settle-ms 1000] [--pid <server pid>] [--label x]
 //!
 //! Runs on one thread (an actix/tokio current-thread runtime, as `ws_load`): on a 2-core
@@ -34,6 +34,10 @@
 //! backend).
 
 #![recursion_limit = "256"]
+
+#[path = "shared/ws_client.rs"]
+mod ws_client;
+use ws_client::error_kind;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +48,6 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 struct Args {
     base: String,
@@ -54,6 +57,8 @@ struct Args {
     events: usize,
     warmup_events: usize,
     connect_concurrency: usize,
+    /// Connections come from 127.0.0.1 .. 127.0.0.N (past ~28,000 per source address).
+    source_addresses: usize,
     timeout_s: u64,
     event_timeout_s: u64,
     settle_ms: u64,
@@ -70,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
         events: 20,
         warmup_events: 1,
         connect_concurrency: 500,
+        source_addresses: 1,
         timeout_s: 180,
         event_timeout_s: 30,
         settle_ms: 1000,
@@ -92,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--events" => a.events = num(&value)? as usize,
             "--warmup-events" => a.warmup_events = num(&value)? as usize,
             "--connect-concurrency" => a.connect_concurrency = num(&value)?.max(1) as usize,
+            "--source-addresses" => a.source_addresses = num(&value)?.clamp(1, 254) as usize,
             "--timeout-s" => a.timeout_s = num(&value)?,
             "--event-timeout-s" => a.event_timeout_s = num(&value)?.max(1),
             "--settle-ms" => a.settle_ms = num(&value)?,
@@ -116,11 +123,6 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn error_kind(e: &dyn std::fmt::Display) -> String {
-    // Keep the kinds few: cut long tails.
-    e.to_string().chars().take(80).collect()
 }
 
 /// What the subscriber tasks tell the main task.
@@ -162,28 +164,18 @@ fn frame_kind(text: &str) -> String {
 async fn subscriber(
     sub: usize,
     url: Arc<String>,
+    sources: usize,
     gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
     // The permit paces handshake + subscribe, so that the accept backlog is not overrun.
     let permit = gate.acquire().await;
-    let connected = timeout(
-        Duration::from_secs(15),
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
-    )
-    .await;
+    let connected = ws_client::connect(&url, sub, sources, Duration::from_secs(15)).await;
     let mut ws = match connected {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            let _ = reports.send(Report::ConnectFailed(error_kind(&e)));
-            return;
-        }
-        Err(_) => {
-            let _ = reports.send(Report::ConnectFailed("handshake timed out (15 s)".into()));
+        Ok(ws) => ws,
+        Err(why) => {
+            let _ = reports.send(Report::ConnectFailed(why));
             return;
         }
     };
@@ -446,6 +438,7 @@ async fn run(args: Args) -> Value {
         tokio::spawn(subscriber(
             sub,
             ws_url.clone(),
+            args.source_addresses,
             gate.clone(),
             stop_rx.clone(),
             tx.clone(),

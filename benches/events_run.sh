@@ -11,7 +11,8 @@
 #
 # Knobs (environment): SUBSCRIBERS (10000), EVENTS (20, measured), WARMUP_EVENTS (1,
 # published and checked first, not measured), CONNECT_CONCURRENCY (500 handshakes +
-# subscribes in flight at most), WORKERS (gateway HTTP workers, 1), SCENARIO_THREADS (1),
+# subscribes in flight at most), SOURCE_ADDRESSES (connections come from 127.0.0.1 ..
+# 127.0.0.N; one per 20,000 subscribers), WORKERS (gateway HTTP workers, 1), SCENARIO_THREADS (1),
 # BACKENDS ("sqlite postgres"), TIMEOUT_S (bound of each load run, 180), EVENT_TIMEOUT_S
 # (bound of each event's fan-out, 30), NOFILE (ulimit -n to ask for, 65536), PG_HOST
 # (127.0.0.1), PG_PORT (5432), PG_USER (postgres, trust auth), PG_ADMIN_DB (test, the
@@ -24,6 +25,8 @@ SUBSCRIBERS="${SUBSCRIBERS:-10000}"
 EVENTS="${EVENTS:-20}"
 WARMUP_EVENTS="${WARMUP_EVENTS:-1}"
 CONNECT_CONCURRENCY="${CONNECT_CONCURRENCY:-500}"
+# One source address per 20,000 subscribers (ephemeral ports run out near 28,000).
+SOURCE_ADDRESSES="${SOURCE_ADDRESSES:-$(( (SUBSCRIBERS + 19999) / 20000 ))}"
 WORKERS="${WORKERS:-1}"
 SCENARIO_THREADS="${SCENARIO_THREADS:-1}"
 BACKENDS="${BACKENDS:-sqlite postgres}"
@@ -41,7 +44,7 @@ STARTUP_TIMEOUT_S=30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
+COMMAND="SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY SOURCE_ADDRESSES=$SOURCE_ADDRESSES WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/events-$RUN_ID"
 mkdir -p "$OUT"
@@ -143,8 +146,8 @@ run_backend() { # backend, port, database url
     timeout "$(( TIMEOUT_S + 30 ))" "$LOAD_BIN" --label "$backend" --base "http://127.0.0.1:$port" \
         --token "$token" --admin-token "$ADMIN_TOKEN" --pid "$GATEWAY_PID" \
         --subscribers "$SUBSCRIBERS" --events "$EVENTS" --warmup-events "$WARMUP_EVENTS" \
-        --connect-concurrency "$CONNECT_CONCURRENCY" --timeout-s "$TIMEOUT_S" \
-        --event-timeout-s "$EVENT_TIMEOUT_S" \
+        --connect-concurrency "$CONNECT_CONCURRENCY" --source-addresses "$SOURCE_ADDRESSES" \
+        --timeout-s "$TIMEOUT_S" --event-timeout-s "$EVENT_TIMEOUT_S" \
         >"$file" 2> >(tee -a "$OUT/load.log" >&2) || die "event_fanout against $backend failed (exit $?)"
     python3 - "$file" <<'PY' >&2
 import json, sys
@@ -229,7 +232,9 @@ for key in backends.split():
     per_event = ", ".join(fmt(v) for v in r["complete_ms_per_event"])
     rss = "" if r["rss_before_kib"] is None else (
         f'; gateway RSS before / subscribers held / after (KiB): {r["rss_before_kib"]:,} / '
-        f'{r["rss_held_kib"]:,} / {r["rss_after_kib"]:,}')
+        f'{r["rss_held_kib"]:,} / {r["rss_after_kib"]:,}'
+        + (f'; {(r["rss_held_kib"] - r["rss_before_kib"]) / r["held_at_end"]:.1f} KiB per subscriber held'
+           if r.get("held_at_end") else ''))
     details.append(f'  - {key}: subscribed in {r["subscribe_s"]} s; deliveries {r["deliveries"]:,} / '
                    f'{r["deliveries_expected"]:,}; fan-out p90 {fmt(r["fanout_p90_ms"])} ms; '
                    f'complete fan-out max {fmt(r["complete_max_ms"])} ms, per event (ms): {per_event}; '

@@ -18,8 +18,12 @@
 //!
 //! - `GET /stats`: `{received, distinct_ids, p50_ms, p99_ms, first_at_ms, last_at_ms, ...}`
 //!   (`first_at_ms` / `last_at_ms`: unix ms of the first / last delivery; null before any),
+//! - `GET /count`: `{received, distinct_ids, last_at_ms}` only, cheap to poll,
 //! - `DELETE /stats`: forget everything (after the probe delivery),
-//! - `PUT /secret`: the subscription's `whsec_...` secret as the body.
+//! - `PUT /secret`: the subscription's `whsec_...` secret as the body,
+//! - `PUT /secret/{name}`: the secret of the subscription delivering to `/hook/{name}`
+//!   (several subscriptions to one receiver; `/stats` then also has `per_hook`: for each
+//!   path, deliveries and e2e p50/p99, to see whether they were served fairly).
 //!
 //! Usage: `webhook_sink --listen 127.0.0.1:18111`
 
@@ -53,11 +57,15 @@ struct Stats {
     /// Deliveries of event ids lower than one already received (concurrent sends reorder).
     out_of_order: u64,
     max_event_id: i64,
+    /// Per delivery path: e2e latencies (µs).
+    per_hook: std::collections::HashMap<String, Vec<i64>>,
 }
 
 struct Sink {
     stats: Mutex<Stats>,
     key: Mutex<Option<Vec<u8>>>,
+    /// Secrets per `/hook/{name}` path.
+    keys: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 fn now_us() -> i64 {
@@ -101,7 +109,12 @@ async fn delivery(req: HttpRequest, body: web::Bytes, sink: web::Data<Sink>) -> 
     let timestamp = header(&req, "webhook-timestamp");
     let signature = header(&req, "webhook-signature");
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let key = sink.key.lock().unwrap().clone();
+    let path = req.path().to_string();
+    let key = match path.strip_prefix("/hook/") {
+        Some(name) => sink.keys.lock().unwrap().get(name).cloned(),
+        None => None,
+    }
+    .or_else(|| sink.key.lock().unwrap().clone());
     let signature_verdict = match (&key, id, timestamp, signature) {
         (Some(key), Some(id), Some(ts), Some(sig)) => Some(signature_ok(key, id, ts, &body, sig)),
         _ => None,
@@ -146,7 +159,9 @@ async fn delivery(req: HttpRequest, body: web::Bytes, sink: web::Data<Sink>) -> 
             if let Some(seq) = seq {
                 st.seqs.insert(seq);
             }
-            st.latencies_us.push(at - (sent_ms * 1000.0) as i64);
+            let latency = at - (sent_ms * 1000.0) as i64;
+            st.latencies_us.push(latency);
+            st.per_hook.entry(path).or_default().push(latency);
         }
         _ => st.bad_body += 1,
     }
@@ -170,6 +185,18 @@ async fn stats(sink: web::Data<Sink>) -> HttpResponse {
         "stale_timestamp": st.stale_timestamp,
         "out_of_order": st.out_of_order,
     });
+    let per_hook: serde_json::Map<String, Value> = st
+        .per_hook
+        .iter()
+        .map(|(path, lat)| {
+            let mut lat = lat.clone();
+            lat.sort_unstable();
+            (
+                path.clone(),
+                json!({"received": lat.len(), "p50_ms": percentile_ms(&lat, 50.0), "p99_ms": percentile_ms(&lat, 99.0)}),
+            )
+        })
+        .collect();
     drop(st);
     lat.sort_unstable();
     let mut snapshot = snapshot;
@@ -180,6 +207,7 @@ async fn stats(sink: web::Data<Sink>) -> HttpResponse {
         "p99_ms": percentile_ms(&lat, 99.0),
         "max_ms": lat.last().map(|&u| u as f64 / 1000.0),
         "min_ms": lat.first().map(|&u| u as f64 / 1000.0),
+        "per_hook": per_hook,
     });
     if let (Some(a), Some(b)) = (snapshot.as_object_mut(), extra.as_object()) {
         a.extend(b.clone());
@@ -187,20 +215,51 @@ async fn stats(sink: web::Data<Sink>) -> HttpResponse {
     HttpResponse::Ok().json(snapshot)
 }
 
+/// The counts only (cheap to poll while a run goes on).
+async fn count(sink: web::Data<Sink>) -> HttpResponse {
+    let st = sink.stats.lock().unwrap();
+    HttpResponse::Ok().json(json!({
+        "received": st.received,
+        "distinct_ids": st.ids.len(),
+        "last_at_ms": st.last_at_us.map(|u| u as f64 / 1000.0),
+    }))
+}
+
 async fn reset(sink: web::Data<Sink>) -> HttpResponse {
     *sink.stats.lock().unwrap() = Stats::default();
     HttpResponse::NoContent().finish()
 }
 
-async fn set_secret(body: web::Bytes, sink: web::Data<Sink>) -> HttpResponse {
-    let text = String::from_utf8_lossy(&body).trim().to_string();
+/// The key of a `whsec_...` secret; Err: why it is not one.
+fn decode_secret(body: &[u8]) -> Result<Vec<u8>, String> {
+    let text = String::from_utf8_lossy(body).trim().to_string();
     let encoded = text.strip_prefix("whsec_").unwrap_or(&text);
-    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("not base64 after whsec_: {e}\n"))
+}
+
+async fn set_secret(body: web::Bytes, sink: web::Data<Sink>) -> HttpResponse {
+    match decode_secret(&body) {
         Ok(key) => {
             *sink.key.lock().unwrap() = Some(key);
             HttpResponse::NoContent().finish()
         }
-        Err(e) => HttpResponse::BadRequest().body(format!("not base64 after whsec_: {e}\n")),
+        Err(why) => HttpResponse::BadRequest().body(why),
+    }
+}
+
+async fn set_hook_secret(
+    name: web::Path<String>,
+    body: web::Bytes,
+    sink: web::Data<Sink>,
+) -> HttpResponse {
+    match decode_secret(&body) {
+        Ok(key) => {
+            sink.keys.lock().unwrap().insert(name.into_inner(), key);
+            HttpResponse::NoContent().finish()
+        }
+        Err(why) => HttpResponse::BadRequest().body(why),
     }
 }
 
@@ -229,6 +288,7 @@ fn main() -> std::io::Result<()> {
     let sink = web::Data::new(Sink {
         stats: Mutex::new(Stats::default()),
         key: Mutex::new(None),
+        keys: Mutex::new(std::collections::HashMap::new()),
     });
     actix_web::rt::System::new().block_on(async move {
         eprintln!("webhook_sink listening on {listen}");
@@ -238,7 +298,9 @@ fn main() -> std::io::Result<()> {
                 .app_data(web::PayloadConfig::new(1 << 20))
                 .route("/stats", web::get().to(stats))
                 .route("/stats", web::delete().to(reset))
+                .route("/count", web::get().to(count))
                 .route("/secret", web::put().to(set_secret))
+                .route("/secret/{name}", web::put().to(set_hook_secret))
                 .default_service(web::to(other))
         })
         .workers(1)

@@ -12,11 +12,15 @@
 //!
 //! Usage:
 //!   ws_load --url ws://127.0.0.1:18091/ws/token/v1/x [--sessions 10000] [--messages 10]
-//!           [--connect-concurrency 500] [--pid <server pid>] [--timeout-s 120]
+//!           [--connect-concurrency 500] [--source-addresses 1] [--pid <server pid>] [--timeout-s 120]
 //!           [--settle-ms 1000] [--label bare]
 //!
 //! Runs on one thread (tokio current-thread runtime): the client costs the same CPU
 //! whichever server it measures; on a 2-core machine it shares the cores with the server.
+
+#[path = "shared/ws_client.rs"]
+mod ws_client;
+use ws_client::error_kind;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,13 +31,14 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 struct Args {
     url: String,
     sessions: usize,
     messages: usize,
     connect_concurrency: usize,
+    /// Connections come from 127.0.0.1 .. 127.0.0.N (past ~28,000 per source address).
+    source_addresses: usize,
     pid: Option<u32>,
     timeout_s: u64,
     settle_ms: u64,
@@ -46,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         sessions: 10_000,
         messages: 10,
         connect_concurrency: 500,
+        source_addresses: 1,
         pid: None,
         timeout_s: 120,
         settle_ms: 1000,
@@ -64,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "--sessions" => a.sessions = num(&value)? as usize,
             "--messages" => a.messages = num(&value)? as usize,
             "--connect-concurrency" => a.connect_concurrency = num(&value)?.max(1) as usize,
+            "--source-addresses" => a.source_addresses = num(&value)?.clamp(1, 254) as usize,
             "--pid" => a.pid = Some(num(&value)? as u32),
             "--timeout-s" => a.timeout_s = num(&value)?,
             "--settle-ms" => a.settle_ms = num(&value)?,
@@ -113,12 +120,6 @@ enum Event {
     },
 }
 
-fn error_kind(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string();
-    // Keep the kinds few: cut numbers-heavy tails.
-    s.chars().take(80).collect()
-}
-
 /// Waits until `flag` turns true while answering the server's pings (tungstenite queues
 /// the pong when the ping is read). Err: the connection went away.
 async fn hold<S>(ws: &mut S, flag: &mut watch::Receiver<bool>) -> Result<(), String>
@@ -142,31 +143,21 @@ where
 async fn session(
     id: usize,
     url: Arc<String>,
+    sources: usize,
     messages: usize,
     gate: Arc<Semaphore>,
     mut start: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
     let connected = {
         let _permit = gate.acquire().await;
-        timeout(
-            Duration::from_secs(15),
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
-        )
-        .await
+        ws_client::connect(&url, id, sources, Duration::from_secs(15)).await
     };
     let mut ws = match connected {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            let _ = events.send(Event::ConnectFailed(error_kind(&e)));
-            return;
-        }
-        Err(_) => {
-            let _ = events.send(Event::ConnectFailed("handshake timed out (15 s)".into()));
+        Ok(ws) => ws,
+        Err(why) => {
+            let _ = events.send(Event::ConnectFailed(why));
             return;
         }
     };
@@ -351,6 +342,7 @@ async fn main() {
         tokio::spawn(session(
             id,
             url.clone(),
+            args.source_addresses,
             args.messages,
             gate.clone(),
             start_rx.clone(),

@@ -34,6 +34,10 @@ const LEASE_MS: i64 = 60_000;
 /// checking the target before it and recording the attempt after it.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
+/// Batches of attempts recorded at once: while one commits, the next is written (each
+/// costs a few round trips to PostgreSQL whatever its size; SQLite takes them in turn).
+const RECORDERS: usize = 2;
+
 /// Deliveries of one subscription a node holds (sending or waiting for a slot), per
 /// delivery it may send to it at once.
 const HELD_PER_SLOT: usize = 4;
@@ -82,6 +86,11 @@ pub struct DeliveryWorker {
     /// Woken while a claim ran: claim again when it ends (new rows may have come after
     /// its query).
     wake_again: bool,
+    /// The last claim found nothing and nothing has changed since that could make one
+    /// find something (a publish, the poll, a subscription or the node getting room):
+    /// an attempt that ends does not claim again then (each claim is a round of
+    /// statements).
+    nothing_due: bool,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
@@ -94,7 +103,8 @@ pub struct DeliveryWorker {
     /// Finished attempts waiting to be recorded; recorded a batch per transaction, the
     /// next batch as soon as the last one committed.
     to_record: Vec<Finished>,
-    recording: bool,
+    /// Batches being recorded now (at most `RECORDERS`).
+    recording: usize,
     /// Shutting down: claim nothing more.
     draining: bool,
     logger: slog::Logger,
@@ -118,13 +128,14 @@ impl DeliveryWorker {
             client: None,
             claiming: false,
             wake_again: false,
+            nothing_due: false,
             lease_ms: lease_ms(timeout),
             claimed: HashSet::new(),
             sending: HashMap::new(),
             waiting: HashMap::new(),
             waiting_total: 0,
             to_record: Vec::new(),
-            recording: false,
+            recording: 0,
             draining: false,
             logger: logger.new(slog::o!("actor" => "delivery_worker")),
         }
@@ -203,6 +214,7 @@ impl DeliveryWorker {
             match result {
                 Ok(jobs) => {
                     let more = !jobs.is_empty() || act.wake_again;
+                    act.nothing_due = !more;
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
                     for job in jobs {
                         act.start(ctx, job);
@@ -231,8 +243,24 @@ impl DeliveryWorker {
         self.send(ctx, job);
     }
 
+    /// Claims unless the last claim found nothing and nothing changed since.
+    fn claim_if_due(&mut self, ctx: &mut Context<Self>) {
+        if !self.nothing_due {
+            self.claim(ctx);
+        }
+    }
+
     /// An attempt of this subscription ended: its slot goes to the next one waiting.
     fn sent(&mut self, ctx: &mut Context<Self>, subscription_id: &str) {
+        // Did this end give the subscription (or the node) room for a claim again?
+        let cap = self.config.per_subscription;
+        let held = self.sending.get(subscription_id).copied().unwrap_or(0)
+            + self.waiting.get(subscription_id).map_or(0, |q| q.len());
+        let node_was_full =
+            self.stats.in_flight.load(Ordering::Relaxed) + 1 >= self.config.concurrency;
+        if held + cap == HELD_PER_SLOT * cap + 1 || node_was_full {
+            self.nothing_due = false;
+        }
         if let Some(n) = self.sending.get_mut(subscription_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -425,7 +453,7 @@ impl DeliveryWorker {
                     String::new(),
                 ),
             }
-            act.claim(ctx);
+            act.claim_if_due(ctx);
         }));
     }
 
@@ -503,10 +531,10 @@ impl DeliveryWorker {
     /// Records what finished since the last batch, in one transaction; the rows stay
     /// claimed (their leases ours) until it committed.
     fn record(&mut self, ctx: &mut Context<Self>) {
-        if self.recording || self.to_record.is_empty() {
+        if self.recording >= RECORDERS || self.to_record.is_empty() {
             return;
         }
-        self.recording = true;
+        self.recording += 1;
         let batch = std::mem::take(&mut self.to_record);
         let db = self.db.clone();
         let save = async move {
@@ -521,7 +549,7 @@ impl DeliveryWorker {
             Ok::<_, crate::db::StoreError>((batch, saved?))
         };
         ctx.spawn(save.into_actor(self).map(|result, act, ctx| {
-            act.recording = false;
+            act.recording -= 1;
             match result {
                 Ok((batch, saved)) => {
                     for (done, recorded) in batch.into_iter().zip(saved) {
@@ -535,7 +563,6 @@ impl DeliveryWorker {
                 }
             }
             act.record(ctx);
-            act.claim(ctx);
         }));
     }
 
@@ -642,7 +669,10 @@ impl Actor for DeliveryWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.config.poll, |act, ctx| act.claim(ctx));
+        ctx.run_interval(self.config.poll, |act, ctx| {
+            act.nothing_due = false;
+            act.claim(ctx);
+        });
         ctx.notify(Wake);
     }
 }
@@ -655,6 +685,7 @@ pub struct Wake;
 impl Handler<Wake> for DeliveryWorker {
     type Result = ();
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.nothing_due = false;
         self.claim(ctx);
     }
 }

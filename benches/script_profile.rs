@@ -4,6 +4,11 @@
 //! allocator. Prints microseconds per run of each cumulative step.
 //!
 //!   cargo bench --bench script_profile
+//!
+//! For an instruction profile, fewer runs of one step (1-based; 6 is the whole scenario):
+//!
+//!   SCRIPT_PROFILE_RUNS=2000 SCRIPT_PROFILE_STEP=6 valgrind --tool=callgrind \
+//!       --callgrind-out-file=/tmp/cg.out target/release/deps/script_profile-*
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +21,7 @@ use oktell_gateway::scenario::{ChannelHost, RunContext, ScenarioRuntime, StartPa
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs per step (`SCRIPT_PROFILE_RUNS` overrides).
 const RUNS: usize = 20_000;
 
 struct NoHost;
@@ -55,6 +61,14 @@ fn order_body() -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runs: usize = match std::env::var("SCRIPT_PROFILE_RUNS") {
+        Ok(v) => v.parse()?,
+        Err(_) => RUNS,
+    };
+    let only_step: Option<usize> = match std::env::var("SCRIPT_PROFILE_STEP") {
+        Ok(v) => Some(v.parse()?),
+        Err(_) => None,
+    };
     let outgoing = Arc::new(OutgoingClient::new(
         &OutgoingSettings {
             timeout: Duration::from_secs(1),
@@ -111,12 +125,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     println!("{:40} {:>10}", "step (cumulative)", "µs / run");
-    for (name, src) in steps {
+    for (i, (name, src)) in steps.into_iter().enumerate() {
+        if only_step.is_some_and(|n| n != i + 1) {
+            continue;
+        }
         let compiled = rt.compile(src).map_err(|e| e.message)?;
         let mut best = f64::MAX;
         for _ in 0..3 {
             let started = Instant::now();
-            for _ in 0..RUNS {
+            for _ in 0..runs {
                 rt.run(
                     &compiled,
                     RunContext {
@@ -129,19 +146,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 )
                 .map_err(|e| e.to_string())?;
             }
-            best = best.min(started.elapsed().as_secs_f64() * 1e6 / RUNS as f64);
+            best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
         }
         println!("{name:40} {best:>10.2}");
     }
     let body = order_body();
     let started = Instant::now();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         std::hint::black_box(serde_json::from_str::<serde_json::Value>(&body)?);
     }
     println!(
         "{:40} {:>10.2}",
         "(reference: serde_json::Value parse)",
-        started.elapsed().as_secs_f64() * 1e6 / RUNS as f64
+        started.elapsed().as_secs_f64() * 1e6 / runs as f64
     );
     Ok(())
 }

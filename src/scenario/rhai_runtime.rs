@@ -79,7 +79,11 @@ impl RhaiRuntime {
             .set_max_map_size(limits.max_map_len)
             .set_max_variables(10_000)
             .set_max_functions(1_000)
-            .set_max_modules(0);
+            .set_max_modules(0)
+            // Rhai interns strings assigned to variables in one table behind a lock shared
+            // by every thread of the engine, hashing each whole string first (a 2 KiB body:
+            // ~2,000 instructions); scenario runs are short, the sharing saves nothing.
+            .set_max_strings_interned(0);
         // Wall time: checked every 1024 operations, which keeps the check cheap.
         engine.on_progress(|ops| {
             if ops & 0x3ff != 0 {

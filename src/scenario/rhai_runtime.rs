@@ -120,6 +120,11 @@ impl RhaiRuntime {
         engine.register_fn("to_json", |value: Dynamic| -> FnResult<String> {
             serde_json::to_string(&value).map_err(|e| script_error(format!("to_json: {e}")))
         });
+        // Rhai's own `to_json(map)` is picked before the above for maps (an exact type
+        // match) and writes strings with Rust's escapes (`\u{1b}`), which JSON has not.
+        engine.register_fn("to_json", |map: &mut Map| -> FnResult<String> {
+            serde_json::to_string(map).map_err(|e| script_error(format!("to_json: {e}")))
+        });
         register_outgoing(&mut engine, outgoing);
         register_websocket(&mut engine);
         RhaiRuntime { engine }
@@ -580,5 +585,21 @@ mod tests {
             "i64 f64 true true x -3"
         );
         assert!(run(r#"parse_json("{");"#, Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn to_json_writes_json_for_maps_too() {
+        let r = run(
+            r#"let m = #{ b: "tab\t esc\x1b del\x7f é", a: [1, 2.5, ()], c: #{ d: true } };
+               response_content = to_json(m);"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let text = String::from_utf8(r.content).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"a": [1, 2.5, null], "b": "tab\t esc\u{1b} del\u{7f} é", "c": {"d": true}})
+        );
     }
 }

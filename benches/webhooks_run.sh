@@ -17,7 +17,7 @@
 #   RATE=2500 bash benches/webhooks_run.sh                    # latency at half that rate
 #   RATE=50 SUBSCRIPTIONS=100 bash benches/webhooks_run.sh    # 5,000 deliveries/s over 100
 #   RATE=0 bash benches/webhooks_run.sh                       # publish throughput
-#   RATE=0 SUBSCRIPTIONS=100 bash benches/webhooks_run.sh     # publish, 100 subscriptions
+#   RATE=0 SUBSCRIPTIONS=100 TIMEOUT_S=0 bash benches/webhooks_run.sh  # publish, 100 subs
 #
 # Knobs (environment): RATE (events/s, 0 = as fast as acknowledged; 5000), DURATION_S
 # (30), BATCH (100 events per publish request, 1-1000), SUBSCRIPTIONS (1), POLL_MS
@@ -25,7 +25,7 @@
 # publish waking the worker), CONCURRENCY (gateway `delivery_concurrency`; its default
 # when unset), WORKERS (gateway HTTP workers, 1), SCENARIO_THREADS (1), BACKENDS
 # ("sqlite postgres"), TIMEOUT_S (bound from the last publish to the last delivery,
-# 120), SETTLE_S (wait after the last expected delivery for late duplicates, 2), PG_HOST
+# 120; 0: do not wait for deliveries, publish throughput only), SETTLE_S (wait after the last expected delivery for late duplicates, 2), PG_HOST
 # (127.0.0.1), PG_PORT (5432), PG_USER (postgres, trust auth), PG_ADMIN_DB (test, the
 # database psql connects to for CREATE/DROP DATABASE), SINK_PORT (18111), SQLITE_PORT
 # (18112), POSTGRES_PORT (18113).
@@ -56,7 +56,7 @@ STARTUP_TIMEOUT_S=30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="RATE=$RATE DURATION_S=$DURATION_S BATCH=$BATCH SUBSCRIPTIONS=$SUBSCRIPTIONS${CONCURRENCY:+ CONCURRENCY=$CONCURRENCY} POLL_MS=$POLL_MS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS BACKENDS=\"$BACKENDS\" bash benches/webhooks_run.sh"
+COMMAND="RATE=$RATE DURATION_S=$DURATION_S BATCH=$BATCH SUBSCRIPTIONS=$SUBSCRIPTIONS TIMEOUT_S=$TIMEOUT_S${CONCURRENCY:+ CONCURRENCY=$CONCURRENCY} POLL_MS=$POLL_MS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS BACKENDS=\"$BACKENDS\" bash benches/webhooks_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/webhooks-$RUN_ID"
 mkdir -p "$OUT"
@@ -228,11 +228,13 @@ result.update({
 })
 say(f"published {acked} events in {publish_s:.2f} s ({result['publish_events_per_s']} events/s); waiting for {expected} deliveries")
 
-# Wait for every delivery at the receiver (bounded from the end of publishing).
+# Wait for every delivery at the receiver (bounded from the end of publishing); with
+# TIMEOUT_S=0 not at all (publish throughput only).
 deadline_ms = last_ack_ms + timeout_s * 1000
 timed_out = False
+result["drained"] = timeout_s > 0
 next_say = time.monotonic() + 5
-while True:
+while timeout_s > 0:
     s = sink_count()
     if s["distinct_ids"] >= expected and s["received"] >= expected:
         break
@@ -245,7 +247,9 @@ while True:
         next_say = time.monotonic() + 5
     time.sleep(0.25)
 complete = sink_count()
-if not timed_out:
+if timeout_s <= 0:
+    say(f"not waiting for deliveries (TIMEOUT_S=0): {complete['distinct_ids']} of {expected} delivered so far")
+elif not timed_out:
     say(f"all {expected} delivered; {settle_s:.0f} s for late duplicates")
     time.sleep(settle_s)
 final = sink_stats()
@@ -408,6 +412,22 @@ for key in backends.split():
     s, g, ps = r["sink"], r["gateway"], r["per_subscription"]
     expected = r["expected_deliveries"]
     dups = s["received"] - s["distinct_ids"]
+    if not r["drained"]:
+        # Publish only: deliveries were not waited for.
+        if r["publish_errors"]:
+            problems.append(f"{key}: publish errors {r['publish_errors']}")
+        if r["acked"] != r["events"] or r["distinct_event_ids_acked"] != r["acked"]:
+            problems.append(f"{key}: {r['acked']} of {r['events']} events acknowledged, "
+                            f"{r['distinct_event_ids_acked']} distinct ids")
+        if dups or s["bad_signature"]:
+            problems.append(f"{key}: {dups} duplicates, {s['bad_signature']} bad signatures")
+        offered = f"{rate * subs:,.0f}" if rate > 0 else "as acked"
+        rows.append(f'| {names[key]} | {subs} | {offered} | {r["acked"]:,} | {fmt(r["publish_events_per_s"], 0)} | '
+                    f'not waited for ({s["distinct_ids"]:,} of {expected:,} arrived) | | | | {dups} |')
+        details.append(f'  - {key}: {r["publish_requests"]} publish requests in {r["publish_s"]} s (ack p50 '
+                       f'{fmt(r["publish_ack_p50_ms"])} ms, p99 {fmt(r["publish_ack_p99_ms"])} ms, max '
+                       f'{fmt(r["publish_ack_max_ms"])} ms); deliveries not waited for (TIMEOUT_S=0)')
+        continue
     if r["timed_out"]:
         problems.append(f"{key}: not every delivery arrived within {timeout_s} s of the last publish "
                         f"({s['distinct_ids']} of {expected})")

@@ -22,7 +22,7 @@ use crate::db::models::{Delivery, DeliveryAttempt, Event, Subscription};
 use crate::db::subscriptions::{
     self as rows, AttemptResult, DELIVERED, FAILED, PENDING, Recorded, SubscriptionChange,
 };
-use crate::db::{Database, events as log, now_millis};
+use crate::db::{Database, Urgency, events as log, now_millis};
 use crate::events::webhooks::signature_header;
 use crate::net::targets::{CheckedResolver, check_literal};
 
@@ -34,9 +34,14 @@ const LEASE_MS: i64 = 60_000;
 /// checking the target before it and recording the attempt after it.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
-/// Batches of attempts recorded at once: while one commits, the next is written (each
-/// costs a few round trips to PostgreSQL whatever its size; SQLite takes them in turn).
+/// Batches of attempts recorded at once on PostgreSQL: while one commits, the next is
+/// written (each costs a few round trips whatever its size). SQLite has one writer, so
+/// one batch at a time there, as large as what ended meanwhile.
 const RECORDERS: usize = 2;
+
+/// While a claim that left full subscriptions out found nothing, claims are this far
+/// apart (each walks the full subscriptions' due rows).
+const SKIPPING_CLAIM_EVERY: Duration = Duration::from_millis(100);
 
 /// Deliveries of one subscription a node holds (sending or waiting for a slot), per
 /// delivery it may send to it at once.
@@ -91,6 +96,10 @@ pub struct DeliveryWorker {
     /// an attempt that ends does not claim again then (each claim is a round of
     /// statements).
     nothing_due: bool,
+    /// When a claim that left full subscriptions out last found nothing.
+    skipped_in_vain: Option<Instant>,
+    /// A claim is scheduled (see `SKIPPING_CLAIM_EVERY`).
+    claim_later: bool,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
@@ -103,7 +112,7 @@ pub struct DeliveryWorker {
     /// Finished attempts waiting to be recorded; recorded a batch per transaction, the
     /// next batch as soon as the last one committed.
     to_record: Vec<Finished>,
-    /// Batches being recorded now (at most `RECORDERS`).
+    /// Batches being recorded now (at most `RECORDERS`, 1 on SQLite).
     recording: usize,
     /// Shutting down: claim nothing more.
     draining: bool,
@@ -129,6 +138,8 @@ impl DeliveryWorker {
             claiming: false,
             wake_again: false,
             nothing_due: false,
+            skipped_in_vain: None,
+            claim_later: false,
             lease_ms: lease_ms(timeout),
             claimed: HashSet::new(),
             sending: HashMap::new(),
@@ -153,9 +164,6 @@ impl DeliveryWorker {
             self.wake_again = true;
             return;
         }
-        self.claiming = true;
-        self.wake_again = false;
-        let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
         // Of one subscription this node holds (sending, or leased and waiting for a
         // slot) at most `HELD_PER_SLOT` times what it may send at once: one receiver
         // cannot take a whole batch. A subscription with less room than it may send at
@@ -172,16 +180,51 @@ impl DeliveryWorker {
             .filter(|(_, n)| HELD_PER_SLOT * cap - (**n).min(HELD_PER_SLOT * cap) < cap)
             .map(|(id, _)| id.clone())
             .collect();
+        // Leaving full subscriptions out costs the claim query a walk over their due
+        // rows (a saturated receiver's backlog): while one found nothing, the next
+        // waits `SKIPPING_CLAIM_EVERY` instead of running for every publish.
+        if !full.is_empty()
+            && let Some(at) = self.skipped_in_vain
+        {
+            let since = at.elapsed();
+            if since < SKIPPING_CLAIM_EVERY {
+                if !self.claim_later {
+                    self.claim_later = true;
+                    ctx.run_later(SKIPPING_CLAIM_EVERY - since, |act, ctx| {
+                        act.claim_later = false;
+                        act.skipped_in_vain = None;
+                        act.claim(ctx);
+                    });
+                }
+                return;
+            }
+        }
+        let skipping = !full.is_empty();
+        self.claiming = true;
+        self.wake_again = false;
+        let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
         let limit = free as i64;
         // Storage only: targets are checked when the delivery connects (names resolved
         // then, by the client's resolver), never while a connection is held here.
         let work = async move {
+            let gate_db = db.clone();
             db.run(move |c| {
                 let now = now_millis();
                 let room = |id: &str| {
                     (HELD_PER_SLOT * cap).saturating_sub(held.get(id).copied().unwrap_or(0))
                 };
-                let claimed = rows::claim_due(c, &domain, now, lease_ms, limit, &room, &full)?;
+                let claimed = rows::claim_due(
+                    c,
+                    &rows::Claim {
+                        domain: &domain,
+                        now,
+                        lease_ms,
+                        limit,
+                        room: &room,
+                        full: &full,
+                        gate: gate_db.write_gate(),
+                    },
+                )?;
                 // A batch is mostly many events for few subscriptions: one query each.
                 let mut sub_ids: Vec<&str> =
                     claimed.iter().map(|d| d.subscription_id.as_str()).collect();
@@ -215,6 +258,7 @@ impl DeliveryWorker {
                 Ok(jobs) => {
                     let more = !jobs.is_empty() || act.wake_again;
                     act.nothing_due = !more;
+                    act.skipped_in_vain = (skipping && jobs.is_empty()).then(Instant::now);
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
                     for job in jobs {
                         act.start(ctx, job);
@@ -260,6 +304,7 @@ impl DeliveryWorker {
             self.stats.in_flight.load(Ordering::Relaxed) + 1 >= self.config.concurrency;
         if held + cap == HELD_PER_SLOT * cap + 1 || node_was_full {
             self.nothing_due = false;
+            self.skipped_in_vain = None;
         }
         if let Some(n) = self.sending.get_mut(subscription_id) {
             *n = n.saturating_sub(1);
@@ -531,7 +576,11 @@ impl DeliveryWorker {
     /// Records what finished since the last batch, in one transaction; the rows stay
     /// claimed (their leases ours) until it committed.
     fn record(&mut self, ctx: &mut Context<Self>) {
-        if self.recording >= RECORDERS || self.to_record.is_empty() {
+        let recorders = match self.db.backend() {
+            crate::db::Backend::Postgres => RECORDERS,
+            crate::db::Backend::Sqlite => 1,
+        };
+        if self.recording >= recorders || self.to_record.is_empty() {
             return;
         }
         self.recording += 1;
@@ -539,7 +588,7 @@ impl DeliveryWorker {
         let db = self.db.clone();
         let save = async move {
             let (batch, saved) = db
-                .run(move |c| {
+                .write(Urgency::Background, move |c| {
                     let rows: Vec<AttemptResult<'_>> = batch.iter().map(Finished::row).collect();
                     let saved = rows::record_attempts(c, &rows);
                     drop(rows);

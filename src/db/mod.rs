@@ -100,7 +100,8 @@ impl CustomizeConnection<AnyConnection, diesel::r2d2::Error> for ConnectionSetti
             AnyConnection::Sqlite(c) => diesel::connection::SimpleConnection::batch_execute(
                 c,
                 "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA cache_size = -32768;",
             ),
             // diesel prepares its statements once per connection, and PostgreSQL
             // switches a prepared statement to a generic plan after five runs, costed
@@ -126,6 +127,70 @@ pub struct Database {
     pool: DbPool,
     backend: Backend,
     waits: std::sync::Arc<PoolWaits>,
+    /// SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
+    /// growing steps (SQLite's busy handler: 1, 2, 5, 10 ... 100 ms) however soon it is
+    /// free again. This node's hot writers (publishing, claiming and recording
+    /// deliveries) queue here instead, and take the lock as soon as it is given back.
+    write_gate: std::sync::Arc<WriteGate>,
+}
+
+/// Whose turn it is to write (SQLite): one writer at a time, and writers someone is
+/// waiting on (a publish being acknowledged) before background ones (deliveries).
+#[derive(Default)]
+pub struct WriteGate {
+    state: std::sync::Mutex<GateState>,
+    turn: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    writing: bool,
+    urgent_waiting: usize,
+}
+
+/// How soon a write is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A caller waits for it.
+    Now,
+    /// Background work (delivery bookkeeping): after the waiting callers.
+    Background,
+}
+
+/// A writer's turn; the next writer goes when it is dropped.
+pub struct Turn<'a>(&'a WriteGate);
+
+impl WriteGate {
+    pub fn enter(&self, urgency: Urgency) -> Turn<'_> {
+        // A writer that panicked left nothing half-done in SQLite (its transaction
+        // rolled back): the state is still good.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if urgency == Urgency::Now {
+            state.urgent_waiting += 1;
+        }
+        loop {
+            let blocked =
+                state.writing || (urgency == Urgency::Background && state.urgent_waiting > 0);
+            if !blocked {
+                break;
+            }
+            state = self.turn.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if urgency == Urgency::Now {
+            state.urgent_waiting -= 1;
+        }
+        state.writing = true;
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.writing = false;
+        drop(state);
+        self.0.turn.notify_all();
+    }
 }
 
 /// Time spent waiting for a pooled connection (for metrics).
@@ -165,6 +230,7 @@ impl Database {
             pool,
             backend,
             waits: Default::default(),
+            write_gate: Default::default(),
         })
     }
 
@@ -266,6 +332,35 @@ impl Database {
     {
         let db = self.clone();
         actix_web::rt::task::spawn_blocking(move || {
+            let mut conn = db.conn()?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Blocking(e.to_string()))?
+    }
+
+    /// The gate SQLite writers of this node take turns at (None on PostgreSQL).
+    pub fn write_gate(&self) -> Option<&WriteGate> {
+        match self.backend {
+            Backend::Sqlite => Some(&self.write_gate),
+            Backend::Postgres => None,
+        }
+    }
+
+    /// [`Database::run`] for work that writes: on SQLite it waits its turn behind this
+    /// node's other writers first (see `write_gate`; `urgency` orders the waiting),
+    /// then takes a connection.
+    pub async fn write<T, F>(&self, urgency: Urgency, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let _turn = match db.backend {
+                Backend::Sqlite => Some(db.write_gate.enter(urgency)),
+                Backend::Postgres => None,
+            };
             let mut conn = db.conn()?;
             work(&mut conn)
         })

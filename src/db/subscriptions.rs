@@ -236,22 +236,39 @@ pub fn insert_deliveries(conn: &mut AnyConnection, rows: &[Delivery]) -> Result<
     Ok(())
 }
 
+/// What [`claim_due`] takes.
+#[derive(Clone, Copy)]
+pub struct Claim<'a> {
+    pub domain: &'a str,
+    pub now: i64,
+    pub lease_ms: i64,
+    pub limit: i64,
+    /// How many more deliveries of a subscription this node may take.
+    pub room: &'a dyn Fn(&str) -> usize,
+    /// Subscriptions left out of the query (no room).
+    pub full: &'a [String],
+    /// This node's SQLite write turn (None on PostgreSQL).
+    pub gate: Option<&'a super::WriteGate>,
+}
+
 /// Takes up to `limit` due deliveries of the domain for `lease_ms`: pending, due, and not
 /// leased (or whose lease ran out: a node that died mid-delivery), oldest first, and of
 /// each subscription no more than `room(subscription)` (one receiver cannot take the
 /// whole batch; a subscription with no room is not even read). One transaction claims
 /// the batch: on PostgreSQL the candidate rows are locked (`FOR UPDATE SKIP LOCKED`, so
-/// nodes claiming at once take different rows), on SQLite the transaction holds the
-/// write lock from its start. Either way every row leased here is ours.
-pub fn claim_due(
-    conn: &mut AnyConnection,
-    domain: &str,
-    now: i64,
-    lease_ms: i64,
-    limit: i64,
-    room: &dyn Fn(&str) -> usize,
-    full: &[String],
-) -> Result<Vec<Delivery>, StoreError> {
+/// nodes claiming at once take different rows); on SQLite the candidates are read
+/// without the write lock, then leased by one conditional `UPDATE ... RETURNING` in
+/// this node's write turn (`gate`), and only the rows it returns are ours.
+pub fn claim_due(conn: &mut AnyConnection, claim: &Claim<'_>) -> Result<Vec<Delivery>, StoreError> {
+    let Claim {
+        domain,
+        now,
+        lease_ms,
+        limit,
+        room,
+        full,
+        gate,
+    } = *claim;
     macro_rules! due {
         () => {
             deliveries::table
@@ -298,16 +315,31 @@ pub fn claim_due(
             }
             Ok(rows)
         })?,
-        AnyConnection::Sqlite(c) => c.immediate_transaction::<_, StoreError, _>(|c| {
+        AnyConnection::Sqlite(c) => {
+            // Read without the write lock (WAL readers never wait), then lease what is
+            // still free in one short write: publishes are not held up by the scan.
             let rows = keep(due!().load(c)?);
             let ids: Vec<&str> = rows.iter().map(|d| d.id.as_str()).collect();
-            if !ids.is_empty() {
-                diesel::update(deliveries::table.filter(deliveries::id.eq_any(&ids)))
-                    .set(deliveries::lease_until.eq(lease_until))
-                    .execute(c)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
             }
-            Ok(rows)
-        })?,
+            let _turn = gate.map(|g| g.enter(super::Urgency::Background));
+            let won: std::collections::HashSet<String> = c
+                .immediate_transaction::<_, StoreError, _>(|c| {
+                    Ok(diesel::update(
+                        deliveries::table
+                            .filter(deliveries::id.eq_any(&ids))
+                            .filter(deliveries::status.eq(PENDING))
+                            .filter(deliveries::lease_until.lt(now)),
+                    )
+                    .set(deliveries::lease_until.eq(lease_until))
+                    .returning(deliveries::id)
+                    .get_results::<String>(c)?)
+                })?
+                .into_iter()
+                .collect();
+            rows.into_iter().filter(|d| won.contains(&d.id)).collect()
+        }
     };
     for d in &mut claimed {
         d.lease_until = lease_until;

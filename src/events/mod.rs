@@ -240,7 +240,9 @@ impl EventService {
         let domain = self.domain.clone();
         let stored = self
             .db
-            .run(move |c| log::append(c, &domain, &events, now_millis(), DEDUPE_MS))
+            .write(crate::db::Urgency::Now, move |c| {
+                log::append(c, &domain, &events, now_millis(), DEDUPE_MS)
+            })
             .await?;
         self.told(&stored);
         Ok(stored)

@@ -175,20 +175,9 @@ pub fn append(
                     if crate::events::patterns::any_matches(channel_types, t)
                         && crate::events::patterns::any_matches(types, t)
                     {
-                        outbox.push(Delivery {
-                            id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-                            domain: domain.to_string(),
-                            subscription_id: sub.clone(),
-                            event_id: event.id,
-                            status: super::subscriptions::PENDING.to_string(),
-                            attempts: 0,
-                            next_attempt_at: now,
-                            lease_until: 0,
-                            last_status: 0,
-                            last_error: String::new(),
-                            created_at: now,
-                            delivered_at: 0,
-                        });
+                        outbox.push(super::subscriptions::pending_delivery(
+                            domain, sub, event.id, now,
+                        ));
                     }
                 }
             }

@@ -229,6 +229,24 @@ pub fn enabled_with_channel_types(
         .load(conn)?)
 }
 
+/// A new outbox row: the event is due for the subscription now, first attempt.
+pub fn pending_delivery(domain: &str, subscription_id: &str, event_id: i64, now: i64) -> Delivery {
+    Delivery {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        domain: domain.to_string(),
+        subscription_id: subscription_id.to_string(),
+        event_id,
+        status: PENDING.to_string(),
+        attempts: 0,
+        next_attempt_at: now,
+        lease_until: 0,
+        last_status: 0,
+        last_error: String::new(),
+        created_at: now,
+        delivered_at: 0,
+    }
+}
+
 pub fn insert_deliveries(conn: &mut AnyConnection, rows: &[Delivery]) -> Result<(), StoreError> {
     for chunk in rows.chunks(super::events::INSERT_CHUNK) {
         super::insert_rows!(conn, deliveries::table, chunk)?;
@@ -697,20 +715,7 @@ pub fn resend(
             .execute(conn)?;
         return Ok(id);
     }
-    let row = Delivery {
-        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-        domain: domain.to_string(),
-        subscription_id: subscription_id.to_string(),
-        event_id,
-        status: PENDING.to_string(),
-        attempts: 0,
-        next_attempt_at: now,
-        lease_until: 0,
-        last_status: 0,
-        last_error: String::new(),
-        created_at: now,
-        delivered_at: 0,
-    };
+    let row = pending_delivery(domain, subscription_id, event_id, now);
     insert_deliveries(conn, std::slice::from_ref(&row))?;
     Ok(row.id)
 }

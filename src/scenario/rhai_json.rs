@@ -113,6 +113,16 @@ impl<'a> Parser<'a> {
         Fail
     }
 
+    /// A number's fraction or exponent without digits, which stopped at `end`.
+    #[cold]
+    fn no_digits(&mut self, end: usize) -> Fail {
+        self.pos = end;
+        match self.bytes.get(end) {
+            Some(_) => self.fail("invalid number"),
+            None => self.eof(),
+        }
+    }
+
     #[cold]
     fn eof(&mut self) -> Fail {
         self.pos = self.bytes.len();
@@ -426,11 +436,7 @@ impl<'a> Parser<'a> {
         if self.bytes.get(pos) == Some(&b'.') {
             let (end, m, n) = self.digits(pos + 1, mantissa);
             if n == 0 {
-                self.pos = end;
-                return Err(match self.bytes.get(end) {
-                    Some(_) => self.fail("invalid number"),
-                    None => self.eof(),
-                });
+                return Err(self.no_digits(end));
             }
             pos = end;
             mantissa = m;
@@ -445,11 +451,7 @@ impl<'a> Parser<'a> {
             }
             let (end, _, n) = self.digits(pos, 0);
             if n == 0 {
-                self.pos = end;
-                return Err(match self.bytes.get(end) {
-                    Some(_) => self.fail("invalid number"),
-                    None => self.eof(),
-                });
+                return Err(self.no_digits(end));
             }
             pos = end;
             is_float = true;

@@ -34,6 +34,9 @@ const LEASE_MS: i64 = 60_000;
 /// checking the target before it and recording the attempt after it.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
+/// Attempts recorded per transaction at most.
+const RECORD_BATCH: usize = 64;
+
 /// Batches of attempts recorded at once on PostgreSQL: while one commits, the next is
 /// written (each costs a few round trips whatever its size). SQLite has one writer, so
 /// one batch at a time there, as large as what ended meanwhile.
@@ -584,7 +587,14 @@ impl DeliveryWorker {
             return;
         }
         self.recording += 1;
-        let batch = std::mem::take(&mut self.to_record);
+        // A bounded batch: on SQLite it holds the one write lock, and a publish (someone
+        // waits for its acknowledgement) must not wait behind a long transaction.
+        let batch: Vec<Finished> = if self.to_record.len() > RECORD_BATCH {
+            let rest = self.to_record.split_off(RECORD_BATCH);
+            std::mem::replace(&mut self.to_record, rest)
+        } else {
+            std::mem::take(&mut self.to_record)
+        };
         let db = self.db.clone();
         let save = async move {
             let (batch, saved) = db

@@ -16,32 +16,13 @@ use std::time::{Duration, Instant};
 use oktell_gateway::db::models::Channel;
 use oktell_gateway::scenario::outgoing::{OutgoingClient, OutgoingSettings};
 use oktell_gateway::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
-use oktell_gateway::scenario::{ChannelHost, RunContext, ScenarioRuntime, StartParams};
+use oktell_gateway::scenario::{ChannelHost, NoHost, RunContext, ScenarioRuntime, StartParams};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Runs per step (`SCRIPT_PROFILE_RUNS` overrides).
 const RUNS: usize = 20_000;
-
-struct NoHost;
-impl ChannelHost for NoHost {
-    fn ws_send(&self, _: &str, _: &str) -> bool {
-        false
-    }
-    fn ws_broadcast(&self, _: &str) -> usize {
-        0
-    }
-    fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
-        false
-    }
-    fn ws_sessions(&self) -> Vec<String> {
-        Vec::new()
-    }
-    fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
-        Err("no event log here".into())
-    }
-}
 
 fn order_body() -> String {
     let items: Vec<String> = (1..=35)

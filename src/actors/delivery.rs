@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_web::web::Bytes;
 use futures_util::StreamExt;
 
 use crate::db::models::{Delivery, DeliveryAttempt, Event, Subscription};
@@ -49,6 +50,12 @@ const SKIPPING_CLAIM_EVERY: Duration = Duration::from_millis(100);
 /// Deliveries of one subscription a node holds (sending or waiting for a slot), per
 /// delivery it may send to it at once.
 const HELD_PER_SLOT: usize = 4;
+
+/// How many more deliveries of a subscription a claim may take when this node holds
+/// `held` of them and may send `cap` at once.
+fn room(cap: usize, held: usize) -> usize {
+    (HELD_PER_SLOT * cap).saturating_sub(held)
+}
 
 /// The lease of a claimed delivery: it outlives the attempt, whatever the timeout.
 fn lease_ms(timeout: Duration) -> i64 {
@@ -111,7 +118,6 @@ pub struct DeliveryWorker {
     sending: HashMap<String, usize>,
     /// Claimed deliveries of subscriptions that had no free slot, in claim order.
     waiting: HashMap<String, std::collections::VecDeque<Job>>,
-    waiting_total: usize,
     /// Finished attempts waiting to be recorded; recorded a batch per transaction, the
     /// next batch as soon as the last one committed.
     to_record: Vec<Finished>,
@@ -147,7 +153,6 @@ impl DeliveryWorker {
             claimed: HashSet::new(),
             sending: HashMap::new(),
             waiting: HashMap::new(),
-            waiting_total: 0,
             to_record: Vec::new(),
             recording: 0,
             draining: false,
@@ -175,12 +180,12 @@ impl DeliveryWorker {
         let cap = self.config.per_subscription;
         let held: HashMap<String, usize> = self
             .sending
-            .iter()
-            .map(|(id, n)| (id.clone(), n + self.waiting.get(id).map_or(0, |q| q.len())))
+            .keys()
+            .map(|id| (id.clone(), self.held(id)))
             .collect();
         let full: Vec<String> = held
             .iter()
-            .filter(|(_, n)| HELD_PER_SLOT * cap - (**n).min(HELD_PER_SLOT * cap) < cap)
+            .filter(|(_, n)| room(cap, **n) < cap)
             .map(|(id, _)| id.clone())
             .collect();
         // Leaving full subscriptions out costs the claim query a walk over their due
@@ -213,9 +218,7 @@ impl DeliveryWorker {
             let gate_db = db.clone();
             db.run(move |c| {
                 let now = now_millis();
-                let room = |id: &str| {
-                    (HELD_PER_SLOT * cap).saturating_sub(held.get(id).copied().unwrap_or(0))
-                };
+                let room = |id: &str| room(cap, held.get(id).copied().unwrap_or(0));
                 let claimed = rows::claim_due(
                     c,
                     &rows::Claim {
@@ -240,16 +243,18 @@ impl DeliveryWorker {
                 let mut event_ids: Vec<i64> = claimed.iter().map(|d| d.event_id).collect();
                 event_ids.sort_unstable();
                 event_ids.dedup();
-                let events: HashMap<i64, Arc<Event>> = log::find_many(c, &domain, &event_ids)?
-                    .into_iter()
-                    .map(|e| (e.id, Arc::new(e)))
+                // Each event's payload is rendered once, whatever the number of its
+                // subscriptions.
+                let payloads: HashMap<i64, Bytes> = log::find_many(c, &domain, &event_ids)?
+                    .iter()
+                    .map(|e| (e.id, payload(e)))
                     .collect();
                 Ok(claimed
                     .into_iter()
                     .map(|d| {
                         let sub = subs.get(&d.subscription_id).cloned();
-                        let event = events.get(&d.event_id).cloned();
-                        (d, sub, event)
+                        let body = payloads.get(&d.event_id).cloned();
+                        (d, sub, body)
                     })
                     .collect::<Vec<_>>())
             })
@@ -280,7 +285,6 @@ impl DeliveryWorker {
     fn start(&mut self, ctx: &mut Context<Self>, job: Job) {
         let sending = self.sending.get(&job.0.subscription_id).copied();
         if sending.unwrap_or(0) >= self.config.per_subscription {
-            self.waiting_total += 1;
             self.waiting
                 .entry(job.0.subscription_id.clone())
                 .or_default()
@@ -288,6 +292,12 @@ impl DeliveryWorker {
             return;
         }
         self.send(ctx, job);
+    }
+
+    /// Deliveries of a subscription this node holds: sending, or waiting for a slot.
+    fn held(&self, subscription_id: &str) -> usize {
+        self.sending.get(subscription_id).copied().unwrap_or(0)
+            + self.waiting.get(subscription_id).map_or(0, |q| q.len())
     }
 
     /// Claims unless the last claim found nothing and nothing changed since.
@@ -301,11 +311,11 @@ impl DeliveryWorker {
     fn sent(&mut self, ctx: &mut Context<Self>, subscription_id: &str) {
         // Did this end give the subscription (or the node) room for a claim again?
         let cap = self.config.per_subscription;
-        let held = self.sending.get(subscription_id).copied().unwrap_or(0)
-            + self.waiting.get(subscription_id).map_or(0, |q| q.len());
+        let held = self.held(subscription_id);
         let node_was_full =
             self.stats.in_flight.load(Ordering::Relaxed) + 1 >= self.config.concurrency;
-        if held + cap == HELD_PER_SLOT * cap + 1 || node_was_full {
+        let opens = room(cap, held) < cap && room(cap, held.saturating_sub(1)) >= cap;
+        if opens || node_was_full {
             self.nothing_due = false;
             self.skipped_in_vain = None;
         }
@@ -327,14 +337,13 @@ impl DeliveryWorker {
             self.waiting.remove(subscription_id);
         }
         if let Some(job) = next {
-            self.waiting_total = self.waiting_total.saturating_sub(1);
             self.send(ctx, job);
         }
     }
 
-    fn send(&mut self, ctx: &mut Context<Self>, (delivery, sub, event): Job) {
+    fn send(&mut self, ctx: &mut Context<Self>, (delivery, sub, body): Job) {
         let attempt_no = delivery.attempts + 1;
-        let (Some(sub), Some(event)) = (sub, event) else {
+        let (Some(sub), Some(body)) = (sub, body) else {
             // The subscription or the event is gone: nothing to deliver.
             self.finish(
                 ctx,
@@ -400,16 +409,8 @@ impl DeliveryWorker {
                 .timeout(Duration::from_secs(60))
                 .finish()
         });
-        let body = serde_json::json!({
-            "id": event.id,
-            "type": event.event_type,
-            "occurred_at": crate::channels::rfc3339_millis(event.occurred_at),
-            "data": serde_json::from_str::<serde_json::Value>(&event.data).unwrap_or(serde_json::Value::Null),
-        })
-        .to_string();
         let timestamp = now_millis() / 1000;
-        let signature =
-            signature_header(&sub, now_millis(), &delivery.id, timestamp, body.as_bytes());
+        let signature = signature_header(&sub, now_millis(), &delivery.id, timestamp, &body);
         let request = client
             .post(&sub.url)
             .timeout(timeout)
@@ -667,8 +668,22 @@ impl DeliveryWorker {
     }
 }
 
-/// A claimed delivery with what it needs to be sent.
-type Job = (Delivery, Option<Subscription>, Option<Arc<Event>>);
+/// A claimed delivery with what it needs to be sent: its subscription and its event's
+/// payload (None: gone since).
+type Job = (Delivery, Option<Subscription>, Option<Bytes>);
+
+/// The JSON body of an event's deliveries.
+fn payload(event: &Event) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "id": event.id,
+            "type": event.event_type,
+            "occurred_at": crate::channels::rfc3339_millis(event.occurred_at),
+            "data": serde_json::from_str::<serde_json::Value>(&event.data).unwrap_or(serde_json::Value::Null),
+        })
+        .to_string(),
+    )
+}
 
 /// An attempt that ended, waiting to be recorded.
 struct Finished {

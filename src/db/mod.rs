@@ -330,13 +330,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            let mut conn = db.conn()?;
-            work(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Blocking(e.to_string()))?
+        self.on_blocking_thread(None, work).await
     }
 
     /// The gate SQLite writers of this node take turns at (None on PostgreSQL).
@@ -355,11 +349,25 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.on_blocking_thread(Some(urgency), work).await
+    }
+
+    /// Runs `work` with a pooled connection on the blocking pool; a write (`urgency`)
+    /// first waits its turn at the SQLite write gate.
+    async fn on_blocking_thread<T, F>(
+        &self,
+        urgency: Option<Urgency>,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> Result<T, StoreError> + Send + 'static,
+    {
         let db = self.clone();
         actix_web::rt::task::spawn_blocking(move || {
-            let _turn = match db.backend {
-                Backend::Sqlite => Some(db.write_gate.enter(urgency)),
-                Backend::Postgres => None,
+            let _turn = match (urgency, db.write_gate()) {
+                (Some(urgency), Some(gate)) => Some(gate.enter(urgency)),
+                _ => None,
             };
             let mut conn = db.conn()?;
             work(&mut conn)

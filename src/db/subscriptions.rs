@@ -342,20 +342,17 @@ pub fn claim_due(conn: &mut AnyConnection, claim: &Claim<'_>) -> Result<Vec<Deli
                 return Ok(Vec::new());
             }
             let _turn = gate.map(|g| g.enter(super::Urgency::Background));
-            let won: std::collections::HashSet<String> = c
-                .immediate_transaction::<_, StoreError, _>(|c| {
-                    Ok(diesel::update(
-                        deliveries::table
-                            .filter(deliveries::id.eq_any(&ids))
-                            .filter(deliveries::status.eq(PENDING))
-                            .filter(deliveries::lease_until.lt(now)),
-                    )
-                    .set(deliveries::lease_until.eq(lease_until))
-                    .returning(deliveries::id)
-                    .get_results::<String>(c)?)
-                })?
-                .into_iter()
-                .collect();
+            let won: std::collections::HashSet<String> = diesel::update(
+                deliveries::table
+                    .filter(deliveries::id.eq_any(&ids))
+                    .filter(deliveries::status.eq(PENDING))
+                    .filter(deliveries::lease_until.lt(now)),
+            )
+            .set(deliveries::lease_until.eq(lease_until))
+            .returning(deliveries::id)
+            .get_results::<String>(c)?
+            .into_iter()
+            .collect();
             rows.into_iter().filter(|d| won.contains(&d.id)).collect()
         }
     };
@@ -505,14 +502,14 @@ pub fn record_attempts(
             .execute(c)?;
             held[i] = Some(n == 1);
         }
-        let attempts: Vec<DeliveryAttempt> = batch
+        let attempts: Vec<&DeliveryAttempt> = batch
             .iter()
             .zip(&held)
             .filter(|(_, h)| **h == Some(true))
-            .map(|(r, _)| r.attempt.clone())
+            .map(|(r, _)| r.attempt)
             .collect();
         for chunk in attempts.chunks(super::events::INSERT_CHUNK) {
-            super::insert_rows!(c, delivery_attempts::table, chunk)?;
+            super::insert_rows!(c, delivery_attempts::table, chunk.to_vec())?;
         }
         let mut healthy: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(batch.len());

@@ -103,6 +103,28 @@ pub trait ChannelHost: Send + Sync {
     ) -> Result<i64, String>;
 }
 
+/// A host with no sessions and no event log: scenarios run on their own (unit tests,
+/// `benches/script_profile.rs`).
+pub struct NoHost;
+
+impl ChannelHost for NoHost {
+    fn ws_send(&self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn ws_broadcast(&self, _: &str) -> usize {
+        0
+    }
+    fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
+        false
+    }
+    fn ws_sessions(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
+        Err("no event log here".into())
+    }
+}
+
 impl ScenarioError {
     /// The machine-readable code callers see.
     pub fn code(&self) -> &'static str {

@@ -478,27 +478,8 @@ mod tests {
         )
     }
 
-    struct NoHost;
-    impl super::super::ChannelHost for NoHost {
-        fn ws_send(&self, _: &str, _: &str) -> bool {
-            false
-        }
-        fn ws_broadcast(&self, _: &str) -> usize {
-            0
-        }
-        fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
-            false
-        }
-        fn ws_sessions(&self) -> Vec<String> {
-            Vec::new()
-        }
-        fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
-            Err("no event log in unit tests".into())
-        }
-    }
-
     fn no_host() -> Arc<dyn super::super::ChannelHost> {
-        Arc::new(NoHost)
+        Arc::new(super::super::NoHost)
     }
 
     #[test]

@@ -73,6 +73,17 @@ async fn subscribe(app: &TestApp, token: &str, body: Value) -> Value {
     r.json()
 }
 
+/// The channel's subscriptions as its owner lists them.
+async fn listed(app: &TestApp, token: &str) -> Value {
+    app.send(
+        app.client
+            .get(app.url(&format!("/api/token/v1/{token}/subscribe"))),
+        None,
+    )
+    .await
+    .json()
+}
+
 async fn publish(app: &TestApp, t: &str) -> i64 {
     let r = app
         .admin(
@@ -151,14 +162,7 @@ async fn signed_deliveries_reach_matching_subscriptions(_app: TestApp) {
         assert_eq!(body["data"]["t"], body["type"]);
     }
     // The owner reads it back (no secret), and can delete it.
-    let listed = app
-        .send(
-            app.client
-                .get(app.url(&format!("/api/token/v1/{token}/subscribe"))),
-            None,
-        )
-        .await
-        .json();
+    let listed = listed(&app, &token).await;
     assert_eq!(listed["total"], 1);
     assert!(listed["items"][0].get("secret").is_none());
 }
@@ -885,14 +889,7 @@ async fn special_purpose_targets_are_refused() {
         assert_eq!(r.status, 400, "{url}: {}", r.text());
         assert_eq!(r.json()["error"]["field"], "url", "{url}");
     }
-    let listed = app
-        .send(
-            app.client
-                .get(app.url(&format!("/api/token/v1/{token}/subscribe"))),
-            None,
-        )
-        .await
-        .json();
+    let listed = listed(&app, &token).await;
     assert_eq!(listed["total"], 0, "nothing was stored");
 }
 

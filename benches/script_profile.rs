@@ -18,8 +18,7 @@ use oktell_gateway::scenario::outgoing::{OutgoingClient, OutgoingSettings};
 use oktell_gateway::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
 use oktell_gateway::scenario::{ChannelHost, NoHost, RunContext, ScenarioRuntime, StartParams};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator is the gateway's own (oktell_gateway::alloc: mimalloc, counting runs).
 
 /// Runs per step (`SCRIPT_PROFILE_RUNS` overrides).
 const RUNS: usize = 20_000;
@@ -66,6 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_string_bytes: 4 * 1024 * 1024,
             max_array_len: 100_000,
             max_map_len: 100_000,
+            budgets: Default::default(),
         },
         outgoing,
     );

@@ -35,6 +35,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Database,
     pub registry: Arc<ChannelRegistry>,
+    /// Memory of all scenario runs together (`scenario_node_memory_bytes`).
+    pub node_memory: Arc<crate::alloc::NodeMemory>,
     pub dispatcher: Arc<Dispatcher>,
     pub channels: ChannelService,
     pub admin_token: String,
@@ -82,6 +84,13 @@ impl Application {
     pub async fn build(config: Config, logger: slog::Logger) -> Result<Application, StartError> {
         let config = Arc::new(config);
         let admin_token = resolve_admin_token(&config, &logger)?;
+        // Secrets of this node that must never be written down (crate::redact).
+        crate::redact::redactor().add_secret(&admin_token);
+        if let Ok(url) = url::Url::parse(&config.database_url)
+            && let Some(password) = url.password()
+        {
+            crate::redact::redactor().add_secret(password);
+        }
 
         let db = Database::connect(&config.database_url, config.db_pool_size)?;
         let migrator = db.clone();
@@ -128,8 +137,22 @@ impl Application {
             .with_broker(broker.clone())
             .with_delivery(delivery.clone());
         delivery.do_send(UseEvents(events.clone()));
-        let dispatcher = Arc::new(build_dispatcher(&config, events.clone(), &logger)?);
+        if !crate::alloc::counting() {
+            slog::warn!(
+                logger,
+                "allocations are not counted (another global allocator is linked in): scenario memory budgets do not hold"
+            );
+        }
+        let node_memory = crate::alloc::NodeMemory::new(config.scenario_node_memory_bytes);
+        let dispatcher = Arc::new(build_dispatcher(
+            &config,
+            node_memory.clone(),
+            events.clone(),
+            &logger,
+        )?);
         let registry = Arc::new(ChannelRegistry::new());
+        let tokens: Arc<dyn crate::redact::TokenIndex> = registry.clone();
+        crate::redact::redactor().add_index(Arc::downgrade(&tokens));
         let channels = ChannelService::new(
             db.clone(),
             config.clone(),
@@ -160,6 +183,7 @@ impl Application {
             epoch: head.epoch.clone(),
             delivery_stats,
             delivery: delivery.clone(),
+            node_memory,
         });
         spawn_event_purge(events, &config, &logger);
 
@@ -210,6 +234,7 @@ impl Application {
                 let ops = HttpServer::new(move || {
                     App::new()
                         .app_data(ops_state.clone())
+                        .app_data(http::ops::MetricsListener)
                         .configure(http::ops::routes)
                         .default_service(web::to(|| async {
                             Err::<actix_web::HttpResponse, _>(ApiError::not_found(
@@ -290,7 +315,11 @@ impl Application {
 }
 
 /// The configured scenario runtime (also used by the CLI to validate scripts on save).
-pub fn scenario_runtime(config: &Config) -> Result<Arc<dyn ScenarioRuntime>, StartError> {
+/// Runs' memory counts against `node` (the node's scenario memory budget).
+pub fn scenario_runtime(
+    config: &Config,
+    node: Arc<crate::alloc::NodeMemory>,
+) -> Result<Arc<dyn ScenarioRuntime>, StartError> {
     Ok(match config.scenario_runtime {
         RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(
             &RhaiLimits {
@@ -299,6 +328,7 @@ pub fn scenario_runtime(config: &Config) -> Result<Arc<dyn ScenarioRuntime>, Sta
                 max_string_bytes: config.scenario_max_string_bytes,
                 max_array_len: config.scenario_max_array_len,
                 max_map_len: config.scenario_max_map_len,
+                budgets: crate::scenario::budget::Budgets::of_node(config, node),
             },
             outgoing_client(config)?,
         )),
@@ -379,10 +409,11 @@ async fn wait_for_stop_signal() {
 
 fn build_dispatcher(
     config: &Config,
+    node_memory: Arc<crate::alloc::NodeMemory>,
     events: EventService,
     logger: &slog::Logger,
 ) -> Result<Dispatcher, StartError> {
-    let runtime = scenario_runtime(config)?;
+    let runtime = scenario_runtime(config, node_memory)?;
     let pool = ScenarioPool::start(
         config.effective_scenario_threads(),
         config.scenario_max_admitted,

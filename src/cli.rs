@@ -173,7 +173,11 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
     let db = Database::connect(&config.database_url, 2).map_err(|e| e.to_string())?;
     db.migrate().map_err(|e| e.to_string())?;
     let logger = crate::logging::discard();
-    let runtime = crate::app::scenario_runtime(&config).map_err(|e| e.to_string())?;
+    let runtime = crate::app::scenario_runtime(
+        &config,
+        crate::alloc::NodeMemory::new(config.scenario_node_memory_bytes),
+    )
+    .map_err(|e| e.to_string())?;
     let pool = ScenarioPool::start(1, 1, logger.clone()).map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(
         pool,

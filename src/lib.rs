@@ -1,6 +1,7 @@
 //! oktell-gateway: the integration gateway of Oktell Studio.
 //!
 //! Map of the crate (see ../shared/DESIGN.md for the whole picture):
+//! - [`alloc`]: the allocator, counting what scenario runs allocate (memory budgets);
 //! - [`config`]: settings from flags, environment and file;
 //! - [`app`]: builds a node (storage, actors, HTTP server) — used by `serve` and tests;
 //! - [`http`]: the HTTP surfaces (webhook, admin, ops) and the one error type;
@@ -9,8 +10,10 @@
 //! - [`channels`]: channel input validation and the service that applies changes live;
 //! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations;
 //! - [`net`]: what outgoing connections share: DNS with timeouts, client TLS trust.
+//! - [`redact`]: what keeps secrets and control characters out of logs and error bodies.
 
 pub mod actors;
+pub mod alloc;
 pub mod app;
 pub mod channels;
 pub mod cli;
@@ -21,4 +24,5 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod redact;
 pub mod scenario;

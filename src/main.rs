@@ -1,8 +1,7 @@
 use clap::Parser;
 
-// mimalloc: measurably faster than glibc malloc for actix's many small allocations.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator (mimalloc, counting scenario runs' memory) is set in the library:
+// oktell_gateway::alloc.
 
 fn main() {
     // (mimalloc's arenas are committed on demand: see .cargo/config.toml.)

@@ -65,10 +65,15 @@ fn load(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
-/// Renders every metric of the node.
-pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
+/// Renders the node's metrics; the per-channel series (they name every channel) only
+/// with `per_channel` (see `http::ops`: who may see them).
+pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel: bool) -> String {
     let mut f = Families { list: Vec::new() };
-    let handles = state.registry.handles();
+    let handles = if per_channel {
+        state.registry.handles()
+    } else {
+        Vec::new()
+    };
     let domain = state.config.domain.as_str();
 
     // Per channel. Each family is filled channel by channel.
@@ -291,7 +296,7 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
         (
             "oktell_channels_served",
             "Channels this node serves.",
-            handles.len() as f64,
+            state.registry.len() as f64,
         ),
         (
             "oktell_ws_sessions_node_open",
@@ -311,6 +316,27 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
     ];
     for (name, help, value) in node_gauges {
         gauge(f.family(name, help, MetricType::GAUGE), &[], value);
+    }
+    gauge(
+        f.family(
+            "oktell_scenario_memory_reserved_bytes",
+            "Memory held by running scenarios, counted by the allocator in 256 KiB steps (budget: scenario_node_memory_bytes).",
+            MetricType::GAUGE,
+        ),
+        &[],
+        state.node_memory.reserved() as f64,
+    );
+    let mf = f.family(
+        "oktell_scenario_budget_exceeded_total",
+        "Scenario runs failed for breaking a budget, by budget (memory, node_memory, log_bytes, events, event_bytes, pushes, push_bytes, outgoing_calls).",
+        MetricType::COUNTER,
+    );
+    for kind in crate::scenario::budget::BudgetKind::ALL {
+        counter(
+            mf,
+            &[("budget", kind.as_str())],
+            crate::scenario::budget::exceeded_total(kind) as f64,
+        );
     }
     let ev = &state.events.stats;
     gauge(

@@ -54,3 +54,10 @@ impl ChannelRegistry {
         self.by_token.iter().map(|e| e.value().clone()).collect()
     }
 }
+
+/// Live tokens are masked wherever they would be logged (`crate::redact`).
+impl crate::redact::TokenIndex for ChannelRegistry {
+    fn is_token(&self, candidate: &str) -> bool {
+        self.by_token.contains_key(candidate)
+    }
+}

@@ -200,7 +200,15 @@ impl From<ScenarioError> for ApiError {
                 return ApiError::overloaded(e.code(), e.public_message());
             }
             ScenarioError::Unavailable(_) => StatusCode::BAD_GATEWAY,
-            ScenarioError::Limit(_)
+            // The node's memory for scenarios is spent by all runs together: this one
+            // did nothing wrong and may succeed a moment later.
+            ScenarioError::Budget(crate::scenario::budget::BudgetKind::NodeMemory) => {
+                let mut err = ApiError::overloaded(e.code(), e.public_message());
+                err.retry_after = Some(1);
+                return err;
+            }
+            ScenarioError::Budget(_)
+            | ScenarioError::Limit(_)
             | ScenarioError::Compile(_)
             | ScenarioError::Script(_)
             | ScenarioError::InvalidReply(_)

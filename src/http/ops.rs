@@ -1,8 +1,18 @@
-//! Operations endpoints: liveness and readiness.
+//! Operations endpoints: liveness, readiness, metrics.
+//!
+//! `/metrics` names every channel in its per-channel series. Those are shown on the
+//! `metrics_listen` address (meant for scrapers on a private network), and on the main
+//! listener only to a caller with the admin token (Prometheus sends it with
+//! `authorization: {credentials: ...}`) or with `metrics_public_channels = true`.
+//! Anyone else gets the node-wide series.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::app::AppState;
+
+/// Set as app data on the `metrics_listen` server: its callers see every series.
+#[derive(Clone, Copy)]
+pub struct MetricsListener;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -48,7 +58,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus metrics (text format).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let per_channel = req.app_data::<MetricsListener>().is_some()
+        || state.config.metrics_public_channels
+        || super::admin::carries_admin_token(&req);
     // The outbox backlog is shared by the nodes of the domain: read it from storage.
     let domain = state.config.domain.clone();
     let outbox = state
@@ -58,5 +71,5 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .ok();
     HttpResponse::Ok()
         .content_type(prometheus::TEXT_FORMAT)
-        .body(crate::metrics::render(&state, outbox))
+        .body(crate::metrics::render(&state, outbox, per_channel))
 }

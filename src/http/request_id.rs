@@ -10,7 +10,6 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
 use super::error::ApiError;
-use super::request_log::masked_path;
 use crate::app::AppState;
 
 pub const HEADER: &str = "x-request-id";
@@ -43,7 +42,7 @@ pub async fn tag_requests(
     let logger = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.logger.clone());
-    let (method, path) = (req.method().clone(), masked_path(req.path()));
+    let (method, path) = (req.method().clone(), crate::redact::log_path(req.path()));
     let log_cause = |err: &Error| {
         let (Some(logger), Some(api)) = (&logger, err.as_error::<ApiError>()) else {
             return;

@@ -1,5 +1,5 @@
-//! One log line per request: method, path (tokens masked), status, latency, the request
-//! id, and the channel code when a handler named one.
+//! One log line per request: method, path (as `crate::redact::log_path` writes it),
+//! status, latency, the request id, and the channel code when a handler named one.
 
 use std::time::Instant;
 
@@ -15,25 +15,13 @@ use crate::app::AppState;
 #[derive(Clone)]
 pub struct ChannelTag(pub String);
 
-/// The path with the token of `/api/token/v1/{token}` and `/ws/token/v1/{token}`
-/// replaced, so that credentials never reach the log.
-pub fn masked_path(path: &str) -> String {
-    for prefix in ["/api/token/v1/", "/ws/token/v1/"] {
-        if let Some(rest) = path.strip_prefix(prefix) {
-            let tail = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
-            return format!("{prefix}***{tail}");
-        }
-    }
-    path.to_string()
-}
-
 pub async fn log_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = masked_path(req.path());
+    let path = crate::redact::log_path(req.path());
     let logger = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.logger.clone());
@@ -61,23 +49,4 @@ pub async fn log_requests(
         );
     }
     Ok(res)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::masked_path;
-
-    #[test]
-    fn tokens_are_masked() {
-        assert_eq!(masked_path("/api/token/v1/SECRET"), "/api/token/v1/***");
-        assert_eq!(
-            masked_path("/api/token/v1/SECRET/a/b"),
-            "/api/token/v1/***/a/b"
-        );
-        assert_eq!(
-            masked_path("/ws/token/v1/SECRET/subscribe"),
-            "/ws/token/v1/***/subscribe"
-        );
-        assert_eq!(masked_path("/admin/v1/channels"), "/admin/v1/channels");
-    }
 }

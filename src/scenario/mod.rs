@@ -2,6 +2,7 @@
 //! and runs it on a [`pool::ScenarioPool`] thread, never on an async worker.
 //! Two runtimes: embedded Rhai (default) and `http` (a remote scenario engine).
 
+pub mod budget;
 pub mod dispatch;
 pub mod http_runtime;
 pub mod outgoing;
@@ -45,6 +46,10 @@ pub enum ScenarioError {
     Timeout,
     #[error("scenario exceeded its {0} limit")]
     Limit(String),
+    /// A budget of the run (memory, log, events, pushes, outgoing calls) or of the
+    /// node (memory of all runs) was broken.
+    #[error("scenario exceeded its {0} budget")]
+    Budget(budget::BudgetKind),
     #[error("scenario set an invalid reply: {0}")]
     InvalidReply(String),
     /// Refused before it ran: the node is at its admission bound, or the run could not
@@ -133,6 +138,7 @@ impl ScenarioError {
             ScenarioError::QueueFull { .. } => "scenario_queue_full",
             ScenarioError::ChannelBusy => "channel_busy",
             ScenarioError::Limit(_) => "scenario_limit_exceeded",
+            ScenarioError::Budget(_) => "scenario_budget_exceeded",
             ScenarioError::Unavailable(_) => "scenario_engine_unavailable",
             ScenarioError::Compile(_)
             | ScenarioError::Script(_)

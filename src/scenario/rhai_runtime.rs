@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
+use super::budget::{self, BudgetKind, Budgets, Spent};
 use super::outgoing::OutgoingClient;
 use super::pool::blocking;
 use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
 use crate::db::models::Channel;
+use crate::redact::Secrets;
 
 /// Limits of one run.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct RhaiLimits {
     pub max_string_bytes: usize,
     pub max_array_len: usize,
     pub max_map_len: usize,
+    /// Memory, log, events, pushes, outgoing calls (`scenario::budget`).
+    pub budgets: Budgets,
 }
 
 /// What the script-callable functions see of the current run.
@@ -32,6 +36,9 @@ struct RunState {
     logger: slog::Logger,
     channel: Arc<Channel>,
     host: Arc<dyn super::ChannelHost>,
+    spent: Spent,
+    /// The channel's own secrets, kept out of what the script logs.
+    secrets: Secrets,
 }
 
 thread_local! {
@@ -41,8 +48,29 @@ thread_local! {
 /// The marker `on_progress` stops a script with when its time is up.
 const TIMEOUT_MARK: &str = "oktell:timeout";
 
+/// The mark a script is stopped with when it broke a budget. Stopping (`Terminated`)
+/// cannot be caught by the script's `try`/`catch`.
+#[derive(Debug, Clone, Copy)]
+struct BudgetMark(BudgetKind);
+
+fn over_budget(kind: BudgetKind) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorTerminated(
+        Dynamic::from(BudgetMark(kind)),
+        Position::NONE,
+    ))
+}
+
+/// Charges the current run for something; stops the script when over budget.
+fn charge(f: impl FnOnce(&Spent) -> Result<(), BudgetKind>) -> FnResult<()> {
+    match with_run(|run| f(&run.spent)) {
+        Some(Err(kind)) => Err(over_budget(kind)),
+        _ => Ok(()),
+    }
+}
+
 pub struct RhaiRuntime {
     engine: Engine,
+    budgets: Budgets,
 }
 
 type FnResult<T> = Result<T, Box<EvalAltResult>>;
@@ -58,13 +86,26 @@ fn with_run<T>(f: impl FnOnce(&RunState) -> T) -> Option<T> {
     CURRENT.with(|c| c.borrow().as_ref().map(f))
 }
 
+/// A line the script logs: charged to its log budget (a line over it is not written;
+/// the run stops at its next check), its channel's secrets hidden. Control characters
+/// are escaped by the log format (`crate::logging`).
 fn log_line(level: &str, text: &str) {
-    with_run(|run| match level.to_ascii_lowercase().as_str() {
+    with_run(|run| {
+        if run.spent.log(text.len()).is_err() {
+            return;
+        }
+        let text = run.secrets.hide(text);
+        log_to(run, level, &text)
+    });
+}
+
+fn log_to(run: &RunState, level: &str, text: &str) {
+    match level.to_ascii_lowercase().as_str() {
         "error" => slog::error!(run.logger, "{}", text; "source" => "scenario"),
         "warn" | "warning" => slog::warn!(run.logger, "{}", text; "source" => "scenario"),
         "debug" | "trace" => slog::debug!(run.logger, "{}", text; "source" => "scenario"),
         _ => slog::info!(run.logger, "{}", text; "source" => "scenario"),
-    });
+    }
 }
 
 impl RhaiRuntime {
@@ -84,8 +125,12 @@ impl RhaiRuntime {
             // by every thread of the engine, hashing each whole string first (a 2 KiB body:
             // ~2,000 instructions); scenario runs are short, the sharing saves nothing.
             .set_max_strings_interned(0);
+        // Budgets (memory included): a thread-local read, between every two operations.
         // Wall time: checked every 1024 operations, which keeps the check cheap.
         engine.on_progress(|ops| {
+            if let Some(kind) = budget::broken() {
+                return Some(Dynamic::from(BudgetMark(kind)));
+            }
             if ops & 0x3ff != 0 {
                 return None;
             }
@@ -127,7 +172,10 @@ impl RhaiRuntime {
         });
         register_outgoing(&mut engine, outgoing);
         register_websocket(&mut engine);
-        RhaiRuntime { engine }
+        RhaiRuntime {
+            engine,
+            budgets: limits.budgets.clone(),
+        }
     }
 
     fn reply_from_scope(scope: &Scope) -> Result<ScenarioReply, ScenarioError> {
@@ -221,6 +269,7 @@ fn sleep_within_deadline(ms: i64) -> FnResult<()> {
 /// `outgoing_request(method, path[, body[, headers]])` → `#{status, body, headers}`.
 fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
     let call = move |method: &str, path: &str, body: Dynamic, headers: Dynamic| -> FnResult<Map> {
+        charge(Spent::outgoing_call)?;
         let body = dynamic_bytes(&body)?;
         let headers = dynamic_headers(&headers)?;
         let run = with_run(|run| (run.channel.clone(), run.deadline))
@@ -260,9 +309,11 @@ fn register_websocket(engine: &mut Engine) {
         with_run(|run| run.host.clone()).ok_or_else(|| script_error("no run in progress"))
     }
     engine.register_fn("ws_send", |code: &str, text: &str| -> FnResult<bool> {
+        charge(|spent| spent.push(text.len()))?;
         Ok(host()?.ws_send(code, text))
     });
     engine.register_fn("ws_broadcast", |text: &str| -> FnResult<i64> {
+        charge(|spent| spent.push(text.len()))?;
         Ok(host()?.ws_broadcast(text) as i64)
     });
     engine.register_fn("ws_close", |code: &str, reason: &str| -> FnResult<bool> {
@@ -272,6 +323,8 @@ fn register_websocket(engine: &mut Engine) {
         Ok(host()?.ws_close(code, 1000, ""))
     });
     fn emit(event_type: &str, data: serde_json::Value) -> FnResult<i64> {
+        let bytes = event_type.len() + serde_json::to_string(&data).map_or(0, |s| s.len());
+        charge(|spent| spent.event(bytes))?;
         let (host, deadline) = with_run(|run| (run.host.clone(), run.deadline))
             .ok_or_else(|| script_error("no run in progress"))?;
         // A database write is a wait: the compute slot goes to another run meanwhile.
@@ -370,12 +423,35 @@ impl ScenarioRuntime for RhaiRuntime {
     }
 
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError> {
+        let outcome = self.run_counted(script, ctx);
+        // The run's values are dropped by now.
+        crate::alloc::give_back_after_big_run();
+        outcome
+    }
+}
+
+impl RhaiRuntime {
+    /// One run, its memory and other spending counted (`scenario::budget`).
+    fn run_counted(
+        &self,
+        script: &Compiled,
+        ctx: RunContext<'_>,
+    ) -> Result<ScenarioReply, ScenarioError> {
         let ast = script.0.downcast_ref::<AST>().ok_or_else(|| {
             ScenarioError::Script("script was compiled by another runtime".into())
         })?;
         if Instant::now() >= ctx.deadline {
             return Err(ScenarioError::Timeout);
         }
+        // A run that unwound left its state behind: ended before this one starts
+        // counting (its end would stop this run's memory count).
+        drop(CURRENT.with(|c| c.borrow_mut().take()));
+        let channel = ctx.channel;
+        let secrets = Secrets::new([
+            channel.token.as_str(),
+            channel.outgoing_token_primary.as_str(),
+            channel.outgoing_token_secondary.as_str(),
+        ]);
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
                 params: ctx.params.clone(),
@@ -383,6 +459,8 @@ impl ScenarioRuntime for RhaiRuntime {
                 logger: ctx.logger.clone(),
                 channel: ctx.channel.clone(),
                 host: ctx.host.clone(),
+                spent: Spent::start(&self.budgets),
+                secrets,
             })
         });
         let mut scope = Scope::new();
@@ -390,11 +468,24 @@ impl ScenarioRuntime for RhaiRuntime {
         scope.push("response_content", "");
         scope.push("response_headers", Map::new());
         let outcome = self.engine.run_ast_with_scope(&mut scope, ast);
-        CURRENT.with(|c| *c.borrow_mut() = None);
+        // A budget broken where the script could not be stopped at once (a print on
+        // its last line) fails the run all the same.
+        let broken = budget::broken();
+        let state = CURRENT.with(|c| c.borrow_mut().take());
+        let secrets = state.map(|s| s.secrets).unwrap_or_default();
+        if let Some(kind) = broken {
+            budget::count_exceeded(kind);
+            return Err(ScenarioError::Budget(kind));
+        }
         match outcome {
             Ok(()) => Self::reply_from_scope(&scope),
             Err(err) => match root_cause(&err) {
                 EvalAltResult::Exit(..) => Self::reply_from_scope(&scope),
+                EvalAltResult::ErrorTerminated(mark, _) if mark.is::<BudgetMark>() => {
+                    let kind = mark.clone().cast::<BudgetMark>().0;
+                    budget::count_exceeded(kind);
+                    Err(ScenarioError::Budget(kind))
+                }
                 EvalAltResult::ErrorTerminated(mark, _)
                     if mark
                         .read_lock::<rhai::ImmutableString>()
@@ -411,7 +502,9 @@ impl ScenarioRuntime for RhaiRuntime {
                 EvalAltResult::ErrorDataTooLarge(what, _) => {
                     Err(ScenarioError::Limit(format!("size ({what})")))
                 }
-                _ => Err(ScenarioError::Script(err.to_string())),
+                _ => Err(ScenarioError::Script(
+                    secrets.hide(&err.to_string()).into_owned(),
+                )),
             },
         }
     }
@@ -441,6 +534,7 @@ mod tests {
                 max_string_bytes: 1 << 20,
                 max_array_len: 10_000,
                 max_map_len: 10_000,
+                budgets: Budgets::default(),
             },
             outgoing(),
         )
@@ -522,6 +616,7 @@ mod tests {
                 max_string_bytes: 1 << 20,
                 max_array_len: 10,
                 max_map_len: 10,
+                budgets: Budgets::default(),
             },
             outgoing(),
         );

@@ -200,20 +200,14 @@ async fn failures_are_retried_with_the_same_webhook_id() {
         "the success is recorded",
         Duration::from_secs(15),
         || async {
-            let m = app
-                .send(app.client.get(app.url("/metrics")), None)
-                .await
-                .text();
+            let m = app.metrics().await.text();
             crate::ops::sample(&m, "oktell_outbox_pending", &[]) == Some(0.0)
                 && crate::ops::sample(&m, "oktell_deliveries_total", &[("outcome", "delivered")])
                     == Some(1.0)
         },
     )
     .await;
-    let metrics = app
-        .send(app.client.get(app.url("/metrics")), None)
-        .await
-        .text();
+    let metrics = app.metrics().await.text();
     assert_eq!(
         crate::ops::sample(
             &metrics,
@@ -649,10 +643,7 @@ async fn subscription_detail(app: &TestApp, id: &str) -> Value {
 }
 
 async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = app
-        .send(app.client.get(app.url("/metrics")), None)
-        .await
-        .text();
+    let text = app.metrics().await.text();
     crate::ops::sample(&text, name, labels)
 }
 

@@ -129,12 +129,11 @@ pub async fn spawn_app_logged(
     backend: Backend,
     tweak: impl FnOnce(&mut Config),
 ) -> Option<(TestApp, LogCapture)> {
-    use slog::Drain;
     let capture = LogCapture::default();
-    let json = slog_json::Json::new(capture.clone())
-        .add_default_keys()
-        .build();
-    let logger = slog::Logger::root(Mutex::new(json).fuse(), slog::o!());
+    let logger = oktell_gateway::logging::to_writer(
+        oktell_gateway::logging::format::Shape::Json,
+        capture.clone(),
+    );
     let app = spawn_app_logging_to(backend, tweak, Some(logger)).await?;
     Some((app, capture))
 }
@@ -303,6 +302,15 @@ impl TestApp {
         res.json().await.expect("channel JSON")
     }
 
+    /// `/metrics` as an operator scrapes it (with the admin token: all series).
+    pub async fn metrics(&self) -> Reply {
+        let req = self
+            .client
+            .get(self.url("/metrics"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")));
+        self.send(req, None).await
+    }
+
     /// A public channel with a webhook scenario.
     pub async fn public_channel(&self, code: &str, wait: bool, scenario: &str) -> Value {
         self.create_channel(json!({
@@ -407,7 +415,30 @@ impl GatewayProcess {
 
     /// Starts on a given data folder (kept across restarts), with extra flags.
     pub async fn start_in(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
+        GatewayProcess::start_with(dir, extra, false).await
+    }
+
+    /// Like `start_in`, with everything the process writes to stderr (its log) kept
+    /// in `stderr.log` of the data folder ([`GatewayProcess::log_text`]).
+    pub async fn start_logging(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
+        GatewayProcess::start_with(dir, extra, true).await
+    }
+
+    /// What the process logged so far (`start_logging`).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn start_with(dir: &std::path::Path, extra: &[String], log: bool) -> GatewayProcess {
         let dir = dir.to_path_buf();
+        let stderr = if log {
+            std::fs::create_dir_all(&dir).expect("data folder");
+            std::process::Stdio::from(
+                std::fs::File::create(dir.join("stderr.log")).expect("stderr.log"),
+            )
+        } else {
+            std::process::Stdio::null()
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -416,9 +447,14 @@ impl GatewayProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", &dir.display().to_string()])
-            .args(["--admin-token", ADMIN_TOKEN, "--log-level", "warn"])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .args(if extra.iter().any(|a| a == "--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "warn"][..]
+            })
             .args(extra)
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("gateway starts");
         let process = GatewayProcess {

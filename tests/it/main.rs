@@ -3,11 +3,13 @@
 //! One test binary on purpose: each file in tests/ would link its own.
 
 mod admin;
+mod budgets;
 mod cli;
 mod deliveries;
 mod deploy;
 mod events;
 mod helpers;
+mod log_hygiene;
 mod ops;
 mod outgoing;
 mod receiver;

@@ -24,7 +24,7 @@ pub fn sample(text: &str, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    let r = app.send(app.client.get(app.url("/metrics")), None).await;
+    let r = app.metrics().await;
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -250,6 +250,66 @@ async fn sigterm_lets_a_running_scenario_finish() {
     assert_eq!(status, 200);
     assert_eq!(body, b"finished");
     assert_eq!(gateway.exit_code().await, Some(0));
+}
+
+/// Channel codes are shown to operators only: on the main listener without the admin
+/// token, `/metrics` has the node's series and none that names a channel (disabled
+/// ones included); with the token, or on `metrics_listen`, every series.
+#[actix_web::test]
+async fn channel_codes_are_not_public_on_the_main_listener() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".into())
+    })
+    .await
+    .unwrap();
+    app.public_channel("secret-crm-name", true, "").await;
+    let off = app.public_channel("disabled-one", true, "").await;
+    let r = app
+        .admin(
+            "PATCH",
+            &format!("/admin/v1/channels/{}", crate::helpers::id_of(&off)),
+            Some(serde_json::json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let public = app
+        .send(app.client.get(app.url("/metrics")), None)
+        .await
+        .text();
+    assert!(public.contains("oktell_scenario_pool_slots"), "{public}");
+    assert!(public.contains("oktell_channels_served"), "{public}");
+    for code in ["secret-crm-name", "disabled-one"] {
+        assert!(!public.contains(code), "{code} is public:\n{public}");
+    }
+    let readyz = app
+        .send(app.client.get(app.url("/readyz")), None)
+        .await
+        .text();
+    assert!(!readyz.contains("secret-crm-name"), "{readyz}");
+    let operator = app.metrics().await.text();
+    assert!(
+        operator.contains("channel=\"secret-crm-name\""),
+        "{operator}"
+    );
+    let port = app.metrics_port.expect("a metrics port");
+    let scraper = app
+        .send(
+            app.client.get(format!("http://127.0.0.1:{port}/metrics")),
+            None,
+        )
+        .await
+        .text();
+    assert!(scraper.contains("channel=\"secret-crm-name\""), "{scraper}");
+    let wrong = app
+        .send(
+            app.client
+                .get(app.url("/metrics"))
+                .insert_header(("Authorization", "Bearer not-the-admin-token")),
+            None,
+        )
+        .await
+        .text();
+    assert!(!wrong.contains("secret-crm-name"), "{wrong}");
 }
 
 #[actix_web::test]

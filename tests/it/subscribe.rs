@@ -100,10 +100,7 @@ async fn live_events_respect_both_filters(app: TestApp) {
     );
     op(&mut ws, json!({"op": "ping"})).await;
     assert_eq!(frame(&mut ws).await["op"], "pong");
-    let metrics = app
-        .send(app.client.get(app.url("/metrics")), None)
-        .await
-        .text();
+    let metrics = app.metrics().await.text();
     assert_eq!(
         crate::ops::sample(&metrics, "oktell_event_subscribers", &[]),
         Some(1.0)
@@ -409,10 +406,7 @@ async fn subscriber_limits_refuse_before_the_upgrade() {
     assert_eq!(refused(&app, &first).await, 503, "the channel is full");
     let _c = subscribed(&app, &second).await;
     assert_eq!(refused(&app, &second).await, 503, "the node is full");
-    let metrics = app
-        .send(app.client.get(app.url("/metrics")), None)
-        .await
-        .text();
+    let metrics = app.metrics().await.text();
     assert_eq!(
         crate::ops::sample(&metrics, "oktell_ws_subscribers_node_open", &[]),
         Some(3.0)

@@ -99,7 +99,7 @@ async fn outgoing_connections_are_capped_per_host_and_reused() {
         "all 64 runs wait (4 on the upstream, 60 for a connection)",
         Duration::from_secs(10),
         || async {
-            app.send(app.client.get(app.url("/metrics")), None)
+            app.metrics()
                 .await
                 .text()
                 .contains("oktell_scenario_pool_waiting 64")

@@ -486,10 +486,7 @@ async fn a_busy_channel_holds_messages_back_instead_of_failing_them() {
             );
         }
     }
-    let metrics = app
-        .send(app.client.get(app.url("/metrics")), None)
-        .await
-        .text();
+    let metrics = app.metrics().await.text();
     let retries = crate::ops::sample(
         &metrics,
         "oktell_ws_retries_total",

@@ -182,6 +182,27 @@ pub fn end_run() {
     BREACH.set(NONE);
 }
 
+/// mimalloc's `mi_option_purge_delay` (v2 header order).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Pages freed go back to the system at once rather than after mimalloc's default
+/// 10 ms delay. The delayed purge runs only when the thread that owns the pages
+/// allocates again, and an idle HTTP worker does not: after 1,000 websocket sessions
+/// closed, RSS stayed 30% over its baseline for good (56 vs 43 MiB); with this it
+/// returns (tests/it/broadcast.rs). (Arenas are committed on demand as well: see
+/// .cargo/config.toml.) Called first thing in `main`.
+pub fn give_back_freed_memory_at_once() {
+    // SAFETY: setting an option is allowed at any time; it is read when purging.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+/// A thread that ends hands its heap's free memory back first (scenario threads that
+/// retire).
+pub fn give_back_thread_heap() {
+    // SAFETY: mi_collect only frees memory this thread's heap no longer uses.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Runs that held more than this at once have their thread's free memory handed back
 /// to the system when they are over ([`give_back_after_big_run`]).
 pub const GIVE_BACK_ABOVE: i64 = 4 * 1024 * 1024;

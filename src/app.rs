@@ -37,6 +37,8 @@ pub struct AppState {
     pub registry: Arc<ChannelRegistry>,
     /// Memory of all scenario runs together (`scenario_node_memory_bytes`).
     pub node_memory: Arc<crate::alloc::NodeMemory>,
+    /// Websocket frames queued for clients, node-wide (`ws_node_max_outbound_bytes`).
+    pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
     pub dispatcher: Arc<Dispatcher>,
     pub channels: ChannelService,
     pub admin_token: String,
@@ -151,6 +153,9 @@ impl Application {
             &logger,
         )?);
         let registry = Arc::new(ChannelRegistry::new());
+        let outbound = Arc::new(crate::actors::ws_backlog::OutboundBudget::with_limit(
+            config.ws_node_max_outbound_bytes,
+        ));
         let tokens: Arc<dyn crate::redact::TokenIndex> = registry.clone();
         crate::redact::redactor().add_index(Arc::downgrade(&tokens));
         let channels = ChannelService::new(
@@ -161,6 +166,7 @@ impl Application {
                 registry: registry.clone(),
                 arbiter: channel_arbiter.handle(),
                 logger: logger.clone(),
+                outbound: outbound.clone(),
             }),
         );
         let load_started = Instant::now();
@@ -184,6 +190,7 @@ impl Application {
             delivery_stats,
             delivery: delivery.clone(),
             node_memory,
+            outbound: outbound.clone(),
         });
         spawn_event_purge(events, &config, &logger);
 

@@ -75,6 +75,8 @@ pub struct Config {
     /// Bytes queued for a websocket client that it has not read yet; beyond, it is
     /// closed (1008 on public channels, 1013 on event subscriptions).
     pub ws_max_backlog_bytes: usize,
+    /// Websocket frames queued for clients on this node, all sessions together.
+    pub ws_node_max_outbound_bytes: u64,
     /// Open event subscriptions (`/ws/token/v1/{token}/subscribe`) per eventing
     /// channel and per node; beyond, the upgrade is refused with 503.
     pub ws_max_subscribers_per_channel: usize,
@@ -163,6 +165,7 @@ impl Default for Config {
             ws_max_sessions_per_channel: 10_000,
             ws_max_sessions_per_node: 50_000,
             ws_max_backlog_bytes: 1024 * 1024,
+            ws_node_max_outbound_bytes: 256 * 1024 * 1024,
             ws_max_subscribers_per_channel: 50_000,
             ws_max_subscribers_per_node: 50_000,
             event_retention_days: 7,

@@ -309,6 +309,11 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
             state.event_sockets.load(Ordering::Relaxed) as f64,
         ),
         (
+            "oktell_ws_outbound_bytes",
+            "Websocket frames queued for clients on this node, each counted once however many sessions share it (budget: ws_node_max_outbound_bytes).",
+            state.outbound.bytes() as f64,
+        ),
+        (
             "oktell_uptime_seconds",
             "Seconds since the node started.",
             state.started.elapsed().as_secs_f64(),
@@ -325,6 +330,15 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
         ),
         &[],
         state.node_memory.reserved() as f64,
+    );
+    counter(
+        f.family(
+            "oktell_ws_outbound_evicted_total",
+            "Websockets whose queue was dropped (and closed 1008) to keep the node within ws_node_max_outbound_bytes.",
+            MetricType::COUNTER,
+        ),
+        &[],
+        state.outbound.evicted() as f64,
     );
     let mf = f.family(
         "oktell_scenario_budget_exceeded_total",

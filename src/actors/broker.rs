@@ -28,7 +28,7 @@ pub struct Deliver {
     pub event: Arc<Event>,
     /// The event's websocket frame, rendered by the first subscriber that sends it and
     /// shared (not copied) by all the others.
-    pub frame: Arc<std::sync::OnceLock<bytestring::ByteString>>,
+    pub frame: Arc<std::sync::OnceLock<super::ws_backlog::Frame>>,
 }
 
 /// The subscriber fell too far behind: close it.

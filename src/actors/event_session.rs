@@ -118,7 +118,7 @@ impl EventSession {
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         e: &Event,
-        shared: Option<&std::sync::OnceLock<bytestring::ByteString>>,
+        shared: Option<&std::sync::OnceLock<super::ws_backlog::Frame>>,
     ) {
         if e.id <= self.last_sent || self.closing {
             return;
@@ -129,15 +129,24 @@ impl EventSession {
             self.unsubscribe();
             self.parts.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             let reason = format!("slow consumer; last delivered id {}", self.last_sent);
+            // What it has not read goes now; the close (with where it got to) next.
+            self.parts.backlog.clear();
             self.close(ctx, 1013, reason);
             return;
         }
-        let frame: bytestring::ByteString = match shared {
-            Some(cell) => cell.get_or_init(|| self.event_frame(e).into()).clone(),
-            None => self.event_frame(e).into(),
+        let budget = self.parts.backlog.budget();
+        let frame = match shared {
+            Some(cell) => cell
+                .get_or_init(|| budget.text(&self.event_frame(e)))
+                .clone(),
+            None => budget.text(&self.event_frame(e)),
         };
-        self.parts.backlog.queued(frame.len());
-        ctx.text(frame);
+        if !self.parts.backlog.push(&frame) {
+            // Evicted by the node's outbound budget: the stream ends with a 1008.
+            self.unsubscribe();
+            self.closing = true;
+            return;
+        }
         self.last_sent = e.id;
     }
 
@@ -166,12 +175,12 @@ impl EventSession {
     ) {
         for (i, p) in types.iter().enumerate() {
             if let Err(e) = patterns::validate(&format!("types[{i}]"), p) {
-                ctx.text(error_frame("invalid_types", &e.to_string()));
+                self.send_text(error_frame("invalid_types", &e.to_string()));
                 return;
             }
         }
         if epoch.as_ref().is_some_and(|e| *e != self.parts.epoch) {
-            ctx.text(error_frame(
+            self.send_text(error_frame(
                 "not_recovered",
                 "the event log has another epoch: reload from your source of truth, then subscribe without since",
             ));
@@ -199,7 +208,7 @@ impl EventSession {
         });
         ctx.wait(join.into_actor(self).map(move |joined, act, ctx| {
             let Ok(joined) = joined else {
-                ctx.text(error_frame(
+                act.send_text(error_frame(
                     "unavailable",
                     "the event broker is not running",
                 ));
@@ -214,22 +223,27 @@ impl EventSession {
             let live_from = joined.last_id;
             let Some(since) = since else {
                 act.last_sent = live_from;
-                ctx.text(act.subscribed_frame(&types, live_from));
+                act.send_text(act.subscribed_frame(&types, live_from));
                 act.go_live(ctx);
                 return;
             };
             if since > live_from || since < 0 {
                 act.unsubscribe();
-                ctx.text(error_frame(
+                act.send_text(error_frame(
                     "not_recovered",
                     "since is not an id of this log",
                 ));
                 return;
             }
             act.last_sent = since;
-            ctx.text(act.subscribed_frame(&types, live_from));
+            act.send_text(act.subscribed_frame(&types, live_from));
             act.replay(ctx, generation, since, live_from, filter);
         }));
+    }
+
+    /// A text frame of this session alone, queued behind what it already sent.
+    fn send_text(&self, text: String) {
+        self.parts.backlog.push_text(&text);
     }
 
     fn subscribed_frame(&self, types: &[String], last_id: i64) -> String {
@@ -272,7 +286,7 @@ impl EventSession {
                     // Events after `after` were purged: the gap cannot be filled.
                     if oldest.is_none_or(|o| o > after + 1) {
                         act.unsubscribe();
-                        ctx.text(error_frame(
+                        act.send_text(error_frame(
                             "not_recovered",
                             "events after since are no longer kept: reload from your source of truth, then subscribe without since",
                         ));
@@ -294,7 +308,7 @@ impl EventSession {
                 }
                 Err(_) => {
                     act.unsubscribe();
-                    ctx.text(error_frame("unavailable", "reading the event log failed; subscribe again"));
+                    act.send_text(error_frame("unavailable", "reading the event log failed; subscribe again"));
                 }
             }
         }));
@@ -320,10 +334,10 @@ impl EventSession {
             }) => self.subscribe(ctx, types, since, epoch),
             Ok(ClientOp::Unsubscribe) => {
                 self.unsubscribe();
-                ctx.text(serde_json::json!({ "op": "unsubscribed" }).to_string());
+                self.send_text(serde_json::json!({ "op": "unsubscribed" }).to_string());
             }
-            Ok(ClientOp::Ping) => ctx.text(serde_json::json!({ "op": "pong" }).to_string()),
-            Err(e) => ctx.text(error_frame(
+            Ok(ClientOp::Ping) => self.send_text(serde_json::json!({ "op": "pong" }).to_string()),
+            Err(e) => self.send_text(error_frame(
                 "bad_request",
                 &format!(
                     "expected {{\"op\": \"subscribe\" | \"unsubscribe\" | \"ping\", ...}}: {e}"

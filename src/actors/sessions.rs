@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use super::event_session::EventSession;
+use super::ws_backlog::OutboundBudget;
 use super::ws_session::{CloseSession, Push, WsSession};
 use crate::scenario::ChannelHost;
 
@@ -77,6 +78,8 @@ pub struct SessionTable {
     subscribers: DashMap<u64, Addr<EventSession>>,
     subscribers_reserved: Arc<std::sync::atomic::AtomicUsize>,
     event_types: Arc<LiveTypes>,
+    /// The node's outbound budget: frames pushed to sessions are encoded against it.
+    outbound: Arc<OutboundBudget>,
 }
 
 /// One reserved place of a channel's session limit; given back on drop.
@@ -100,6 +103,13 @@ pub mod close_code {
 }
 
 impl SessionTable {
+    pub fn new(outbound: Arc<OutboundBudget>) -> SessionTable {
+        SessionTable {
+            outbound,
+            ..SessionTable::default()
+        }
+    }
+
     /// A place under `max` sessions, or None when the channel is full.
     pub fn reserve(&self, max: usize) -> Option<SessionSlot> {
         let before = self.reserved.fetch_add(1, Ordering::AcqRel);
@@ -165,17 +175,22 @@ impl SessionTable {
     pub fn send(&self, code: &str, text: &str) -> bool {
         match self.sessions.get(code) {
             Some(entry) => {
-                entry.addr.do_send(Push(text.to_string()));
+                entry.addr.do_send(Push(self.outbound.text(text)));
                 true
             }
             None => false,
         }
     }
 
+    /// Queues one text frame to every session: encoded once, shared by all of them.
     pub fn broadcast(&self, text: &str) -> usize {
+        if self.sessions.is_empty() {
+            return 0;
+        }
+        let frame = self.outbound.text(text);
         let mut n = 0;
         for entry in self.sessions.iter() {
-            entry.addr.do_send(Push(text.to_string()));
+            entry.addr.do_send(Push(frame.clone()));
             n += 1;
         }
         n

@@ -1,30 +1,222 @@
-//! How far a websocket client is behind: bytes the session queued for it minus bytes
-//! the HTTP layer actually pulled to write to the socket. actix-web-actors buffers
-//! outgoing frames without a limit; counting the response stream as it is drained lets a
-//! session close a client that stopped reading instead of growing without bound.
+//! What a websocket has queued for its client, and the node's budget over it.
+//!
+//! Text frames are encoded once ([`Frame`]: server frames are unmasked, so the bytes are
+//! the same for every client) and shared: a broadcast to 1,000 sessions holds one copy
+//! of its frame, not 1,000. Each session queues references to frames in its [`Backlog`];
+//! the response stream ([`start`]) hands them to the HTTP layer in slices of at most
+//! [`SLICE`] bytes, so that the copy the HTTP layer makes into its write buffer stays
+//! small for a client that stops reading.
+//!
+//! The memory of the frames alive is counted node-wide ([`OutboundBudget`]); past
+//! `ws_node_max_outbound_bytes`, the sessions with the most unread bytes are evicted
+//! first (their queue dropped, a 1008 close sent if the client reads again). Each
+//! session also has its own bound (`ws_max_backlog_bytes`, checked by the sessions).
 
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use actix::{Actor, StreamHandler};
-use actix_http::ws::Codec;
-use actix_web::web::Bytes;
+use actix_http::ws::{Codec, OpCode, Parser};
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws::{self, Message, ProtocolError, WebsocketContext};
+use actix_web_actors::ws::{
+    self, CloseCode, CloseReason, Message, ProtocolError, WebsocketContext,
+};
 use futures_util::Stream;
+use futures_util::task::AtomicWaker;
 
-#[derive(Debug, Default)]
+/// The most of a queued frame handed to the HTTP layer at once.
+pub const SLICE: usize = 16 * 1024;
+
+/// How often at most the node budget is enforced (a sort over the sessions).
+const ENFORCE_EVERY: Duration = Duration::from_millis(50);
+
+/// The node's outbound websocket memory: frames alive, and the sessions holding them.
+pub struct OutboundBudget {
+    limit: u64,
+    bytes: AtomicU64,
+    evicted: AtomicU64,
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<u64, Weak<Backlog>>>,
+    last_enforced: Mutex<Option<Instant>>,
+}
+
+impl Default for OutboundBudget {
+    /// No limit (unit tests; a node sets `ws_node_max_outbound_bytes`).
+    fn default() -> Self {
+        OutboundBudget::with_limit(u64::MAX)
+    }
+}
+
+impl OutboundBudget {
+    pub fn with_limit(limit: u64) -> OutboundBudget {
+        OutboundBudget {
+            limit,
+            bytes: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            last_enforced: Mutex::new(None),
+        }
+    }
+
+    /// Bytes of frames alive (queued by some session, or being written).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sessions evicted to keep the node within its budget, since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// A new session's queue.
+    pub fn backlog(self: &Arc<Self>) -> Arc<Backlog> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let backlog = Arc::new(Backlog {
+            id,
+            queued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            frames: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
+            evicted: AtomicBool::new(false),
+            budget: self.clone(),
+        });
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(id, Arc::downgrade(&backlog));
+        }
+        backlog
+    }
+
+    /// A text frame, encoded once, its memory counted while any session holds it.
+    pub fn text(self: &Arc<Self>, text: &str) -> Frame {
+        let mut buf = BytesMut::with_capacity(text.len() + 10);
+        Parser::write_message(&mut buf, text.as_bytes(), OpCode::Text, true, false);
+        let len = buf.len() as u64;
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        let frame = Frame(Bytes::from_owner(Counted {
+            buf: buf.freeze(),
+            budget: self.clone(),
+        }));
+        if self.bytes() > self.limit {
+            self.enforce();
+        }
+        frame
+    }
+
+    /// Over the budget: the sessions with the most unread bytes lose their queue
+    /// first, until the frames alive fit (or no session holds any).
+    fn enforce(&self) {
+        if let Ok(mut last) = self.last_enforced.lock() {
+            if last.is_some_and(|t| t.elapsed() < ENFORCE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut holders: Vec<Arc<Backlog>> = match self.sessions.lock() {
+            Ok(sessions) => sessions.values().filter_map(Weak::upgrade).collect(),
+            Err(_) => return,
+        };
+        holders.sort_by_key(|b| std::cmp::Reverse(b.pending()));
+        for backlog in holders {
+            if self.bytes() <= self.limit || backlog.pending() == 0 {
+                break;
+            }
+            backlog.evict();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The owner of a frame's bytes: gives their count back when the last reference goes.
+struct Counted {
+    buf: Bytes,
+    budget: Arc<OutboundBudget>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.budget
+            .bytes
+            .fetch_sub(self.buf.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// An encoded websocket frame; cloning it shares its bytes.
+#[derive(Clone, Debug)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One websocket's queue: frames waiting for the socket, and how far behind the client
+/// is (bytes queued minus bytes the HTTP layer took to write).
 pub struct Backlog {
+    id: u64,
     queued: AtomicU64,
     written: AtomicU64,
+    frames: Mutex<VecDeque<Bytes>>,
+    waker: AtomicWaker,
+    evicted: AtomicBool,
+    budget: Arc<OutboundBudget>,
+}
+
+impl std::fmt::Debug for Backlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backlog")
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        if let Ok(mut sessions) = self.budget.sessions.lock() {
+            sessions.remove(&self.id);
+        }
+    }
 }
 
 impl Backlog {
-    /// A frame of `bytes` was handed to the websocket context.
-    pub fn queued(&self, bytes: usize) {
-        self.queued.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// The node budget this queue counts against (to encode frames for it).
+    pub fn budget(&self) -> &Arc<OutboundBudget> {
+        &self.budget
+    }
+
+    /// Queues a frame for the client; false once the session was evicted.
+    pub fn push(&self, frame: &Frame) -> bool {
+        if self.evicted.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Ok(mut frames) = self.frames.lock() {
+            frames.push_back(frame.0.clone());
+        }
+        self.queued.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.waker.wake();
+        true
+    }
+
+    /// Encodes and queues a text frame of this session alone.
+    pub fn push_text(&self, text: &str) -> bool {
+        let frame = self.budget.text(text);
+        self.push(&frame)
     }
 
     /// Bytes queued and not yet taken by the socket writer.
@@ -33,31 +225,123 @@ impl Backlog {
             .load(Ordering::Relaxed)
             .saturating_sub(self.written.load(Ordering::Relaxed))
     }
+
+    /// Whether the node budget took this session's queue away.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Drops what is queued (its memory goes now, not when the client reads) and ends
+    /// the stream with a 1008 close.
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.clear();
+    }
+
+    /// Drops what is queued: a session closing a client that does not read sends its
+    /// close frame next, not after megabytes the client will never read.
+    pub fn clear(&self) {
+        if let Ok(mut frames) = self.frames.lock() {
+            frames.clear();
+        }
+        self.waker.wake();
+    }
+
+    /// The next bytes to write: a slice of the front frame.
+    fn next_slice(&self) -> Option<Bytes> {
+        let mut frames = self.frames.lock().ok()?;
+        let front = frames.front_mut()?;
+        let slice = if front.len() > SLICE {
+            front.split_to(SLICE)
+        } else {
+            frames.pop_front()?
+        };
+        Some(slice)
+    }
 }
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>;
 
-struct Counted {
+/// The response stream of a websocket: the session's queued frames first, then what
+/// the actor context writes itself (pings, pongs, its close frame).
+struct Outgoing {
     inner: Body,
     backlog: Arc<Backlog>,
+    inner_done: bool,
+    close_sent: bool,
 }
 
-impl Stream for Counted {
+impl Outgoing {
+    fn wrote(&self, bytes: &Bytes) {
+        self.backlog
+            .written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    Parser::write_close(
+        &mut buf,
+        Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_string()),
+        }),
+        false,
+    );
+    buf.freeze()
+}
+
+impl Stream for Outgoing {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Ok(bytes))) = &polled {
-            self.backlog
-                .written
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if self.close_sent {
+            return Poll::Ready(None);
         }
-        polled
+        if self.backlog.is_evicted() {
+            self.close_sent = true;
+            return Poll::Ready(Some(Ok(close_frame(
+                super::sessions::close_code::POLICY,
+                "the client is not reading its messages",
+            ))));
+        }
+        if let Some(slice) = self.backlog.next_slice() {
+            self.wrote(&slice);
+            return Poll::Ready(Some(Ok(slice)));
+        }
+        self.backlog.waker.register(cx.waker());
+        // A frame queued between the look above and the registration.
+        if let Some(slice) = self.backlog.next_slice() {
+            self.wrote(&slice);
+            return Poll::Ready(Some(Ok(slice)));
+        }
+        if self.inner_done {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.wrote(&bytes);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(None) => {
+                // The actor is done; what it queued before goes out first.
+                self.inner_done = true;
+                match self.backlog.next_slice() {
+                    Some(slice) => {
+                        self.wrote(&slice);
+                        Poll::Ready(Some(Ok(slice)))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+            other => other,
+        }
     }
 }
 
 /// Starts a websocket actor like `WsResponseBuilder::start`, with a frame size limit and
-/// the response stream counted into `backlog`.
+/// the session's queued frames written ahead of what the context writes.
 pub fn start<A>(
     actor: A,
     req: &HttpRequest,
@@ -74,8 +358,61 @@ where
         payload,
         Codec::new().max_size(max_frame_bytes),
     ));
-    Ok(response.streaming(Counted {
+    Ok(response.streaming(Outgoing {
         inner: body,
         backlog,
+        inner_done: false,
+        close_sent: false,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_counted_once_however_many_sessions_hold_it() {
+        let budget = Arc::new(OutboundBudget::default());
+        let sessions: Vec<_> = (0..100).map(|_| budget.backlog()).collect();
+        let text = "x".repeat(100_000);
+        let frame = budget.text(&text);
+        for s in &sessions {
+            assert!(s.push(&frame));
+        }
+        drop(frame);
+        let alive = budget.bytes();
+        assert!((100_000..100_016).contains(&alive), "{alive}");
+        assert_eq!(sessions[0].pending(), alive);
+        drop(sessions);
+        assert_eq!(budget.bytes(), 0);
+    }
+
+    #[test]
+    fn over_the_budget_the_most_behind_lose_their_queue_first() {
+        let budget = Arc::new(OutboundBudget::with_limit(250_000));
+        let slow = budget.backlog();
+        let fast = budget.backlog();
+        for _ in 0..2 {
+            slow.push_text(&"s".repeat(100_000));
+        }
+        fast.push_text(&"f".repeat(10_000));
+        // The third 100 kB frame takes the node over: the slowest goes.
+        slow.push_text(&"s".repeat(100_000));
+        assert!(slow.is_evicted());
+        assert!(!fast.is_evicted());
+        assert!(budget.bytes() < 20_000, "{}", budget.bytes());
+        assert!(!slow.push_text("more"));
+        assert_eq!(budget.evicted(), 1);
+    }
+
+    #[test]
+    fn big_frames_leave_in_slices() {
+        let budget = Arc::new(OutboundBudget::default());
+        let b = budget.backlog();
+        b.push_text(&"x".repeat(40_000));
+        let sizes: Vec<usize> = std::iter::from_fn(|| b.next_slice().map(|s| s.len())).collect();
+        assert_eq!(sizes.len(), 3);
+        assert!(sizes.iter().all(|&n| n <= SLICE));
+        assert_eq!(sizes.iter().sum::<usize>(), 40_004);
+    }
 }

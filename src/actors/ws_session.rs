@@ -19,6 +19,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
 use super::channel::{ChannelActor, ChannelStats, WsInbound};
 use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
+use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
 
@@ -110,7 +111,19 @@ impl WsSession {
         if self.closed_with.is_some() {
             return;
         }
-        if self.backlog.pending() > self.max_backlog_bytes {
+        let frame = self.backlog.budget().text(text);
+        self.send_frame(ctx, &frame);
+    }
+
+    /// Queues an encoded text frame (shared with the other sessions of a broadcast).
+    fn send_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &Frame) {
+        if self.closed_with.is_some() {
+            return;
+        }
+        if self.backlog.pending() > self.max_backlog_bytes || !self.backlog.push(frame) {
+            // Not reading (or evicted by the node's outbound budget): what is queued
+            // goes now, the close follows.
+            self.backlog.clear();
             self.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
             self.close(
                 ctx,
@@ -119,13 +132,11 @@ impl WsSession {
             );
             return;
         }
-        self.backlog.queued(text.len());
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_out
-            .fetch_add(text.len() as u64, Ordering::Relaxed);
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
         self.stats.ws_messages_out.fetch_add(1, Ordering::Relaxed);
-        ctx.text(text.to_string());
     }
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
@@ -314,15 +325,16 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
     }
 }
 
-/// A text frame for the client (from `ws_send`, `ws_broadcast` or the admin API).
+/// A text frame for the client (from `ws_send`, `ws_broadcast` or the admin API),
+/// encoded once: a broadcast's sessions share it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub String);
+pub struct Push(pub Frame);
 
 impl Handler<Push> for WsSession {
     type Result = ();
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        self.send_text(ctx, &msg.0);
+        self.send_frame(ctx, &msg.0);
     }
 }
 

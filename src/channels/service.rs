@@ -44,6 +44,8 @@ pub struct LiveNode {
     pub registry: Arc<ChannelRegistry>,
     pub arbiter: ArbiterHandle,
     pub logger: slog::Logger,
+    /// The node's outbound websocket budget, shared by every channel's sessions.
+    pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
 }
 
 #[derive(Clone)]
@@ -232,7 +234,7 @@ impl ChannelService {
             ),
             None => {
                 let stats = Arc::new(ChannelStats::default());
-                let sessions = Arc::new(SessionTable::default());
+                let sessions = Arc::new(SessionTable::new(live.outbound.clone()));
                 let (db, registry, logger, dispatcher) = (
                     self.db.clone(),
                     Arc::downgrade(&live.registry),

@@ -9,10 +9,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use super::error::ApiError;
 use super::request_log::ChannelTag;
 use super::webhook::client_ip;
-use std::sync::Arc;
 
 use crate::actors::event_session::{EventSession, EventSessionParts};
-use crate::actors::ws_backlog::{self, Backlog};
+use crate::actors::ws_backlog;
 use crate::actors::ws_session::{NodeSlot, WsLimits, WsSession, WsSessionParts};
 use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
@@ -79,7 +78,7 @@ async fn websocket(
             "this node has as many websocket sessions as it may",
         ));
     }
-    let backlog = Arc::new(Backlog::default());
+    let backlog = state.outbound.backlog();
     let session = WsSession::new(WsSessionParts {
         peer_ip: client_ip(&req, &config.trusted_proxies)
             .map(|ip| ip.to_string())
@@ -153,7 +152,7 @@ async fn subscribe(
             "this node has as many event subscribers as it may",
         ));
     }
-    let backlog = Arc::new(Backlog::default());
+    let backlog = state.outbound.backlog();
     let session = EventSession::new(EventSessionParts {
         channel_types: handle.sessions.event_types(),
         sessions: handle.sessions.clone(),

@@ -647,14 +647,6 @@ impl Shared {
     }
 }
 
-static THREAD_EXIT_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Called on every scenario thread just before it ends (the binary uses it to hand the
-/// thread's allocator heap back). Set once, before the pool starts.
-pub fn set_thread_exit_hook(hook: fn()) {
-    let _ = THREAD_EXIT_HOOK.set(hook);
-}
-
 fn spawn_worker(shared: &Arc<Shared>, role: usize) -> std::io::Result<()> {
     let n = shared.stats.threads.fetch_add(1, Ordering::Relaxed);
     let thread_shared = shared.clone();
@@ -665,9 +657,9 @@ fn spawn_worker(shared: &Arc<Shared>, role: usize) -> std::io::Result<()> {
             let stats_shared = thread_shared.clone();
             work(thread_shared, role);
             WORKER.with(|w| w.borrow_mut().take());
-            if let Some(hook) = THREAD_EXIT_HOOK.get() {
-                hook();
-            }
+            // Without this, 500 threads that had waited on an upstream left ~440 MB
+            // behind when they retired (measured).
+            crate::alloc::give_back_thread_heap();
             stats_shared.stats.threads.fetch_sub(1, Ordering::Relaxed);
         });
     if let Err(e) = spawned {

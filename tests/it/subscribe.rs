@@ -6,7 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Backend, TestApp, spawn_app_with, token_of};
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with, token_of};
 use crate::on_both_backends;
 use crate::websocket::next_close;
 
@@ -260,7 +260,19 @@ async fn events_past_retention_are_purged_and_not_recovered() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
     let token = feed(&app, json!([])).await;
     let first = publish(&app, "old.news", 1).await;
-    publish(&app, "old.news", 2).await;
+    let second = publish(&app, "old.news", 2).await;
+    // The broker has read both (else it would still push them live to the subscriber
+    // below, which joins before it caught up: a race of the test, not of the gateway).
+    eventually(
+        "the broker has caught up with the log",
+        Duration::from_secs(10),
+        || async {
+            let mut probe = open(&app, &token).await;
+            op(&mut probe, json!({"op": "subscribe"})).await;
+            frame(&mut probe).await["last_id"].as_i64() >= Some(second)
+        },
+    )
+    .await;
     // What the hourly job does, with a retention of zero.
     let purged = app.state.events.purge(-1000).await.unwrap();
     assert_eq!(purged, 2);

@@ -104,12 +104,19 @@ impl Application {
         let events = EventService::new(db.clone(), &config.domain);
         let head = events.ensure_log().await?;
         slog::info!(logger, "event log ready"; "epoch" => &head.epoch, "last_id" => head.last_id);
-        let channel_arbiter = Arbiter::new();
+        // The broker and the delivery worker have a thread of their own; channel actors
+        // are spread over one thread per core (`ChannelArbiters`), so that websocket
+        // messages of different channels do not queue behind each other or behind
+        // eventing. Arbiters live as long as the process.
+        let eventing_arbiter = Arbiter::new().handle();
+        let channel_arbiters = crate::channels::ChannelArbiters::start(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        );
         let broker = {
             let (db, domain, logger) = (db.clone(), config.domain.clone(), logger.clone());
             let (last_id, max_pending) = (head.last_id, config.event_subscriber_buffer);
             let stats = events.stats.clone();
-            EventBroker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
+            EventBroker::start_in_arbiter(&eventing_arbiter, move |_| {
                 EventBroker::new(db, &domain, last_id, max_pending, stats, &logger)
             })
         };
@@ -131,7 +138,7 @@ impl Application {
                 allow_private: config.allow_private_targets,
                 tls: client_tls(&config)?,
             };
-            DeliveryWorker::start_in_arbiter(&channel_arbiter.handle(), move |_| {
+            DeliveryWorker::start_in_arbiter(&eventing_arbiter, move |_| {
                 DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)
             })
         };
@@ -164,7 +171,7 @@ impl Application {
             dispatcher.clone(),
             Some(LiveNode {
                 registry: registry.clone(),
-                arbiter: channel_arbiter.handle(),
+                arbiters: channel_arbiters,
                 logger: logger.clone(),
                 outbound: outbound.clone(),
             }),
@@ -260,8 +267,6 @@ impl Application {
         };
         slog::info!(logger, "listening"; "address" => format!("{:?}", server.addrs()), "domain" => &config.domain, "roles" => config.roles.join(","));
         let server = server.run();
-        // The arbiter lives as long as the process; keep it from being dropped early.
-        std::mem::forget(channel_arbiter);
         Ok(Application {
             port,
             metrics_port,

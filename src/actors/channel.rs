@@ -1,9 +1,12 @@
 //! ChannelActor: one per channel served by this node, under an actix `Supervisor`.
 //!
-//! The actor owns its channel's lifecycle: it republishes the channel after a restart
-//! (reloading the settings from storage), and retires it on delete. What requests need
-//! of a channel is published as an immutable [`ChannelHandle`] in the registry, so that
-//! a webhook reaches the scenario pool without a mailbox hop (the hot path).
+//! The actor owns its channel: it holds the current version of its settings (token
+//! included) and is the only one that publishes it. A create starts it with the first
+//! version, an update sends it the next one ([`Apply`]), a delete retires it
+//! ([`Retire`]); after a restart it reloads its settings from storage. What requests
+//! need of a channel is published as an immutable [`ChannelHandle`] in the registry, so
+//! that a webhook reaches the scenario pool without a mailbox hop (the hot path), while
+//! websocket messages go through the actor's mailbox ([`WsInbound`]).
 //!
 //! A panic inside a handler is caught, counted, and turned into a stop; the supervisor
 //! then restarts the actor with fresh settings. One bad channel never disturbs another.
@@ -124,6 +127,10 @@ pub struct Precompiled {
 
 pub struct ChannelActor {
     id: String,
+    /// The version of the channel this actor serves: the one it published last.
+    channel: Arc<Channel>,
+    /// Scripts compiled when this version was saved, published with it at start.
+    precompiled: Option<Precompiled>,
     db: Database,
     domain: String,
     registry: Weak<ChannelRegistry>,
@@ -137,7 +144,8 @@ pub struct ChannelActor {
 
 impl ChannelActor {
     pub fn new(
-        channel: &Channel,
+        channel: Channel,
+        precompiled: Precompiled,
         db: Database,
         registry: Weak<ChannelRegistry>,
         dispatcher: Arc<Dispatcher>,
@@ -147,15 +155,46 @@ impl ChannelActor {
         let (stats, sessions) = shared;
         ChannelActor {
             id: channel.id.clone(),
-            db,
+            logger: logger.new(slog::o!("channel" => channel.code.clone())),
             domain: channel.domain.clone(),
+            channel: Arc::new(channel),
+            precompiled: Some(precompiled),
+            db,
             registry,
             dispatcher,
             stats,
             sessions,
-            logger: logger.new(slog::o!("channel" => channel.code.clone())),
             retired: false,
         }
+    }
+
+    /// Makes the actor's version of the channel the one requests see; a channel that
+    /// stops taking websockets lets its open sessions go, and an eventing channel's
+    /// subscribers filter by its event types as they are now.
+    fn publish(&mut self, ctx: &mut Context<Self>, compiled: Precompiled) {
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        let channel = &self.channel;
+        let going_away = super::sessions::close_code::GOING_AWAY;
+        if !channel.enabled || channel.kind != crate::channels::KIND_PUBLIC {
+            self.sessions.close_sessions(going_away, "channel disabled");
+        }
+        if !channel.enabled || channel.kind != crate::channels::KIND_EVENTING {
+            self.sessions
+                .close_subscribers(going_away, "channel disabled");
+        }
+        self.sessions
+            .event_types()
+            .set(crate::channels::event_types_of(channel));
+        let handle = ChannelHandle::new(
+            channel.clone(),
+            self.stats.clone(),
+            self.sessions.clone(),
+            ctx.address(),
+            compiled,
+        );
+        registry.publish(Arc::new(handle));
     }
 
     /// Runs handler work; a panic is logged and stops the actor so that the
@@ -178,6 +217,14 @@ impl ChannelActor {
 
 impl Actor for ChannelActor {
     type Context = Context<Self>;
+
+    /// The first version is published before any message is handled: whoever started
+    /// the actor and then sends it a message sees the channel live when it answers.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(compiled) = self.precompiled.take() {
+            self.publish(ctx, compiled);
+        }
+    }
 }
 
 impl Supervised for ChannelActor {
@@ -200,23 +247,13 @@ impl Supervised for ChannelActor {
             };
             match loaded {
                 Ok(Some(channel)) => {
-                    // Publish only over the same or an older version: a change or a
-                    // delete made while reloading wins.
-                    match registry.get_by_id(&act.id) {
-                        Some(current) if current.channel.version <= channel.version => {}
-                        _ => return,
+                    // Only the same or a newer version than the actor's: a change
+                    // applied while reloading wins.
+                    if act.retired || channel.version < act.channel.version {
+                        return;
                     }
-                    act.sessions
-                        .event_types()
-                        .set(crate::channels::event_types_of(&channel));
-                    let handle = ChannelHandle::new(
-                        Arc::new(channel),
-                        act.stats.clone(),
-                        act.sessions.clone(),
-                        ctx.address(),
-                        Precompiled::default(),
-                    );
-                    registry.publish(Arc::new(handle));
+                    act.channel = Arc::new(channel);
+                    act.publish(ctx, Precompiled::default());
                     slog::info!(act.logger, "channel actor restarted"; "restarts" => act.stats.restarts.load(Ordering::Relaxed));
                 }
                 Ok(None) => {
@@ -236,7 +273,40 @@ impl Supervised for ChannelActor {
     }
 }
 
-/// The channel was deleted or left this node: stop for good.
+/// A new version of the channel (saved by the admin API): the actor takes it and
+/// publishes it. An older version than the actor's is ignored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Apply {
+    pub channel: Channel,
+    pub compiled: Precompiled,
+}
+
+impl Handler<Apply> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
+        if self.retired || msg.channel.version < self.channel.version {
+            return;
+        }
+        self.channel = Arc::new(msg.channel);
+        self.publish(ctx, msg.compiled);
+    }
+}
+
+/// The version of the channel the actor serves (admin view, tests).
+#[derive(Message)]
+#[rtype(result = "i64")]
+pub struct CurrentVersion;
+
+impl Handler<CurrentVersion> for ChannelActor {
+    type Result = i64;
+    fn handle(&mut self, _: CurrentVersion, _: &mut Context<Self>) -> i64 {
+        self.channel.version
+    }
+}
+
+/// The channel was deleted or left this node: taken out of service, its websockets
+/// closed (1001), the actor stopped for good.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;
@@ -245,6 +315,11 @@ impl Handler<Retire> for ChannelActor {
     type Result = ();
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         self.retired = true;
+        if let Some(registry) = self.registry.upgrade() {
+            registry.remove(&self.id);
+        }
+        self.sessions
+            .close_all(super::sessions::close_code::GOING_AWAY, "channel removed");
         ctx.stop();
     }
 }

@@ -128,3 +128,26 @@ pub fn scenario_json(c: &Channel) -> String {
     })
     .to_string()
 }
+
+/// The threads channel actors run on: one per core, a channel always on the same one
+/// (by its id), so that one busy channel does not hold up the others' websockets.
+#[derive(Clone)]
+pub struct ChannelArbiters(std::sync::Arc<[actix::ArbiterHandle]>);
+
+impl ChannelArbiters {
+    /// Starts `n` arbiter threads (at least one); they live as long as the process.
+    pub fn start(n: usize) -> ChannelArbiters {
+        let handles: Vec<actix::ArbiterHandle> = (0..n.max(1))
+            .map(|_| actix::Arbiter::new().handle())
+            .collect();
+        ChannelArbiters(handles.into())
+    }
+
+    /// The arbiter of a channel.
+    pub fn for_channel(&self, id: &str) -> &actix::ArbiterHandle {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        &self.0[(hasher.finish() % self.0.len() as u64) as usize]
+    }
+}

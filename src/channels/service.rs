@@ -6,9 +6,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::validate::{ChannelInput, ValidationError, generate_token};
-use crate::actors::channel::{Precompiled, Retire};
+use crate::actors::channel::{Apply, Ping, Precompiled, Retire};
 use crate::actors::sessions::{SessionTable, close_code};
-use crate::actors::{ChannelActor, ChannelHandle, ChannelRegistry, ChannelStats};
+use crate::actors::{ChannelActor, ChannelRegistry, ChannelStats};
 use crate::config::Config;
 use crate::db::channels::{self as rows, ChannelFilter};
 use crate::db::models::Channel;
@@ -42,7 +42,7 @@ impl From<StoreError> for ServiceError {
 #[derive(Clone)]
 pub struct LiveNode {
     pub registry: Arc<ChannelRegistry>,
-    pub arbiter: ArbiterHandle,
+    pub arbiters: super::ChannelArbiters,
     pub logger: slog::Logger,
     /// The node's outbound websocket budget, shared by every channel's sessions.
     pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
@@ -137,7 +137,7 @@ impl ChannelService {
         let row = channel.clone();
         let _writing = self.writes.lock().await;
         self.db.run(move |c| rows::insert(c, &row)).await?;
-        self.go_live(channel.clone(), compiled);
+        self.go_live(channel.clone(), compiled).await;
         Ok(channel)
     }
 
@@ -161,7 +161,7 @@ impl ChannelService {
                 "the channel changed while this update was made; read it again and retry".into(),
             ));
         }
-        self.go_live(channel.clone(), compiled);
+        self.go_live(channel.clone(), compiled).await;
         Ok(channel)
     }
 
@@ -175,7 +175,7 @@ impl ChannelService {
         if !deleted {
             return Err(ServiceError::NotFound);
         }
-        self.retire(id);
+        self.retire(id).await;
         Ok(())
     }
 
@@ -207,68 +207,82 @@ impl ChannelService {
     pub async fn load_all(&self) -> Result<usize, ServiceError> {
         let domain = self.config.domain.clone();
         let all = self.db.run(move |c| rows::load_domain(c, &domain)).await?;
-        let mut served = 0;
-        for channel in all {
-            if self.config.serves_role(&channel.ws_role) {
-                self.go_live(channel, Precompiled::default());
-                served += 1;
-            }
-        }
-        Ok(served)
+        let Some(live) = &self.live else {
+            return Ok(0);
+        };
+        // Every actor starts (and publishes its channel) on its arbiter; then each is
+        // asked once that it runs, all at once.
+        let started: Vec<Addr<ChannelActor>> = all
+            .into_iter()
+            .filter(|c| self.config.serves_role(&c.ws_role))
+            .map(|c| self.start_actor(live, c, Precompiled::default()))
+            .collect();
+        futures_util::future::join_all(started.iter().map(|a| a.send(Ping))).await;
+        Ok(started.len())
     }
 
-    /// Publishes a stored channel on this node (or takes it off when it left this
-    /// node's roles). Synchronous, so the change is visible when the caller returns.
-    fn go_live(&self, channel: Channel, compiled: Precompiled) {
+    /// Hands a stored channel to its actor on this node (starting one for a channel new
+    /// here), or retires it when it left this node's roles. Returns once the actor has
+    /// published it: the change is visible when the caller answers.
+    async fn go_live(&self, channel: Channel, compiled: Precompiled) {
         let Some(live) = &self.live else { return };
         if !self.config.serves_role(&channel.ws_role) {
-            self.retire(&channel.id);
+            self.retire(&channel.id).await;
             return;
         }
-        let channel = Arc::new(channel);
-        let (actor, stats, sessions) = match live.registry.get_by_id(&channel.id) {
-            Some(current) => (
-                current.actor.clone(),
-                current.stats.clone(),
-                current.sessions.clone(),
-            ),
-            None => {
-                let stats = Arc::new(ChannelStats::default());
-                let sessions = Arc::new(SessionTable::new(live.outbound.clone()));
-                let (db, registry, logger, dispatcher) = (
-                    self.db.clone(),
-                    Arc::downgrade(&live.registry),
-                    live.logger.clone(),
-                    self.dispatcher.clone(),
-                );
-                let (shared, c) = ((stats.clone(), sessions.clone()), channel.clone());
-                let actor = Supervisor::start_in_arbiter(&live.arbiter, move |_| {
-                    ChannelActor::new(&c, db, registry, dispatcher, shared, &logger)
-                });
-                (actor, stats, sessions)
+        match live.registry.get_by_id(&channel.id) {
+            Some(current) => {
+                let _ = current.actor.send(Apply { channel, compiled }).await;
             }
-        };
-        // A channel that stops taking websockets lets its open sessions go; an eventing
-        // channel's open subscribers filter by its event types as they are now.
-        if !channel.enabled || channel.kind != super::KIND_PUBLIC {
-            sessions.close_sessions(close_code::GOING_AWAY, "channel disabled");
+            None => {
+                let actor = self.start_actor(live, channel, compiled);
+                let _ = actor.send(Ping).await;
+            }
         }
-        if !channel.enabled || channel.kind != super::KIND_EVENTING {
-            sessions.close_subscribers(close_code::GOING_AWAY, "channel disabled");
-        }
-        sessions.event_types().set(super::event_types_of(&channel));
-        let handle = ChannelHandle::new(channel, stats, sessions, actor, compiled);
-        live.registry.publish(Arc::new(handle));
     }
 
-    fn retire(&self, id: &str) {
-        if let Some(live) = &self.live
-            && let Some(handle) = live.registry.remove(id)
-        {
+    /// Starts the actor of a channel; it publishes the channel before anything else.
+    fn start_actor(
+        &self,
+        live: &LiveNode,
+        channel: Channel,
+        compiled: Precompiled,
+    ) -> Addr<ChannelActor> {
+        let stats = Arc::new(ChannelStats::default());
+        let sessions = Arc::new(SessionTable::new(live.outbound.clone()));
+        let (db, registry, logger, dispatcher) = (
+            self.db.clone(),
+            Arc::downgrade(&live.registry),
+            live.logger.clone(),
+            self.dispatcher.clone(),
+        );
+        let arbiter = live.arbiters.for_channel(&channel.id);
+        Supervisor::start_in_arbiter(arbiter, move |_| {
+            ChannelActor::new(
+                channel,
+                compiled,
+                db,
+                registry,
+                dispatcher,
+                (stats, sessions),
+                &logger,
+            )
+        })
+    }
+
+    /// Takes a channel out of service on this node (its actor does, and closes its
+    /// websockets); returns once done.
+    async fn retire(&self, id: &str) {
+        let Some(live) = &self.live else { return };
+        let Some(handle) = live.registry.get_by_id(id) else {
+            return;
+        };
+        if handle.actor.send(Retire).await.is_err() {
+            // The actor is gone: do what it would have done.
+            live.registry.remove(id);
             handle
                 .sessions
                 .close_all(close_code::GOING_AWAY, "channel removed");
-            handle.actor.do_send(Retire);
         }
     }
 }

@@ -121,6 +121,8 @@ fn view(state: &AppState, channel: &crate::db::models::Channel, reveal: bool) ->
         Some(handle) => {
             let mut s = handle.stats.snapshot();
             s["served_here"] = true.into();
+            // The version the channel's actor published (requests are served with it).
+            s["version"] = handle.channel.version.into();
             s
         }
         None => serde_json::json!({ "served_here": false }),

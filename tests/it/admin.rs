@@ -103,6 +103,8 @@ async fn crud_round_trip(app: TestApp) {
         .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["token"], token.as_str());
+    // The channel's actor published version 1 before the create answered.
+    assert_eq!(got.json()["runtime"]["version"], 1, "{}", got.text());
 
     let patched = app
         .admin(
@@ -118,11 +120,16 @@ async fn crud_round_trip(app: TestApp) {
     assert_eq!(patched["version"], 2);
     assert_eq!(patched["token"], token.as_str(), "token is immutable");
     assert_eq!(patched["ws_role"], "edge", "untouched fields stay");
+    // ... and version 2 before the update answered.
+    assert_eq!(app.runtime(&id).await["version"], 2);
 
     let deleted = app
         .admin("DELETE", &format!("/admin/v1/channels/{id}"), None)
         .await;
     assert_eq!(deleted.status, 204);
+    // Retired by its actor before the delete answered: nothing serves the token.
+    let r = app.webhook(&token, "POST", "", "").await;
+    assert_eq!(r.status, 404);
     let gone = app
         .admin("GET", &format!("/admin/v1/channels/{id}"), None)
         .await;

@@ -114,7 +114,10 @@ async fn each_hostile_kind_ends_on_its_budget_while_another_channel_answers() {
         "the calm channel answered {} calls during the hostile runs, p99 {p99:?}",
         calm_latencies.len()
     );
-    assert!(p99 <= Duration::from_millis(500), "calm channel p99 {p99:?}");
+    assert!(
+        p99 <= Duration::from_millis(500),
+        "calm channel p99 {p99:?}"
+    );
     let metrics = app.metrics().await.text();
     for budget in ["memory", "events", "log_bytes", "pushes", "outgoing_calls"] {
         let line = metrics

@@ -39,6 +39,9 @@ pub struct AppState {
     pub node_memory: Arc<crate::alloc::NodeMemory>,
     /// Websocket frames queued for clients, node-wide (`ws_node_max_outbound_bytes`).
     pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
+    /// Websocket messages waiting for their scenario, node-wide
+    /// (`ws_node_max_inbound_bytes`).
+    pub ws_inbound: Arc<crate::actors::ws_session::InboundBudget>,
     pub dispatcher: Arc<Dispatcher>,
     pub channels: ChannelService,
     pub admin_token: String,
@@ -198,6 +201,9 @@ impl Application {
             delivery: delivery.clone(),
             node_memory,
             outbound: outbound.clone(),
+            ws_inbound: crate::actors::ws_session::InboundBudget::new(
+                config.ws_node_max_inbound_bytes,
+            ),
         });
         spawn_event_purge(events, &config, &logger);
 

@@ -70,6 +70,9 @@ pub struct Config {
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
     pub ws_session_queue: usize,
+    /// Bytes of messages waiting for the scenario, per session and node-wide.
+    pub ws_session_queue_bytes: usize,
+    pub ws_node_max_inbound_bytes: u64,
     pub ws_max_sessions_per_channel: usize,
     pub ws_max_sessions_per_node: usize,
     /// Bytes queued for a websocket client that it has not read yet; beyond, it is
@@ -161,7 +164,9 @@ impl Default for Config {
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
-            ws_session_queue: 64,
+            ws_session_queue: 10_000,
+            ws_session_queue_bytes: 1024 * 1024,
+            ws_node_max_inbound_bytes: 64 * 1024 * 1024,
             ws_max_sessions_per_channel: 10_000,
             ws_max_sessions_per_node: 50_000,
             ws_max_backlog_bytes: 1024 * 1024,
@@ -395,10 +400,13 @@ impl Config {
                 "must be above ws_heartbeat_interval_ms (and the interval above 0)",
             ));
         }
-        if self.ws_max_message_bytes == 0 || self.ws_session_queue == 0 {
+        if self.ws_max_message_bytes == 0
+            || self.ws_session_queue == 0
+            || self.ws_session_queue_bytes < self.ws_max_message_bytes
+        {
             return Err(invalid(
                 "ws_max_message_bytes",
-                "websocket message size and queue must be above 0",
+                "websocket message size and queue must be above 0, ws_session_queue_bytes at least ws_max_message_bytes",
             ));
         }
         if self.scenario_max_admitted == 0 || self.channel_max_in_flight == 0 {

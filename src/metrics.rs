@@ -309,6 +309,11 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
             state.event_sockets.load(Ordering::Relaxed) as f64,
         ),
         (
+            "oktell_ws_inbound_bytes",
+            "Websocket messages waiting for their scenario on this node, in bytes (budget: ws_node_max_inbound_bytes).",
+            state.ws_inbound.bytes() as f64,
+        ),
+        (
             "oktell_ws_outbound_bytes",
             "Websocket frames queued for clients on this node, each counted once however many sessions share it (budget: ws_node_max_outbound_bytes).",
             state.outbound.bytes() as f64,

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use super::registry::ChannelRegistry;
 use super::sessions::SessionTable;
@@ -351,9 +352,10 @@ impl Handler<InjectPanic> for ChannelActor {
 
 /// One text message of a websocket session, to run the channel's websocket scenario on:
 /// `startparam(1)` the session code, `(2)` the message, `(3)` the channel as JSON,
-/// `(4)` the peer IP. The reply is the run's outcome.
+/// `(4)` the peer IP. The reply is where the run's outcome will arrive (the session
+/// waits for it itself), or why it was refused.
 #[derive(Message)]
-#[rtype(result = "RunResult")]
+#[rtype(result = "Result<oneshot::Receiver<RunResult>, ScenarioError>")]
 pub struct WsInbound {
     pub code: String,
     pub text: String,
@@ -361,7 +363,7 @@ pub struct WsInbound {
 }
 
 impl Handler<WsInbound> for ChannelActor {
-    type Result = ResponseFuture<RunResult>;
+    type Result = Result<oneshot::Receiver<RunResult>, ScenarioError>;
 
     fn handle(&mut self, msg: WsInbound, ctx: &mut Context<Self>) -> Self::Result {
         self.stats.mailbox.fetch_sub(1, Ordering::Relaxed);
@@ -382,18 +384,9 @@ impl Handler<WsInbound> for ChannelActor {
                 .submit(handle, ScriptKind::Websocket, params, true)
         });
         match submitted {
-            Some(Ok(Some(rx))) => {
-                // The run has its own deadline; this bounds the wait even if it hangs.
-                let bound = self.dispatcher.timeout() + std::time::Duration::from_secs(1);
-                Box::pin(async move {
-                    match tokio::time::timeout(bound, rx).await {
-                        Ok(outcome) => outcome.unwrap_or(Err(ScenarioError::Panicked)),
-                        Err(_) => Err(ScenarioError::Timeout),
-                    }
-                })
-            }
-            Some(Err(e)) => Box::pin(async move { Err(e) }),
-            Some(Ok(None)) | None => Box::pin(async { Err(ScenarioError::Panicked) }),
+            Some(Ok(Some(rx))) => Ok(rx),
+            Some(Err(e)) => Err(e),
+            Some(Ok(None)) | None => Err(ScenarioError::Panicked),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,8 +23,52 @@ use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
 
-/// How long a session waits before trying a refused message again.
-const RETRY_AFTER: Duration = Duration::from_millis(10);
+/// How long a session waits before trying a refused message again: the first time,
+/// then doubling per refusal (with jitter, so that sessions refused together do not
+/// come back together) up to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MOST: Duration = Duration::from_secs(1);
+
+/// What a waiting message counts besides its text (queue entry, string header).
+const MESSAGE_OVERHEAD: u64 = 64;
+
+/// Bytes of messages waiting for their scenario on this node, all sessions together
+/// (`ws_node_max_inbound_bytes`).
+#[derive(Debug)]
+pub struct InboundBudget {
+    bytes: AtomicU64,
+    limit: u64,
+}
+
+impl InboundBudget {
+    pub fn new(limit: u64) -> Arc<InboundBudget> {
+        Arc::new(InboundBudget {
+            bytes: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes waiting now (a gauge).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        if self.bytes.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, n: u64) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+fn cost(text: &str) -> u64 {
+    text.len() as u64 + MESSAGE_OVERHEAD
+}
 
 /// Limits of one session.
 #[derive(Debug, Clone)]
@@ -32,7 +76,11 @@ pub struct WsLimits {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub max_message_bytes: usize,
+    /// Messages waiting at most: by count and by bytes (`ws_session_queue*`).
     pub queue: usize,
+    pub queue_bytes: usize,
+    /// A run's own deadline, plus a margin: how long a session waits for a reply.
+    pub run_timeout: Duration,
 }
 
 /// Holds one place in the node's session count; gives it back when the session ends.
@@ -55,7 +103,12 @@ pub struct WsSession {
     limits: WsLimits,
     last_pong: Instant,
     pending: VecDeque<String>,
+    /// Bytes of `pending` and of the message running, charged to `inbound` too.
+    queued_bytes: u64,
+    inbound: Arc<InboundBudget>,
     busy: bool,
+    /// The delay before the next try of a refused message (zero: not refused).
+    retry_delay: Duration,
     /// A fragmented text message being put together.
     fragment: Option<Vec<u8>>,
     /// The close code that ended the session, when one was sent or received.
@@ -80,6 +133,7 @@ pub struct WsSessionParts {
     pub channel_slot: super::sessions::SessionSlot,
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
+    pub inbound: Arc<InboundBudget>,
 }
 
 impl WsSession {
@@ -97,7 +151,10 @@ impl WsSession {
             limits: parts.limits,
             last_pong: Instant::now(),
             pending: VecDeque::new(),
+            queued_bytes: 0,
+            inbound: parts.inbound,
             busy: false,
+            retry_delay: Duration::ZERO,
             fragment: None,
             closed_with: None,
             backlog: parts.backlog,
@@ -156,11 +213,18 @@ impl WsSession {
             .bytes_in
             .fetch_add(text.len() as u64, Ordering::Relaxed);
         self.stats.ws_messages_in.fetch_add(1, Ordering::Relaxed);
-        if self.pending.len() >= self.limits.queue {
+        let cost = cost(&text);
+        // A burst waits; a flood (past the session's bytes or count, or the node's
+        // bytes) is closed.
+        if self.pending.len() >= self.limits.queue
+            || self.queued_bytes + cost > self.limits.queue_bytes as u64
+            || !self.inbound.take(cost)
+        {
             self.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
             self.close(ctx, close_code::POLICY, "message queue overflow");
             return;
         }
+        self.queued_bytes += cost;
         self.pending.push_back(text);
         self.run_next(ctx);
     }
@@ -179,46 +243,68 @@ impl WsSession {
             text: text.clone(),
             peer_ip: self.peer_ip.clone(),
         });
-        ctx.spawn(request.into_actor(self).map(move |outcome, act, ctx| {
-            let outcome: RunResult = outcome.unwrap_or_else(|_| {
+        let (stats, bound) = (self.stats.clone(), self.limits.run_timeout);
+        // The channel's actor only starts the run; its outcome comes straight from
+        // the scenario thread to this session, not back through the actor's thread.
+        let outcome = async move {
+            let submitted = request.await.unwrap_or_else(|_| {
                 // The actor never handled it (stopped): it left the mailbox anyway.
-                act.stats.mailbox.fetch_sub(1, Ordering::Relaxed);
+                stats.mailbox.fetch_sub(1, Ordering::Relaxed);
                 Err(ScenarioError::Panicked)
             });
-            // A full scenario queue or a busy channel is back-pressure, not a failure:
-            // the message goes back to the head of this session's queue and is tried
-            // again shortly (the session's own queue limit still bounds what waits).
-            if matches!(
-                outcome,
-                Err(ScenarioError::QueueFull { .. } | ScenarioError::ChannelBusy)
-            ) {
-                act.pending.push_front(text);
-                act.stats.ws_retries.fetch_add(1, Ordering::Relaxed);
-                ctx.run_later(RETRY_AFTER, |act, ctx| {
-                    act.busy = false;
-                    act.run_next(ctx);
-                });
-                return;
+            match submitted {
+                Ok(rx) => match tokio::time::timeout(bound, rx).await {
+                    Ok(outcome) => outcome.unwrap_or(Err(ScenarioError::Panicked)),
+                    Err(_) => Err(ScenarioError::Timeout),
+                },
+                Err(e) => Err(e),
             }
-            act.busy = false;
-            match outcome {
-                Ok(reply) => {
-                    if !reply.content.is_empty() {
-                        let text = String::from_utf8_lossy(&reply.content).into_owned();
-                        act.send_text(ctx, &text);
+        };
+        ctx.spawn(
+            outcome
+                .into_actor(self)
+                .map(move |outcome: RunResult, act, ctx| {
+                    // A full scenario queue or a busy channel is back-pressure, not a failure:
+                    // the message goes back to the head of this session's queue and is tried
+                    // again after a growing delay (the session's queue limits still bound what
+                    // waits meanwhile).
+                    if matches!(
+                        outcome,
+                        Err(ScenarioError::QueueFull { .. } | ScenarioError::ChannelBusy)
+                    ) {
+                        act.pending.push_front(text);
+                        act.stats.ws_retries.fetch_add(1, Ordering::Relaxed);
+                        act.retry_delay = next_retry_delay(act.retry_delay);
+                        ctx.run_later(jittered(act.retry_delay), |act, ctx| {
+                            act.busy = false;
+                            act.run_next(ctx);
+                        });
+                        return;
                     }
-                }
-                Err(err) => {
-                    act.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    act.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
-                    let frame = serde_json::json!({
-                        "error": { "code": err.code(), "message": err.public_message() }
-                    });
-                    act.send_text(ctx, &frame.to_string());
-                }
-            }
-            act.run_next(ctx);
-        }));
+                    act.retry_delay = Duration::ZERO;
+                    let done = cost(&text);
+                    act.queued_bytes = act.queued_bytes.saturating_sub(done);
+                    act.inbound.give_back(done);
+                    act.busy = false;
+                    match outcome {
+                        Ok(reply) => {
+                            if !reply.content.is_empty() {
+                                let text = String::from_utf8_lossy(&reply.content).into_owned();
+                                act.send_text(ctx, &text);
+                            }
+                        }
+                        Err(err) => {
+                            act.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            act.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+                            let frame = serde_json::json!({
+                                "error": { "code": err.code(), "message": err.public_message() }
+                            });
+                            act.send_text(ctx, &frame.to_string());
+                        }
+                    }
+                    act.run_next(ctx);
+                }),
+        );
     }
 
     fn fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
@@ -258,6 +344,21 @@ impl WsSession {
     }
 }
 
+/// The delay after one more refusal: doubled, from the first to the most.
+fn next_retry_delay(previous: Duration) -> Duration {
+    if previous.is_zero() {
+        RETRY_FIRST
+    } else {
+        (previous * 2).min(RETRY_MOST)
+    }
+}
+
+/// Between half and all of `delay`, at random.
+fn jittered(delay: Duration) -> Duration {
+    let r = getrandom::u32().unwrap_or(u32::MAX);
+    delay.mul_f64(0.5 + 0.5 * (f64::from(r) / f64::from(u32::MAX)))
+}
+
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
@@ -287,6 +388,8 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.sessions.remove(&self.code);
+        self.inbound
+            .give_back(std::mem::take(&mut self.queued_bytes));
         self.stats.ws_closed.fetch_add(1, Ordering::Relaxed);
         // 1006: the connection ended without a close frame.
         self.stats.record_close(self.closed_with.unwrap_or(1006));

@@ -92,7 +92,11 @@ async fn websocket(
             heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
             max_message_bytes: config.ws_max_message_bytes,
             queue: config.ws_session_queue,
+            queue_bytes: config.ws_session_queue_bytes,
+            // The run has its own deadline; this bounds the wait even if it hangs.
+            run_timeout: Duration::from_millis(config.scenario_timeout_ms) + Duration::from_secs(1),
         },
+        inbound: state.ws_inbound.clone(),
         logger: handle.logger(&state.logger).clone(),
         slot,
         channel_slot,

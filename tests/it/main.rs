@@ -21,3 +21,4 @@ mod subscribe;
 mod waiting;
 mod webhook;
 mod websocket;
+mod ws_bursts;

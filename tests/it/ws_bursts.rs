@@ -1,0 +1,129 @@
+//! The websocket path under bursts: a client pipelining 1,000 messages gets 1,000
+//! replies in order; a session's messages run one at a time even when the first waits
+//! on the outside world; only a flood past the session's byte budget is closed (1008);
+//! a channel actor that panics is restarted and its sessions keep working.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{Backend, eventually, id_of, spawn_app_with, token_of};
+use crate::receiver::HoldingUpstream;
+use crate::websocket::{connect, next_close, next_text};
+
+const ECHO: &str = "response_content = startparam(2);";
+
+#[actix_web::test]
+async fn a_thousand_pipelined_messages_are_answered_in_order() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "echo", "kind": "public", "websocket_scenario": ECHO,
+        }))
+        .await;
+    let mut ws = connect(&app, &token_of(&c)).await;
+    for i in 0..1000 {
+        ws.feed(Message::Text(format!("m{i}").into()))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    for i in 0..1000 {
+        assert_eq!(next_text(&mut ws).await, format!("m{i}"));
+    }
+}
+
+/// Message 1 waits on an upstream the test holds, message 2 would not wait: message 2
+/// still runs only after message 1, and the replies come back in order.
+#[actix_web::test]
+async fn order_holds_when_the_first_message_waits() {
+    let upstream = HoldingUpstream::start();
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "ordered", "kind": "public", "outgoing_url": upstream.url,
+            "websocket_scenario": r#"
+                if startparam(2) == "slow" { outgoing_request("GET", "/hold"); }
+                response_content = startparam(2);
+            "#,
+        }))
+        .await;
+    let mut ws = connect(&app, &token_of(&c)).await;
+    ws.send(Message::Text("slow".into())).await.unwrap();
+    ws.send(Message::Text("fast".into())).await.unwrap();
+    eventually(
+        "the first message waits on the upstream",
+        Duration::from_secs(10),
+        || async { upstream.held() == 1 },
+    )
+    .await;
+    upstream.release();
+    assert_eq!(next_text(&mut ws).await, "slow");
+    assert_eq!(next_text(&mut ws).await, "fast");
+}
+
+/// A real flood: messages pile up behind one that waits, past the session's byte budget.
+#[actix_web::test]
+async fn a_flood_past_the_byte_budget_is_closed_1008() {
+    let upstream = HoldingUpstream::start();
+    let app = spawn_app_with(Backend::Sqlite, |c| c.ws_session_queue_bytes = 16 * 1024)
+        .await
+        .unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "flooded", "kind": "public", "outgoing_url": upstream.url,
+            "websocket_scenario": r#"outgoing_request("GET", "/hold");"#,
+        }))
+        .await;
+    let mut ws = connect(&app, &token_of(&c)).await;
+    ws.send(Message::Text("first".into())).await.unwrap();
+    eventually(
+        "the first message waits on the upstream",
+        Duration::from_secs(10),
+        || async { upstream.held() == 1 },
+    )
+    .await;
+    let chunk = "x".repeat(1024);
+    for _ in 0..40 {
+        if ws.send(Message::Text(chunk.clone().into())).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = next_close(&mut ws).await;
+    assert_eq!(code, 1008, "{reason}");
+    upstream.release();
+}
+
+#[actix_web::test]
+async fn sessions_keep_working_after_their_channel_actor_panics() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.fault_injection = true)
+        .await
+        .unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "fragile-ws", "kind": "public", "websocket_scenario": ECHO,
+        }))
+        .await;
+    let id = id_of(&c);
+    let mut ws = connect(&app, &token_of(&c)).await;
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    let r = app
+        .admin(
+            "POST",
+            &format!("/admin/v1/channels/{id}/fault/panic"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(
+        "the supervisor restarted the actor",
+        Duration::from_secs(10),
+        || async { app.runtime(&id).await["restarts"] == 1 },
+    )
+    .await;
+    ws.send(Message::Text("after".into())).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "after");
+}

@@ -2,6 +2,7 @@
 //! the layer below, and convert its errors once, through [`error::ApiError`].
 
 pub mod admin;
+pub mod body_guard;
 pub mod error;
 pub mod events;
 pub mod openapi;

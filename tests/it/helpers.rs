@@ -407,13 +407,32 @@ impl GatewayProcess {
 
     /// Starts on a given data folder (kept across restarts), with extra flags.
     pub async fn start_in(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
+        GatewayProcess::start_wrapped(dir, extra, &[]).await
+    }
+
+    /// Starts through `wrapper`, a command that execs the gateway (e.g. `prlimit
+    /// --nofile=256:256`), so that the child's pid is the gateway's.
+    pub async fn start_wrapped(
+        dir: &std::path::Path,
+        extra: &[String],
+        wrapper: &[&str],
+    ) -> GatewayProcess {
         let dir = dir.to_path_buf();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
+        let binary = env!("CARGO_BIN_EXE_oktell-gateway");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", &dir.display().to_string()])
             .args(["--admin-token", ADMIN_TOKEN, "--log-level", "warn"])

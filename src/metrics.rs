@@ -480,6 +480,11 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>) -> String {
             "Connections closed after the response because the request body was not read to its end (refused before reading it, 408, 413).",
             load(&conn.closed_unread_body),
         ),
+        (
+            "oktell_ws_frames_refused_total",
+            "Websocket frames refused on their declared length, before buffering (closed 1009).",
+            load(&conn.ws_frames_refused),
+        ),
     ] {
         counter(f.family(name, help, MetricType::COUNTER), &[], value);
     }

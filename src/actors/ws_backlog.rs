@@ -10,8 +10,9 @@ use std::task::{Context, Poll};
 
 use actix::{Actor, StreamHandler};
 use actix_http::ws::Codec;
+use actix_web::error::PayloadError;
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, Message, ProtocolError, WebsocketContext};
 use futures_util::Stream;
 
@@ -57,16 +58,19 @@ impl Stream for Counted {
 }
 
 /// Starts a websocket actor like `WsResponseBuilder::start`, with a frame size limit and
-/// the response stream counted into `backlog`.
-pub fn start<A>(
+/// the response stream counted into `backlog`. `payload` is the request payload as the
+/// caller wrapped it (`http::ws_frames::FrameGuard`: frames refused on their declared
+/// length).
+pub fn start<A, S>(
     actor: A,
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: S,
     max_frame_bytes: usize,
     backlog: Arc<Backlog>,
 ) -> Result<HttpResponse, actix_web::Error>
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<Message, ProtocolError>>,
+    S: Stream<Item = Result<Bytes, PayloadError>> + 'static,
 {
     let mut response = ws::handshake(req)?;
     let body: Body = Box::pin(WebsocketContext::with_codec(

@@ -51,6 +51,8 @@ pub struct ConnStats {
     /// Connections closed after the response because the request body was not read to
     /// its end.
     pub closed_unread_body: AtomicU64,
+    /// Websocket frames refused on their declared length (closed 1009).
+    pub ws_frames_refused: AtomicU64,
 }
 
 /// Bytes already received that are drained (not waited for) to tell "the body was

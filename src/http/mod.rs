@@ -14,6 +14,7 @@ pub mod subscribe;
 pub mod subscriptions_admin;
 pub mod webhook;
 pub mod websocket;
+pub mod ws_frames;
 
 use actix_web::web;
 

@@ -1,5 +1,5 @@
-//! Slow and half-finished requests (issue #10): raw TCP against the gateway, where a
-//! client can stop halfway.
+//! Slow and half-finished requests, and websocket frames refused on their declared
+//! length (issue #10): raw TCP against the gateway, where a client can stop halfway.
 
 use std::time::{Duration, Instant};
 
@@ -413,5 +413,185 @@ async fn half_finished_connections_past_the_fd_limit_do_not_starve_normal_reques
     );
     eprintln!(
         "fd limit {FD_LIMIT}: {cut} half-finished connections cut, {served} requests served, slowest {slowest:?}"
+    );
+}
+
+// ---- websocket frames ----
+
+/// A masked client frame header (mask 0: the payload goes as is) declaring `len` bytes.
+fn frame_header(first: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![first];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&len.to_be_bytes());
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame_header(first, payload.len() as u64);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A websocket handshake on a raw connection; the stream is left at the first frame.
+async fn upgrade(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = tokio::time::timeout(Duration::from_secs(10), s.read_u8())
+            .await
+            .expect("handshake in time")
+            .expect("handshake reads");
+        head.push(b);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Reads server frames until a close frame; its code (`None`: the connection ended
+/// first, or nothing came within `limit`).
+async fn close_code<R: AsyncRead + Unpin>(r: &mut R, limit: Duration) -> Option<u16> {
+    let read = async {
+        loop {
+            let first = r.read_u8().await.ok()?;
+            let len = match r.read_u8().await.ok()? & 0x7F {
+                126 => u64::from(r.read_u16().await.ok()?),
+                127 => r.read_u64().await.ok()?,
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; len as usize];
+            r.read_exact(&mut payload).await.ok()?;
+            if first & 0x0F == 0x8 {
+                return Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[actix_web::test]
+async fn frames_declaring_more_than_the_limit_are_refused_before_they_are_buffered() {
+    const STREAM: usize = 200 << 20;
+    const HUGE: u64 = 1 << 40;
+    let gateway = GatewayProcess::start().await;
+    let pid = gateway.child.id();
+    let public = gateway
+        .create_channel(json!({
+            "code": "frames", "kind": "public",
+            "websocket_scenario": "response_content = startparam(2);",
+        }))
+        .await;
+    let eventing = gateway
+        .create_channel(json!({"code": "feed", "kind": "eventing"}))
+        .await;
+    let paths = [
+        format!("/ws/token/v1/{}", token_of(&public)),
+        format!("/ws/token/v1/{}/subscribe", token_of(&eventing)),
+    ];
+    for path in &paths {
+        // Refused on the header alone: no byte of the payload has been sent.
+        let mut s = upgrade(gateway.port, path).await;
+        s.write_all(&frame_header(0x81, HUGE)).await.unwrap();
+        assert_eq!(
+            close_code(&mut s, Duration::from_secs(10)).await,
+            Some(1009),
+            "{path}: closed on the declared length"
+        );
+
+        // The header, then 200 MB as fast as the node takes them: 1009, and the node's
+        // memory stays where it was.
+        let s = upgrade(gateway.port, path).await;
+        let (mut r, mut w) = s.into_split();
+        let baseline = rss_bytes(pid);
+        let writer = actix_web::rt::spawn(async move {
+            let mut sent = 0;
+            if w.write_all(&frame_header(0x81, HUGE)).await.is_err() {
+                return sent;
+            }
+            let chunk = vec![0u8; 64 * 1024];
+            while sent < STREAM {
+                if w.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let reader =
+            actix_web::rt::spawn(async move { close_code(&mut r, Duration::from_secs(30)).await });
+        let mut peak = baseline;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut every = tokio::time::interval(Duration::from_millis(10));
+        while !(writer.is_finished() && reader.is_finished()) {
+            assert!(Instant::now() < deadline, "{path}: the stream did not end");
+            peak = peak.max(rss_bytes(pid));
+            every.tick().await;
+        }
+        let sent = writer.await.unwrap();
+        assert_eq!(reader.await.unwrap(), Some(1009), "{path}: close code");
+        let growth = peak.saturating_sub(baseline);
+        eprintln!(
+            "{path}: {sent} bytes sent, RSS growth {} KiB",
+            growth / 1024
+        );
+        assert!(
+            growth < 20 << 20,
+            "{path}: RSS grew by {} MiB while streaming",
+            growth >> 20
+        );
+    }
+
+    // A fragmented message is limited as it grows: the continuation that passes
+    // ws_max_message_bytes (64 KiB) closes 1009 before the message is complete.
+    let mut s = upgrade(gateway.port, &paths[0]).await;
+    let piece = vec![b'a'; 40 * 1024];
+    s.write_all(&frame(0x01, &piece)).await.unwrap(); // text, not final
+    s.write_all(&frame(0x00, &piece)).await.unwrap(); // continuation, not final
+    assert_eq!(
+        close_code(&mut s, Duration::from_secs(10)).await,
+        Some(1009),
+        "a fragmented message past the limit"
+    );
+
+    let metrics = awc::Client::default()
+        .get(format!("{}/metrics", gateway.base))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .limit(16 << 20)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("oktell_ws_frames_refused_total 4"),
+        "{metrics}"
     );
 }

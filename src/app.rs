@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub epoch: String,
     pub delivery_stats: Arc<DeliveryStats>,
     pub delivery: actix::Addr<DeliveryWorker>,
+    /// Body timeouts, connections closed for unread bodies, websocket frames refused.
+    pub conn_stats: Arc<http::body_guard::ConnStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +207,7 @@ impl Application {
             ws_inbound: crate::actors::ws_session::InboundBudget::new(
                 config.ws_node_max_inbound_bytes,
             ),
+            conn_stats: Arc::default(),
         });
         spawn_event_purge(events, &config, &logger);
 
@@ -218,6 +222,8 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|err, _| {
                     ApiError::bad_request("invalid_path", err.to_string()).into()
                 }))
+                // Innermost: the access log and the request id see its 408s.
+                .wrap(from_fn(http::body_guard::guard_bodies))
                 .wrap(Condition::new(
                     access_log,
                     from_fn(http::request_log::log_requests),
@@ -235,8 +241,14 @@ impl Application {
         .shutdown_timeout(config.shutdown_timeout_s)
         // Signals are ours (see `run_until_stopped`): websockets get a 1001 first.
         .disable_signals()
-        .client_request_timeout(Duration::from_secs(30))
-        .max_connections(25_000);
+        // Slow and half-finished requests (issue #10); the body timeout is
+        // `http::body_guard`'s.
+        .client_request_timeout(Duration::from_millis(config.http_head_timeout_ms))
+        .keep_alive(match config.http_keep_alive_s {
+            0 => KeepAlive::Disabled,
+            s => KeepAlive::Timeout(Duration::from_secs(s)),
+        })
+        .max_connections(config.http_max_connections);
         if config.workers > 0 {
             server = server.workers(config.workers);
         }

@@ -122,6 +122,18 @@ pub struct Config {
     /// One log line per request.
     pub access_log: bool,
     pub shutdown_timeout_s: u64,
+    // Connection hygiene (issue #10): slow and half-finished requests.
+    /// Time a request body may take to arrive in full, from the request head on; then
+    /// 408 and the connection is closed.
+    pub http_body_timeout_ms: u64,
+    /// Time an idle keep-alive connection is kept open between requests (0: no
+    /// keep-alive).
+    pub http_keep_alive_s: u64,
+    /// Time the head of a connection's first request may take to arrive; then 408.
+    pub http_head_timeout_ms: u64,
+    /// Connections each HTTP worker holds at once; beyond, new ones wait in the
+    /// listen backlog.
+    pub http_max_connections: usize,
     /// Test-only hooks (e.g. making a channel actor panic). Never enable in production.
     pub fault_injection: bool,
 }
@@ -195,6 +207,10 @@ impl Default for Config {
             metrics_public_channels: false,
             access_log: true,
             shutdown_timeout_s: 30,
+            http_body_timeout_ms: 10_000,
+            http_keep_alive_s: 5,
+            http_head_timeout_ms: 30_000,
+            http_max_connections: 25_000,
             fault_injection: false,
         }
     }
@@ -289,6 +305,18 @@ pub struct ConfigArgs {
     /// Allow webhook subscription targets on loopback and private networks.
     #[arg(long, global = true, env = "OKTELL_ALLOW_PRIVATE_TARGETS")]
     pub allow_private_targets: bool,
+    /// Time a request body may take to arrive, in milliseconds; then 408 and close.
+    #[arg(long, global = true, env = "OKTELL_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// Idle keep-alive connections are closed after this many seconds (0: no keep-alive).
+    #[arg(long, global = true, env = "OKTELL_HTTP_KEEP_ALIVE_S")]
+    pub http_keep_alive_s: Option<u64>,
+    /// Time the first request head of a connection may take, in milliseconds; then 408.
+    #[arg(long, global = true, env = "OKTELL_HTTP_HEAD_TIMEOUT_MS")]
+    pub http_head_timeout_ms: Option<u64>,
+    /// Connections each HTTP worker holds at once.
+    #[arg(long, global = true, env = "OKTELL_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
 }
 
 /// Errors of reading the configuration.
@@ -342,7 +370,11 @@ impl ConfigArgs {
             scenario_runtime,
             trusted_proxies,
             log_format,
-            log_level
+            log_level,
+            http_body_timeout_ms,
+            http_keep_alive_s,
+            http_head_timeout_ms,
+            http_max_connections
         );
         if self.admin_token.is_some() {
             cfg.admin_token = self.admin_token.clone();
@@ -422,6 +454,16 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
+        }
+        if self.http_body_timeout_ms == 0 || self.http_head_timeout_ms == 0 {
+            // Zero would mean "wait forever": the hole these settings close.
+            return Err(invalid(
+                "http_body_timeout_ms",
+                "http_body_timeout_ms and http_head_timeout_ms must be above 0",
+            ));
+        }
+        if self.http_max_connections == 0 {
+            return Err(invalid("http_max_connections", "must be at least 1"));
         }
         if self.scenario_runtime == RuntimeKind::Http && self.scenario_http_url.is_none() {
             return Err(invalid(

@@ -512,6 +512,27 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
     for (name, help, value) in node_counters {
         counter(f.family(name, help, MetricType::COUNTER), &[], value);
     }
+    // Connection hygiene (issue #10).
+    let conn = &state.conn_stats;
+    for (name, help, value) in [
+        (
+            "oktell_http_body_timeouts_total",
+            "Request bodies that did not arrive within http_body_timeout_ms (answered 408, connection closed).",
+            load(&conn.body_timeouts),
+        ),
+        (
+            "oktell_http_unread_body_closes_total",
+            "Connections closed after the response because the request body was not read to its end (refused before reading it, 408, 413).",
+            load(&conn.closed_unread_body),
+        ),
+        (
+            "oktell_ws_frames_refused_total",
+            "Websocket frames refused on their declared length, before buffering (closed 1009).",
+            load(&conn.ws_frames_refused),
+        ),
+    ] {
+        counter(f.family(name, help, MetricType::COUNTER), &[], value);
+    }
     let db = state.db.pool_state();
     let mf = f.family(
         "oktell_db_pool_connections",

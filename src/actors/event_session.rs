@@ -67,6 +67,8 @@ pub struct EventSessionParts {
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
     pub stats: Arc<crate::events::EventStats>,
+    /// Set when a frame was refused on its declared length (close 1009).
+    pub frame_refused: crate::http::ws_frames::Refused,
 }
 
 pub struct EventSession {
@@ -435,7 +437,12 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for EventSession {
                 "fragmented messages are not supported here".into(),
             ),
             Ok(ws::Message::Nop) => {}
+            // Overflow from the codec, or a frame the frame guard refused on its
+            // declared length before buffering it.
             Err(ProtocolError::Overflow) => self.close(ctx, 1009, "message too big".into()),
+            Err(_) if self.parts.frame_refused.is_set() => {
+                self.close(ctx, 1009, "message too big".into())
+            }
             Err(_) => self.close(ctx, 1002, "protocol error".into()),
         }
     }

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, StreamHandler};
 use actix_http::ws::{Codec, OpCode, Parser};
+use actix_web::error::PayloadError;
 use actix_web::web::{Bytes, BytesMut};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{
     self, CloseCode, CloseReason, Message, ProtocolError, WebsocketContext,
 };
@@ -341,16 +342,19 @@ impl Stream for Outgoing {
 }
 
 /// Starts a websocket actor like `WsResponseBuilder::start`, with a frame size limit and
-/// the session's queued frames written ahead of what the context writes.
-pub fn start<A>(
+/// the session's queued frames written ahead of what the context writes. `payload` is
+/// the request payload as the caller wrapped it (`http::ws_frames::FrameGuard`: frames
+/// refused on their declared length).
+pub fn start<A, S>(
     actor: A,
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: S,
     max_frame_bytes: usize,
     backlog: Arc<Backlog>,
 ) -> Result<HttpResponse, actix_web::Error>
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<Message, ProtocolError>>,
+    S: Stream<Item = Result<Bytes, PayloadError>> + 'static,
 {
     let mut response = ws::handshake(req)?;
     let body: Body = Box::pin(WebsocketContext::with_codec(

@@ -116,6 +116,8 @@ pub struct WsSession {
     logger: slog::Logger,
     backlog: Arc<super::ws_backlog::Backlog>,
     max_backlog_bytes: u64,
+    /// Set when a frame was refused on its declared length (close 1009).
+    frame_refused: crate::http::ws_frames::Refused,
     _slot: NodeSlot,
     _channel_slot: super::sessions::SessionSlot,
 }
@@ -134,6 +136,7 @@ pub struct WsSessionParts {
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
     pub inbound: Arc<InboundBudget>,
+    pub frame_refused: crate::http::ws_frames::Refused,
 }
 
 impl WsSession {
@@ -159,6 +162,7 @@ impl WsSession {
             closed_with: None,
             backlog: parts.backlog,
             max_backlog_bytes: parts.max_backlog_bytes as u64,
+            frame_refused: parts.frame_refused,
             _slot: parts.slot,
             _channel_slot: parts.channel_slot,
         }
@@ -420,6 +424,10 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
             }
             Ok(ws::Message::Nop) => {}
             Err(ProtocolError::Overflow) => self.close(ctx, close_code::TOO_BIG, "message too big"),
+            // The frame guard refused a frame on its declared length before buffering it.
+            Err(_) if self.frame_refused.is_set() => {
+                self.close(ctx, close_code::TOO_BIG, "message too big")
+            }
             Err(e) => {
                 slog::debug!(self.logger, "websocket protocol error"; "error" => %e);
                 self.close(ctx, close_code::PROTOCOL, "protocol error");

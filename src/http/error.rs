@@ -112,6 +112,15 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body did not arrive in full within `http_body_timeout_ms`.
+    pub fn body_timeout(timeout_ms: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {timeout_ms} ms"),
+        )
+    }
+
     pub fn overloaded(code: &'static str, message: impl Into<String>) -> ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after = Some(1);

@@ -2,6 +2,7 @@
 //! the layer below, and convert its errors once, through [`error::ApiError`].
 
 pub mod admin;
+pub mod body_guard;
 pub mod error;
 pub mod events;
 pub mod openapi;
@@ -13,6 +14,7 @@ pub mod subscribe;
 pub mod subscriptions_admin;
 pub mod webhook;
 pub mod websocket;
+pub mod ws_frames;
 
 use actix_web::web;
 

@@ -50,6 +50,7 @@ fn unknown_token() -> ApiError {
         (status = 200, description = "Accepted (wait off), or the scenario's reply (wait on)"),
         (status = 404, description = "No public channel with this token here", body = super::openapi::ErrorResponse),
         (status = 413, description = "Body too large", body = super::openapi::ErrorResponse),
+        (status = 408, description = "The body did not arrive within http_body_timeout_ms", body = super::openapi::ErrorResponse),
         (status = 500, description = "The scenario ended with an error", body = super::openapi::ErrorResponse),
         (status = 503, description = "Scenario queue full or channel busy (Retry-After)", body = super::openapi::ErrorResponse),
         (status = 504, description = "The scenario ran out of time", body = super::openapi::ErrorResponse)))]

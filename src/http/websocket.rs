@@ -9,6 +9,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use super::error::ApiError;
 use super::request_log::ChannelTag;
 use super::webhook::client_ip;
+use super::ws_frames::{FrameGuard, Refused};
 
 use crate::actors::event_session::{EventSession, EventSessionParts};
 use crate::actors::ws_backlog;
@@ -79,6 +80,7 @@ async fn websocket(
         ));
     }
     let backlog = state.outbound.backlog();
+    let refused = Refused::default();
     let session = WsSession::new(WsSessionParts {
         peer_ip: client_ip(&req, &config.trusted_proxies)
             .map(|ip| ip.to_string())
@@ -102,7 +104,14 @@ async fn websocket(
         channel_slot,
         backlog: backlog.clone(),
         max_backlog_bytes: config.ws_max_backlog_bytes,
+        frame_refused: refused.clone(),
     });
+    let stream = FrameGuard::new(
+        stream,
+        config.ws_max_message_bytes,
+        refused,
+        state.conn_stats.clone(),
+    );
     ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }
@@ -157,6 +166,7 @@ async fn subscribe(
         ));
     }
     let backlog = state.outbound.backlog();
+    let refused = Refused::default();
     let session = EventSession::new(EventSessionParts {
         channel_types: handle.sessions.event_types(),
         sessions: handle.sessions.clone(),
@@ -171,7 +181,14 @@ async fn subscribe(
         backlog: backlog.clone(),
         max_backlog_bytes: config.ws_max_backlog_bytes,
         stats: state.events.stats.clone(),
+        frame_refused: refused.clone(),
     });
+    let stream = FrameGuard::new(
+        stream,
+        config.ws_max_message_bytes,
+        refused,
+        state.conn_stats.clone(),
+    );
     ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }

@@ -415,13 +415,13 @@ impl GatewayProcess {
 
     /// Starts on a given data folder (kept across restarts), with extra flags.
     pub async fn start_in(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
-        GatewayProcess::start_with(dir, extra, false).await
+        GatewayProcess::start_with(dir, extra, &[], false).await
     }
 
     /// Like `start_in`, with everything the process writes to stderr (its log) kept
     /// in `stderr.log` of the data folder ([`GatewayProcess::log_text`]).
     pub async fn start_logging(dir: &std::path::Path, extra: &[String]) -> GatewayProcess {
-        GatewayProcess::start_with(dir, extra, true).await
+        GatewayProcess::start_with(dir, extra, &[], true).await
     }
 
     /// What the process logged so far (`start_logging`).
@@ -429,7 +429,22 @@ impl GatewayProcess {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
-    async fn start_with(dir: &std::path::Path, extra: &[String], log: bool) -> GatewayProcess {
+    /// Starts through `wrapper`, a command that execs the gateway (e.g. `prlimit
+    /// --nofile=256:256`), so that the child's pid is the gateway's.
+    pub async fn start_wrapped(
+        dir: &std::path::Path,
+        extra: &[String],
+        wrapper: &[&str],
+    ) -> GatewayProcess {
+        GatewayProcess::start_with(dir, extra, wrapper, false).await
+    }
+
+    async fn start_with(
+        dir: &std::path::Path,
+        extra: &[String],
+        wrapper: &[&str],
+        log: bool,
+    ) -> GatewayProcess {
         let dir = dir.to_path_buf();
         let stderr = if log {
             std::fs::create_dir_all(&dir).expect("data folder");
@@ -444,7 +459,16 @@ impl GatewayProcess {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
+        let binary = env!("CARGO_BIN_EXE_oktell-gateway");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", &dir.display().to_string()])
             .args(["--admin-token", ADMIN_TOKEN])

@@ -15,6 +15,7 @@ mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;
+mod slow_requests;
 mod status_page;
 mod storage_errors;
 mod subscribe;

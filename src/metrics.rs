@@ -120,12 +120,6 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
             Box::new(|mf, l, h| gauge(mf, l, h.stats.in_flight.load(Ordering::Relaxed) as f64)),
         ),
         (
-            "oktell_channel_mailbox_backlog",
-            "Messages waiting in the channel actor's mailbox.",
-            MetricType::GAUGE,
-            Box::new(|mf, l, h| gauge(mf, l, h.stats.mailbox.load(Ordering::Relaxed) as f64)),
-        ),
-        (
             "oktell_channel_restarts_total",
             "Supervisor restarts of the channel's actor.",
             MetricType::COUNTER,

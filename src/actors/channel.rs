@@ -5,8 +5,9 @@
 //! version, an update sends it the next one ([`Apply`]), a delete retires it
 //! ([`Retire`]); after a restart it reloads its settings from storage. What requests
 //! need of a channel is published as an immutable [`ChannelHandle`] in the registry, so
-//! that a webhook reaches the scenario pool without a mailbox hop (the hot path), while
-//! websocket messages go through the actor's mailbox ([`WsInbound`]).
+//! that webhooks and websocket messages reach the scenario pool without a mailbox hop
+//! (the hot paths: one cross-thread hop before a scenario starts); the actor's mailbox
+//! takes the channel's changes.
 //!
 //! A panic inside a handler is caught, counted, and turned into a stop; the supervisor
 //! then restarts the actor with fresh settings. One bad channel never disturbs another.
@@ -16,14 +17,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 
 use super::registry::ChannelRegistry;
 use super::sessions::SessionTable;
 use crate::db::models::Channel;
 use crate::db::{Database, channels as channel_rows};
-use crate::scenario::dispatch::{Dispatcher, RunResult};
-use crate::scenario::{CompileError, Compiled, ScenarioError, ScenarioRuntime};
+use crate::scenario::{CompileError, Compiled, ScenarioRuntime};
 
 /// Which of a channel's scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +134,6 @@ pub struct ChannelActor {
     db: Database,
     domain: String,
     registry: Weak<ChannelRegistry>,
-    dispatcher: Arc<Dispatcher>,
     stats: Arc<ChannelStats>,
     sessions: Arc<SessionTable>,
     logger: slog::Logger,
@@ -149,7 +147,6 @@ impl ChannelActor {
         precompiled: Precompiled,
         db: Database,
         registry: Weak<ChannelRegistry>,
-        dispatcher: Arc<Dispatcher>,
         shared: (Arc<ChannelStats>, Arc<SessionTable>),
         logger: &slog::Logger,
     ) -> ChannelActor {
@@ -162,7 +159,6 @@ impl ChannelActor {
             precompiled: Some(precompiled),
             db,
             registry,
-            dispatcher,
             stats,
             sessions,
             retired: false,
@@ -350,53 +346,13 @@ impl Handler<InjectPanic> for ChannelActor {
     }
 }
 
-/// One text message of a websocket session, to run the channel's websocket scenario on:
-/// `startparam(1)` the session code, `(2)` the message, `(3)` the channel as JSON,
-/// `(4)` the peer IP. The reply is where the run's outcome will arrive (the session
-/// waits for it itself), or why it was refused.
-#[derive(Message)]
-#[rtype(result = "Result<oneshot::Receiver<RunResult>, ScenarioError>")]
-pub struct WsInbound {
+/// A websocket message's start parameters: `startparam(1)` the session code, `(2)` the
+/// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
+pub struct WsParams {
     pub code: String,
     pub text: String,
+    pub channel_json: Arc<str>,
     pub peer_ip: String,
-}
-
-impl Handler<WsInbound> for ChannelActor {
-    type Result = Result<oneshot::Receiver<RunResult>, ScenarioError>;
-
-    fn handle(&mut self, msg: WsInbound, ctx: &mut Context<Self>) -> Self::Result {
-        self.stats.mailbox.fetch_sub(1, Ordering::Relaxed);
-        let submitted = self.guarded(ctx, |act| {
-            // The current version of the channel: an update applies to the next message.
-            let handle = act
-                .registry
-                .upgrade()
-                .and_then(|r| r.get_by_id(&act.id))
-                .ok_or(ScenarioError::Unavailable("the channel is gone".into()))?;
-            let params: Arc<dyn crate::scenario::StartParams> = Arc::new(WsParams {
-                code: msg.code,
-                text: msg.text,
-                channel_json: handle.channel_json(),
-                peer_ip: msg.peer_ip,
-            });
-            act.dispatcher
-                .submit(handle, ScriptKind::Websocket, params, true)
-        });
-        match submitted {
-            Some(Ok(Some(rx))) => Ok(rx),
-            Some(Err(e)) => Err(e),
-            Some(Ok(None)) | None => Err(ScenarioError::Panicked),
-        }
-    }
-}
-
-/// A websocket message's start parameters (the channel JSON shared, not copied).
-struct WsParams {
-    code: String,
-    text: String,
-    channel_json: Arc<str>,
-    peer_ip: String,
 }
 
 impl crate::scenario::StartParams for WsParams {

@@ -37,8 +37,6 @@ pub struct ChannelStats {
     pub ws_errors: AtomicU64,
     /// Websocket messages put back because the scenario queue or channel was full.
     pub ws_retries: AtomicU64,
-    /// Messages sent to the channel's actor and not yet handled (its mailbox backlog).
-    pub mailbox: AtomicUsize,
     /// The channel's queue of scenario runs (served round-robin with other channels').
     pub lane: std::sync::Arc<crate::scenario::pool::Lane>,
 }

@@ -17,10 +17,12 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
-use super::channel::{ChannelActor, ChannelStats, WsInbound};
+use super::channel::{ChannelStats, ScriptKind};
+use super::registry::ChannelRegistry;
 use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
+use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::dispatch::RunResult;
 
 /// How long a session waits before trying a refused message again: the first time,
@@ -96,7 +98,11 @@ pub struct WsSession {
     code: String,
     peer_ip: String,
     hello: bool,
-    channel: Addr<ChannelActor>,
+    /// The channel's token: its current version is looked up per message, so that an
+    /// update applies to the next message.
+    token: String,
+    registry: Arc<ChannelRegistry>,
+    dispatcher: Arc<Dispatcher>,
     sessions: Arc<SessionTable>,
     stats: Arc<ChannelStats>,
     counters: Arc<SessionCounters>,
@@ -126,7 +132,9 @@ pub struct WsSession {
 pub struct WsSessionParts {
     pub peer_ip: String,
     pub hello: bool,
-    pub channel: Addr<ChannelActor>,
+    pub token: String,
+    pub registry: Arc<ChannelRegistry>,
+    pub dispatcher: Arc<Dispatcher>,
     pub sessions: Arc<SessionTable>,
     pub stats: Arc<ChannelStats>,
     pub limits: WsLimits,
@@ -147,7 +155,9 @@ impl WsSession {
             code,
             peer_ip: parts.peer_ip,
             hello: parts.hello,
-            channel: parts.channel,
+            token: parts.token,
+            registry: parts.registry,
+            dispatcher: parts.dispatcher,
             sessions: parts.sessions,
             stats: parts.stats,
             counters: Arc::new(SessionCounters::default()),
@@ -241,22 +251,27 @@ impl WsSession {
             return;
         };
         self.busy = true;
-        self.stats.mailbox.fetch_add(1, Ordering::Relaxed);
-        let request = self.channel.send(WsInbound {
-            code: self.code.clone(),
-            text: text.clone(),
-            peer_ip: self.peer_ip.clone(),
-        });
-        let (stats, bound) = (self.stats.clone(), self.limits.run_timeout);
-        // The channel's actor only starts the run; its outcome comes straight from
-        // the scenario thread to this session, not back through the actor's thread.
-        let outcome = async move {
-            let submitted = request.await.unwrap_or_else(|_| {
-                // The actor never handled it (stopped): it left the mailbox anyway.
-                stats.mailbox.fetch_sub(1, Ordering::Relaxed);
-                Err(ScenarioError::Panicked)
+        // Like a webhook, a message goes from here straight to the scenario pool, with
+        // the channel's current published version: one cross-thread hop before its
+        // scenario starts, and its outcome comes straight back to this session.
+        let submitted = self
+            .registry
+            .get(&self.token)
+            .ok_or(ScenarioError::Unavailable("the channel is gone".into()))
+            .and_then(|handle| {
+                let params: Arc<dyn crate::scenario::StartParams> =
+                    Arc::new(super::channel::WsParams {
+                        code: self.code.clone(),
+                        text: text.clone(),
+                        channel_json: handle.channel_json(),
+                        peer_ip: self.peer_ip.clone(),
+                    });
+                self.dispatcher
+                    .submit(handle, ScriptKind::Websocket, params, true)
             });
-            match submitted {
+        let bound = self.limits.run_timeout;
+        let outcome = async move {
+            match submitted.and_then(|rx| rx.ok_or(ScenarioError::Panicked)) {
                 Ok(rx) => match tokio::time::timeout(bound, rx).await {
                     Ok(outcome) => outcome.unwrap_or(Err(ScenarioError::Panicked)),
                     Err(_) => Err(ScenarioError::Timeout),

@@ -250,23 +250,14 @@ impl ChannelService {
     ) -> Addr<ChannelActor> {
         let stats = Arc::new(ChannelStats::default());
         let sessions = Arc::new(SessionTable::new(live.outbound.clone()));
-        let (db, registry, logger, dispatcher) = (
+        let (db, registry, logger) = (
             self.db.clone(),
             Arc::downgrade(&live.registry),
             live.logger.clone(),
-            self.dispatcher.clone(),
         );
         let arbiter = live.arbiters.for_channel(&channel.id);
         Supervisor::start_in_arbiter(arbiter, move |_| {
-            ChannelActor::new(
-                channel,
-                compiled,
-                db,
-                registry,
-                dispatcher,
-                (stats, sessions),
-                &logger,
-            )
+            ChannelActor::new(channel, compiled, db, registry, (stats, sessions), &logger)
         })
     }
 

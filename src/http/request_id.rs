@@ -42,7 +42,8 @@ pub async fn tag_requests(
     let logger = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.logger.clone());
-    let (method, path) = (req.method().clone(), crate::redact::log_path(req.path()));
+    // The path is made fit for the log only when a line is written (rarely).
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let log_cause = |err: &Error| {
         let (Some(logger), Some(api)) = (&logger, err.as_error::<ApiError>()) else {
             return;
@@ -51,7 +52,7 @@ pub async fn tag_requests(
             slog::error!(logger, "request failed";
                 "request_id" => &id,
                 "method" => %method,
-                "path" => &path,
+                "path" => crate::redact::log_path(uri.path()),
                 "status" => api.status.as_u16(),
                 "code" => api.body.code,
                 "cause" => cause,

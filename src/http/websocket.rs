@@ -86,7 +86,9 @@ async fn websocket(
             .map(|ip| ip.to_string())
             .unwrap_or_default(),
         hello: handle.channel.ws_hello,
-        channel: handle.actor.clone(),
+        token: token.to_string(),
+        registry: state.registry.clone(),
+        dispatcher: state.dispatcher.clone(),
         sessions: handle.sessions.clone(),
         stats: handle.stats.clone(),
         limits: WsLimits {

@@ -195,7 +195,7 @@ async fn metrics_count_traffic() {
     assert!(sample(&text, "oktell_db_pool_max", &[]).is_some_and(|v| v >= 1.0));
     assert!(sample(&text, "oktell_db_pool_acquired_total", &[]).is_some_and(|v| v >= 1.0));
     assert_eq!(
-        sample(&text, "oktell_channel_mailbox_backlog", &ch),
+        sample(&text, "oktell_scenario_in_flight", &ch),
         Some(0.0),
         "every message handled"
     );

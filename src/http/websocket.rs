@@ -1,6 +1,7 @@
 //! `GET /ws/token/v1/{token}`: the websocket of a public channel. Everything that can
 //! refuse the connection (unknown token, session limits) answers before the upgrade.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -108,13 +109,7 @@ async fn websocket(
         max_backlog_bytes: config.ws_max_backlog_bytes,
         frame_refused: refused.clone(),
     });
-    let stream = FrameGuard::new(
-        stream,
-        config.ws_max_message_bytes,
-        refused,
-        state.conn_stats.clone(),
-    );
-    ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
+    upgrade(session, &req, stream, &state, refused, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }
 
@@ -185,13 +180,7 @@ async fn subscribe(
         stats: state.events.stats.clone(),
         frame_refused: refused.clone(),
     });
-    let stream = FrameGuard::new(
-        stream,
-        config.ws_max_message_bytes,
-        refused,
-        state.conn_stats.clone(),
-    );
-    ws_backlog::start(session, &req, stream, config.ws_max_message_bytes, backlog)
+    upgrade(session, &req, stream, &state, refused, backlog)
         .map_err(|e| ApiError::bad_request("websocket_handshake", e.to_string()))
 }
 
@@ -203,4 +192,25 @@ pub fn close_all_sessions(state: &AppState, reason: &str) {
             .sessions
             .close_all(crate::actors::sessions::close_code::GOING_AWAY, reason);
     }
+}
+
+/// Upgrades with `actor` as the websocket's session: frames refused on their declared
+/// length (`refused` tells the actor), the session's queued frames written by `backlog`.
+fn upgrade<A>(
+    actor: A,
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+    refused: Refused,
+    backlog: Arc<ws_backlog::Backlog>,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: actix::Actor<Context = actix_web_actors::ws::WebsocketContext<A>>
+        + actix::StreamHandler<
+            Result<actix_web_actors::ws::Message, actix_web_actors::ws::ProtocolError>,
+        >,
+{
+    let max = state.config.ws_max_message_bytes;
+    let stream = FrameGuard::new(stream, max, refused, state.conn_stats.clone());
+    ws_backlog::start(actor, req, stream, max, backlog)
 }

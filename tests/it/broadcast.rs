@@ -8,19 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpSocket;
 
-use crate::helpers::{ADMIN_TOKEN, GatewayProcess, eventually, token_of};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use crate::helpers::{ADMIN_TOKEN, GatewayProcess, eventually, rss_kib, token_of};
 
 /// A sample of the gateway's `/metrics` (with the admin token: every series).
 async fn metric(base: &str, name: &str) -> f64 {

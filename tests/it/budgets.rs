@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, GatewayProcess, eventually, spawn_app_with, token_of};
+use crate::helpers::{Backend, GatewayProcess, eventually, rss_kib, spawn_app_with, token_of};
 
 /// A 2 MiB string made by doubling (a fresh copy each call).
 const MAKE: &str = r#"
@@ -156,18 +156,6 @@ async fn the_node_memory_budget_refuses_runs_past_it_with_retry_after() {
         .await;
     let r = app.webhook(&token_of(&small), "POST", "", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// 2,000 hostile runs (memory through variables and through one structure, 4 at a

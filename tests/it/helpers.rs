@@ -330,6 +330,25 @@ impl TestApp {
         self.send(req, Some(body.as_bytes().to_vec())).await
     }
 
+    /// Makes the channel's actor panic (fault injection) and waits until its
+    /// supervisor restarted it.
+    pub async fn panic_channel_actor(&self, id: &str) {
+        let r = self
+            .admin(
+                "POST",
+                &format!("/admin/v1/channels/{id}/fault/panic"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        eventually(
+            "the supervisor restarted the actor",
+            Duration::from_secs(10),
+            || async { self.runtime(id).await["restarts"] == 1 },
+        )
+        .await;
+    }
+
     /// The channel's live counters on this node.
     pub async fn runtime(&self, id: &str) -> Value {
         let r = self
@@ -538,4 +557,17 @@ impl GatewayProcess {
         .await;
         status.and_then(|s| s.code())
     }
+}
+
+/// The resident memory of a process (`VmRSS`), in KiB; 0 when it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -1,8 +1,5 @@
 //! The scenario sandbox and the supervision of channel actors.
-
-use std::time::Duration;
-
-use crate::helpers::{Backend, eventually, id_of, spawn_app_with, token_of};
+use crate::helpers::{Backend, id_of, spawn_app_with, token_of};
 
 #[actix_web::test]
 async fn runaway_scripts_are_stopped_and_the_pool_goes_on() {
@@ -43,20 +40,7 @@ async fn panicking_channel_actor_is_restarted() {
         .public_channel("fragile", true, r#"response_content = "ok";"#)
         .await;
     let id = id_of(&c);
-    let r = app
-        .admin(
-            "POST",
-            &format!("/admin/v1/channels/{id}/fault/panic"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    eventually(
-        "the supervisor restarted the actor",
-        Duration::from_secs(10),
-        || async { app.runtime(&id).await["restarts"] == 1 },
-    )
-    .await;
+    app.panic_channel_actor(&id).await;
     let r = app.webhook(&token_of(&c), "GET", "", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");

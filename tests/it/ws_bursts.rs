@@ -110,20 +110,7 @@ async fn sessions_keep_working_after_their_channel_actor_panics() {
     let mut ws = connect(&app, &token_of(&c)).await;
     ws.send(Message::Text("before".into())).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "before");
-    let r = app
-        .admin(
-            "POST",
-            &format!("/admin/v1/channels/{id}/fault/panic"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    eventually(
-        "the supervisor restarted the actor",
-        Duration::from_secs(10),
-        || async { app.runtime(&id).await["restarts"] == 1 },
-    )
-    .await;
+    app.panic_channel_actor(&id).await;
     ws.send(Message::Text("after".into())).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "after");
 }

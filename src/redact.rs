@@ -15,7 +15,7 @@
 //!   cannot forge a line.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{OnceLock, RwLock, Weak};
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
@@ -76,11 +76,7 @@ impl Redactor {
     /// `text` as it may be written down: known secrets and live tokens masked,
     /// control characters escaped.
     pub fn clean<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let text = self.mask_secrets(text);
-        let text = match self.mask_live_tokens(&text) {
-            Cow::Borrowed(_) => text,
-            Cow::Owned(s) => Cow::Owned(s),
-        };
+        let text = self.mask(text);
         match escape_controls(&text) {
             Cow::Borrowed(_) => text,
             Cow::Owned(s) => Cow::Owned(s),
@@ -104,12 +100,14 @@ impl Redactor {
     }
 
     fn mask_live_tokens<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let indexes: Vec<Arc<dyn TokenIndex>> = match self.indexes.read() {
-            Ok(list) if !list.is_empty() => list.iter().filter_map(Weak::upgrade).collect(),
-            _ => return Cow::Borrowed(text),
+        let Ok(indexes) = self.indexes.read() else {
+            return Cow::Borrowed(text);
         };
+        // Indexes are looked at only for token-shaped runs (rare in a log value).
         mask_token_runs(text, |candidate| {
-            indexes.iter().any(|index| index.is_token(candidate))
+            indexes
+                .iter()
+                .any(|index| index.upgrade().is_some_and(|i| i.is_token(candidate)))
         })
     }
 }
@@ -253,6 +251,7 @@ pub fn log_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const TOKEN: &str = "AbCdEfGhIjKlMnOpQrStUvWxYz012345";
 

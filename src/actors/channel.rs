@@ -350,7 +350,7 @@ impl Handler<InjectPanic> for ChannelActor {
 /// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
 pub struct WsParams {
     pub code: String,
-    pub text: String,
+    pub text: bytestring::ByteString,
     pub channel_json: Arc<str>,
     pub peer_ip: String,
 }
@@ -363,7 +363,7 @@ impl crate::scenario::StartParams for WsParams {
     fn get(&self, n: usize) -> Option<String> {
         Some(match n {
             1 => self.code.clone(),
-            2 => self.text.clone(),
+            2 => self.text.to_string(),
             3 => self.channel_json.to_string(),
             4 => self.peer_ip.clone(),
             _ => return None,

@@ -1,14 +1,16 @@
 //! WsSession: one websocket of a public channel (actix-web-actors).
 //!
-//! Each text message is forwarded as (session code, text) to the channel's actor, which
-//! runs the websocket scenario; the session keeps its own bounded queue so that its
-//! messages are handled one at a time, in order, while different sessions run in
-//! parallel. The scenario's `response_content` comes back as a text frame; a scenario
+//! Each text message runs the channel's websocket scenario with (session code, text):
+//! the session submits it to the scenario pool itself, with the channel's published
+//! handle, and keeps its own bounded queue so that its messages are handled one at a
+//! time, in order, while different sessions run in parallel. The scenario's `response_content` comes back as a text frame; a scenario
 //! error comes back as `{"error": {"code": ..., "message": ...}}` and the session stays.
 //!
 //! Kept behind this file so that a move to `actix-ws` stays local (see DESIGN §7).
 
 use std::collections::VecDeque;
+
+use bytestring::ByteString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -108,7 +110,8 @@ pub struct WsSession {
     counters: Arc<SessionCounters>,
     limits: WsLimits,
     last_pong: Instant,
-    pending: VecDeque<String>,
+    /// Waiting messages as the codec handed them over (shared, not copied).
+    pending: VecDeque<ByteString>,
     /// Bytes of `pending` and of the message running, charged to `inbound` too.
     queued_bytes: u64,
     inbound: Arc<InboundBudget>,
@@ -221,7 +224,7 @@ impl WsSession {
     }
 
     /// A complete text message: queue it, and start it if nothing is running.
-    fn received(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+    fn received(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
         self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_in
@@ -308,8 +311,7 @@ impl WsSession {
                     match outcome {
                         Ok(reply) => {
                             if !reply.content.is_empty() {
-                                let text = String::from_utf8_lossy(&reply.content).into_owned();
-                                act.send_text(ctx, &text);
+                                act.send_text(ctx, &String::from_utf8_lossy(&reply.content));
                             }
                         }
                         Err(err) => {
@@ -356,7 +358,7 @@ impl WsSession {
         if last {
             let whole = self.fragment.take().unwrap_or_default();
             match String::from_utf8(whole) {
-                Ok(text) => self.received(ctx, text),
+                Ok(text) => self.received(ctx, text.into()),
                 Err(_) => self.close(ctx, close_code::INVALID_DATA, "text is not UTF-8"),
             }
         }
@@ -418,7 +420,7 @@ impl Actor for WsSession {
 impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
         match msg {
-            Ok(ws::Message::Text(text)) => self.received(ctx, text.to_string()),
+            Ok(ws::Message::Text(text)) => self.received(ctx, text),
             Ok(ws::Message::Binary(_)) => self.close(
                 ctx,
                 close_code::UNSUPPORTED,

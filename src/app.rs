@@ -23,6 +23,7 @@ use crate::db::Database;
 use crate::events::EventService;
 use crate::http;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::scenario::ScenarioRuntime;
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::http_runtime::HttpRuntime;
@@ -30,37 +31,6 @@ use crate::scenario::outgoing::{OutgoingClient, OutgoingSettings};
 use crate::scenario::pool::ScenarioPool;
 use crate::scenario::rhai_runtime::{RhaiLimits, RhaiRuntime};
 use actix::Actor;
-
-/// What every handler can reach.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Database,
-    pub registry: Arc<ChannelRegistry>,
-    /// Memory of all scenario runs together (`scenario_node_memory_bytes`).
-    pub node_memory: Arc<crate::alloc::NodeMemory>,
-    /// Websocket frames queued for clients, node-wide (`ws_node_max_outbound_bytes`).
-    pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
-    /// Websocket messages waiting for their scenario, node-wide
-    /// (`ws_node_max_inbound_bytes`).
-    pub ws_inbound: Arc<crate::actors::ws_session::InboundBudget>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub channels: ChannelService,
-    pub admin_token: String,
-    pub logger: slog::Logger,
-    pub started: Instant,
-    /// Open websocket sessions on this node (all channels).
-    pub ws_sessions: Arc<AtomicUsize>,
-    /// Open event subscriber websockets on this node (all channels).
-    pub event_sockets: Arc<AtomicUsize>,
-    pub events: EventService,
-    pub broker: actix::Addr<EventBroker>,
-    /// The epoch of the domain's event log.
-    pub epoch: String,
-    pub delivery_stats: Arc<DeliveryStats>,
-    pub delivery: actix::Addr<DeliveryWorker>,
-    /// Body timeouts, connections closed for unread bodies, websocket frames refused.
-    pub conn_stats: Arc<http::body_guard::ConnStats>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -186,6 +156,23 @@ impl Application {
         let served = channels.load_all().await?;
         slog::info!(logger, "channels loaded"; "served" => served, "ms" => load_started.elapsed().as_millis() as u64);
 
+        let node_id = config.effective_node_id();
+        let cluster_stats = Arc::new(crate::cluster::ClusterStats::default());
+        let freshness = Arc::new(match db.backend() {
+            crate::db::Backend::Postgres => {
+                crate::cluster::Freshness::clustered(Duration::from_secs(config.max_staleness_s))
+            }
+            crate::db::Backend::Sqlite => crate::cluster::Freshness::single_node(),
+        });
+        start_cluster(
+            &eventing_arbiter,
+            &config,
+            &node_id,
+            (&db, &channels, &events, &registry),
+            (&freshness, &cluster_stats),
+            &logger,
+        );
+
         let state = web::Data::new(AppState {
             config: config.clone(),
             db,
@@ -208,6 +195,9 @@ impl Application {
                 config.ws_node_max_inbound_bytes,
             ),
             conn_stats: Arc::default(),
+            node_id,
+            freshness,
+            cluster_stats,
         });
         spawn_event_purge(events, &config, &logger);
 
@@ -325,6 +315,7 @@ impl Application {
             );
             http::websocket::close_all_sessions(&state, "server shutting down");
             drain_deliveries(&state).await;
+            leave_the_registry(&state).await;
             handle.stop(true).await;
         });
         self.server.await
@@ -366,6 +357,62 @@ pub fn scenario_runtime(
             config.scenario_http_url.clone().unwrap_or_default(),
         )),
     })
+}
+
+/// The node's part in the cluster, on the eventing arbiter: the heartbeat in the node
+/// registry (every backend), and on PostgreSQL the notification listener that applies
+/// other nodes' changes here.
+fn start_cluster(
+    arbiter: &actix::ArbiterHandle,
+    config: &Config,
+    node_id: &str,
+    (db, channels, events, registry): (
+        &Database,
+        &ChannelService,
+        &EventService,
+        &Arc<crate::actors::ChannelRegistry>,
+    ),
+    (freshness, stats): (
+        &Arc<crate::cluster::Freshness>,
+        &Arc<crate::cluster::ClusterStats>,
+    ),
+    logger: &slog::Logger,
+) {
+    let heartbeat = crate::cluster::heartbeat::Heartbeat {
+        db: db.clone(),
+        node: crate::db::nodes::NodeRow {
+            domain: config.domain.clone(),
+            node_id: node_id.to_string(),
+            roles: config.roles.join(","),
+            listen: config.listen.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: crate::db::now_millis(),
+            heartbeat_at: 0,
+        },
+        every: Duration::from_millis(config.node_heartbeat_ms),
+        freshness: freshness.clone(),
+        stats: stats.clone(),
+        registry: registry.clone(),
+        logger: logger.clone(),
+    };
+    arbiter.spawn(heartbeat.run());
+    if db.backend() == crate::db::Backend::Postgres {
+        let listener = crate::cluster::listener::Listener {
+            url: config
+                .cluster_listen_url
+                .clone()
+                .unwrap_or_else(|| config.database_url.clone()),
+            domain: config.domain.clone(),
+            channels: channels.clone(),
+            events: events.clone(),
+            freshness: freshness.clone(),
+            stats: stats.clone(),
+            heartbeat: Duration::from_millis(config.node_heartbeat_ms),
+            reconcile_every: Duration::from_secs(config.cluster_reconcile_s),
+            logger: logger.clone(),
+        };
+        arbiter.spawn(listener.run());
+    }
 }
 
 /// The rustls server configuration from PEM files (ring as the crypto provider).
@@ -417,6 +464,19 @@ async fn drain_deliveries(state: &AppState) {
     {
         Ok(()) => slog::info!(state.logger, "released delivery leases"; "count" => count),
         Err(e) => slog::warn!(state.logger, "releasing delivery leases failed"; "error" => %e),
+    }
+}
+
+/// A node stopping cleanly takes itself out of the node registry (a killed one is
+/// shown down after three missed heartbeats).
+async fn leave_the_registry(state: &AppState) {
+    let (domain, node) = (state.config.domain.clone(), state.node_id.clone());
+    if let Err(e) = state
+        .db
+        .run(move |c| crate::db::nodes::forget(c, &domain, &node))
+        .await
+    {
+        slog::warn!(state.logger, "leaving the node registry failed"; "error" => %e);
     }
 }
 

@@ -36,6 +36,22 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub domain: String,
     pub roles: Vec<String>,
+    /// This node's name in the node registry (`GET /admin/v1/nodes`); default
+    /// `<hostname>:<listen port>`.
+    pub node_id: Option<String>,
+    /// How often a node records that it is alive; it is shown down after three
+    /// missed heartbeats.
+    pub node_heartbeat_ms: u64,
+    /// PostgreSQL only: how long a node cut off from the database (its notification
+    /// listener down) keeps serving the channels it has loaded; then token routes
+    /// answer 503 until it is back in touch.
+    pub max_staleness_s: u64,
+    /// PostgreSQL only: how often each node compares its channels with the database
+    /// (besides every notification and every listener reconnect).
+    pub cluster_reconcile_s: u64,
+    /// PostgreSQL only: a direct URL for the notification listener when
+    /// `database_url` goes through a pooler in transaction mode (which breaks LISTEN).
+    pub cluster_listen_url: Option<String>,
     pub workers: usize,
     pub db_pool_size: u32,
     pub max_body_bytes: usize,
@@ -147,6 +163,11 @@ impl Default for Config {
             admin_token: None,
             domain: "default".into(),
             roles: Vec::new(),
+            node_id: None,
+            node_heartbeat_ms: 1000,
+            max_staleness_s: 10,
+            cluster_reconcile_s: 30,
+            cluster_listen_url: None,
             workers: 0,
             db_pool_size: 8,
             max_body_bytes: 1024 * 1024,
@@ -245,6 +266,12 @@ pub struct ConfigArgs {
     /// WS roles this node serves (comma list); empty serves channels of every role.
     #[arg(long, global = true, env = "OKTELL_ROLES", value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
+    /// This node's name in the node registry (default: hostname:port).
+    #[arg(long, global = true, env = "OKTELL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// PostgreSQL: seconds a node cut off from the database keeps serving.
+    #[arg(long, global = true, env = "OKTELL_MAX_STALENESS_S")]
+    pub max_staleness_s: Option<u64>,
     /// HTTP worker threads (0 = one per core).
     #[arg(long, global = true, env = "OKTELL_WORKERS")]
     pub workers: Option<usize>,
@@ -361,6 +388,7 @@ impl ConfigArgs {
             data_dir,
             domain,
             roles,
+            max_staleness_s,
             workers,
             max_body_bytes,
             scenario_timeout_ms,
@@ -378,6 +406,9 @@ impl ConfigArgs {
         );
         if self.admin_token.is_some() {
             cfg.admin_token = self.admin_token.clone();
+        }
+        if self.node_id.is_some() {
+            cfg.node_id = self.node_id.clone();
         }
         if self.scenario_http_url.is_some() {
             cfg.scenario_http_url = self.scenario_http_url.clone();
@@ -417,6 +448,21 @@ impl Config {
         };
         if self.domain.trim().is_empty() {
             return Err(invalid("domain", "must not be empty"));
+        }
+        if self.domain.len() > 200 {
+            return Err(invalid("domain", "must be at most 200 bytes"));
+        }
+        if let Some(id) = &self.node_id
+            && (id.trim().is_empty() || id.len() > 200)
+        {
+            return Err(invalid("node_id", "must be 1 to 200 bytes"));
+        }
+        if self.node_heartbeat_ms == 0 || self.max_staleness_s == 0 || self.cluster_reconcile_s == 0
+        {
+            return Err(invalid(
+                "node_heartbeat_ms",
+                "node_heartbeat_ms, max_staleness_s and cluster_reconcile_s must be above 0",
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be above 0"));
@@ -482,6 +528,25 @@ impl Config {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
+        }
+    }
+
+    /// This node's id in the node registry: `node_id`, or `<hostname>:<listen port>`
+    /// (`<hostname>:pid-<pid>` when the port is left to the system).
+    pub fn effective_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        match self.listen.rsplit(':').next().unwrap_or("") {
+            // A port picked by the system is not known yet: the process stands in.
+            "" | "0" => format!("{host}:pid-{}", std::process::id()),
+            port => format!("{host}:{port}"),
         }
     }
 

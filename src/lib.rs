@@ -8,6 +8,8 @@
 //! - [`actors`]: channel registry and the supervised per-channel actors;
 //! - [`scenario`]: the runtime trait, Rhai and HTTP runtimes, the scenario pool;
 //! - [`channels`]: channel input validation and the service that applies changes live;
+//! - [`cluster`]: nodes of a domain on one PostgreSQL acting as one gateway (LISTEN/NOTIFY
+//!   listener, node registry heartbeat, staleness);
 //! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations;
 //! - [`net`]: what outgoing connections share: DNS with timeouts, client TLS trust.
 //! - [`redact`]: what keeps secrets and control characters out of logs and error bodies.
@@ -17,6 +19,7 @@ pub mod alloc;
 pub mod app;
 pub mod channels;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -13,7 +13,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use crate::actors::stats::{CLOSE_CODES, DURATION_BUCKETS};
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 struct Families {
     list: Vec<MetricFamily>,
@@ -63,6 +63,67 @@ fn gauge(mf: &mut MetricFamily, pairs: &[(&str, &str)], value: f64) {
 
 fn load(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
+}
+
+/// The node's part in the cluster (`crate::cluster`).
+fn cluster(f: &mut Families, state: &AppState) {
+    let c = &state.cluster_stats;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    for (name, help, value) in [
+        (
+            "oktell_cluster_listening",
+            "1 while the notification listener is connected and caught up (PostgreSQL).",
+            flag(c.listening.load(Ordering::Relaxed)),
+        ),
+        (
+            "oktell_cluster_stale",
+            "1 while the node is out of touch with the cluster for longer than max_staleness_s (token routes answer 503).",
+            flag(state.freshness.is_stale()),
+        ),
+        (
+            "oktell_cluster_notification_queue_usage",
+            "pg_notification_queue_usage() as last read by the listener (0..1; a stuck listener anywhere fills it).",
+            c.queue_usage_ppm.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+    ] {
+        gauge(f.family(name, help, MetricType::GAUGE), &[], value);
+    }
+    let mf = f.family(
+        "oktell_cluster_notes_total",
+        "Notes from other nodes applied here, by kind.",
+        MetricType::COUNTER,
+    );
+    counter(mf, &[("kind", "channel")], load(&c.notes_channel));
+    counter(mf, &[("kind", "events")], load(&c.notes_events));
+    for (name, help, value) in [
+        (
+            "oktell_cluster_listener_connects_total",
+            "Connections made by the notification listener (the first, then reconnects).",
+            load(&c.listener_connects),
+        ),
+        (
+            "oktell_cluster_notes_overflowed_total",
+            "Times the listener's note queue was full (a full reconcile stood in).",
+            load(&c.notes_overflowed),
+        ),
+        (
+            "oktell_cluster_reconciles_total",
+            "Full comparisons of this node's channels with the database.",
+            load(&c.reconciles),
+        ),
+        (
+            "oktell_cluster_reconciled_channels_total",
+            "Channels started, changed or retired here to match the database.",
+            load(&c.reconciled_channels),
+        ),
+        (
+            "oktell_cluster_went_stale_total",
+            "Times the node lost touch with the cluster for longer than max_staleness_s.",
+            load(&c.went_stale),
+        ),
+    ] {
+        counter(f.family(name, help, MetricType::COUNTER), &[], value);
+    }
 }
 
 /// Renders the node's metrics; the per-channel series (they name every channel) only
@@ -564,6 +625,7 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
         &[],
         db.max as f64,
     );
+    cluster(&mut f, state);
     gauge(
         f.family(
             "oktell_build_info",

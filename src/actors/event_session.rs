@@ -229,17 +229,63 @@ impl EventSession {
                 act.go_live(ctx);
                 return;
             };
-            if since > live_from || since < 0 {
-                act.unsubscribe();
-                act.send_text(error_frame(
-                    "not_recovered",
-                    "since is not an id of this log",
-                ));
+            if since < 0 {
+                act.not_an_id();
+                return;
+            }
+            if since > live_from {
+                // Read up to `since` through another node whose broker is ahead of
+                // this one's: an id the log has is good (the broker, woken, catches up
+                // and pushes what follows; ids up to `since` are skipped).
+                act.resume_ahead_of_the_broker(ctx, generation, types, since);
                 return;
             }
             act.last_sent = since;
             act.send_text(act.subscribed_frame(&types, live_from));
             act.replay(ctx, generation, since, live_from, filter);
+        }));
+    }
+
+    fn not_an_id(&mut self) {
+        self.unsubscribe();
+        self.send_text(error_frame(
+            "not_recovered",
+            "since is not an id of this log",
+        ));
+    }
+
+    /// `subscribe` with a `since` past what this node's broker has pushed: good if the
+    /// stored log has that id (it was read through another node), else not_recovered.
+    fn resume_ahead_of_the_broker(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        generation: u64,
+        types: Vec<String>,
+        since: i64,
+    ) {
+        let (db, domain) = (self.parts.db.clone(), self.parts.domain.clone());
+        let read = async move { db.run(move |c| log::head(c, &domain)).await };
+        ctx.spawn(read.into_actor(self).map(move |head, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match head {
+                Ok(Some(head)) if since <= head.last_id => {
+                    act.last_sent = since;
+                    act.send_text(act.subscribed_frame(&types, since));
+                    act.parts.broker.do_send(super::broker::Published);
+                    act.go_live(ctx);
+                }
+                Ok(_) => act.not_an_id(),
+                Err(_) => {
+                    act.unsubscribe();
+                    act.send_text(error_frame(
+                        "unavailable",
+                        "the event log cannot be read right now; subscribe again",
+                    ));
+                    act.phase = Phase::Idle;
+                }
+            }
         }));
     }
 

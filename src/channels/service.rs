@@ -221,6 +221,79 @@ impl ChannelService {
         Ok(started.len())
     }
 
+    /// Brings one channel on this node in line with the database after a note from
+    /// another node: started, changed (only to a newer version), or retired when it is
+    /// gone or no longer of this node's roles. Returns whether anything changed.
+    pub async fn reconcile_one(&self, id: &str) -> Result<bool, ServiceError> {
+        let Some(live) = &self.live else {
+            return Ok(false);
+        };
+        // One at a time with this node's own writes, and in the order notes came: a
+        // read made before a delete can never be applied after it.
+        let _writing = self.writes.lock().await;
+        let (domain, owned) = (self.config.domain.clone(), id.to_string());
+        let stored = self.db.run(move |c| rows::find(c, &domain, &owned)).await?;
+        let served = live.registry.get_by_id(id).map(|h| h.channel.version);
+        match stored {
+            Some(channel) if self.config.serves_role(&channel.ws_role) => {
+                if served.is_some_and(|v| v >= channel.version) {
+                    return Ok(false);
+                }
+                self.go_live(channel, Precompiled::default()).await;
+                Ok(true)
+            }
+            _ if served.is_some() => {
+                self.retire(id).await;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Brings every channel on this node in line with the database, comparing the
+    /// *set* of ids and their versions (a version check alone would miss deletes).
+    /// Run when the notification listener (re)connects, and periodically. Returns how
+    /// many channels changed.
+    pub async fn reconcile_all(&self) -> Result<usize, ServiceError> {
+        let Some(live) = &self.live else {
+            return Ok(0);
+        };
+        let _writing = self.writes.lock().await;
+        let domain = self.config.domain.clone();
+        let stored = self.db.run(move |c| rows::versions(c, &domain)).await?;
+        let wanted: std::collections::HashMap<&str, i64> = stored
+            .iter()
+            .filter(|(_, _, role)| self.config.serves_role(role))
+            .map(|(id, v, _)| (id.as_str(), *v))
+            .collect();
+        let mut changed = 0;
+        for handle in live.registry.handles() {
+            if !wanted.contains_key(handle.channel.id.as_str()) {
+                self.retire(&handle.channel.id).await;
+                changed += 1;
+            }
+        }
+        let behind: Vec<String> = wanted
+            .iter()
+            .filter(|(id, v)| {
+                live.registry
+                    .get_by_id(id)
+                    .is_none_or(|h| h.channel.version < **v)
+            })
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in behind {
+            let domain = self.config.domain.clone();
+            let owned = id.clone();
+            // Gone since the listing: the next note or round retires it.
+            if let Some(channel) = self.db.run(move |c| rows::find(c, &domain, &owned)).await? {
+                self.go_live(channel, Precompiled::default()).await;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Hands a stored channel to its actor on this node (starting one for a channel new
     /// here), or retires it when it left this node's roles. Returns once the actor has
     /// published it: the change is visible when the caller answers.

@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 
 use super::models::Channel;
+use super::notify::{Change, notify};
 use super::schema::channels::dsl;
 use super::{AnyConnection, StoreError};
 
@@ -16,12 +17,27 @@ pub struct ChannelFilter {
     pub offset: i64,
 }
 
+/// The other nodes of the domain are told in the same transaction (`db::notify`), on
+/// every write below.
+fn told(conn: &mut AnyConnection, channel: &Channel) -> Result<(), StoreError> {
+    notify(
+        conn,
+        &channel.domain,
+        Change::Channel {
+            id: channel.id.clone(),
+            v: channel.version,
+        },
+    )
+}
+
 pub fn insert(conn: &mut AnyConnection, channel: &Channel) -> Result<(), StoreError> {
-    diesel::insert_into(dsl::channels)
-        .values(channel)
-        .execute(conn)
-        .map_err(map_unique)?;
-    Ok(())
+    conn.transaction::<_, StoreError, _>(|c| {
+        diesel::insert_into(dsl::channels)
+            .values(channel)
+            .execute(c)
+            .map_err(map_unique)?;
+        told(c, channel)
+    })
 }
 
 /// Writes every field of `channel` where the stored version is `expected_version`.
@@ -31,15 +47,20 @@ pub fn update(
     channel: &Channel,
     expected_version: i64,
 ) -> Result<bool, StoreError> {
-    let n = diesel::update(
-        dsl::channels
-            .filter(dsl::id.eq(&channel.id))
-            .filter(dsl::version.eq(expected_version)),
-    )
-    .set(channel)
-    .execute(conn)
-    .map_err(map_unique)?;
-    Ok(n == 1)
+    conn.transaction::<_, StoreError, _>(|c| {
+        let n = diesel::update(
+            dsl::channels
+                .filter(dsl::id.eq(&channel.id))
+                .filter(dsl::version.eq(expected_version)),
+        )
+        .set(channel)
+        .execute(c)
+        .map_err(map_unique)?;
+        if n == 1 {
+            told(c, channel)?;
+        }
+        Ok(n == 1)
+    })
 }
 
 /// Deletes a channel and, in the same transaction, its webhook subscriptions with their
@@ -54,6 +75,14 @@ pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, 
         .execute(c)?;
         if n == 1 {
             super::subscriptions::delete_for_channel(c, domain, id)?;
+            notify(
+                c,
+                domain,
+                Change::Channel {
+                    id: id.to_string(),
+                    v: 0,
+                },
+            )?;
         }
         Ok(n == 1)
     })
@@ -108,6 +137,18 @@ pub fn list(
         .select(Channel::as_select())
         .load(conn)?;
     Ok((items, total))
+}
+
+/// Id, version and WS role of every channel of a domain (what a node compares with the
+/// channels it serves).
+pub fn versions(
+    conn: &mut AnyConnection,
+    domain: &str,
+) -> Result<Vec<(String, i64, String)>, StoreError> {
+    Ok(dsl::channels
+        .filter(dsl::domain.eq(domain))
+        .select((dsl::id, dsl::version, dsl::ws_role))
+        .load(conn)?)
 }
 
 /// Every channel of a domain, for loading the registry at start.

@@ -182,6 +182,8 @@ pub fn append(
                 }
             }
             super::subscriptions::insert_deliveries(c, &outbox)?;
+            // The other nodes' brokers and delivery workers: at commit, one note.
+            super::notify::notify(c, domain, super::notify::Change::Events { last })?;
         }
         let mut out = Vec::with_capacity(new.len());
         for p in plan {

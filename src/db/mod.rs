@@ -5,6 +5,8 @@
 pub mod channels;
 pub mod events;
 pub mod models;
+pub mod nodes;
+pub mod notify;
 pub mod schema;
 pub mod subscriptions;
 
@@ -222,6 +224,10 @@ impl Database {
         let manager = ConnectionManager::<AnyConnection>::new(conn_url);
         let pool = Pool::builder()
             .max_size(pool_size.max(1))
+            // Connections are opened as needed (and kept), not all at start: a cluster
+            // of nodes would otherwise hold nodes × db_pool_size sessions of
+            // PostgreSQL's max_connections from the first second.
+            .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .connection_customizer(Box::new(ConnectionSettings))
             .build(manager)
@@ -317,9 +323,17 @@ impl Database {
             AnyConnection::Sqlite(c) => {
                 c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len())
             }
-            AnyConnection::Postgresql(c) => c
-                .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map(|v| v.len()),
+            // Nodes starting together on an empty database take turns: the first
+            // migrates, the others then find nothing pending (a session-level
+            // advisory lock, released right after, also if migrating failed).
+            AnyConnection::Postgresql(c) => {
+                diesel::sql_query("SELECT pg_advisory_lock(7236419851)").execute(c)?;
+                let ran = c
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|v| v.len());
+                diesel::sql_query("SELECT pg_advisory_unlock(7236419851)").execute(c)?;
+                ran
+            }
         };
         ran.map_err(|e| StoreError::Migration(e.to_string()))
     }

@@ -94,3 +94,15 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(channels, subscriptions);
+
+diesel::table! {
+    nodes (domain, node_id) {
+        domain -> Text,
+        node_id -> Text,
+        roles -> Text,
+        listen -> Text,
+        version -> Text,
+        started_at -> BigInt,
+        heartbeat_at -> BigInt,
+    }
+}

@@ -197,6 +197,15 @@ impl EventService {
         self
     }
 
+    /// Tells the broker and the delivery worker to look at the log (events were
+    /// published through another node, or this node caught up after a reconnect).
+    pub fn wake_readers(&self) {
+        if let Some(broker) = &self.broker {
+            broker.do_send(crate::actors::broker::Published);
+        }
+        self.wake_delivery();
+    }
+
     /// Tells the delivery worker that rows may be due now.
     pub fn wake_delivery(&self) {
         if let Some(worker) = &self.delivery {
@@ -220,12 +229,7 @@ impl EventService {
             .published
             .fetch_add(stored.len() as u64 - duplicates, Relaxed);
         if stored.iter().any(|(_, duplicate)| !duplicate) {
-            if let Some(broker) = &self.broker {
-                broker.do_send(crate::actors::broker::Published);
-            }
-            if let Some(worker) = &self.delivery {
-                worker.do_send(crate::actors::delivery::Wake);
-            }
+            self.wake_readers();
         }
     }
 

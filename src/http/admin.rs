@@ -10,9 +10,9 @@ use super::error::ApiError;
 use super::openapi::{ChannelPage, ErrorResponse, SessionPage};
 use super::read_body;
 use crate::actors::channel::InjectPanic;
-use crate::app::AppState;
 use crate::channels::{ChannelInput, ChannelView, KIND_EVENTING, KIND_PUBLIC};
 use crate::db::channels::ChannelFilter;
+use crate::http::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // Each path is a resource, so that a wrong method is a 405 rather than a 404.
@@ -33,6 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource("/channels/{id}/fault/panic").route(web::post().to(inject_panic)))
             .service(resource("/channels/{id}/sessions").route(web::get().to(list_sessions)))
             .service(resource("/node").route(web::get().to(node)))
+            .service(resource("/nodes").route(web::get().to(nodes)))
             .service(
                 resource("/channels/{id}/sessions/{code}/messages")
                     .route(web::post().to(push_to_session)),
@@ -307,6 +308,65 @@ async fn node(_: Admin, state: web::Data<AppState>) -> HttpResponse {
         "scenario_pool_threads": pool.stats().threads.load(std::sync::atomic::Ordering::Relaxed),
         "event_subscribers": state.events.stats.subscribers.load(std::sync::atomic::Ordering::Relaxed),
         "event_log_epoch": state.epoch,
+        "node_id": state.node_id,
+        "cluster": cluster_view(&state),
+    }))
+}
+
+/// This node's view of the cluster: listener, staleness.
+fn cluster_view(state: &AppState) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &state.cluster_stats;
+    serde_json::json!({
+        "clustered": state.freshness.is_clustered(),
+        "listening": stats.listening.load(Relaxed),
+        "stale": state.freshness.is_stale(),
+        "max_staleness_s": state.config.max_staleness_s,
+    })
+}
+
+/// Every node of this domain in the node registry, alive or not. A node is alive
+/// while its last heartbeat is younger than three heartbeat intervals (on the
+/// database's clock).
+#[utoipa::path(get, path = "/admin/v1/nodes", tag = "operations",
+    responses((status = 200, description = "The domain's nodes"),
+        (status = 401, description = "No or wrong admin token", body = ErrorResponse)),
+    security(("admin_token" = [])))]
+async fn nodes(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(nodes_view(&state).await?))
+}
+
+/// The node registry as the admin API and the status page show it.
+pub async fn nodes_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let domain = state.config.domain.clone();
+    let (rows, now) = state
+        .db
+        .run(move |c| crate::db::nodes::list(c, &domain))
+        .await?;
+    let window = 3 * state.config.node_heartbeat_ms as i64;
+    let items: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|n| {
+            let age = (now - n.heartbeat_at).max(0);
+            serde_json::json!({
+                "node_id": n.node_id,
+                "domain": n.domain,
+                "roles": n.roles.split(',').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
+                "listen": n.listen,
+                "version": n.version,
+                "started_at": crate::channels::rfc3339_millis(n.started_at),
+                "heartbeat_at": crate::channels::rfc3339_millis(n.heartbeat_at),
+                "heartbeat_age_ms": age,
+                "alive": age <= window,
+                "this_node": n.node_id == state.node_id,
+            })
+        })
+        .collect();
+    let alive = items.iter().filter(|i| i["alive"] == true).count();
+    Ok(serde_json::json!({
+        "total": items.len(),
+        "alive": alive,
+        "items": items,
     }))
 }
 

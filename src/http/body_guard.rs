@@ -41,7 +41,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// Counters of connection hygiene, exported by `/metrics`.
 #[derive(Debug, Default)]

@@ -8,10 +8,10 @@ use super::admin::Admin;
 use super::error::ApiError;
 use super::openapi::ErrorResponse;
 use super::read_body;
-use crate::app::AppState;
 use crate::channels::ValidationError;
 use crate::db::now_millis;
 use crate::events::{EventInput, EventView, MAX_BATCH};
+use crate::http::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ops;
 pub mod request_id;
 pub mod request_log;
+pub mod state;
 pub mod status;
 pub mod subscribe;
 pub mod subscriptions_admin;

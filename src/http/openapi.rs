@@ -57,6 +57,7 @@ impl Modify for AdminToken {
         super::admin::push_to_session,
         super::admin::close_session,
         super::admin::node,
+        super::admin::nodes,
         super::events::publish,
         super::events::list,
         super::webhook::webhook,

@@ -8,7 +8,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// Set as app data on the `metrics_listen` server: its callers see every series.
 #[derive(Clone, Copy)]
@@ -32,7 +32,22 @@ async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let migrations = state.db.migrations_applied().await;
+    // A node out of touch with the cluster refuses token routes: not ready, without
+    // waiting on a database it cannot reach.
+    let stale = state.freshness.is_stale();
+    let migrations = if stale {
+        Err(crate::db::StoreError::Pool(
+            "out of touch with the cluster".into(),
+        ))
+    } else {
+        // A probe answers in time even when the database does not.
+        actix_web::rt::time::timeout(
+            std::time::Duration::from_secs(2),
+            state.db.migrations_applied(),
+        )
+        .await
+        .unwrap_or_else(|_| Err(crate::db::StoreError::Pool("no answer within 2 s".into())))
+    };
     let (ready, database, migrations) = match migrations {
         Ok(true) => (true, "ok".to_string(), "applied"),
         Ok(false) => (false, "ok".to_string(), "pending"),
@@ -42,8 +57,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             (false, "unavailable".to_string(), "unknown")
         }
     };
+    let ready = ready && !stale;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
+        "stale": stale,
         "database": database,
         "migrations": migrations,
         "channels_served": state.registry.len(),

@@ -10,7 +10,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
 use super::error::ApiError;
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 pub const HEADER: &str = "x-request-id";
 

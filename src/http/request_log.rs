@@ -9,7 +9,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
 use super::request_id::RequestId;
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// Set by handlers in the request extensions: which channel served the request.
 #[derive(Clone)]

@@ -6,11 +6,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
 use super::read_body;
-use crate::app::AppState;
 use crate::channels::{KIND_EVENTING, ValidationError};
 use crate::db::models::Subscription;
 use crate::db::{now_millis, subscriptions as rows};
 use crate::events::webhooks::{SubscriptionInput, SubscriptionView, new_secret};
+use crate::http::state::AppState;
 
 /// The old secret keeps signing beside the new one this long after a rotation.
 const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -30,11 +30,7 @@ pub async fn handle(
     token: &str,
     rest: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let handle = state
-        .registry
-        .get(token)
-        .filter(|h| h.channel.enabled && h.channel.kind == KIND_EVENTING)
-        .ok_or_else(|| ApiError::no_channel_for_token("eventing"))?;
+    let handle = state.channel_for_token(token, KIND_EVENTING)?;
     let channel_id = handle.channel.id.clone();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method(), parts.as_slice()) {

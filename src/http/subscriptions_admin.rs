@@ -7,11 +7,11 @@ use serde::Deserialize;
 use super::admin::Admin;
 use super::error::ApiError;
 use super::openapi::ErrorResponse;
-use crate::app::AppState;
 use crate::channels::{ValidationError, rfc3339_millis};
 use crate::db::models::Subscription;
 use crate::db::{events as log, now_millis, subscriptions as rows};
 use crate::events::webhooks::SubscriptionView;
+use crate::http::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let resource =

@@ -15,8 +15,8 @@ use super::error::ApiError;
 use super::read_body;
 use super::request_log::ChannelTag;
 use crate::actors::{ChannelHandle, ScriptKind};
-use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
+use crate::http::state::AppState;
 use crate::scenario::{ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
 
 /// A prefix scope with the path split by hand: actix's router matches `{token}`-style
@@ -67,11 +67,7 @@ async fn webhook(
         let (token, rest) = (token.to_string(), rest.to_string());
         return super::subscribe::handle(&req, payload, &state, &token, &rest).await;
     }
-    let handle = state
-        .registry
-        .get(token)
-        .filter(|h| h.channel.enabled && h.channel.kind == KIND_PUBLIC)
-        .ok_or_else(unknown_token)?;
+    let handle = state.channel_for_token(token, KIND_PUBLIC)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let stats = handle.stats.clone();

@@ -15,8 +15,8 @@ use super::ws_frames::{FrameGuard, Refused};
 use crate::actors::event_session::{EventSession, EventSessionParts};
 use crate::actors::ws_backlog;
 use crate::actors::ws_session::{NodeSlot, WsLimits, WsSession, WsSessionParts};
-use crate::app::AppState;
 use crate::channels::KIND_PUBLIC;
+use crate::http::state::AppState;
 
 const PREFIX: &str = "/ws/token/v1";
 
@@ -58,11 +58,7 @@ async fn websocket(
         }
         _ => return Err(unknown_token()),
     }
-    let handle = state
-        .registry
-        .get(token)
-        .filter(|h| h.channel.enabled && h.channel.kind == KIND_PUBLIC)
-        .ok_or_else(unknown_token)?;
+    let handle = state.channel_for_token(token, KIND_PUBLIC)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;
@@ -126,11 +122,7 @@ async fn subscribe(
     state: web::Data<AppState>,
     token: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let handle = state
-        .registry
-        .get(token)
-        .filter(|h| h.channel.enabled && h.channel.kind == crate::channels::KIND_EVENTING)
-        .ok_or_else(|| ApiError::no_channel_for_token("eventing"))?;
+    let handle = state.channel_for_token(token, crate::channels::KIND_EVENTING)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;

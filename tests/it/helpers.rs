@@ -47,7 +47,7 @@ pub struct TestApp {
     pub metrics_port: Option<u16>,
     pub client: Client,
     /// The node's shared state, for tests that drive internal jobs (e.g. the purge).
-    pub state: actix_web::web::Data<oktell_gateway::app::AppState>,
+    pub state: actix_web::web::Data<oktell_gateway::http::state::AppState>,
     server: actix_web::dev::ServerHandle,
     _cleanup: Cleanup,
 }

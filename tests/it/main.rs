@@ -6,6 +6,7 @@ mod admin;
 mod broadcast;
 mod budgets;
 mod cli;
+mod cluster;
 mod deliveries;
 mod deploy;
 mod events;

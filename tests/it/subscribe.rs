@@ -467,3 +467,42 @@ async fn sigterm_closes_subscribers_with_going_away() {
     drop(ws);
     assert_eq!(gateway.exit_code().await, Some(0));
 }
+
+/// A client that read up to id N through another node resumes here although this
+/// node's broker has not pushed N yet (it was stored without waking it, as a publish
+/// through another node is until its note arrives): accepted, and what follows comes.
+#[actix_web::test]
+async fn resuming_ahead_of_this_nodes_broker_is_accepted() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let token = feed(&app, json!([])).await;
+    let db = app.state.events.db().clone();
+    let stored = db
+        .run(|c| {
+            oktell_gateway::db::events::append(
+                c,
+                "default",
+                &[oktell_gateway::db::events::NewEvent {
+                    event_type: "elsewhere.published".into(),
+                    occurred_at: 0,
+                    data: "{}".into(),
+                    idempotency_key: None,
+                }],
+                oktell_gateway::db::now_millis(),
+                1000,
+            )
+        })
+        .await
+        .unwrap();
+    let n = stored[0].0.id;
+    let mut ws = open(&app, &token).await;
+    op(&mut ws, json!({"op": "subscribe", "since": n})).await;
+    let f = frame(&mut ws).await;
+    assert_eq!(f["op"], "subscribed", "{f}");
+    let next = publish(&app, "here.published", 1).await;
+    let f = frame(&mut ws).await;
+    assert_eq!(
+        (f["op"].as_str(), f["id"].as_i64()),
+        (Some("event"), Some(next)),
+        "{f}"
+    );
+}

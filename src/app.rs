@@ -141,6 +141,20 @@ impl Application {
         ));
         let tokens: Arc<dyn crate::redact::TokenIndex> = registry.clone();
         crate::redact::redactor().add_index(Arc::downgrade(&tokens));
+        let node_id = config.effective_node_id();
+        // A cluster's websocket session directory (PostgreSQL only).
+        let cluster_sessions = (db.backend() == crate::db::Backend::Postgres).then(|| {
+            let (sessions, writer) = crate::cluster::sessions::ClusterSessions::start(
+                db.clone(),
+                &config.domain,
+                &node_id,
+                Duration::from_millis(config.node_heartbeat_ms),
+                &logger,
+            );
+            let registry = registry.clone();
+            eventing_arbiter.spawn(writer.run(registry));
+            sessions
+        });
         let channels = ChannelService::new(
             db.clone(),
             config.clone(),
@@ -150,13 +164,16 @@ impl Application {
                 arbiters: channel_arbiters,
                 logger: logger.clone(),
                 outbound: outbound.clone(),
+                elsewhere: cluster_sessions.clone().map(|s| {
+                    let s: Arc<dyn crate::actors::sessions::ElsewhereSessions> = s;
+                    s
+                }),
             }),
         );
         let load_started = Instant::now();
         let served = channels.load_all().await?;
         slog::info!(logger, "channels loaded"; "served" => served, "ms" => load_started.elapsed().as_millis() as u64);
 
-        let node_id = config.effective_node_id();
         let cluster_stats = Arc::new(crate::cluster::ClusterStats::default());
         let freshness = Arc::new(match db.backend() {
             crate::db::Backend::Postgres => {
@@ -169,7 +186,7 @@ impl Application {
             &config,
             &node_id,
             (&db, &channels, &events, &registry),
-            (&freshness, &cluster_stats),
+            (&freshness, &cluster_stats, cluster_sessions.as_ref()),
             &logger,
         );
 
@@ -360,8 +377,8 @@ pub fn scenario_runtime(
 }
 
 /// The node's part in the cluster, on the eventing arbiter: the heartbeat in the node
-/// registry (every backend), and on PostgreSQL the notification listener that applies
-/// other nodes' changes here.
+/// registry (every backend), and on PostgreSQL (where `sessions` is given) the
+/// notification listener that applies other nodes' changes here.
 fn start_cluster(
     arbiter: &actix::ArbiterHandle,
     config: &Config,
@@ -372,9 +389,10 @@ fn start_cluster(
         &EventService,
         &Arc<crate::actors::ChannelRegistry>,
     ),
-    (freshness, stats): (
+    (freshness, stats, sessions): (
         &Arc<crate::cluster::Freshness>,
         &Arc<crate::cluster::ClusterStats>,
+        Option<&Arc<crate::cluster::sessions::ClusterSessions>>,
     ),
     logger: &slog::Logger,
 ) {
@@ -396,7 +414,7 @@ fn start_cluster(
         logger: logger.clone(),
     };
     arbiter.spawn(heartbeat.run());
-    if db.backend() == crate::db::Backend::Postgres {
+    if let Some(sessions) = sessions {
         let listener = crate::cluster::listener::Listener {
             url: config
                 .cluster_listen_url
@@ -409,6 +427,8 @@ fn start_cluster(
             stats: stats.clone(),
             heartbeat: Duration::from_millis(config.node_heartbeat_ms),
             reconcile_every: Duration::from_secs(config.cluster_reconcile_s),
+            sessions: sessions.clone(),
+            registry: registry.clone(),
             logger: logger.clone(),
         };
         arbiter.spawn(listener.run());

@@ -95,6 +95,7 @@ fn cluster(f: &mut Families, state: &AppState) {
     );
     counter(mf, &[("kind", "channel")], load(&c.notes_channel));
     counter(mf, &[("kind", "events")], load(&c.notes_events));
+    counter(mf, &[("kind", "sessions")], load(&c.notes_sessions));
     for (name, help, value) in [
         (
             "oktell_cluster_listener_connects_total",

@@ -14,6 +14,8 @@ use super::event_session::EventSession;
 use super::ws_backlog::OutboundBudget;
 use super::ws_session::{CloseSession, Push, WsSession};
 use crate::scenario::ChannelHost;
+use crate::scenario::pool::blocking;
+use std::time::Instant;
 
 /// Counters of one session.
 #[derive(Debug, Default)]
@@ -36,6 +38,10 @@ pub struct SessionEntry {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub code: String,
+    /// The node holding the session (absent: this node; its counters are shown only
+    /// for sessions on this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub peer_ip: String,
     pub connected_at: String,
     pub messages_in: u64,
@@ -43,6 +49,47 @@ pub struct SessionView {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub errors: u64,
+}
+
+/// The channel's sessions on the other nodes of a cluster: where a push, a close or a
+/// listing goes when the session is not on this node. Implemented by `crate::cluster`
+/// (PostgreSQL); absent on a single node. The blocking calls wait no longer than
+/// `deadline`.
+pub trait ElsewhereSessions: Send + Sync {
+    /// A session of `channel_id` opened (or closed) on this node: recorded so that the
+    /// other nodes can find it. Never blocks.
+    fn opened(&self, channel_id: &str, code: &str, peer_ip: &str, connected_at: i64);
+    fn closed(&self, code: &str);
+    /// Sends `text` to session `code` on whichever other node holds it; false when no
+    /// live node does.
+    fn send(
+        &self,
+        channel_id: &str,
+        code: &str,
+        text: &str,
+        deadline: std::time::Instant,
+    ) -> Result<bool, String>;
+    fn close(
+        &self,
+        channel_id: &str,
+        code: &str,
+        close_code: u16,
+        reason: &str,
+        deadline: std::time::Instant,
+    ) -> Result<bool, String>;
+    /// Sends `text` to the channel's sessions on every other node; how many there are.
+    fn broadcast(
+        &self,
+        channel_id: &str,
+        text: &str,
+        deadline: std::time::Instant,
+    ) -> Result<usize, String>;
+    /// The channel's sessions on the other live nodes.
+    fn sessions(
+        &self,
+        channel_id: &str,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<SessionView>, String>;
 }
 
 /// The event types an eventing channel exposes now (`event_types`), shared by the
@@ -80,6 +127,8 @@ pub struct SessionTable {
     event_types: Arc<LiveTypes>,
     /// The node's outbound budget: frames pushed to sessions are encoded against it.
     outbound: Arc<OutboundBudget>,
+    /// The channel's sessions on other nodes, and the channel's id there.
+    elsewhere: Option<(Arc<dyn ElsewhereSessions>, String)>,
 }
 
 /// One reserved place of a channel's session limit; given back on drop.
@@ -151,12 +200,108 @@ impl SessionTable {
         }
     }
 
+    /// The same table, telling `elsewhere` (a cluster's directory) about its sessions.
+    pub fn reachable_from(
+        mut self,
+        elsewhere: Option<Arc<dyn ElsewhereSessions>>,
+        channel_id: &str,
+    ) -> SessionTable {
+        self.elsewhere = elsewhere.map(|e| (e, channel_id.to_string()));
+        self
+    }
+
     pub fn insert(&self, code: String, entry: SessionEntry) {
+        if let Some((elsewhere, channel_id)) = &self.elsewhere {
+            elsewhere.opened(channel_id, &code, &entry.peer_ip, entry.connected_at);
+        }
         self.sessions.insert(code, entry);
     }
 
     pub fn remove(&self, code: &str) -> bool {
-        self.sessions.remove(code).is_some()
+        let removed = self.sessions.remove(code).is_some();
+        if removed && let Some((elsewhere, _)) = &self.elsewhere {
+            elsewhere.closed(code);
+        }
+        removed
+    }
+
+    /// [`SessionTable::send`], else to the node that holds the session. Blocks on a
+    /// remote session (the database), at most until `deadline`.
+    pub fn send_anywhere(
+        &self,
+        code: &str,
+        text: &str,
+        deadline: std::time::Instant,
+    ) -> Result<bool, String> {
+        if self.send(code, text) {
+            return Ok(true);
+        }
+        match &self.elsewhere {
+            Some((e, channel_id)) => e.send(channel_id, code, text, deadline),
+            None => Ok(false),
+        }
+    }
+
+    /// [`SessionTable::close`], else on the node that holds the session.
+    pub fn close_anywhere(
+        &self,
+        code: &str,
+        close_code: u16,
+        reason: &str,
+        deadline: std::time::Instant,
+    ) -> Result<bool, String> {
+        if self.close(code, close_code, reason) {
+            return Ok(true);
+        }
+        match &self.elsewhere {
+            Some((e, channel_id)) => e.close(channel_id, code, close_code, reason, deadline),
+            None => Ok(false),
+        }
+    }
+
+    /// [`SessionTable::broadcast`] here and on every other node; how many sessions.
+    pub fn broadcast_everywhere(
+        &self,
+        text: &str,
+        deadline: std::time::Instant,
+    ) -> Result<usize, String> {
+        let here = self.broadcast(text);
+        match &self.elsewhere {
+            Some((e, channel_id)) => Ok(here + e.broadcast(channel_id, text, deadline)?),
+            None => Ok(here),
+        }
+    }
+
+    /// The sessions here and on the other live nodes, by code.
+    pub fn views_everywhere(
+        &self,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<SessionView>, String> {
+        let mut views = self.views();
+        if let Some((e, channel_id)) = &self.elsewhere {
+            views.extend(e.sessions(channel_id, deadline)?);
+            views.sort_by(|a, b| a.code.cmp(&b.code));
+        }
+        Ok(views)
+    }
+
+    /// (code, peer IP, connected at) of each open session (the cluster's directory).
+    pub fn entries(&self) -> Vec<(String, String, i64)> {
+        self.sessions
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    e.value().peer_ip.clone(),
+                    e.value().connected_at,
+                )
+            })
+            .collect()
+    }
+
+    /// Does this table reach other nodes (a cluster)?
+    pub fn is_clustered(&self) -> bool {
+        self.elsewhere.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -233,6 +378,7 @@ impl SessionTable {
                 let c = &e.value().counters;
                 SessionView {
                     code: e.key().clone(),
+                    node_id: None,
                     peer_ip: e.value().peer_ip.clone(),
                     connected_at: crate::channels::rfc3339_millis(e.value().connected_at),
                     messages_in: c.messages_in.load(Ordering::Relaxed),
@@ -255,20 +401,50 @@ pub struct ScenarioHost {
 }
 
 impl ChannelHost for ScenarioHost {
-    fn ws_send(&self, code: &str, text: &str) -> bool {
-        self.sessions.send(code, text)
+    // A session on this node is reached at once; one elsewhere is a database wait,
+    // made without holding a compute slot.
+    fn ws_send(&self, code: &str, text: &str, deadline: Instant) -> Result<bool, String> {
+        if self.sessions.send(code, text) {
+            return Ok(true);
+        }
+        if !self.sessions.is_clustered() {
+            return Ok(false);
+        }
+        blocking(|| self.sessions.send_anywhere(code, text, deadline))
     }
 
-    fn ws_broadcast(&self, text: &str) -> usize {
-        self.sessions.broadcast(text)
+    fn ws_broadcast(&self, text: &str, deadline: Instant) -> Result<usize, String> {
+        if !self.sessions.is_clustered() {
+            return Ok(self.sessions.broadcast(text));
+        }
+        blocking(|| self.sessions.broadcast_everywhere(text, deadline))
     }
 
-    fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool {
-        self.sessions.close(code, close_code, reason)
+    fn ws_close(
+        &self,
+        code: &str,
+        close_code: u16,
+        reason: &str,
+        deadline: Instant,
+    ) -> Result<bool, String> {
+        if self.sessions.close(code, close_code, reason) {
+            return Ok(true);
+        }
+        if !self.sessions.is_clustered() {
+            return Ok(false);
+        }
+        blocking(|| {
+            self.sessions
+                .close_anywhere(code, close_code, reason, deadline)
+        })
     }
 
-    fn ws_sessions(&self) -> Vec<String> {
-        self.sessions.codes()
+    fn ws_sessions(&self, deadline: Instant) -> Result<Vec<String>, String> {
+        if !self.sessions.is_clustered() {
+            return Ok(self.sessions.codes());
+        }
+        blocking(|| self.sessions.views_everywhere(deadline))
+            .map(|views| views.into_iter().map(|v| v.code).collect())
     }
 
     fn emit_event(

@@ -46,6 +46,8 @@ pub struct LiveNode {
     pub logger: slog::Logger,
     /// The node's outbound websocket budget, shared by every channel's sessions.
     pub outbound: Arc<crate::actors::ws_backlog::OutboundBudget>,
+    /// Sessions on the cluster's other nodes (PostgreSQL); None on a single node.
+    pub elsewhere: Option<Arc<dyn crate::actors::sessions::ElsewhereSessions>>,
 }
 
 #[derive(Clone)]
@@ -322,7 +324,10 @@ impl ChannelService {
         compiled: Precompiled,
     ) -> Addr<ChannelActor> {
         let stats = Arc::new(ChannelStats::default());
-        let sessions = Arc::new(SessionTable::new(live.outbound.clone()));
+        let sessions = Arc::new(
+            SessionTable::new(live.outbound.clone())
+                .reachable_from(live.elsewhere.clone(), &channel.id),
+        );
         let (db, registry, logger) = (
             self.db.clone(),
             Arc::downgrade(&live.registry),

@@ -47,6 +47,9 @@ pub struct Listener {
     pub stats: Arc<ClusterStats>,
     pub heartbeat: Duration,
     pub reconcile_every: Duration,
+    /// Websocket sessions across nodes: pushes from other nodes are applied here.
+    pub sessions: Arc<super::sessions::ClusterSessions>,
+    pub registry: Arc<crate::actors::ChannelRegistry>,
     pub logger: slog::Logger,
 }
 
@@ -113,6 +116,9 @@ impl Listener {
             .get(0);
         client.batch_execute(&format!("LISTEN \"{name}\"")).await?;
         self.catch_up().await?;
+        // Directory writes may have failed while the database was away: this node's
+        // list is rewritten from its live sessions.
+        self.sessions.request_resync();
         self.stats.listening.store(true, Ordering::Relaxed);
         self.freshness.touch();
         slog::info!(logger, "cluster listener connected and caught up"; "channel" => &name);
@@ -189,6 +195,10 @@ impl Listener {
             Change::Events { .. } => {
                 self.stats.notes_events.fetch_add(1, Ordering::Relaxed);
                 self.events.wake_readers();
+            }
+            change @ (Change::Push { .. } | Change::Broadcast { .. } | Change::Close { .. }) => {
+                self.stats.notes_sessions.fetch_add(1, Ordering::Relaxed);
+                self.sessions.apply(&self.registry, change).await;
             }
         }
     }

@@ -15,10 +15,15 @@
 //!   elsewhere. It keeps serving what it has loaded for `max_staleness_s`, then token
 //!   routes answer 503 and its websockets close (1013) until it is back and caught up.
 //!
+//! - [`sessions`]: a directory of which node holds which websocket session, so that
+//!   `ws_send`, `ws_broadcast`, `ws_close`, `ws_sessions` and the admin session routes
+//!   reach sessions on any node.
+//!
 //! On SQLite (one node) there is no listener and a node is never stale.
 
 pub mod heartbeat;
 pub mod listener;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -85,6 +90,8 @@ pub struct ClusterStats {
     pub listener_connects: AtomicU64,
     pub notes_channel: AtomicU64,
     pub notes_events: AtomicU64,
+    /// Pushes, closes and broadcasts for this node's websocket sessions.
+    pub notes_sessions: AtomicU64,
     /// Notes dropped because the listener's queue was full (each triggers a full
     /// reconcile).
     pub notes_overflowed: AtomicU64,

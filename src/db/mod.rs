@@ -3,6 +3,7 @@
 //! threads go through [`Database::run`], which moves the work to the blocking pool.
 
 pub mod channels;
+pub mod directory;
 pub mod events;
 pub mod models;
 pub mod nodes;

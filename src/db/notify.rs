@@ -32,6 +32,37 @@ pub enum Change {
     Channel { id: String, v: i64 },
     /// Events were appended to the domain's log, up to id `last`.
     Events { last: i64 },
+    /// A text frame for session `code` of channel `ch`, held by node `to`. The text
+    /// travels inline, or (when too large for a note) in `ws_pushes` under `r`. `u`
+    /// makes every note unique (PostgreSQL folds identical payloads of a transaction).
+    Push {
+        to: String,
+        ch: String,
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r: Option<String>,
+        u: String,
+    },
+    /// A text frame for every session of channel `ch` on every other node.
+    Broadcast {
+        ch: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r: Option<String>,
+        u: String,
+    },
+    /// Close session `code` of channel `ch`, held by node `to`.
+    Close {
+        to: String,
+        ch: String,
+        code: String,
+        cc: u16,
+        reason: String,
+        u: String,
+    },
 }
 
 /// A note as sent: the change, its domain, and the process that made it (a node skips
@@ -67,20 +98,30 @@ impl Note {
     }
 }
 
+/// A note's payload as sent, if it fits NOTIFY's limit.
+pub fn encode(domain: &str, change: Change) -> Result<Option<String>, StoreError> {
+    let payload = serde_json::to_string(&Note::new(domain, change))
+        .map_err(|e| StoreError::Setup(format!("encoding a note: {e}")))?;
+    Ok((payload.len() <= MAX_PAYLOAD).then_some(payload))
+}
+
 /// Sends `change` to the other nodes when the current transaction commits (PostgreSQL;
 /// nothing on SQLite). Call it inside the change's own transaction.
 pub fn notify(conn: &mut AnyConnection, domain: &str, change: Change) -> Result<(), StoreError> {
+    if !matches!(conn, AnyConnection::Postgresql(_)) {
+        return Ok(());
+    }
+    let payload = encode(domain, change)?.ok_or_else(|| {
+        StoreError::Setup("a cluster note is over NOTIFY's 8,000-byte limit".into())
+    })?;
+    send(conn, payload)
+}
+
+/// Sends an encoded note ([`encode`]).
+pub fn send(conn: &mut AnyConnection, payload: String) -> Result<(), StoreError> {
     let AnyConnection::Postgresql(pg) = conn else {
         return Ok(());
     };
-    let payload = serde_json::to_string(&Note::new(domain, change))
-        .map_err(|e| StoreError::Setup(format!("encoding a note: {e}")))?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(StoreError::Setup(format!(
-            "a cluster note of {} bytes is over NOTIFY's limit",
-            payload.len()
-        )));
-    }
     diesel::sql_query(format!("SELECT pg_notify({CHANNEL_NAME_SQL}, $1)"))
         .bind::<Text, _>(payload)
         .execute(pg)?;

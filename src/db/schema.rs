@@ -106,3 +106,25 @@ diesel::table! {
         heartbeat_at -> BigInt,
     }
 }
+
+diesel::table! {
+    ws_directory (code) {
+        code -> Text,
+        domain -> Text,
+        channel_id -> Text,
+        node_id -> Text,
+        peer_ip -> Text,
+        connected_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    ws_pushes (id) {
+        id -> Text,
+        domain -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(ws_directory, nodes);

@@ -379,10 +379,31 @@ async fn sessions_of(
     Ok(state.registry.get_by_id(id).map(|h| h.sessions.clone()))
 }
 
+/// Runs `work` on a channel's sessions wherever they are: on this node at once, on
+/// the cluster's other nodes through the database (off the async threads, 5 s at most).
+async fn everywhere<T: Send + 'static>(
+    sessions: std::sync::Arc<crate::actors::sessions::SessionTable>,
+    work: impl FnOnce(&crate::actors::sessions::SessionTable, std::time::Instant) -> Result<T, String>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    actix_web::rt::task::spawn_blocking(move || work(&sessions, deadline))
+        .await
+        .map_err(|e| ApiError::internal_with_cause("the session lookup failed", e))?
+        .map_err(|cause| {
+            ApiError::overloaded(
+                "cluster_unavailable",
+                "the other nodes' sessions cannot be reached right now",
+            )
+            .with_cause(cause)
+        })
+}
+
 fn session_not_found() -> ApiError {
     ApiError::not_found(
         "session_not_found",
-        "no open websocket session with this code on this node",
+        "no open websocket session with this code on any live node",
     )
 }
 
@@ -397,10 +418,10 @@ async fn list_sessions(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let views = sessions_of(&state, &id)
-        .await?
-        .map(|s| s.views())
-        .unwrap_or_default();
+    let views = match sessions_of(&state, &id).await? {
+        Some(sessions) => everywhere(sessions, |s, deadline| s.views_everywhere(deadline)).await?,
+        None => Vec::new(),
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "total": views.len(), "items": views })))
 }
 
@@ -436,7 +457,11 @@ async fn push_to_session(
     let sessions = sessions_of(&state, &id)
         .await?
         .ok_or_else(session_not_found)?;
-    if !sessions.send(&code, &push.text) {
+    let sent = everywhere(sessions, move |s, deadline| {
+        s.send_anywhere(&code, &push.text, deadline)
+    })
+    .await?;
+    if !sent {
         return Err(session_not_found());
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": true })))
@@ -457,11 +482,16 @@ async fn close_session(
     let sessions = sessions_of(&state, &id)
         .await?
         .ok_or_else(session_not_found)?;
-    if !sessions.close(
-        &code,
-        crate::actors::sessions::close_code::NORMAL,
-        "closed by the operator",
-    ) {
+    let closed = everywhere(sessions, move |s, deadline| {
+        s.close_anywhere(
+            &code,
+            crate::actors::sessions::close_code::NORMAL,
+            "closed by the operator",
+            deadline,
+        )
+    })
+    .await?;
+    if !closed {
         return Err(session_not_found());
     }
     Ok(HttpResponse::NoContent().finish())

@@ -91,14 +91,22 @@ impl StartParams for Vec<String> {
 
 /// What scenarios can do to the channel's websocket sessions on this node.
 pub trait ChannelHost: Send + Sync {
-    /// Queues a text frame to one session; false if no such session is open.
-    fn ws_send(&self, code: &str, text: &str) -> bool;
-    /// Queues a text frame to every session; returns how many.
-    fn ws_broadcast(&self, text: &str) -> usize;
-    /// Closes one session with a close code and reason; false if not open.
-    fn ws_close(&self, code: &str, close_code: u16, reason: &str) -> bool;
-    /// Codes of the open sessions.
-    fn ws_sessions(&self) -> Vec<String>;
+    /// Queues a text frame to one session (on whichever node of the cluster holds
+    /// it); false if no such session is open anywhere. A session on another node is a
+    /// database wait, bounded by `deadline`; an error is the reason it failed.
+    fn ws_send(&self, code: &str, text: &str, deadline: Instant) -> Result<bool, String>;
+    /// Queues a text frame to every session of the channel, on every node; how many.
+    fn ws_broadcast(&self, text: &str, deadline: Instant) -> Result<usize, String>;
+    /// Closes one session with a close code and reason; false if not open anywhere.
+    fn ws_close(
+        &self,
+        code: &str,
+        close_code: u16,
+        reason: &str,
+        deadline: Instant,
+    ) -> Result<bool, String>;
+    /// Codes of the channel's open sessions, on every node.
+    fn ws_sessions(&self, deadline: Instant) -> Result<Vec<String>, String>;
     /// Stores an event in the domain's log (waiting no longer than `deadline`); its id.
     fn emit_event(
         &self,
@@ -113,17 +121,17 @@ pub trait ChannelHost: Send + Sync {
 pub struct NoHost;
 
 impl ChannelHost for NoHost {
-    fn ws_send(&self, _: &str, _: &str) -> bool {
-        false
+    fn ws_send(&self, _: &str, _: &str, _: Instant) -> Result<bool, String> {
+        Ok(false)
     }
-    fn ws_broadcast(&self, _: &str) -> usize {
-        0
+    fn ws_broadcast(&self, _: &str, _: Instant) -> Result<usize, String> {
+        Ok(0)
     }
-    fn ws_close(&self, _: &str, _: u16, _: &str) -> bool {
-        false
+    fn ws_close(&self, _: &str, _: u16, _: &str, _: Instant) -> Result<bool, String> {
+        Ok(false)
     }
-    fn ws_sessions(&self) -> Vec<String> {
-        Vec::new()
+    fn ws_sessions(&self, _: Instant) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
     }
     fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
         Err("no event log here".into())

@@ -303,24 +303,36 @@ fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
 }
 
 /// `ws_send(code, text)`, `ws_broadcast(text)`, `ws_close(code[, reason])`,
-/// `ws_sessions()`: the channel's websocket sessions on this node.
+/// `ws_sessions()`: the channel's websocket sessions, on whichever node holds them.
 fn register_websocket(engine: &mut Engine) {
-    fn host() -> FnResult<Arc<dyn super::ChannelHost>> {
-        with_run(|run| run.host.clone()).ok_or_else(|| script_error("no run in progress"))
+    /// The run's host and deadline (sessions on other nodes are a database wait).
+    fn host() -> FnResult<(Arc<dyn super::ChannelHost>, Instant)> {
+        with_run(|run| (run.host.clone(), run.deadline))
+            .ok_or_else(|| script_error("no run in progress"))
     }
     engine.register_fn("ws_send", |code: &str, text: &str| -> FnResult<bool> {
         charge(|spent| spent.push(text.len()))?;
-        Ok(host()?.ws_send(code, text))
+        let (host, deadline) = host()?;
+        host.ws_send(code, text, deadline)
+            .map_err(|e| script_error(format!("ws_send: {e}")))
     });
     engine.register_fn("ws_broadcast", |text: &str| -> FnResult<i64> {
         charge(|spent| spent.push(text.len()))?;
-        Ok(host()?.ws_broadcast(text) as i64)
+        let (host, deadline) = host()?;
+        host.ws_broadcast(text, deadline)
+            .map(|n| n as i64)
+            .map_err(|e| script_error(format!("ws_broadcast: {e}")))
     });
+    fn close(code: &str, reason: &str) -> FnResult<bool> {
+        let (host, deadline) = host()?;
+        host.ws_close(code, 1000, reason, deadline)
+            .map_err(|e| script_error(format!("ws_close: {e}")))
+    }
     engine.register_fn("ws_close", |code: &str, reason: &str| -> FnResult<bool> {
-        Ok(host()?.ws_close(code, 1000, reason))
+        close(code, reason)
     });
     engine.register_fn("ws_close", |code: &str| -> FnResult<bool> {
-        Ok(host()?.ws_close(code, 1000, ""))
+        close(code, "")
     });
     fn emit(event_type: &str, data: serde_json::Value) -> FnResult<i64> {
         let bytes = event_type.len() + serde_json::to_string(&data).map_or(0, |s| s.len());
@@ -342,8 +354,10 @@ fn register_websocket(engine: &mut Engine) {
         emit(event_type, serde_json::json!({}))
     });
     engine.register_fn("ws_sessions", || -> FnResult<rhai::Array> {
-        Ok(host()?
-            .ws_sessions()
+        let (host, deadline) = host()?;
+        Ok(host
+            .ws_sessions(deadline)
+            .map_err(|e| script_error(format!("ws_sessions: {e}")))?
             .into_iter()
             .map(Dynamic::from)
             .collect())

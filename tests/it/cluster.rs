@@ -67,14 +67,14 @@ pub struct Cluster {
 }
 
 /// Flags of node `i` (1-based) on `url`.
-fn node_args(i: usize, url: &str, extra: &[&str]) -> Vec<String> {
+fn node_args(i: usize, url: &str, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--database-url".into(),
         url.into(),
         "--node-id".into(),
         format!("node-{i}"),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().cloned());
     args
 }
 
@@ -89,10 +89,7 @@ impl Cluster {
     }
 
     /// Like `start`, with extra flags per node (1-based).
-    pub async fn start_with(
-        n: usize,
-        extra: impl Fn(usize) -> Vec<&'static str>,
-    ) -> Option<Cluster> {
+    pub async fn start_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Option<Cluster> {
         let db = FreshDatabase::create()?;
         let url = db.url();
         let starts = (1..=n).map(|i| {
@@ -130,10 +127,14 @@ async fn admin(
 
 /// A webhook call: (status, body as text).
 async fn call(node: &GatewayProcess, token: &str) -> (u16, String) {
+    call_with(node, token, "x".to_string()).await
+}
+
+async fn call_with(node: &GatewayProcess, token: &str, body: String) -> (u16, String) {
     let client = Client::builder().timeout(Duration::from_secs(30)).finish();
     match client
         .post(format!("{}/api/token/v1/{token}", node.base))
-        .send_body("x")
+        .send_body(body)
         .await
     {
         Ok(mut res) => {
@@ -515,9 +516,9 @@ async fn nodes_started_together_on_an_empty_database_all_come_up_and_list_each_o
 async fn a_node_serves_only_the_channels_of_its_roles() {
     let Some(cluster) = Cluster::start_with(2, |i| {
         if i == 1 {
-            vec!["--roles", "a"]
+            vec!["--roles".into(), "a".into()]
         } else {
-            vec!["--roles", "b"]
+            vec!["--roles".into(), "b".into()]
         }
     })
     .await
@@ -595,7 +596,11 @@ async fn a_node_cut_off_from_the_database_serves_for_max_staleness_then_503_and_
             return;
         };
         let proxy = CuttableProxy::start("127.0.0.1:5432").await;
-        let args = node_args(1, &db.url_via(proxy.port), &["--max-staleness-s", "2"]);
+        let args = node_args(
+            1,
+            &db.url_via(proxy.port),
+            &["--max-staleness-s".into(), "2".into()],
+        );
         let node = GatewayProcess::start_logging(&data_dir(), &args).await;
         let (status, created) =
             admin(&node, "POST", "/admin/v1/channels", Some(public("p", "ok"))).await;
@@ -637,4 +642,346 @@ async fn a_node_cut_off_from_the_database_serves_for_max_staleness_then_503_and_
         answers(&node, &token, (200, "ok"), Duration::from_secs(30)).await;
         drop(node);
     }
+}
+
+#[actix_web::test]
+async fn two_domains_in_one_database_never_see_each_other() {
+    let Some(cluster) = Cluster::start_with(2, |i| {
+        if i == 1 {
+            vec!["--domain".into(), "d1".into()]
+        } else {
+            vec!["--domain".into(), "d2".into()]
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (d1, d2) = (cluster.node(1), cluster.node(2));
+    // The same code in both domains; each token works only in its own.
+    let (s1, c1) = admin(
+        d1,
+        "POST",
+        "/admin/v1/channels",
+        Some(public("same", "one")),
+    )
+    .await;
+    let (s2, c2) = admin(
+        d2,
+        "POST",
+        "/admin/v1/channels",
+        Some(public("same", "two")),
+    )
+    .await;
+    assert_eq!((s1, s2), (201, 201), "{c1} {c2}");
+    answers(d1, &token_of(&c1), (200, "one"), PROPAGATION).await;
+    answers(d2, &token_of(&c2), (200, "two"), PROPAGATION).await;
+    let (_, list) = admin(d2, "GET", "/admin/v1/channels", None).await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(
+        admin(
+            d2,
+            "GET",
+            &format!("/admin/v1/channels/{}", id_of(&c1)),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    // Events: a subscriber of d2 sees only d2's.
+    let (_, feed) = admin(
+        d2,
+        "POST",
+        "/admin/v1/channels",
+        Some(json!({"code": "feed", "kind": "eventing"})),
+    )
+    .await;
+    let mut ws = open_ws(d2, &format!("/ws/token/v1/{}/subscribe", token_of(&feed))).await;
+    ws.send(Message::text(json!({"op": "subscribe"}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(json_frame(&mut ws).await["op"], "subscribed");
+    let (_, e1) = admin(
+        d1,
+        "POST",
+        "/admin/v1/events",
+        Some(json!({"type": "in.one"})),
+    )
+    .await;
+    let (_, e2) = admin(
+        d2,
+        "POST",
+        "/admin/v1/events",
+        Some(json!({"type": "in.two"})),
+    )
+    .await;
+    let got = json_frame(&mut ws).await;
+    assert_eq!(got["type"], "in.two", "{got}");
+    assert_eq!(
+        (e1["id"].as_i64(), e2["id"].as_i64()),
+        (Some(1), Some(1)),
+        "ids are per domain"
+    );
+    let (_, log) = admin(d2, "GET", "/admin/v1/events", None).await;
+    assert_eq!(log["items"].as_array().map(|a| a.len()), Some(1), "{log}");
+    // Each node registry lists its own domain's nodes.
+    for (node, id) in [(d1, "node-1"), (d2, "node-2")] {
+        let mut listing = Value::Null;
+        for _ in 0..100 {
+            listing = admin(node, "GET", "/admin/v1/nodes", None).await.1;
+            if listing["total"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(listing["total"], 1, "{listing}");
+        assert_eq!(listing["items"][0]["node_id"], id);
+    }
+}
+
+/// A channel whose webhook runs the session call the body asks for.
+fn session_operator(code: &str) -> Value {
+    json!({
+        "code": code,
+        "kind": "public",
+        "wait_for_completion": true,
+        "ws_hello": true,
+        "websocket_scenario": "response_content = \"echo:\" + startparam(2);",
+        "webhook_scenario": r#"
+            let body = startparam(4);
+            let r = if body.starts_with("{") { parse_json(body) } else { #{ op: "" } };
+            if r.op == "send" { response_content = to_json(ws_send(r.code, r.text)); }
+            else if r.op == "broadcast" { response_content = to_json(ws_broadcast(r.text)); }
+            else if r.op == "close" { response_content = to_json(ws_close(r.code, "bye")); }
+            else if r.op == "list" { let s = ws_sessions(); s.sort(); response_content = to_json(s); }
+        "#,
+    })
+}
+
+async fn hello(ws: &mut Ws) -> String {
+    let hello = json_frame(ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    hello["code"].as_str().unwrap().to_string()
+}
+
+async fn text_frame(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("reads");
+        if let Message::Text(t) = msg {
+            return t.to_string();
+        }
+    }
+}
+
+#[actix_web::test]
+async fn pushes_and_closes_reach_sessions_on_whichever_node_holds_them() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let (status, created) = admin(
+        cluster.node(1),
+        "POST",
+        "/admin/v1/channels",
+        Some(session_operator("ops")),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (token, id) = (token_of(&created), id_of(&created));
+    for i in [2, 3] {
+        answers(cluster.node(i), &token, (200, ""), PROPAGATION).await;
+    }
+    let path = format!("/ws/token/v1/{token}");
+    let mut on2 = open_ws(cluster.node(2), &path).await;
+    let code2 = hello(&mut on2).await;
+    let mut on3 = open_ws(cluster.node(3), &path).await;
+    let code3 = hello(&mut on3).await;
+    let op = |v: Value| v.to_string();
+
+    // ws_send from a webhook scenario on node 1 reaches the session on node 2 (once
+    // node 2's directory entry is written: poll), and says false for no session.
+    let sent = Instant::now();
+    loop {
+        let (status, body) = call_with(
+            cluster.node(1),
+            &token,
+            op(json!({"op": "send", "code": code2, "text": "to-2"})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        if body == "true" {
+            break;
+        }
+        assert!(
+            sent.elapsed() < PROPAGATION,
+            "the session on node 2 was not found: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(text_frame(&mut on2).await, "to-2");
+    let (_, body) = call_with(
+        cluster.node(1),
+        &token,
+        op(json!({"op": "send", "code": "no-such-session", "text": "x"})),
+    )
+    .await;
+    assert_eq!(body, "false");
+    // Larger than a notification's payload: carried through the database.
+    let big = "b".repeat(20_000);
+    let (_, body) = call_with(
+        cluster.node(1),
+        &token,
+        op(json!({"op": "send", "code": code3, "text": big})),
+    )
+    .await;
+    assert_eq!(body, "true");
+    assert_eq!(text_frame(&mut on3).await.len(), 20_000);
+
+    // ws_sessions and ws_broadcast see every node's sessions.
+    let mut both = vec![code2.clone(), code3.clone()];
+    both.sort();
+    let (_, body) = call_with(cluster.node(1), &token, op(json!({"op": "list"}))).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!(both));
+    let (_, body) = call_with(
+        cluster.node(1),
+        &token,
+        op(json!({"op": "broadcast", "text": "all"})),
+    )
+    .await;
+    assert_eq!(body, "2");
+    assert_eq!(text_frame(&mut on2).await, "all");
+    assert_eq!(text_frame(&mut on3).await, "all");
+
+    // The admin API of node 3 lists the session on node 2 and pushes to it.
+    let (status, list) = admin(
+        cluster.node(3),
+        "GET",
+        &format!("/admin/v1/channels/{id}/sessions"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 2, "{list}");
+    let remote = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["code"] == code2.as_str())
+        .expect("node 2's session listed");
+    assert_eq!(remote["node_id"], "node-2");
+    let (status, _) = admin(
+        cluster.node(3),
+        "POST",
+        &format!("/admin/v1/channels/{id}/sessions/{code2}/messages"),
+        Some(json!({"text": "from-admin-3"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(text_frame(&mut on2).await, "from-admin-3");
+
+    // ws_close from node 1 closes the session on node 3.
+    let (_, body) = call_with(
+        cluster.node(1),
+        &token,
+        op(json!({"op": "close", "code": code3})),
+    )
+    .await;
+    assert_eq!(body, "true");
+    let (code, reason) = next_close(&mut on3).await;
+    assert_eq!((code, reason.as_str()), (1000, "bye"));
+    // Once closed, it is gone from the directory.
+    let only_2 = json!([code2]).to_string();
+    eventually(
+        "the closed session leaves the directory",
+        PROPAGATION,
+        || {
+            let fut = call_with(cluster.node(1), &token, op(json!({"op": "list"})));
+            let only_2 = only_2.clone();
+            async move { fut.await.1 == only_2 }
+        },
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_node_killed_while_a_thousand_deliveries_are_in_flight_loses_none() {
+    let receiver = crate::receiver::Receiver::start(|_| (200, String::new()));
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, "delivery_poll_ms = 50\n").unwrap();
+    let config = config.display().to_string();
+    let Some(mut cluster) = Cluster::start_with(3, |_| {
+        vec![
+            "--config".into(),
+            config.clone(),
+            "--allow-private-targets".into(),
+        ]
+    })
+    .await
+    else {
+        return;
+    };
+    crate::deliveries::subscribe_process(cluster.node(1), "bulk", &receiver.url).await;
+    let events: Vec<Value> = (0..1000)
+        .map(|i| json!({"type": "bulk.item", "data": {"n": i}}))
+        .collect();
+    let status =
+        crate::deliveries::publish_process(cluster.node(2), json!({ "events": events })).await;
+    assert_eq!(status, 201);
+    eventually(
+        "some of the batch arrived",
+        Duration::from_secs(30),
+        || async { receiver.seen().len() >= 50 },
+    )
+    .await;
+    cluster.nodes[0].kill9();
+    let before = receiver.seen().len();
+    let events_of = || -> Vec<(i64, String)> {
+        receiver
+            .seen()
+            .iter()
+            .map(|s| {
+                let body: Value = serde_json::from_slice(&s.body).unwrap();
+                (
+                    body["id"].as_i64().unwrap(),
+                    s.headers["webhook-id"].clone(),
+                )
+            })
+            .collect()
+    };
+    // What the killed node had claimed waits for its lease to run out (~45 s).
+    eventually(
+        "all 1,000 events arrive",
+        Duration::from_secs(150),
+        || async {
+            events_of()
+                .iter()
+                .map(|(e, _)| *e)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 1000
+        },
+    )
+    .await;
+    let seen = events_of();
+    let mut ids: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
+    for (event, id) in &seen {
+        assert_eq!(
+            ids.entry(*event).or_insert_with(|| id.clone()),
+            id,
+            "event {event}: one webhook-id"
+        );
+    }
+    eprintln!(
+        "1,000 events: {} deliveries, {} duplicates (same webhook-id), {before} before the kill",
+        seen.len(),
+        seen.len() - 1000
+    );
+    assert!(before < 1000, "the kill came after everything was sent");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1178,7 +1178,7 @@ fn crash_node(settings: &str) -> (std::path::PathBuf, Vec<String>) {
 }
 
 /// A new eventing channel on `node` with `url` subscribed to it.
-async fn subscribe_process(node: &crate::helpers::GatewayProcess, code: &str, url: &str) {
+pub async fn subscribe_process(node: &crate::helpers::GatewayProcess, code: &str, url: &str) {
     let channel = node
         .create_channel(json!({"code": code, "kind": "eventing"}))
         .await;
@@ -1195,7 +1195,7 @@ async fn subscribe_process(node: &crate::helpers::GatewayProcess, code: &str, ur
 }
 
 /// Publishes through `node`'s admin API; the status.
-async fn publish_process(node: &crate::helpers::GatewayProcess, body: Value) -> u16 {
+pub async fn publish_process(node: &crate::helpers::GatewayProcess, body: Value) -> u16 {
     awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .finish()

@@ -1,0 +1,2 @@
+DROP TABLE ws_pushes;
+DROP TABLE ws_directory;

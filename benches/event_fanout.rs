@@ -27,6 +27,8 @@
 //!                --admin-token <admin token> [--subscribers 10000] [--events 20]
 //!                [--warmup-events 1] [--connect-concurrency 500] [--source-addresses 1] [--timeout-s 180]
 //!                [--event-timeout-s 30] [--settle-ms 1000] [--pid <server pid>] [--label x]
+//!                [--subscribe-bases http://node1,http://node2,...  (subscribers round robin;
+//!                 events are published through --base)]
 //!
 //! Runs on one thread (an actix/tokio current-thread runtime, as `ws_load`): on a 2-core
 //! machine the client shares the cores with the gateway, and the time its one thread takes
@@ -37,7 +39,7 @@
 
 #[path = "shared/ws_client.rs"]
 mod ws_client;
-use ws_client::error_kind;
+use ws_client::{error_kind, percentile_ms};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +66,9 @@ struct Args {
     settle_ms: u64,
     pid: Option<u32>,
     label: String,
+    /// Nodes the subscribers connect to, round robin (default: `base`); events are
+    /// published through `base`.
+    subscribe_bases: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -81,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         settle_ms: 1000,
         pid: None,
         label: String::new(),
+        subscribe_bases: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +110,13 @@ fn parse_args() -> Result<Args, String> {
             "--settle-ms" => a.settle_ms = num(&value)?,
             "--pid" => a.pid = Some(num(&value)? as u32),
             "--label" => a.label = value,
+            "--subscribe-bases" => {
+                a.subscribe_bases = value
+                    .split(',')
+                    .filter(|b| !b.is_empty())
+                    .map(|b| b.trim_end_matches('/').to_string())
+                    .collect()
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -263,15 +276,6 @@ fn bump(map: &mut BTreeMap<String, usize>, key: String) {
     }
 }
 
-fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
-    if sorted_us.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    let idx = rank.clamp(1, sorted_us.len()) - 1;
-    Some(sorted_us[idx] as f64 / 1000.0)
-}
-
 /// One published event, as the main task sees it.
 struct Published {
     /// Just before the POST was sent.
@@ -425,11 +429,21 @@ async fn run(args: Args) -> Value {
     let mut timed_out = false;
     let rss_before = rss_kib(args.pid);
 
-    let ws_url = Arc::new(format!(
-        "ws://{}/ws/token/v1/{}/subscribe",
-        args.base.trim_start_matches("http://"),
-        args.token
-    ));
+    let bases = if args.subscribe_bases.is_empty() {
+        vec![args.base.clone()]
+    } else {
+        args.subscribe_bases.clone()
+    };
+    let ws_urls: Vec<Arc<String>> = bases
+        .iter()
+        .map(|b| {
+            Arc::new(format!(
+                "ws://{}/ws/token/v1/{}/subscribe",
+                b.trim_start_matches("http://"),
+                args.token
+            ))
+        })
+        .collect();
     let publish_url = format!("{}/admin/v1/events", args.base);
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -437,7 +451,7 @@ async fn run(args: Args) -> Value {
     for sub in 0..args.subscribers {
         tokio::spawn(subscriber(
             sub,
-            ws_url.clone(),
+            ws_urls[sub % ws_urls.len()].clone(),
             args.source_addresses,
             gate.clone(),
             stop_rx.clone(),

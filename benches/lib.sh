@@ -167,7 +167,8 @@ commit_line() {
     echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
 }
 
-# The release gateway (built once per run), started on PORT with CONFIG and DATA dir:
+# The release gateway (built once per run), started on PORT with CONFIG and DATA dir
+# (SQLite in DATA, or GATEWAY_DB_URL when set):
 #   start_gateway_at PORT CONFIG DATA LOG [more flags...]   -> sets GATEWAY_PID
 build_gateway() {
     log "building the gateway (cargo build --release)"
@@ -179,7 +180,7 @@ start_gateway_at() {
     local port="$1" config="$2" data="$3" logf="$4"
     shift 4
     "$GATEWAY_BIN" serve --config "$config" --listen "127.0.0.1:$port" --data-dir "$data" \
-        --database-url "$data/bench.db" --admin-token "$ADMIN_TOKEN" --log-level warn "$@" \
+        --database-url "${GATEWAY_DB_URL:-$data/bench.db}" --admin-token "$ADMIN_TOKEN" --log-level warn "$@" \
         >>"$logf" 2>&1 &
     GATEWAY_PID=$!
     PIDS+=("$GATEWAY_PID")

@@ -20,7 +20,7 @@
 
 #[path = "shared/ws_client.rs"]
 mod ws_client;
-use ws_client::error_kind;
+use ws_client::{error_kind, percentile_ms};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -235,15 +235,6 @@ fn reply_kind(text: &str) -> String {
                 .map(|c| format!("error {c}"))
         })
         .unwrap_or_else(|| format!("text {}", text.chars().take(40).collect::<String>()))
-}
-
-fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
-    if sorted_us.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    let idx = rank.clamp(1, sorted_us.len()) - 1;
-    Some(sorted_us[idx] as f64 / 1000.0)
 }
 
 fn bump(map: &mut BTreeMap<String, usize>, key: String) {

@@ -23,7 +23,7 @@ use crate::db::Database;
 use crate::events::EventService;
 use crate::http;
 use crate::http::error::ApiError;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, DomainState};
 use crate::scenario::ScenarioRuntime;
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::http_runtime::HttpRuntime;
@@ -77,51 +77,18 @@ impl Application {
             .map_err(|e| crate::db::StoreError::Blocking(e.to_string()))??;
         slog::info!(logger, "database ready"; "backend" => format!("{:?}", db.backend()), "migrations_applied" => ran);
 
-        let events = EventService::new(db.clone(), &config.domain);
-        let head = events.ensure_log().await?;
-        slog::info!(logger, "event log ready"; "epoch" => &head.epoch, "last_id" => head.last_id);
-        // The broker and the delivery worker have a thread of their own; channel actors
-        // are spread over one thread per core (`ChannelArbiters`), so that websocket
-        // messages of different channels do not queue behind each other or behind
-        // eventing. Arbiters live as long as the process.
+        // The broker and the delivery worker of each domain have a thread of their own;
+        // channel actors are spread over one thread per core (`ChannelArbiters`), so
+        // that websocket messages of different channels do not queue behind each other
+        // or behind eventing. Arbiters live as long as the process.
         let eventing_arbiter = Arbiter::new().handle();
         let channel_arbiters = crate::channels::ChannelArbiters::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         );
-        let broker = {
-            let (db, domain, logger) = (db.clone(), config.domain.clone(), logger.clone());
-            let (last_id, max_pending) = (head.last_id, config.event_subscriber_buffer);
-            let stats = events.stats.clone();
-            EventBroker::start_in_arbiter(&eventing_arbiter, move |_| {
-                EventBroker::new(db, &domain, last_id, max_pending, stats, &logger)
-            })
-        };
-        let delivery_stats = Arc::new(DeliveryStats::default());
-        let delivery = {
-            let (db, domain, logger, stats) = (
-                db.clone(),
-                config.domain.clone(),
-                logger.clone(),
-                delivery_stats.clone(),
-            );
-            let delivery_config = DeliveryConfig {
-                retry_delays_ms: config.delivery_retry_delays_ms.clone(),
-                timeout: Duration::from_millis(config.delivery_timeout_ms),
-                disable_after_ms: config.delivery_disable_after_ms as i64,
-                concurrency: config.delivery_concurrency.max(1),
-                per_subscription: config.delivery_max_in_flight_per_subscription.max(1),
-                poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
-                allow_private: config.allow_private_targets,
-                tls: client_tls(&config)?,
-            };
-            DeliveryWorker::start_in_arbiter(&eventing_arbiter, move |_| {
-                DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)
-            })
-        };
-        let events = events
-            .with_broker(broker.clone())
-            .with_delivery(delivery.clone());
-        delivery.do_send(UseEvents(events.clone()));
+        let mut eventing = Vec::new();
+        for domain in config.domains() {
+            eventing.push(start_eventing(&db, &config, &domain, &eventing_arbiter, &logger).await?);
+        }
         if !crate::alloc::counting() {
             slog::warn!(
                 logger,
@@ -132,7 +99,7 @@ impl Application {
         let dispatcher = Arc::new(build_dispatcher(
             &config,
             node_memory.clone(),
-            events.clone(),
+            eventing.iter().map(|d| d.events.clone()).collect(),
             &logger,
         )?);
         let registry = Arc::new(ChannelRegistry::new());
@@ -142,37 +109,61 @@ impl Application {
         let tokens: Arc<dyn crate::redact::TokenIndex> = registry.clone();
         crate::redact::redactor().add_index(Arc::downgrade(&tokens));
         let node_id = config.effective_node_id();
-        // A cluster's websocket session directory (PostgreSQL only).
-        let cluster_sessions = (db.backend() == crate::db::Backend::Postgres).then(|| {
-            let (sessions, writer) = crate::cluster::sessions::ClusterSessions::start(
-                db.clone(),
-                &config.domain,
-                &node_id,
-                Duration::from_millis(config.node_heartbeat_ms),
-                &logger,
-            );
-            let registry = registry.clone();
-            eventing_arbiter.spawn(writer.run(registry));
-            sessions
-        });
-        let channels = ChannelService::new(
-            db.clone(),
-            config.clone(),
-            dispatcher.clone(),
-            Some(LiveNode {
-                registry: registry.clone(),
-                arbiters: channel_arbiters,
-                logger: logger.clone(),
-                outbound: outbound.clone(),
-                elsewhere: cluster_sessions.clone().map(|s| {
-                    let s: Arc<dyn crate::actors::sessions::ElsewhereSessions> = s;
-                    s
+        let first = ChannelService::new(db.clone(), config.clone(), dispatcher.clone(), None);
+        let mut domains = Vec::new();
+        let mut cluster_domains = Vec::new();
+        for d in eventing {
+            // A cluster's websocket session directory (PostgreSQL only).
+            let sessions = (db.backend() == crate::db::Backend::Postgres).then(|| {
+                let (sessions, writer) = crate::cluster::sessions::ClusterSessions::start(
+                    db.clone(),
+                    &d.name,
+                    &node_id,
+                    Duration::from_millis(config.node_heartbeat_ms),
+                    &logger,
+                );
+                eventing_arbiter.spawn(writer.run(registry.clone()));
+                sessions
+            });
+            let channels = first.for_domain(
+                &d.name,
+                Some(LiveNode {
+                    registry: registry.clone(),
+                    arbiters: channel_arbiters.clone(),
+                    logger: logger.clone(),
+                    outbound: outbound.clone(),
+                    elsewhere: sessions.clone().map(|s| {
+                        let s: Arc<dyn crate::actors::sessions::ElsewhereSessions> = s;
+                        s
+                    }),
                 }),
-            }),
-        );
-        let load_started = Instant::now();
-        let served = channels.load_all().await?;
-        slog::info!(logger, "channels loaded"; "served" => served, "ms" => load_started.elapsed().as_millis() as u64);
+            );
+            let load_started = Instant::now();
+            let served = channels.load_all().await?;
+            slog::info!(logger, "channels loaded"; "domain" => &d.name, "served" => served, "ms" => load_started.elapsed().as_millis() as u64);
+            if let Some(sessions) = sessions {
+                cluster_domains.push(crate::cluster::listener::ListenedDomain {
+                    name: d.name.clone(),
+                    channels: channels.clone(),
+                    events: d.events.clone(),
+                    sessions,
+                });
+            }
+            spawn_event_purge(d.events.clone(), &config, &logger);
+            domains.push(DomainState {
+                name: d.name,
+                channels,
+                events: d.events,
+                broker: d.broker,
+                epoch: d.epoch,
+                delivery_stats: d.delivery_stats,
+                delivery: d.delivery,
+            });
+        }
+        let primary = domains
+            .first()
+            .cloned()
+            .ok_or_else(|| StartError::Io(std::io::Error::other("no domain to serve")))?;
 
         let cluster_stats = Arc::new(crate::cluster::ClusterStats::default());
         let freshness = Arc::new(match db.backend() {
@@ -185,8 +176,8 @@ impl Application {
             &eventing_arbiter,
             &config,
             &node_id,
-            (&db, &channels, &events, &registry),
-            (&freshness, &cluster_stats, cluster_sessions.as_ref()),
+            (&db, &registry, cluster_domains),
+            (&freshness, &cluster_stats),
             &logger,
         );
 
@@ -195,17 +186,18 @@ impl Application {
             db,
             registry,
             dispatcher,
-            channels,
+            channels: primary.channels.clone(),
             admin_token,
             logger: logger.clone(),
             started: Instant::now(),
             ws_sessions: Arc::new(AtomicUsize::new(0)),
             event_sockets: Arc::new(AtomicUsize::new(0)),
-            events: events.clone(),
-            broker,
-            epoch: head.epoch.clone(),
-            delivery_stats,
-            delivery: delivery.clone(),
+            events: primary.events.clone(),
+            broker: primary.broker.clone(),
+            epoch: primary.epoch.clone(),
+            delivery_stats: primary.delivery_stats.clone(),
+            delivery: primary.delivery.clone(),
+            domains,
             node_memory,
             outbound: outbound.clone(),
             ws_inbound: crate::actors::ws_session::InboundBudget::new(
@@ -216,7 +208,6 @@ impl Application {
             freshness,
             cluster_stats,
         });
-        spawn_event_purge(events, &config, &logger);
 
         let app_state = state.clone();
         let access_log = config.access_log;
@@ -377,36 +368,40 @@ pub fn scenario_runtime(
 }
 
 /// The node's part in the cluster, on the eventing arbiter: the heartbeat in the node
-/// registry (every backend), and on PostgreSQL (where `sessions` is given) the
-/// notification listener that applies other nodes' changes here.
+/// registry, one row per domain (every backend), and on PostgreSQL (where `domains`
+/// holds each domain's cluster side) the notification listener that applies other
+/// nodes' changes here.
 fn start_cluster(
     arbiter: &actix::ArbiterHandle,
     config: &Config,
     node_id: &str,
-    (db, channels, events, registry): (
+    (db, registry, domains): (
         &Database,
-        &ChannelService,
-        &EventService,
         &Arc<crate::actors::ChannelRegistry>,
+        Vec<crate::cluster::listener::ListenedDomain>,
     ),
-    (freshness, stats, sessions): (
+    (freshness, stats): (
         &Arc<crate::cluster::Freshness>,
         &Arc<crate::cluster::ClusterStats>,
-        Option<&Arc<crate::cluster::sessions::ClusterSessions>>,
     ),
     logger: &slog::Logger,
 ) {
+    let started_at = crate::db::now_millis();
     let heartbeat = crate::cluster::heartbeat::Heartbeat {
         db: db.clone(),
-        node: crate::db::nodes::NodeRow {
-            domain: config.domain.clone(),
-            node_id: node_id.to_string(),
-            roles: config.roles.join(","),
-            listen: config.listen.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: crate::db::now_millis(),
-            heartbeat_at: 0,
-        },
+        nodes: config
+            .domains()
+            .into_iter()
+            .map(|domain| crate::db::nodes::NodeRow {
+                domain,
+                node_id: node_id.to_string(),
+                roles: config.roles.join(","),
+                listen: config.listen.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at,
+                heartbeat_at: 0,
+            })
+            .collect(),
         every: Duration::from_millis(config.node_heartbeat_ms),
         freshness: freshness.clone(),
         stats: stats.clone(),
@@ -414,25 +409,86 @@ fn start_cluster(
         logger: logger.clone(),
     };
     arbiter.spawn(heartbeat.run());
-    if let Some(sessions) = sessions {
+    if db.backend() == crate::db::Backend::Postgres {
         let listener = crate::cluster::listener::Listener {
             url: config
                 .cluster_listen_url
                 .clone()
                 .unwrap_or_else(|| config.database_url.clone()),
-            domain: config.domain.clone(),
-            channels: channels.clone(),
-            events: events.clone(),
+            domains,
             freshness: freshness.clone(),
             stats: stats.clone(),
             heartbeat: Duration::from_millis(config.node_heartbeat_ms),
             reconcile_every: Duration::from_secs(config.cluster_reconcile_s),
-            sessions: sessions.clone(),
             registry: registry.clone(),
             logger: logger.clone(),
         };
         arbiter.spawn(listener.run());
     }
+}
+
+/// One domain's event log, broker and delivery worker (on the eventing arbiter).
+struct Eventing {
+    name: String,
+    events: EventService,
+    broker: actix::Addr<EventBroker>,
+    epoch: String,
+    delivery_stats: Arc<DeliveryStats>,
+    delivery: actix::Addr<DeliveryWorker>,
+}
+
+async fn start_eventing(
+    db: &Database,
+    config: &Config,
+    domain: &str,
+    arbiter: &actix::ArbiterHandle,
+    logger: &slog::Logger,
+) -> Result<Eventing, StartError> {
+    let events = EventService::new(db.clone(), domain);
+    let head = events.ensure_log().await?;
+    slog::info!(logger, "event log ready"; "domain" => domain, "epoch" => &head.epoch, "last_id" => head.last_id);
+    let broker = {
+        let (db, domain, logger) = (db.clone(), domain.to_string(), logger.clone());
+        let (last_id, max_pending) = (head.last_id, config.event_subscriber_buffer);
+        let stats = events.stats.clone();
+        EventBroker::start_in_arbiter(arbiter, move |_| {
+            EventBroker::new(db, &domain, last_id, max_pending, stats, &logger)
+        })
+    };
+    let delivery_stats = Arc::new(DeliveryStats::default());
+    let delivery = {
+        let (db, domain, logger, stats) = (
+            db.clone(),
+            domain.to_string(),
+            logger.clone(),
+            delivery_stats.clone(),
+        );
+        let delivery_config = DeliveryConfig {
+            retry_delays_ms: config.delivery_retry_delays_ms.clone(),
+            timeout: Duration::from_millis(config.delivery_timeout_ms),
+            disable_after_ms: config.delivery_disable_after_ms as i64,
+            concurrency: config.delivery_concurrency.max(1),
+            per_subscription: config.delivery_max_in_flight_per_subscription.max(1),
+            poll: Duration::from_millis(config.delivery_poll_ms.max(10)),
+            allow_private: config.allow_private_targets,
+            tls: client_tls(config)?,
+        };
+        DeliveryWorker::start_in_arbiter(arbiter, move |_| {
+            DeliveryWorker::new(db, &domain, delivery_config, stats, &logger)
+        })
+    };
+    let events = events
+        .with_broker(broker.clone())
+        .with_delivery(delivery.clone());
+    delivery.do_send(UseEvents(events.clone()));
+    Ok(Eventing {
+        name: domain.to_string(),
+        events,
+        broker,
+        epoch: head.epoch,
+        delivery_stats,
+        delivery,
+    })
 }
 
 /// The rustls server configuration from PEM files (ring as the crypto provider).
@@ -464,13 +520,19 @@ fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
 /// instead of after the lease runs out. Delivery is at least once: receivers dedupe by
 /// webhook-id.
 async fn drain_deliveries(state: &AppState) {
+    for domain in &state.domains {
+        drain_domain_deliveries(state, domain).await;
+    }
+}
+
+async fn drain_domain_deliveries(state: &AppState, domain: &DomainState) {
     use std::sync::atomic::Ordering;
-    let _ = state.delivery.send(crate::actors::delivery::Drain).await;
+    let _ = domain.delivery.send(crate::actors::delivery::Drain).await;
     let until = Instant::now() + Duration::from_secs(10);
-    while state.delivery_stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+    while domain.delivery_stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Ok(left) = state.delivery.send(crate::actors::delivery::Drain).await else {
+    let Ok(left) = domain.delivery.send(crate::actors::delivery::Drain).await else {
         return;
     };
     if left.is_empty() {
@@ -490,13 +552,15 @@ async fn drain_deliveries(state: &AppState) {
 /// A node stopping cleanly takes itself out of the node registry (a killed one is
 /// shown down after three missed heartbeats).
 async fn leave_the_registry(state: &AppState) {
-    let (domain, node) = (state.config.domain.clone(), state.node_id.clone());
-    if let Err(e) = state
-        .db
-        .run(move |c| crate::db::nodes::forget(c, &domain, &node))
-        .await
-    {
-        slog::warn!(state.logger, "leaving the node registry failed"; "error" => %e);
+    for domain in state.config.domains() {
+        let node = state.node_id.clone();
+        if let Err(e) = state
+            .db
+            .run(move |c| crate::db::nodes::forget(c, &domain, &node))
+            .await
+        {
+            slog::warn!(state.logger, "leaving the node registry failed"; "error" => %e);
+        }
     }
 }
 
@@ -520,7 +584,7 @@ async fn wait_for_stop_signal() {
 fn build_dispatcher(
     config: &Config,
     node_memory: Arc<crate::alloc::NodeMemory>,
-    events: EventService,
+    events: Vec<EventService>,
     logger: &slog::Logger,
 ) -> Result<Dispatcher, StartError> {
     let runtime = scenario_runtime(config, node_memory)?;

@@ -181,7 +181,7 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
     let pool = ScenarioPool::start(1, 1, logger.clone()).map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(
         pool,
-        crate::events::EventService::new(db.clone(), &config.domain),
+        vec![crate::events::EventService::new(db.clone(), &config.domain)],
         runtime,
         Duration::from_secs(1),
         1,

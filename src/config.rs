@@ -34,7 +34,13 @@ pub struct Config {
     pub database_url: String,
     pub data_dir: PathBuf,
     pub admin_token: Option<String>,
+    /// The domain this node serves; `domain = "a,b"` (or `--domain a,b`) serves several,
+    /// the first being the one admin calls use unless they name another
+    /// (`X-Oktell-Domain`). After `resolve`, `domain` holds the first only.
     pub domain: String,
+    /// The further domains of `domain = "a,b"` (filled by `resolve`).
+    #[serde(skip)]
+    pub more_domains: Vec<String>,
     pub roles: Vec<String>,
     /// This node's name in the node registry (`GET /admin/v1/nodes`); default
     /// `<hostname>:<listen port>`.
@@ -162,6 +168,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             admin_token: None,
             domain: "default".into(),
+            more_domains: Vec::new(),
             roles: Vec::new(),
             node_id: None,
             node_heartbeat_ms: 1000,
@@ -260,7 +267,8 @@ pub struct ConfigArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
-    /// Domain this node serves.
+    /// Domain this node serves; a comma list serves several (the first is the admin
+    /// API's default; others are named with the X-Oktell-Domain header).
     #[arg(long, global = true, env = "OKTELL_DOMAIN")]
     pub domain: Option<String>,
     /// WS roles this node serves (comma list); empty serves channels of every role.
@@ -435,6 +443,7 @@ impl ConfigArgs {
             cfg.database_url = cfg.data_dir.join("oktell-gateway.db").display().to_string();
         }
         cfg.roles.retain(|r| !r.trim().is_empty());
+        cfg.split_domains();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -446,11 +455,19 @@ impl Config {
             field,
             message: message.to_string(),
         };
-        if self.domain.trim().is_empty() {
-            return Err(invalid("domain", "must not be empty"));
-        }
-        if self.domain.len() > 200 {
-            return Err(invalid("domain", "must be at most 200 bytes"));
+        for domain in self.domains() {
+            if domain.trim().is_empty() {
+                return Err(invalid(
+                    "domain",
+                    "must not be empty (nor hold an empty item)",
+                ));
+            }
+            if domain.len() > 200 || domain.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    "domain",
+                    "each domain must be at most 200 bytes, without control characters",
+                ));
+            }
         }
         if let Some(id) = &self.node_id
             && (id.trim().is_empty() || id.len() > 200)
@@ -518,6 +535,32 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `domain = "a,b"`: `domain` becomes `a`, `more_domains` `[b]`.
+    pub fn split_domains(&mut self) {
+        let listed: Vec<String> = self
+            .domain
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .chain(std::mem::take(&mut self.more_domains))
+            .collect();
+        let mut all = listed.into_iter();
+        self.domain = all.next().unwrap_or_default();
+        let mut more: Vec<String> = Vec::new();
+        for d in all {
+            if d != self.domain && !more.contains(&d) {
+                more.push(d);
+            }
+        }
+        self.more_domains = more;
+    }
+
+    /// Every domain this node serves, the default one first.
+    pub fn domains(&self) -> Vec<String> {
+        std::iter::once(self.domain.clone())
+            .chain(self.more_domains.iter().cloned())
+            .collect()
     }
 
     /// Threads for scenarios: the configured number, or one per core.

@@ -1,5 +1,6 @@
-//! The websocket connect step shared by the load clients (`ws_load`, `event_fanout`):
-//! one connection of many, from one of several loopback source addresses.
+//! What the websocket load clients (`ws_load`, `event_fanout`, `cluster_probe`) share:
+//! the connect step (one connection of many, from one of several loopback source
+//! addresses) and percentiles.
 //!
 //! A client on one source address runs out of ephemeral ports near 28,000 connections
 //! to one server port; spreading connections over 127.0.0.1 .. 127.0.0.N lifts that
@@ -67,4 +68,14 @@ fn server_addr(url: &str) -> Result<SocketAddr, String> {
 /// A short name for an error (counted by kind in the reports): its first 80 characters.
 pub fn error_kind(e: &dyn std::fmt::Display) -> String {
     e.to_string().chars().take(80).collect()
+}
+
+/// The p-th percentile (nearest rank) of sorted microseconds, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
+    if sorted_us.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted_us.len()) - 1;
+    Some(sorted_us[idx] as f64 / 1000.0)
 }

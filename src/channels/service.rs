@@ -53,6 +53,8 @@ pub struct LiveNode {
 #[derive(Clone)]
 pub struct ChannelService {
     db: Database,
+    /// The domain whose channels this service manages (a node may serve several).
+    domain: String,
     config: Arc<Config>,
     dispatcher: Arc<Dispatcher>,
     live: Option<LiveNode>,
@@ -71,6 +73,7 @@ impl ChannelService {
     ) -> ChannelService {
         ChannelService {
             db,
+            domain: config.domain.clone(),
             config,
             dispatcher,
             live,
@@ -79,7 +82,20 @@ impl ChannelService {
     }
 
     pub fn domain(&self) -> &str {
-        &self.config.domain
+        &self.domain
+    }
+
+    /// The same service for another domain of this node, going live through `live`
+    /// (that domain's sessions directory; the registry is shared: tokens are unique).
+    pub fn for_domain(&self, domain: &str, live: Option<LiveNode>) -> ChannelService {
+        ChannelService {
+            db: self.db.clone(),
+            domain: domain.to_string(),
+            config: self.config.clone(),
+            dispatcher: self.dispatcher.clone(),
+            live,
+            writes: Arc::default(),
+        }
     }
 
     /// Compiles both scripts (off the async threads); a syntax error names the field.
@@ -115,7 +131,7 @@ impl ChannelService {
         let now = now_millis();
         let mut channel = Channel {
             id: uuid::Uuid::now_v7().to_string(),
-            domain: self.config.domain.clone(),
+            domain: self.domain.clone(),
             code: String::new(),
             kind: String::new(),
             wait_for_completion: false,
@@ -168,7 +184,7 @@ impl ChannelService {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), ServiceError> {
-        let (domain, owned) = (self.config.domain.clone(), id.to_string());
+        let (domain, owned) = (self.domain.clone(), id.to_string());
         let _writing = self.writes.lock().await;
         let deleted = self
             .db
@@ -182,7 +198,7 @@ impl ChannelService {
     }
 
     pub async fn get(&self, id: &str) -> Result<Channel, ServiceError> {
-        let (domain, id) = (self.config.domain.clone(), id.to_string());
+        let (domain, id) = (self.domain.clone(), id.to_string());
         self.db
             .run(move |c| rows::find(c, &domain, &id))
             .await?
@@ -190,7 +206,7 @@ impl ChannelService {
     }
 
     pub async fn get_by_code(&self, code: &str) -> Result<Channel, ServiceError> {
-        let (domain, code) = (self.config.domain.clone(), code.to_string());
+        let (domain, code) = (self.domain.clone(), code.to_string());
         self.db
             .run(move |c| rows::find_by_code(c, &domain, &code))
             .await?
@@ -201,13 +217,13 @@ impl ChannelService {
         &self,
         mut filter: ChannelFilter,
     ) -> Result<(Vec<Channel>, i64), ServiceError> {
-        filter.domain = self.config.domain.clone();
+        filter.domain = self.domain.clone();
         Ok(self.db.run(move |c| rows::list(c, &filter)).await?)
     }
 
     /// Loads every channel of the domain into the registry (node start).
     pub async fn load_all(&self) -> Result<usize, ServiceError> {
-        let domain = self.config.domain.clone();
+        let domain = self.domain.clone();
         let all = self.db.run(move |c| rows::load_domain(c, &domain)).await?;
         let Some(live) = &self.live else {
             return Ok(0);
@@ -233,7 +249,7 @@ impl ChannelService {
         // One at a time with this node's own writes, and in the order notes came: a
         // read made before a delete can never be applied after it.
         let _writing = self.writes.lock().await;
-        let (domain, owned) = (self.config.domain.clone(), id.to_string());
+        let (domain, owned) = (self.domain.clone(), id.to_string());
         let stored = self.db.run(move |c| rows::find(c, &domain, &owned)).await?;
         let served = live.registry.get_by_id(id).map(|h| h.channel.version);
         match stored {
@@ -261,7 +277,7 @@ impl ChannelService {
             return Ok(0);
         };
         let _writing = self.writes.lock().await;
-        let domain = self.config.domain.clone();
+        let domain = self.domain.clone();
         let stored = self.db.run(move |c| rows::versions(c, &domain)).await?;
         let wanted: std::collections::HashMap<&str, i64> = stored
             .iter()
@@ -270,7 +286,9 @@ impl ChannelService {
             .collect();
         let mut changed = 0;
         for handle in live.registry.handles() {
-            if !wanted.contains_key(handle.channel.id.as_str()) {
+            if handle.channel.domain == self.domain
+                && !wanted.contains_key(handle.channel.id.as_str())
+            {
                 self.retire(&handle.channel.id).await;
                 changed += 1;
             }
@@ -285,7 +303,7 @@ impl ChannelService {
             .map(|(id, _)| id.to_string())
             .collect();
         for id in behind {
-            let domain = self.config.domain.clone();
+            let domain = self.domain.clone();
             let owned = id.clone();
             // Gone since the listing: the next note or round retires it.
             if let Some(channel) = self.db.run(move |c| rows::find(c, &domain, &owned)).await? {

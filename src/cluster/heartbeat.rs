@@ -17,7 +17,8 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 
 pub struct Heartbeat {
     pub db: Database,
-    pub node: NodeRow,
+    /// This node's row in each domain it serves.
+    pub nodes: Vec<NodeRow>,
     pub every: Duration,
     pub freshness: Arc<Freshness>,
     pub stats: Arc<ClusterStats>,
@@ -35,8 +36,14 @@ impl Heartbeat {
         let mut stale = false;
         loop {
             tick.tick().await;
-            let node = self.node.clone();
-            match self.db.run(move |c| nodes::heartbeat(c, &node)).await {
+            let rows = self.nodes.clone();
+            let beat = self.db.run(move |c| {
+                for row in &rows {
+                    nodes::heartbeat(c, row)?;
+                }
+                Ok(())
+            });
+            match beat.await {
                 Ok(_) if failing => {
                     failing = false;
                     slog::info!(logger, "node heartbeat recorded again");

@@ -38,17 +38,23 @@ enum ListenError {
     CatchUp(#[from] crate::channels::ServiceError),
 }
 
-pub struct Listener {
-    pub url: String,
-    pub domain: String,
+/// One domain this node serves, as the listener applies notes to it.
+pub struct ListenedDomain {
+    pub name: String,
     pub channels: ChannelService,
     pub events: EventService,
+    /// Websocket sessions across nodes: pushes from other nodes are applied here.
+    pub sessions: Arc<super::sessions::ClusterSessions>,
+}
+
+pub struct Listener {
+    pub url: String,
+    /// Notes of other domains are ignored.
+    pub domains: Vec<ListenedDomain>,
     pub freshness: Arc<Freshness>,
     pub stats: Arc<ClusterStats>,
     pub heartbeat: Duration,
     pub reconcile_every: Duration,
-    /// Websocket sessions across nodes: pushes from other nodes are applied here.
-    pub sessions: Arc<super::sessions::ClusterSessions>,
     pub registry: Arc<crate::actors::ChannelRegistry>,
     pub logger: slog::Logger,
 }
@@ -118,7 +124,9 @@ impl Listener {
         self.catch_up().await?;
         // Directory writes may have failed while the database was away: this node's
         // list is rewritten from its live sessions.
-        self.sessions.request_resync();
+        for d in &self.domains {
+            d.sessions.request_resync();
+        }
         self.stats.listening.store(true, Ordering::Relaxed);
         self.freshness.touch();
         slog::info!(logger, "cluster listener connected and caught up"; "channel" => &name);
@@ -154,14 +162,16 @@ impl Listener {
         }
     }
 
-    /// Reconciles every channel and wakes the event readers.
+    /// Reconciles every channel of every domain and wakes the event readers.
     async fn catch_up(&self) -> Result<(), ListenError> {
-        let changed = self.channels.reconcile_all().await?;
+        for d in &self.domains {
+            let changed = d.channels.reconcile_all().await?;
+            self.stats
+                .reconciled_channels
+                .fetch_add(changed as u64, Ordering::Relaxed);
+            d.events.wake_readers();
+        }
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .reconciled_channels
-            .fetch_add(changed as u64, Ordering::Relaxed);
-        self.events.wake_readers();
         Ok(())
     }
 
@@ -173,13 +183,16 @@ impl Listener {
                 return;
             }
         };
-        if note.is_own() || note.d != self.domain {
+        if note.is_own() {
             return;
         }
+        let Some(domain) = self.domains.iter().find(|d| d.name == note.d) else {
+            return;
+        };
         match note.change {
             Change::Channel { id, .. } => {
                 self.stats.notes_channel.fetch_add(1, Ordering::Relaxed);
-                match self.channels.reconcile_one(&id).await {
+                match domain.channels.reconcile_one(&id).await {
                     Ok(true) => {
                         self.stats
                             .reconciled_channels
@@ -194,11 +207,11 @@ impl Listener {
             }
             Change::Events { .. } => {
                 self.stats.notes_events.fetch_add(1, Ordering::Relaxed);
-                self.events.wake_readers();
+                domain.events.wake_readers();
             }
             change @ (Change::Push { .. } | Change::Broadcast { .. } | Change::Close { .. }) => {
                 self.stats.notes_sessions.fetch_add(1, Ordering::Relaxed);
-                self.sessions.apply(&self.registry, change).await;
+                domain.sessions.apply(&self.registry, change).await;
             }
         }
     }

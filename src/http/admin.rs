@@ -12,7 +12,7 @@ use super::read_body;
 use crate::actors::channel::InjectPanic;
 use crate::channels::{ChannelInput, ChannelView, KIND_EVENTING, KIND_PUBLIC};
 use crate::db::channels::ChannelFilter;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, DomainState, InDomain};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // Each path is a resource, so that a wrong method is a 405 rather than a 404.
@@ -141,6 +141,7 @@ fn view(state: &AppState, channel: &crate::db::models::Channel, reveal: bool) ->
     security(("admin_token" = [])))]
 async fn create_channel(
     _: Admin,
+    domain: InDomain,
     req: HttpRequest,
     payload: web::Payload,
     query: web::Query<ViewQuery>,
@@ -148,7 +149,7 @@ async fn create_channel(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
     let input = ChannelInput::from_json(&body)?;
-    let channel = state.channels.create(input).await?;
+    let channel = domain.channels.create(input).await?;
     slog::info!(state.logger, "channel created"; "channel" => &channel.code, "id" => &channel.id, "kind" => &channel.kind);
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((
@@ -164,6 +165,7 @@ async fn create_channel(
     security(("admin_token" = [])))]
 async fn list_channels(
     _: Admin,
+    domain: InDomain,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -200,7 +202,7 @@ async fn list_channels(
         limit,
         offset,
     };
-    let (items, total) = state.channels.list(filter).await?;
+    let (items, total) = domain.channels.list(filter).await?;
     let items: Vec<_> = items
         .iter()
         .map(|c| view(&state, c, q.reveal_secrets))
@@ -221,11 +223,12 @@ async fn list_channels(
     security(("admin_token" = [])))]
 async fn get_channel(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     query: web::Query<ViewQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = state.channels.get(&id).await?;
+    let channel = domain.channels.get(&id).await?;
     Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
 }
 
@@ -238,6 +241,7 @@ async fn get_channel(
     security(("admin_token" = [])))]
 async fn update_channel(
     _: Admin,
+    domain: InDomain,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
@@ -246,7 +250,7 @@ async fn update_channel(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
     let input = ChannelInput::from_json(&body)?;
-    let channel = state.channels.update(&id, input).await?;
+    let channel = domain.channels.update(&id, input).await?;
     slog::info!(state.logger, "channel updated"; "channel" => &channel.code, "id" => &channel.id, "version" => channel.version);
     Ok(HttpResponse::Ok().json(view(&state, &channel, query.reveal_secrets)))
 }
@@ -259,10 +263,11 @@ async fn update_channel(
     security(("admin_token" = [])))]
 async fn delete_channel(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.channels.delete(&id).await?;
+    domain.channels.delete(&id).await?;
     slog::info!(state.logger, "channel deleted"; "id" => id.as_str());
     Ok(HttpResponse::NoContent().finish())
 }
@@ -293,6 +298,7 @@ async fn node(_: Admin, state: web::Data<AppState>) -> HttpResponse {
     let pool = state.dispatcher.pool();
     HttpResponse::Ok().json(serde_json::json!({
         "domain": state.config.domain,
+        "domains": state.config.domains(),
         "roles": state.config.roles,
         "version": env!("CARGO_PKG_VERSION"),
         "database": state.db.backend_name(),
@@ -332,13 +338,17 @@ fn cluster_view(state: &AppState) -> serde_json::Value {
     responses((status = 200, description = "The domain's nodes"),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse)),
     security(("admin_token" = [])))]
-async fn nodes(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(nodes_view(&state).await?))
+async fn nodes(
+    _: Admin,
+    domain: InDomain,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(nodes_view(&state, &domain.name).await?))
 }
 
 /// The node registry as the admin API and the status page show it.
-pub async fn nodes_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
-    let domain = state.config.domain.clone();
+pub async fn nodes_view(state: &AppState, domain: &str) -> Result<serde_json::Value, ApiError> {
+    let domain = domain.to_string();
     let (rows, now) = state
         .db
         .run(move |c| crate::db::nodes::list(c, &domain))
@@ -373,9 +383,10 @@ pub async fn nodes_view(state: &AppState) -> Result<serde_json::Value, ApiError>
 /// The channel's live session table on this node (after checking the channel exists).
 async fn sessions_of(
     state: &AppState,
+    domain: &DomainState,
     id: &str,
 ) -> Result<Option<std::sync::Arc<crate::actors::sessions::SessionTable>>, ApiError> {
-    state.channels.get(id).await?;
+    domain.channels.get(id).await?;
     Ok(state.registry.get_by_id(id).map(|h| h.sessions.clone()))
 }
 
@@ -415,10 +426,11 @@ fn session_not_found() -> ApiError {
     security(("admin_token" = [])))]
 async fn list_sessions(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let views = match sessions_of(&state, &id).await? {
+    let views = match sessions_of(&state, &domain, &id).await? {
         Some(sessions) => everywhere(sessions, |s, deadline| s.views_everywhere(deadline)).await?,
         None => Vec::new(),
     };
@@ -440,6 +452,7 @@ pub struct PushBody {
     security(("admin_token" = [])))]
 async fn push_to_session(
     _: Admin,
+    domain: InDomain,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
@@ -454,7 +467,7 @@ async fn push_to_session(
         )
         .with_field("text")
     })?;
-    let sessions = sessions_of(&state, &id)
+    let sessions = sessions_of(&state, &domain, &id)
         .await?
         .ok_or_else(session_not_found)?;
     let sent = everywhere(sessions, move |s, deadline| {
@@ -475,11 +488,12 @@ async fn push_to_session(
     security(("admin_token" = [])))]
 async fn close_session(
     _: Admin,
+    domain: InDomain,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, code) = path.into_inner();
-    let sessions = sessions_of(&state, &id)
+    let sessions = sessions_of(&state, &domain, &id)
         .await?
         .ok_or_else(session_not_found)?;
     let closed = everywhere(sessions, move |s, deadline| {

@@ -11,7 +11,7 @@ use super::read_body;
 use crate::channels::ValidationError;
 use crate::db::now_millis;
 use crate::events::{EventInput, EventView, MAX_BATCH};
-use crate::http::state::AppState;
+use crate::http::state::{AppState, InDomain};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -43,6 +43,7 @@ enum PublishBody {
     security(("admin_token" = [])))]
 async fn publish(
     _: Admin,
+    domain: InDomain,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -91,7 +92,7 @@ async fn publish(
         .enumerate()
         .map(|(i, e)| e.validate((!single).then_some(i), now))
         .collect::<Result<Vec<_>, _>>()?;
-    let stored = state.events.publish(new).await?;
+    let stored = domain.events.publish(new).await?;
     if single {
         let Some((event, duplicate)) = stored.first() else {
             return Err(ApiError::internal("no event was stored"));
@@ -127,15 +128,15 @@ struct ListQuery {
     security(("admin_token" = [])))]
 async fn list(
     _: Admin,
+    domain: InDomain,
     query: web::Query<ListQuery>,
-    state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
     }
     let after = query.after.unwrap_or(0).max(0);
-    let (events, head) = state.events.list_after(after, limit).await?;
+    let (events, head) = domain.events.list_after(after, limit).await?;
     let views: Vec<EventView> = events.iter().map(EventView::from).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "items": views,

@@ -14,7 +14,24 @@ use crate::db::Database;
 use crate::events::EventService;
 use crate::scenario::dispatch::Dispatcher;
 
-/// What every handler can reach.
+/// One domain this node serves: its channels, event log, broker and delivery worker.
+#[derive(Clone)]
+pub struct DomainState {
+    pub name: String,
+    pub channels: ChannelService,
+    pub events: EventService,
+    pub broker: actix::Addr<EventBroker>,
+    pub epoch: String,
+    pub delivery_stats: Arc<DeliveryStats>,
+    pub delivery: actix::Addr<DeliveryWorker>,
+}
+
+/// The header naming the domain an admin call acts on (a node serving several).
+pub const DOMAIN_HEADER: &str = "X-Oktell-Domain";
+
+/// What every handler can reach. `channels`, `events`, `broker`, `epoch` and the
+/// delivery fields are the default (first) domain's; [`AppState::domain_of`] finds
+/// the one a request names, [`AppState::domain_named`] a channel's.
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Database,
@@ -41,6 +58,8 @@ pub struct AppState {
     pub epoch: String,
     pub delivery_stats: Arc<DeliveryStats>,
     pub delivery: actix::Addr<DeliveryWorker>,
+    /// Every domain this node serves, the default one first.
+    pub domains: Vec<DomainState>,
     /// This node's id in the node registry.
     pub node_id: String,
     /// Is the node in touch with the cluster (always, on SQLite)?
@@ -48,6 +67,21 @@ pub struct AppState {
     pub cluster_stats: Arc<crate::cluster::ClusterStats>,
     /// Body timeouts, connections closed for unread bodies, websocket frames refused.
     pub conn_stats: Arc<super::body_guard::ConnStats>,
+}
+
+/// The domain an admin call names is not served here (404).
+#[derive(Debug, Clone, Copy)]
+pub enum DomainMiss {
+    NotServed,
+}
+
+impl From<DomainMiss> for super::error::ApiError {
+    fn from(_: DomainMiss) -> Self {
+        super::error::ApiError::not_found(
+            "domain_not_served",
+            format!("this node does not serve the domain named in {DOMAIN_HEADER}"),
+        )
+    }
 }
 
 /// Why a token route finds no channel to run.
@@ -72,6 +106,22 @@ impl From<TokenMiss> for super::error::ApiError {
 }
 
 impl AppState {
+    /// The domain an admin call acts on: the one `X-Oktell-Domain` names, else the
+    /// default one. 404 for a domain this node does not serve.
+    pub fn domain_of(&self, req: &actix_web::HttpRequest) -> Result<&DomainState, DomainMiss> {
+        match req.headers().get(DOMAIN_HEADER) {
+            Some(value) => self
+                .domain_named(value.to_str().unwrap_or_default())
+                .ok_or(DomainMiss::NotServed),
+            None => self.domains.first().ok_or(DomainMiss::NotServed),
+        }
+    }
+
+    /// A domain of this node by name (a channel's, say).
+    pub fn domain_named(&self, name: &str) -> Option<&DomainState> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+
     /// The live channel of a token, of `kind` (public or eventing), if this node serves
     /// it: the one lookup of every token route. While the node is out of touch with the
     /// cluster (`max_staleness_s`), 503: a token deleted elsewhere must not keep working
@@ -88,5 +138,32 @@ impl AppState {
             .get(token)
             .filter(|h| h.channel.enabled && h.channel.kind == kind)
             .ok_or(TokenMiss::NotServed(kind))
+    }
+}
+
+/// The domain an admin call acts on, as an extractor: the one `X-Oktell-Domain`
+/// names, else the node's default domain (404 `domain_not_served` for another).
+pub struct InDomain(pub DomainState);
+
+impl actix_web::FromRequest for InDomain {
+    type Error = super::error::ApiError;
+    type Future = std::future::Ready<Result<InDomain, super::error::ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let found = match req.app_data::<actix_web::web::Data<AppState>>() {
+            Some(state) => state
+                .domain_of(req)
+                .map(|d| InDomain(d.clone()))
+                .map_err(Into::into),
+            None => Err(super::error::ApiError::internal("no application state")),
+        };
+        std::future::ready(found)
+    }
+}
+
+impl std::ops::Deref for InDomain {
+    type Target = DomainState;
+    fn deref(&self) -> &DomainState {
+        &self.0
     }
 }

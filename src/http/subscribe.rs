@@ -32,13 +32,14 @@ pub async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let handle = state.channel_for_token(token, KIND_EVENTING)?;
     let channel_id = handle.channel.id.clone();
+    let domain = handle.channel.domain.as_str();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method(), parts.as_slice()) {
-        (&Method::POST, []) => create(req, payload, state, channel_id).await,
-        (&Method::GET, []) => list(state, channel_id).await,
-        (&Method::GET, [id]) => get(state, channel_id, id).await,
-        (&Method::DELETE, [id]) => delete(state, channel_id, id).await,
-        (&Method::POST, [id, "rotate-secret"]) => rotate(state, channel_id, id).await,
+        (&Method::POST, []) => create(req, payload, state, domain, channel_id).await,
+        (&Method::GET, []) => list(state, domain, channel_id).await,
+        (&Method::GET, [id]) => get(state, domain, channel_id, id).await,
+        (&Method::DELETE, [id]) => delete(state, domain, channel_id, id).await,
+        (&Method::POST, [id, "rotate-secret"]) => rotate(state, domain, channel_id, id).await,
         (_, [] | [_] | [_, "rotate-secret"]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -48,8 +49,13 @@ pub async fn handle(
     }
 }
 
-async fn load(state: &AppState, channel_id: &str, id: &str) -> Result<Subscription, ApiError> {
-    let (domain, id) = (state.config.domain.clone(), id.to_string());
+async fn load(
+    state: &AppState,
+    domain: &str,
+    channel_id: &str,
+    id: &str,
+) -> Result<Subscription, ApiError> {
+    let (domain, id) = (domain.to_string(), id.to_string());
     let found = state.db.run(move |c| rows::find(c, &domain, &id)).await?;
     found
         .filter(|s| s.channel_id == channel_id)
@@ -66,6 +72,7 @@ async fn create(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    domain: &str,
     channel_id: String,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(req, payload, 64 * 1024).await?;
@@ -91,7 +98,7 @@ async fn create(
     let now = now_millis();
     let sub = Subscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
-        domain: state.config.domain.clone(),
+        domain: domain.to_string(),
         channel_id: channel_id.clone(),
         url: input.url,
         event_types: if input.event_types.is_empty() {
@@ -109,7 +116,7 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    let (row, domain) = (sub.clone(), state.config.domain.clone());
+    let (row, domain) = (sub.clone(), domain.to_string());
     state
         .db
         .run(move |c| {
@@ -135,8 +142,12 @@ async fn create(
 #[utoipa::path(get, path = "/api/token/v1/{token}/subscribe", tag = "eventing channels", params(("token" = String, Path, description = "The eventing channel's local token")),
     responses((status = 200, description = "Subscriptions"),
         (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
-async fn list(state: &AppState, channel_id: String) -> Result<HttpResponse, ApiError> {
-    let domain = state.config.domain.clone();
+async fn list(
+    state: &AppState,
+    domain: &str,
+    channel_id: String,
+) -> Result<HttpResponse, ApiError> {
+    let domain = domain.to_string();
     let subs = state
         .db
         .run(move |c| rows::list_for_channel(c, &domain, &channel_id))
@@ -153,8 +164,13 @@ async fn list(state: &AppState, channel_id: String) -> Result<HttpResponse, ApiE
     params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
     responses((status = 200, description = "The subscription", body = SubscriptionView),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
-async fn get(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
-    let sub = load(state, &channel_id, id).await?;
+async fn get(
+    state: &AppState,
+    domain: &str,
+    channel_id: String,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let sub = load(state, domain, &channel_id, id).await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::new(&sub, false)))
 }
 
@@ -163,9 +179,14 @@ async fn get(state: &AppState, channel_id: String, id: &str) -> Result<HttpRespo
     params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
     responses((status = 204, description = "Deleted"),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
-async fn delete(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
-    load(state, &channel_id, id).await?;
-    let (domain, id) = (state.config.domain.clone(), id.to_string());
+async fn delete(
+    state: &AppState,
+    domain: &str,
+    channel_id: String,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    load(state, domain, &channel_id, id).await?;
+    let (domain, id) = (domain.to_string(), id.to_string());
     state.db.run(move |c| rows::delete(c, &domain, &id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -175,10 +196,15 @@ async fn delete(state: &AppState, channel_id: String, id: &str) -> Result<HttpRe
     params(("token" = String, Path, description = "The eventing channel's local token"), ("id" = String, Path, description = "Subscription id")),
     responses((status = 200, description = "Rotated; the answer carries the new secret", body = SubscriptionView),
         (status = 404, description = "No such subscription", body = super::openapi::ErrorResponse)))]
-async fn rotate(state: &AppState, channel_id: String, id: &str) -> Result<HttpResponse, ApiError> {
-    load(state, &channel_id, id).await?;
+async fn rotate(
+    state: &AppState,
+    domain: &str,
+    channel_id: String,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    load(state, domain, &channel_id, id).await?;
     let now = now_millis();
-    let (domain, id, secret) = (state.config.domain.clone(), id.to_string(), new_secret());
+    let (domain, id, secret) = (domain.to_string(), id.to_string(), new_secret());
     let sub = state
         .db
         .run(move |c| rows::rotate_secret(c, &domain, &id, &secret, now + ROTATION_OVERLAP_MS, now))

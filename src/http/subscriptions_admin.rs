@@ -11,7 +11,7 @@ use crate::channels::{ValidationError, rfc3339_millis};
 use crate::db::models::Subscription;
 use crate::db::{events as log, now_millis, subscriptions as rows};
 use crate::events::webhooks::SubscriptionView;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, DomainState, InDomain};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let resource =
@@ -30,8 +30,8 @@ fn not_found() -> ApiError {
     ApiError::not_found("subscription_not_found", "no subscription with this id")
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Subscription, ApiError> {
-    let (domain, id) = (state.config.domain.clone(), id.to_string());
+async fn load(state: &AppState, domain: &DomainState, id: &str) -> Result<Subscription, ApiError> {
+    let (domain, id) = (domain.name.clone(), id.to_string());
     state
         .db
         .run(move |c| rows::find(c, &domain, &id))
@@ -65,10 +65,11 @@ struct ListQuery {
     security(("admin_token" = [])))]
 async fn list(
     _: Admin,
+    domain: InDomain,
     q: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (domain, channel) = (state.config.domain.clone(), q.into_inner().channel_id);
+    let (domain, channel) = (domain.name.clone(), q.into_inner().channel_id);
     let subs = state
         .db
         .run(move |c| rows::list_all(c, &domain, channel.as_deref()))
@@ -85,10 +86,11 @@ async fn list(
     security(("admin_token" = [])))]
 async fn get(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = load(&state, &id).await?;
+    let sub = load(&state, &domain, &id).await?;
     let sid = sub.id.clone();
     let deliveries = state
         .db
@@ -125,13 +127,14 @@ async fn get(
     security(("admin_token" = [])))]
 async fn enable(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (domain, id, now) = (state.config.domain.clone(), id.into_inner(), now_millis());
+    let (name, id, now) = (domain.name.clone(), id.into_inner(), now_millis());
     let sub = state
         .db
-        .run(move |c| rows::enable(c, &domain, &id, now))
+        .run(move |c| rows::enable(c, &name, &id, now))
         .await?
         .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(admin_view(&sub)))
@@ -152,17 +155,18 @@ struct RecoverQuery {
     security(("admin_token" = [])))]
 async fn recover(
     _: Admin,
+    domain: InDomain,
     id: web::Path<String>,
     q: web::Query<RecoverQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = load(&state, &id).await?;
+    let sub = load(&state, &domain, &id).await?;
     let since = q.since.unwrap_or(0);
     let queued = state
         .db
         .run(move |c| rows::recover(c, &sub.id, since, now_millis()))
         .await?;
-    state.events.wake_delivery();
+    domain.events.wake_delivery();
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "queued": queued })))
 }
 
@@ -173,6 +177,7 @@ async fn recover(
     security(("admin_token" = [])))]
 async fn resend(
     _: Admin,
+    domain: InDomain,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -180,18 +185,18 @@ async fn resend(
     let event_id: i64 = event
         .parse()
         .map_err(|_| ApiError::from(ValidationError::new("event_id", "must be an event id")))?;
-    let sub = load(&state, &id).await?;
-    let domain = state.config.domain.clone();
+    let sub = load(&state, &domain, &id).await?;
+    let name = domain.name.clone();
     let queued = state
         .db
         .run(move |c| {
-            if log::find(c, &domain, event_id)?.is_none() {
+            if log::find(c, &name, event_id)?.is_none() {
                 return Ok(None);
             }
-            rows::resend(c, &domain, &sub.id, event_id, now_millis()).map(Some)
+            rows::resend(c, &name, &sub.id, event_id, now_millis()).map(Some)
         })
         .await?
         .ok_or_else(|| ApiError::not_found("event_not_found", "no stored event with this id"))?;
-    state.events.wake_delivery();
+    domain.events.wake_delivery();
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "delivery_id": queued })))
 }

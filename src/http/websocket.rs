@@ -154,6 +154,9 @@ async fn subscribe(
             "this node has as many event subscribers as it may",
         ));
     }
+    let Some(domain) = state.domain_named(&handle.channel.domain) else {
+        return Err(ApiError::no_channel_for_token("eventing"));
+    };
     let backlog = state.outbound.backlog();
     let refused = Refused::default();
     let session = EventSession::new(EventSessionParts {
@@ -161,15 +164,15 @@ async fn subscribe(
         sessions: handle.sessions.clone(),
         node_slot,
         channel_slot,
-        broker: state.broker.clone(),
+        broker: domain.broker.clone(),
         db: state.db.clone(),
-        domain: config.domain.clone(),
-        epoch: state.epoch.clone(),
+        domain: domain.name.clone(),
+        epoch: domain.epoch.clone(),
         heartbeat_interval: Duration::from_millis(config.ws_heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(config.ws_heartbeat_timeout_ms),
         backlog: backlog.clone(),
         max_backlog_bytes: config.ws_max_backlog_bytes,
-        stats: state.events.stats.clone(),
+        stats: domain.events.stats.clone(),
         frame_refused: refused.clone(),
     });
     upgrade(session, &req, stream, &state, refused, backlog)

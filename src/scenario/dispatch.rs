@@ -19,7 +19,8 @@ pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
 pub struct Dispatcher {
     pool: ScenarioPool,
-    events: crate::events::EventService,
+    /// The event log of each domain this node serves (a run emits into its channel's).
+    events: Vec<crate::events::EventService>,
     runtime: Arc<dyn ScenarioRuntime>,
     timeout: Duration,
     max_in_flight: usize,
@@ -39,7 +40,7 @@ impl Drop for InFlight {
 impl Dispatcher {
     pub fn new(
         pool: ScenarioPool,
-        events: crate::events::EventService,
+        events: Vec<crate::events::EventService>,
         runtime: Arc<dyn ScenarioRuntime>,
         timeout: Duration,
         max_in_flight: usize,
@@ -97,7 +98,17 @@ impl Dispatcher {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
         let base_logger = self.logger.clone();
-        let host: Arc<dyn ChannelHost> = handle.host(&self.events);
+        let Some(events) = self
+            .events
+            .iter()
+            .find(|e| e.domain() == handle.channel.domain)
+            .or(self.events.first())
+        else {
+            return Err(ScenarioError::Unavailable(
+                "no event log for the channel's domain".into(),
+            ));
+        };
+        let host: Arc<dyn ChannelHost> = handle.host(events);
         let handle_stats = handle.stats.clone();
         let job = move |start: Start| {
             // A waiting caller that already gave up (timeout, disconnect) needs no run.

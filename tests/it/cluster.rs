@@ -985,3 +985,111 @@ async fn a_node_killed_while_a_thousand_deliveries_are_in_flight_loses_none() {
     assert!(before < 1000, "the kill came after everything was sent");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `admin` with `X-Oktell-Domain`.
+async fn admin_in(
+    node: &GatewayProcess,
+    domain: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = Client::builder().timeout(Duration::from_secs(30)).finish();
+    let req = client
+        .request(method.parse().unwrap(), format!("{}{path}", node.base))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .insert_header(("X-Oktell-Domain", domain));
+    let mut res = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .expect("admin answers");
+    let status = res.status().as_u16();
+    let body = res.body().limit(4 << 20).await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[actix_web::test]
+async fn a_node_serves_several_domains_and_admin_calls_name_theirs() {
+    let Some(cluster) = Cluster::start_with(2, |i| {
+        if i == 1 {
+            vec!["--domain".into(), "d1,d2".into()]
+        } else {
+            vec!["--domain".into(), "d2".into()]
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (both, only2) = (cluster.node(1), cluster.node(2));
+    // Without the header: the first domain.
+    let (status, c1) = admin(
+        both,
+        "POST",
+        "/admin/v1/channels",
+        Some(public("one", "in-d1")),
+    )
+    .await;
+    assert_eq!(status, 201, "{c1}");
+    assert_eq!(c1["domain"], "d1");
+    // Named: d2, live on the d2-only node too; its script's events go to d2's log.
+    let mut body = public("two", "in-d2");
+    body["webhook_scenario"] = json!("emit_event(\"made.in_d2\"); response_content = \"in-d2\";");
+    let (status, c2) = admin_in(both, "d2", "POST", "/admin/v1/channels", Some(body)).await;
+    assert_eq!(status, 201, "{c2}");
+    assert_eq!(c2["domain"], "d2");
+    answers(both, &token_of(&c2), (200, "in-d2"), PROPAGATION).await;
+    answers(only2, &token_of(&c2), (200, "in-d2"), PROPAGATION).await;
+    answers(both, &token_of(&c1), (200, "in-d1"), PROPAGATION).await;
+    assert_eq!(
+        call(only2, &token_of(&c1)).await.0,
+        404,
+        "d1 is not served by node 2"
+    );
+    let (_, d2_log) = admin(only2, "GET", "/admin/v1/events", None).await;
+    assert!(
+        d2_log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "made.in_d2"),
+        "{d2_log}"
+    );
+    let (_, d1_log) = admin(both, "GET", "/admin/v1/events", None).await;
+    assert_eq!(
+        d1_log["items"].as_array().map(|a| a.len()),
+        Some(0),
+        "{d1_log}"
+    );
+    // Listings stay in their domain.
+    let (_, l1) = admin(both, "GET", "/admin/v1/channels", None).await;
+    let (_, l2) = admin_in(both, "d2", "GET", "/admin/v1/channels", None).await;
+    assert_eq!(
+        (l1["total"].as_i64(), l2["total"].as_i64()),
+        (Some(1), Some(1))
+    );
+    // A domain the node does not serve.
+    let (status, err) = admin_in(only2, "d1", "GET", "/admin/v1/channels", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "domain_not_served");
+    // Each domain's node list: node 1 is in both.
+    let (_, n2) = admin_in(both, "d2", "GET", "/admin/v1/nodes", None).await;
+    let ids: Vec<&str> = n2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert!(ids.contains(&"node-1") && ids.contains(&"node-2"), "{n2}");
+    // A change in d2 made through node 2 reaches node 1.
+    let (status, _) = admin(
+        only2,
+        "PATCH",
+        &format!("/admin/v1/channels/{}", id_of(&c2)),
+        Some(json!({"webhook_scenario": "response_content = \"d2-v2\";"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    answers(both, &token_of(&c2), (200, "d2-v2"), PROPAGATION).await;
+}

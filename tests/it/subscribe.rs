@@ -225,28 +225,43 @@ async fn a_subscriber_that_stops_reading_is_closed_with_its_last_id() {
     op(&mut fast, json!({"op": "subscribe"})).await;
     assert_eq!(frame(&mut fast).await["op"], "subscribed");
     // 5,000 events of ~2 KiB (10 MB), while `slow` reads nothing: far past its backlog
-    // limit once the kernel's socket buffers are full.
+    // limit once the kernel's socket buffers are full. Batches of 20 (40 KB), each
+    // read by `fast` before the next is published: the fast one never lags by more
+    // than a batch, however busy the machine is.
     let big = "x".repeat(2000);
-    let fast_reader = actix_web::rt::spawn(async move {
-        let mut n = 0;
-        while n < 5000 {
-            if frame(&mut fast).await["op"] == "event" {
-                n += 1;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fast_reader = {
+        let read = read.clone();
+        actix_web::rt::spawn(async move {
+            while read.load(std::sync::atomic::Ordering::SeqCst) < 5000 {
+                if frame(&mut fast).await["op"] == "event" {
+                    read.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
-        }
-        n
-    });
-    for chunk in 0..50 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| json!({"type": "bulk", "data": {"i": chunk * 100 + i, "pad": big}}))
+        })
+    };
+    for chunk in 0..250 {
+        let events: Vec<Value> = (0..20)
+            .map(|i| json!({"type": "bulk", "data": {"i": chunk * 20 + i, "pad": big}}))
             .collect();
         let r = app
             .admin("POST", "/admin/v1/events", Some(json!({"events": events})))
             .await;
         assert_eq!(r.status, 201);
+        let published = (chunk + 1) * 20;
+        eventually(
+            "the fast subscriber keeps up",
+            Duration::from_secs(15),
+            || {
+                let read = read.clone();
+                async move { read.load(std::sync::atomic::Ordering::SeqCst) >= published }
+            },
+        )
+        .await;
     }
+    fast_reader.await.unwrap();
     assert_eq!(
-        fast_reader.await.unwrap(),
+        read.load(std::sync::atomic::Ordering::SeqCst),
         5000,
         "the fast subscriber got everything"
     );

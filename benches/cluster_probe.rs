@@ -281,6 +281,24 @@ async fn ws_send(a: &Args) -> Result<Value, String> {
         });
     }
     drop(lat_tx);
+    // Every session is in the cluster's directory before measuring (its node writes
+    // it in batches): a warm-up push to each until the caller finds it. The readers
+    // ignore these frames (no send time at the end).
+    for code in &codes {
+        loop {
+            let (status, reply) = call(&probe, &a.caller, &token, format!("{code} warm-up")).await;
+            if status == 200 && reply == b"true" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "session {code} was never found through {}",
+                    a.caller
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // Callers.
     let next = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));

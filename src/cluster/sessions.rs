@@ -228,6 +228,30 @@ impl ElsewhereSessions for ClusterSessions {
         let mut conn = self.conn(deadline)?;
         let c: &mut AnyConnection = &mut conn;
         let sent = (|| -> Result<bool, StoreError> {
+            // A text that fits a note (nearly all): found and sent in one statement.
+            let inline = notify::encode(
+                &self.domain,
+                Change::Push {
+                    to: String::new(),
+                    ch: channel_id.to_string(),
+                    code: code.to_string(),
+                    text: Some(text.to_string()),
+                    r: None,
+                    u: uuid::Uuid::new_v4().simple().to_string(),
+                },
+            )?
+            // jsonb's text form adds a space per key: room for it.
+            .filter(|p| p.len() <= notify::MAX_PAYLOAD - 200);
+            if let Some(note) = inline {
+                return Ok(dir::notify_holder(
+                    c,
+                    (&self.domain, channel_id, code),
+                    &self.node_id,
+                    self.alive_window_ms,
+                    &note,
+                )?
+                .is_some());
+            }
             let Some(to) = self.holder(c, channel_id, code)? else {
                 return Ok(false);
             };
@@ -261,14 +285,11 @@ impl ElsewhereSessions for ClusterSessions {
         let mut conn = self.conn(deadline)?;
         let c: &mut AnyConnection = &mut conn;
         (|| -> Result<bool, StoreError> {
-            let Some(to) = self.holder(c, channel_id, code)? else {
-                return Ok(false);
-            };
             let reason: String = reason.chars().take(120).collect();
-            let payload = notify::encode(
+            let note = notify::encode(
                 &self.domain,
                 Change::Close {
-                    to,
+                    to: String::new(),
                     ch: channel_id.to_string(),
                     code: code.to_string(),
                     cc: close_code,
@@ -277,8 +298,14 @@ impl ElsewhereSessions for ClusterSessions {
                 },
             )?
             .ok_or_else(|| StoreError::Setup("a close note is over NOTIFY's limit".into()))?;
-            notify::send(c, payload)?;
-            Ok(true)
+            Ok(dir::notify_holder(
+                c,
+                (&self.domain, channel_id, code),
+                &self.node_id,
+                self.alive_window_ms,
+                &note,
+            )?
+            .is_some())
         })()
         .map_err(|e| e.to_string())
     }

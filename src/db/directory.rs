@@ -132,3 +132,48 @@ pub fn read_push(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, S
 pub fn purge_pushes(conn: &mut AnyConnection, before: i64) -> Result<usize, StoreError> {
     Ok(diesel::delete(ws_pushes::table.filter(ws_pushes::created_at.lt(before))).execute(conn)?)
 }
+
+#[derive(QueryableByName)]
+struct Holder {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    node_id: String,
+}
+
+/// PostgreSQL, one statement: finds the live node (heartbeat younger than
+/// `alive_window_ms` by the database's clock; not `me`) that holds session `code` of
+/// `channel_id`, and sends it `note` (a JSON object) with its node id set as `to`.
+/// Returns that node, or None when no live node holds the session (nothing is sent).
+pub fn notify_holder(
+    conn: &mut AnyConnection,
+    (domain, channel_id, code): (&str, &str, &str),
+    me: &str,
+    alive_window_ms: i64,
+    note: &str,
+) -> Result<Option<String>, StoreError> {
+    use diesel::sql_types::{BigInt, Text};
+    let AnyConnection::Postgresql(pg) = conn else {
+        return Err(StoreError::Setup(
+            "sessions on other nodes need PostgreSQL".into(),
+        ));
+    };
+    let sql = format!(
+        "WITH target AS ( \
+           SELECT d.node_id FROM ws_directory d \
+           JOIN nodes n ON n.domain = d.domain AND n.node_id = d.node_id \
+           WHERE d.domain = $1 AND d.channel_id = $2 AND d.code = $3 AND d.node_id <> $4 \
+             AND n.heartbeat_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) - $5 \
+           LIMIT 1) \
+         SELECT node_id, pg_notify({}, (CAST($6 AS jsonb) || jsonb_build_object('to', node_id))::text) \
+         FROM target",
+        super::notify::CHANNEL_NAME_SQL
+    );
+    let found: Vec<Holder> = diesel::sql_query(sql)
+        .bind::<Text, _>(domain)
+        .bind::<Text, _>(channel_id)
+        .bind::<Text, _>(code)
+        .bind::<Text, _>(me)
+        .bind::<BigInt, _>(alive_window_ms)
+        .bind::<Text, _>(note)
+        .load(pg)?;
+    Ok(found.into_iter().next().map(|h| h.node_id))
+}

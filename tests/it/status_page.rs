@@ -214,4 +214,11 @@ async fn status_page_signs_in_and_shows_live_channels() {
             .await,
         "1"
     );
+    // The node registry: this node, up.
+    page.wait_for(
+        "this node is listed as up",
+        "(() => { const r = document.querySelector('#nodes tr'); return r ? r.children[0].textContent.endsWith('(this node)') && r.children[1].textContent : null })()",
+        json!("up"),
+    )
+    .await;
 }

@@ -1,6 +1,9 @@
 //! DeliveryWorker: sends webhook deliveries from the durable outbox.
 //!
-//! Each round claims due rows with a lease (a conditional update, so nodes sharing a
+//! A publish stores events only; the worker writes their outbox rows (one per event and
+//! matching subscription) behind the log, in bounded chunks, when its claims run low
+//! (`db::subscriptions::fan_out`, advancing the domain's outbox cursor in the same
+//! transaction). Each round claims due rows with a lease (a conditional update, so nodes sharing a
 //! database never send the same row at once; a node that dies leaves its leases to run
 //! out and another node takes the rows), sends them signed per Standard Webhooks, and
 //! records every attempt. 2xx is delivered; 410 disables the subscription; anything else
@@ -46,6 +49,10 @@ const RECORDERS: usize = 2;
 /// While a claim that left full subscriptions out found nothing, claims are this far
 /// apart (each walks the full subscriptions' due rows).
 const SKIPPING_CLAIM_EVERY: Duration = Duration::from_millis(100);
+
+/// Deliveries rows written per fan-out transaction at most (whole events, at least
+/// one): on SQLite the write lock is held a few milliseconds, and publishes wait for it.
+const FAN_OUT_ROWS: usize = 512;
 
 /// Deliveries of one subscription a node holds (sending or waiting for a slot), per
 /// delivery it may send to it at once.
@@ -110,6 +117,10 @@ pub struct DeliveryWorker {
     skipped_in_vain: Option<Instant>,
     /// A claim is scheduled (see `SKIPPING_CLAIM_EVERY`).
     claim_later: bool,
+    /// The next claim first writes the deliveries rows of new events (the last claim
+    /// took fewer rows than it could: the outbox is running low). Rows are written as
+    /// fast as they are sent, not as fast as events are published.
+    fan_out_next: bool,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
@@ -149,6 +160,7 @@ impl DeliveryWorker {
             nothing_due: false,
             skipped_in_vain: None,
             claim_later: false,
+            fan_out_next: true,
             lease_ms: lease_ms(timeout),
             claimed: HashSet::new(),
             sending: HashMap::new(),
@@ -208,6 +220,7 @@ impl DeliveryWorker {
             }
         }
         let skipping = !full.is_empty();
+        let fan_out = self.fan_out_next;
         self.claiming = true;
         self.wake_again = false;
         let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
@@ -218,6 +231,11 @@ impl DeliveryWorker {
             let gate_db = db.clone();
             db.run(move |c| {
                 let now = now_millis();
+                let fanned = if fan_out {
+                    rows::fan_out(c, &domain, FAN_OUT_ROWS, now, gate_db.write_gate())?
+                } else {
+                    rows::FannedOut::default()
+                };
                 let room = |id: &str| room(cap, held.get(id).copied().unwrap_or(0));
                 let claimed = rows::claim_due(
                     c,
@@ -249,22 +267,24 @@ impl DeliveryWorker {
                     .iter()
                     .map(|e| (e.id, payload(e)))
                     .collect();
-                Ok(claimed
+                let jobs = claimed
                     .into_iter()
                     .map(|d| {
                         let sub = subs.get(&d.subscription_id).cloned();
                         let body = payloads.get(&d.event_id).cloned();
                         (d, sub, body)
                     })
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Ok((jobs, fanned.more))
             })
             .await
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
             match result {
-                Ok(jobs) => {
-                    let more = !jobs.is_empty() || act.wake_again;
+                Ok((jobs, more_events)) => {
+                    act.fan_out_next = (jobs.len() as i64) < limit;
+                    let more = !jobs.is_empty() || act.wake_again || more_events;
                     act.nothing_due = !more;
                     act.skipped_in_vain = (skipping && jobs.is_empty()).then(Instant::now);
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
@@ -276,7 +296,10 @@ impl DeliveryWorker {
                         ctx.notify(Wake);
                     }
                 }
-                Err(e) => slog::warn!(act.logger, "claiming deliveries failed"; "error" => %e),
+                Err(e) => {
+                    act.fan_out_next = true;
+                    slog::warn!(act.logger, "claiming deliveries failed"; "error" => %e)
+                }
             }
         }));
     }
@@ -745,6 +768,7 @@ impl Actor for DeliveryWorker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.config.poll, |act, ctx| {
             act.nothing_due = false;
+            act.fan_out_next = true;
             act.claim(ctx);
         });
         ctx.notify(Wake);

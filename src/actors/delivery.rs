@@ -283,8 +283,14 @@ impl DeliveryWorker {
             act.claiming = false;
             match result {
                 Ok((jobs, more_events)) => {
-                    act.fan_out_next = (jobs.len() as i64) < limit;
-                    let more = !jobs.is_empty() || act.wake_again || more_events;
+                    let short = (jobs.len() as i64) < limit;
+                    act.fan_out_next = short;
+                    // A short claim that wrote no rows first: claim again at once, writing
+                    // the rows of new events first (else they would wait for a wake).
+                    let more = !jobs.is_empty()
+                        || act.wake_again
+                        || more_events
+                        || (short && !fan_out);
                     act.nothing_due = !more;
                     act.skipped_in_vain = (skipping && jobs.is_empty()).then(Instant::now);
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));

@@ -117,10 +117,13 @@ pub struct DeliveryWorker {
     skipped_in_vain: Option<Instant>,
     /// A claim is scheduled (see `SKIPPING_CLAIM_EVERY`).
     claim_later: bool,
-    /// The next claim first writes the deliveries rows of new events (the last claim
-    /// took fewer rows than it could: the outbox is running low). Rows are written as
-    /// fast as they are sent, not as fast as events are published.
+    /// The next claim first writes the deliveries rows of new events: the last claim
+    /// found nothing, or reached the middle of the events this node last wrote rows for
+    /// (`fan_mark`). Rows are written about as fast as they are sent, not as fast as
+    /// events are published (a backlog stays in the log, one row per event).
     fan_out_next: bool,
+    /// Claiming a first attempt of an event above this id asks for the next fan-out.
+    fan_mark: i64,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
@@ -161,6 +164,7 @@ impl DeliveryWorker {
             skipped_in_vain: None,
             claim_later: false,
             fan_out_next: true,
+            fan_mark: 0,
             lease_ms: lease_ms(timeout),
             claimed: HashSet::new(),
             sending: HashMap::new(),
@@ -275,22 +279,28 @@ impl DeliveryWorker {
                         (d, sub, body)
                     })
                     .collect::<Vec<_>>();
-                Ok((jobs, fanned.more))
+                Ok((jobs, fanned))
             })
             .await
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
             match result {
-                Ok((jobs, more_events)) => {
-                    let short = (jobs.len() as i64) < limit;
-                    act.fan_out_next = short;
-                    // A short claim that wrote no rows first: claim again at once, writing
-                    // the rows of new events first (else they would wait for a wake).
+                Ok((jobs, fanned)) => {
+                    if fanned.rows > 0 {
+                        act.fan_mark = fanned.from + (fanned.to - fanned.from) / 2;
+                    }
+                    let reached_mark = jobs
+                        .iter()
+                        .any(|(d, ..)| d.attempts == 0 && d.event_id > act.fan_mark);
+                    act.fan_out_next =
+                        jobs.is_empty() || reached_mark || (fanned.more && fanned.rows == 0);
+                    // A fan-out is wanted and this claim did not write rows first: claim
+                    // again at once, writing them (else they would wait for a wake).
                     let more = !jobs.is_empty()
                         || act.wake_again
-                        || more_events
-                        || (short && !fan_out);
+                        || fanned.more
+                        || (act.fan_out_next && !fan_out);
                     act.nothing_due = !more;
                     act.skipped_in_vain = (skipping && jobs.is_empty()).then(Instant::now);
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));

@@ -236,6 +236,9 @@ pub struct FannedOut {
     pub rows: usize,
     /// Events are left above the cursor: call again.
     pub more: bool,
+    /// The cursor before and after (equal: not moved).
+    pub from: i64,
+    pub to: i64,
 }
 
 /// Writes the deliveries rows of the events above the domain's outbox cursor, oldest
@@ -349,6 +352,8 @@ pub fn fan_out(
         Ok(FannedOut {
             rows: rows.len(),
             more: new_cursor < head,
+            from: cursor,
+            to: new_cursor,
         })
     })
 }

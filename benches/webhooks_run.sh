@@ -28,7 +28,9 @@
 # 120; 0: do not wait for deliveries, publish throughput only), SETTLE_S (wait after the last expected delivery for late duplicates, 2), PG_HOST
 # (127.0.0.1), PG_PORT (5432), PG_USER (postgres, trust auth), PG_ADMIN_DB (test, the
 # database psql connects to for CREATE/DROP DATABASE), SINK_PORT (18111), SQLITE_PORT
-# (18112), POSTGRES_PORT (18113).
+# (18112), POSTGRES_PORT (18113), GATEWAY_BIN (a gateway binary to run instead of
+# building this tree's, e.g. a copy of another commit's release build for a before/after
+# comparison in one session; the report names it).
 # Raw JSON results, receiver and gateway logs, and the gateway's delivery metrics stay in
 # benches/out/webhooks-<run id>/ (git-ignored).
 set -euo pipefail
@@ -49,6 +51,8 @@ PG_PORT="${PG_PORT:-5432}"
 PG_USER="${PG_USER:-postgres}"
 PG_ADMIN_DB="${PG_ADMIN_DB:-test}"
 SINK_PORT="${SINK_PORT:-18111}"
+GATEWAY_BIN="${GATEWAY_BIN:-}"
+GIVEN_BIN="$GATEWAY_BIN"
 SQLITE_PORT="${SQLITE_PORT:-18112}"
 POSTGRES_PORT="${POSTGRES_PORT:-18113}"
 ADMIN_TOKEN="bench-admin-token-0123456789"
@@ -56,7 +60,7 @@ STARTUP_TIMEOUT_S=30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="RATE=$RATE DURATION_S=$DURATION_S BATCH=$BATCH SUBSCRIPTIONS=$SUBSCRIPTIONS TIMEOUT_S=$TIMEOUT_S${CONCURRENCY:+ CONCURRENCY=$CONCURRENCY} POLL_MS=$POLL_MS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS BACKENDS=\"$BACKENDS\" bash benches/webhooks_run.sh"
+COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }RATE=$RATE DURATION_S=$DURATION_S BATCH=$BATCH SUBSCRIPTIONS=$SUBSCRIPTIONS TIMEOUT_S=$TIMEOUT_S${CONCURRENCY:+ CONCURRENCY=$CONCURRENCY} POLL_MS=$POLL_MS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS BACKENDS=\"$BACKENDS\" bash benches/webhooks_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/webhooks-$RUN_ID"
 mkdir -p "$OUT"
@@ -90,10 +94,15 @@ for backend in $BACKENDS; do
 done
 
 # --- build --------------------------------------------------------------------------------
-log "building the gateway (cargo build --release)"
-cargo build --release
-GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
-[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+if [[ -n "$GATEWAY_BIN" ]]; then
+    [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
+    log "using the gateway binary $GATEWAY_BIN (not building)"
+else
+    log "building the gateway (cargo build --release)"
+    cargo build --release
+    GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
+    [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+fi
 log "building the receiver (cargo bench --no-run --bench webhook_sink)"
 SINK_BIN="$(bench_exe webhook_sink)"
 
@@ -390,6 +399,7 @@ done
 CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+[[ -n "$GIVEN_BIN" ]] && COMMIT="gateway binary $GIVEN_BIN (not this tree's; benches from $COMMIT)"
 PG_VERSION=""
 if [[ " $BACKENDS " == *" postgres "* ]]; then
     PG_VERSION="$(psql -X -At -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" -c 'SHOW server_version' 2>/dev/null | head -1 | awk '{print $1}')"

@@ -1,6 +1,9 @@
 //! DeliveryWorker: sends webhook deliveries from the durable outbox.
 //!
-//! Each round claims due rows with a lease (a conditional update, so nodes sharing a
+//! A publish stores events only; the worker writes their outbox rows (one per event and
+//! matching subscription) behind the log, in bounded chunks, when its claims run low
+//! (`db::subscriptions::fan_out`, advancing the domain's outbox cursor in the same
+//! transaction). Each round claims due rows with a lease (a conditional update, so nodes sharing a
 //! database never send the same row at once; a node that dies leaves its leases to run
 //! out and another node takes the rows), sends them signed per Standard Webhooks, and
 //! records every attempt. 2xx is delivered; 410 disables the subscription; anything else
@@ -46,6 +49,10 @@ const RECORDERS: usize = 2;
 /// While a claim that left full subscriptions out found nothing, claims are this far
 /// apart (each walks the full subscriptions' due rows).
 const SKIPPING_CLAIM_EVERY: Duration = Duration::from_millis(100);
+
+/// Deliveries rows written per fan-out transaction at most (whole events, at least
+/// one): on SQLite the write lock is held a few milliseconds, and publishes wait for it.
+const FAN_OUT_ROWS: usize = 512;
 
 /// Deliveries of one subscription a node holds (sending or waiting for a slot), per
 /// delivery it may send to it at once.
@@ -110,6 +117,13 @@ pub struct DeliveryWorker {
     skipped_in_vain: Option<Instant>,
     /// A claim is scheduled (see `SKIPPING_CLAIM_EVERY`).
     claim_later: bool,
+    /// The next claim first writes the deliveries rows of new events: the last claim
+    /// found nothing, or reached the middle of the events this node last wrote rows for
+    /// (`fan_mark`). Rows are written about as fast as they are sent, not as fast as
+    /// events are published (a backlog stays in the log, one row per event).
+    fan_out_next: bool,
+    /// Claiming a first attempt of an event above this id asks for the next fan-out.
+    fan_mark: i64,
     /// How long a claim holds (see `lease_ms`).
     lease_ms: i64,
     /// Rows claimed and not yet recorded (their leases are ours).
@@ -149,6 +163,8 @@ impl DeliveryWorker {
             nothing_due: false,
             skipped_in_vain: None,
             claim_later: false,
+            fan_out_next: true,
+            fan_mark: 0,
             lease_ms: lease_ms(timeout),
             claimed: HashSet::new(),
             sending: HashMap::new(),
@@ -208,6 +224,7 @@ impl DeliveryWorker {
             }
         }
         let skipping = !full.is_empty();
+        let fan_out = self.fan_out_next;
         self.claiming = true;
         self.wake_again = false;
         let (db, domain, lease_ms) = (self.db.clone(), self.domain.clone(), self.lease_ms);
@@ -218,6 +235,11 @@ impl DeliveryWorker {
             let gate_db = db.clone();
             db.run(move |c| {
                 let now = now_millis();
+                let fanned = if fan_out {
+                    rows::fan_out(c, &domain, FAN_OUT_ROWS, now, gate_db.write_gate())?
+                } else {
+                    rows::FannedOut::default()
+                };
                 let room = |id: &str| room(cap, held.get(id).copied().unwrap_or(0));
                 let claimed = rows::claim_due(
                     c,
@@ -249,22 +271,36 @@ impl DeliveryWorker {
                     .iter()
                     .map(|e| (e.id, payload(e)))
                     .collect();
-                Ok(claimed
+                let jobs = claimed
                     .into_iter()
                     .map(|d| {
                         let sub = subs.get(&d.subscription_id).cloned();
                         let body = payloads.get(&d.event_id).cloned();
                         (d, sub, body)
                     })
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Ok((jobs, fanned))
             })
             .await
         };
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.claiming = false;
             match result {
-                Ok(jobs) => {
-                    let more = !jobs.is_empty() || act.wake_again;
+                Ok((jobs, fanned)) => {
+                    if fanned.rows > 0 {
+                        act.fan_mark = fanned.from + (fanned.to - fanned.from) / 2;
+                    }
+                    let reached_mark = jobs
+                        .iter()
+                        .any(|(d, ..)| d.attempts == 0 && d.event_id > act.fan_mark);
+                    act.fan_out_next =
+                        jobs.is_empty() || reached_mark || (fanned.more && fanned.rows == 0);
+                    // A fan-out is wanted and this claim did not write rows first: claim
+                    // again at once, writing them (else they would wait for a wake).
+                    let more = !jobs.is_empty()
+                        || act.wake_again
+                        || fanned.more
+                        || (act.fan_out_next && !fan_out);
                     act.nothing_due = !more;
                     act.skipped_in_vain = (skipping && jobs.is_empty()).then(Instant::now);
                     act.claimed.extend(jobs.iter().map(|(d, ..)| d.id.clone()));
@@ -276,7 +312,10 @@ impl DeliveryWorker {
                         ctx.notify(Wake);
                     }
                 }
-                Err(e) => slog::warn!(act.logger, "claiming deliveries failed"; "error" => %e),
+                Err(e) => {
+                    act.fan_out_next = true;
+                    slog::warn!(act.logger, "claiming deliveries failed"; "error" => %e)
+                }
             }
         }));
     }
@@ -745,6 +784,7 @@ impl Actor for DeliveryWorker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.config.poll, |act, ctx| {
             act.nothing_due = false;
+            act.fan_out_next = true;
             act.claim(ctx);
         });
         ctx.notify(Wake);

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 
-use super::models::{Delivery, Event};
-use super::schema::{event_logs, events};
+use super::models::Event;
+use super::schema::{event_logs, events, outbox_cursors};
 use super::{AnyConnection, StoreError};
 
 /// The log's identity and head.
@@ -15,9 +15,25 @@ pub struct LogHead {
     pub last_id: i64,
 }
 
-/// Creates the domain's log row if there is none (nodes may race: the loser's insert
-/// fails on the primary key and it reads the winner's row).
+/// Creates the domain's log row and its outbox cursor if there are none (nodes may
+/// race: the loser's insert fails on the primary key and it reads the winner's row).
 pub fn ensure_log(conn: &mut AnyConnection, domain: &str) -> Result<LogHead, StoreError> {
+    let head = ensure_log_row(conn, domain)?;
+    let cursor = diesel::insert_into(outbox_cursors::table)
+        .values((
+            outbox_cursors::domain.eq(domain),
+            outbox_cursors::last_id.eq(head.last_id),
+        ))
+        .execute(conn);
+    match cursor {
+        Ok(_) => {}
+        Err(e) if StoreError::is_unique_violation(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(head)
+}
+
+fn ensure_log_row(conn: &mut AnyConnection, domain: &str) -> Result<LogHead, StoreError> {
     if let Some(head) = head(conn, domain)? {
         return Ok(head);
     }
@@ -54,11 +70,13 @@ pub struct NewEvent {
     pub idempotency_key: Option<String>,
 }
 
-/// Appends events in one transaction. An event whose idempotency key was used within
-/// `dedupe_ms` (or earlier in the same batch) is not appended again: the stored one
-/// comes back, marked `true`. The batch costs a fixed number of statements whatever its
-/// size: one id allocation for all its events, multi-row inserts of the events and of
-/// their outbox rows.
+/// Appends events in one transaction (the publish transaction). An event whose
+/// idempotency key was used within `dedupe_ms` (or earlier in the same batch) is not
+/// appended again: the stored one comes back, marked `true`. The batch costs a fixed
+/// number of statements whatever its size and however many subscriptions match: one id
+/// allocation for all its events and multi-row inserts of the events. Their deliveries
+/// rows are written after the commit, behind the outbox cursor
+/// (`subscriptions::fan_out`).
 pub fn append(
     conn: &mut AnyConnection,
     domain: &str,
@@ -155,33 +173,9 @@ pub fn append(
             for chunk in stored.chunks(INSERT_CHUNK) {
                 super::insert_rows!(c, events::table, chunk)?;
             }
-            // The outbox is written with the events: whoever stores an event also
-            // promises its deliveries, so a crash between the two cannot lose one.
-            let subscribers: Vec<(String, Vec<String>, Vec<String>)> =
-                super::subscriptions::enabled_with_channel_types(c, domain)?
-                    .into_iter()
-                    .map(|(s, channel_types)| {
-                        (
-                            s.id,
-                            parse_types(&channel_types),
-                            parse_types(&s.event_types),
-                        )
-                    })
-                    .collect();
-            let mut outbox: Vec<Delivery> = Vec::new();
-            for event in &stored {
-                let t = event.event_type.as_str();
-                for (sub, channel_types, types) in &subscribers {
-                    if crate::events::patterns::any_matches(channel_types, t)
-                        && crate::events::patterns::any_matches(types, t)
-                    {
-                        outbox.push(super::subscriptions::pending_delivery(
-                            domain, sub, event.id, now,
-                        ));
-                    }
-                }
-            }
-            super::subscriptions::insert_deliveries(c, &outbox)?;
+            // No outbox rows here: the stored events are owed their deliveries from
+            // now on (they are above the domain's outbox cursor), and the delivery
+            // workers write those rows behind the log (`subscriptions::fan_out`).
             // The other nodes' brokers and delivery workers: at commit, one note.
             super::notify::notify(c, domain, super::notify::Change::Events { last })?;
         }
@@ -228,14 +222,28 @@ pub fn oldest_id(conn: &mut AnyConnection, domain: &str) -> Result<Option<i64>, 
         .first::<Option<i64>>(conn)?)
 }
 
-/// Deletes events stored before `before_ms`; returns how many.
+/// Deletes events stored before `before_ms` whose deliveries rows are written (at or
+/// below the outbox cursor); returns how many.
 pub fn purge(conn: &mut AnyConnection, domain: &str, before_ms: i64) -> Result<usize, StoreError> {
+    let Some(fanned_out) = outbox_cursor(conn, domain)? else {
+        return Ok(0);
+    };
     Ok(diesel::delete(
         events::table
             .filter(events::domain.eq(domain))
-            .filter(events::created_at.lt(before_ms)),
+            .filter(events::created_at.lt(before_ms))
+            .filter(events::id.le(fanned_out)),
     )
     .execute(conn)?)
+}
+
+/// The last event id whose deliveries rows are written (None: no cursor yet).
+pub fn outbox_cursor(conn: &mut AnyConnection, domain: &str) -> Result<Option<i64>, StoreError> {
+    Ok(outbox_cursors::table
+        .filter(outbox_cursors::domain.eq(domain))
+        .select(outbox_cursors::last_id)
+        .first::<i64>(conn)
+        .optional()?)
 }
 
 /// Patterns stored as a JSON array ('' = every type).

@@ -62,6 +62,9 @@ pub struct Subscription {
     pub failing_since: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The log's last event id when the subscription was made: it gets the events
+    /// after it.
+    pub after_event_id: i64,
 }
 
 /// One event to deliver to one subscription (the outbox).

@@ -61,6 +61,14 @@ diesel::table! {
         failing_since -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        after_event_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    outbox_cursors (domain) {
+        domain -> Text,
+        last_id -> BigInt,
     }
 }
 

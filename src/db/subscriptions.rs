@@ -215,7 +215,7 @@ pub fn purge_ended(
 }
 
 /// Enabled subscriptions of the domain with their channel's event type patterns (for
-/// writing the outbox in an event's transaction).
+/// writing the outbox, see [`fan_out`]).
 pub fn enabled_with_channel_types(
     conn: &mut AnyConnection,
     domain: &str,
@@ -227,6 +227,135 @@ pub fn enabled_with_channel_types(
         .filter(channels::enabled.eq(true))
         .select((Subscription::as_select(), channels::event_types))
         .load(conn)?)
+}
+
+/// What one [`fan_out`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FannedOut {
+    /// Deliveries rows written.
+    pub rows: usize,
+    /// Events are left above the cursor: call again.
+    pub more: bool,
+    /// The cursor before and after (equal: not moved).
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Writes the deliveries rows of the events above the domain's outbox cursor, oldest
+/// first, about `max_rows` of them (whole events, at least one), and moves the cursor
+/// past those events, in one transaction. An event goes to the subscriptions that are
+/// enabled now, of an enabled channel, made before it (`after_event_id`), whose and
+/// whose channel's type patterns match it.
+///
+/// Why the cursor is safe: event ids are allocated under the `event_logs` row lock,
+/// held until the publish commits, so the events any reader sees are always a gap-free
+/// prefix of the log; rows are written for events up to the log's committed head only.
+/// On PostgreSQL nodes take turns at the cursor row (`FOR UPDATE SKIP LOCKED`: a node
+/// that finds it taken leaves the work to the node holding it); on SQLite the writer
+/// waits for this node's write turn (`gate`, as a background writer) and takes the
+/// write lock first.
+pub fn fan_out(
+    conn: &mut AnyConnection,
+    domain: &str,
+    max_rows: usize,
+    now: i64,
+    gate: Option<&super::WriteGate>,
+) -> Result<FannedOut, StoreError> {
+    use super::schema::{event_logs, events, outbox_cursors};
+    // Most calls find nothing to do: two point reads, no transaction, no write turn.
+    let cursor = super::events::outbox_cursor(conn, domain)?;
+    let head = super::events::head(conn, domain)?.map(|h| h.last_id);
+    match (cursor, head) {
+        (Some(cursor), Some(head)) if cursor < head => {}
+        _ => return Ok(FannedOut::default()),
+    }
+    let _turn = gate.map(|g| g.enter(super::Urgency::Background));
+    conn.transaction::<_, StoreError, _>(|c| {
+        let cursor: Option<i64> = match c {
+            AnyConnection::Postgresql(pg) => outbox_cursors::table
+                .filter(outbox_cursors::domain.eq(domain))
+                .select(outbox_cursors::last_id)
+                .for_update()
+                .skip_locked()
+                .first::<i64>(pg)
+                .optional()?,
+            AnyConnection::Sqlite(_) => {
+                // Write first: the write lock at once, not a read snapshot that
+                // cannot be upgraded later.
+                diesel::update(outbox_cursors::table.filter(outbox_cursors::domain.eq(domain)))
+                    .set(outbox_cursors::last_id.eq(outbox_cursors::last_id))
+                    .execute(c)?;
+                super::events::outbox_cursor(c, domain)?
+            }
+        };
+        let Some(cursor) = cursor else {
+            // Another node is at it.
+            return Ok(FannedOut::default());
+        };
+        // The committed head: every event up to it is visible to the reads below.
+        let head: i64 = event_logs::table
+            .filter(event_logs::domain.eq(domain))
+            .select(event_logs::last_id)
+            .first(c)?;
+        if head <= cursor {
+            return Ok(FannedOut::default());
+        }
+        let subscribers: Vec<(String, i64, Vec<String>, Vec<String>)> =
+            enabled_with_channel_types(c, domain)?
+                .into_iter()
+                .filter(|(s, _)| s.after_event_id < head)
+                .map(|(s, channel_types)| {
+                    (
+                        s.id,
+                        s.after_event_id,
+                        super::events::parse_types(&channel_types),
+                        super::events::parse_types(&s.event_types),
+                    )
+                })
+                .collect();
+        let mut rows: Vec<Delivery> = Vec::new();
+        let new_cursor = if subscribers.is_empty() {
+            // No one to deliver to: nothing is owed for these events.
+            head
+        } else {
+            let per_event = subscribers.len().max(1);
+            let limit = (max_rows / per_event).clamp(1, 10_000) as i64;
+            let due: Vec<(i64, String)> = events::table
+                .filter(events::domain.eq(domain))
+                .filter(events::id.gt(cursor))
+                .filter(events::id.le(head))
+                .order(events::id.asc())
+                .limit(limit)
+                .select((events::id, events::event_type))
+                .load(c)?;
+            for (id, t) in &due {
+                for (sub, after, channel_types, types) in &subscribers {
+                    if *id > *after
+                        && crate::events::patterns::any_matches(channel_types, t)
+                        && crate::events::patterns::any_matches(types, t)
+                    {
+                        rows.push(pending_delivery(domain, sub, *id, now));
+                    }
+                }
+            }
+            // Fewer than asked for: every event up to the head was read (those missing
+            // were purged).
+            match due.last() {
+                Some((last, _)) if due.len() as i64 == limit => *last,
+                _ => head,
+            }
+        };
+        insert_deliveries(c, &rows)?;
+        diesel::update(outbox_cursors::table.filter(outbox_cursors::domain.eq(domain)))
+            .set(outbox_cursors::last_id.eq(new_cursor))
+            .execute(c)?;
+        Ok(FannedOut {
+            rows: rows.len(),
+            more: new_cursor < head,
+            from: cursor,
+            to: new_cursor,
+        })
+    })
 }
 
 /// A new outbox row: the event is due for the subscription now, first attempt.

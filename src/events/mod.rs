@@ -21,6 +21,8 @@ pub const MAX_BATCH: usize = 1000;
 /// Largest `data` of one event, serialized.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 const MAX_TYPE_LEN: usize = 128;
+/// Deliveries rows per transaction when the purge catches the outbox up.
+const PURGE_FAN_OUT_ROWS: usize = 2048;
 const MAX_KEY_LEN: usize = 256;
 
 /// An event to publish, as the admin API and scenarios give it.
@@ -308,8 +310,29 @@ impl EventService {
         }
     }
 
-    /// Deletes events older than the retention; returns how many.
+    /// Deletes events older than the retention; returns how many. The deliveries rows
+    /// still owed (events above the outbox cursor) are written first, so that no event
+    /// goes before its deliveries are promised (an event above the cursor is kept).
     pub async fn purge(&self, retention_ms: i64) -> Result<usize, StoreError> {
+        loop {
+            let domain = self.domain.clone();
+            let gate_db = self.db.clone();
+            let fanned = self
+                .db
+                .run(move |c| {
+                    crate::db::subscriptions::fan_out(
+                        c,
+                        &domain,
+                        PURGE_FAN_OUT_ROWS,
+                        now_millis(),
+                        gate_db.write_gate(),
+                    )
+                })
+                .await?;
+            if !fanned.more {
+                break;
+            }
+        }
         let domain = self.domain.clone();
         let before = now_millis() - retention_ms;
         self.db.run(move |c| log::purge(c, &domain, before)).await

@@ -115,14 +115,18 @@ async fn create(
         failing_since: 0,
         created_at: now,
         updated_at: now,
+        after_event_id: 0,
     };
-    let (row, domain) = (sub.clone(), domain.to_string());
+    let (mut row, domain) = (sub.clone(), domain.to_string());
     state
         .db
         .run(move |c| {
             if rows::list_for_channel(c, &domain, &channel_id)?.len() >= MAX_PER_CHANNEL {
                 return Ok(false);
             }
+            // It gets the events stored after this (those not yet turned into
+            // deliveries when it was made are not its).
+            row.after_event_id = crate::db::events::head(c, &domain)?.map_or(0, |h| h.last_id);
             rows::insert(c, &row)?;
             Ok(true)
         })

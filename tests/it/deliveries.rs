@@ -1267,3 +1267,111 @@ async fn one_slow_subscription_does_not_hold_every_slot(backend: Backend) {
         .collect();
     assert_eq!(ids.len(), 6);
 }
+
+on_both!(a_publish_writes_events_only_and_the_outbox_follows_its_cursor);
+
+/// A publish stores its events only; their deliveries rows are written behind the log
+/// (`fan_out`), in bounded chunks, in id order, for the subscriptions made before each
+/// event; the retention never purges an event whose rows are not written yet.
+async fn a_publish_writes_events_only_and_the_outbox_follows_its_cursor(backend: Backend) {
+    use oktell_gateway::db::events as log;
+    use oktell_gateway::db::subscriptions::{FannedOut, fan_out};
+    // The worker only wakes when told (at start); here no one tells it.
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.allow_private_targets = true;
+        c.delivery_poll_ms = 3_600_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let receiver = Receiver::start(|_| (200, String::new()));
+    let token = eventing(&app).await;
+    let first = subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    let domain = app.state.config.domain.clone();
+    let append = |n: usize| {
+        let domain = domain.clone();
+        app.state.db.run(move |c| {
+            let new: Vec<_> = (0..n)
+                .map(|i| log::NewEvent {
+                    event_type: "fan.out".into(),
+                    occurred_at: 0,
+                    data: format!("{{\"i\":{i}}}"),
+                    idempotency_key: None,
+                })
+                .collect();
+            log::append(c, &domain, &new, oktell_gateway::db::now_millis(), 1000)
+        })
+    };
+    // (rows written, events left above the cursor)
+    let db = app.state.db.clone();
+    let fan = |max_rows: usize| {
+        let (db, domain) = (db.clone(), domain.clone());
+        async move {
+            db.run(move |c| fan_out(c, &domain, max_rows, oktell_gateway::db::now_millis(), None))
+                .await
+                .map(|f: FannedOut| (f.rows, f.more))
+        }
+    };
+    let base = app
+        .state
+        .db
+        .run({
+            let domain = domain.clone();
+            move |c| log::outbox_cursor(c, &domain)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    append(3).await.unwrap();
+    assert_eq!(
+        count_rows(&app, "deliveries").await,
+        0,
+        "a publish writes no rows"
+    );
+    // Made after those three: not theirs.
+    let second = subscribe(&app, &token, json!({"url": receiver.url.clone()})).await;
+    assert_eq!(fan(2).await.unwrap(), (2, true));
+    assert_eq!(fan(512).await.unwrap(), (1, false));
+    assert_eq!(fan(512).await.unwrap(), (0, false), "caught up");
+    let owners = || async {
+        app.state
+            .db
+            .run(|c| {
+                use diesel::prelude::*;
+                use oktell_gateway::db::schema::deliveries;
+                deliveries::table
+                    .order(deliveries::event_id.asc())
+                    .select((deliveries::subscription_id, deliveries::event_id))
+                    .load::<(String, i64)>(c)
+                    .map_err(oktell_gateway::db::StoreError::from)
+            })
+            .await
+            .unwrap()
+    };
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let second_id = second["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        owners().await,
+        (1..=3)
+            .map(|k| (first_id.clone(), base + k))
+            .collect::<Vec<_>>()
+    );
+    // The next event is both subscriptions'.
+    append(1).await.unwrap();
+    assert_eq!(fan(512).await.unwrap(), (2, false));
+    let rows = owners().await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.contains(&(second_id, base + 4)), "{rows:?}");
+    // The retention purges events whose rows are written, never one above the cursor.
+    append(1).await.unwrap();
+    let purge = |domain: String| app.state.db.run(move |c| log::purge(c, &domain, i64::MAX));
+    assert_eq!(purge(domain.clone()).await.unwrap(), (base + 4) as usize);
+    assert_eq!(
+        purge(domain.clone()).await.unwrap(),
+        0,
+        "event 5 waits for its rows"
+    );
+    assert_eq!(fan(512).await.unwrap(), (2, false));
+    assert_eq!(purge(domain.clone()).await.unwrap(), 1);
+}

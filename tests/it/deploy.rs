@@ -377,6 +377,8 @@ fn every_alert_rule_is_complete_and_uses_known_metrics() {
         "oktell_channel_restarts_total",
         "oktell_db_pool_connections",
         "oktell_db_pool_max",
+        "oktell_cluster_stale",
+        "oktell_cluster_notification_queue_usage",
     ] {
         assert!(used.contains(name), "alerts: nothing watches {name}");
     }

@@ -49,7 +49,11 @@ fn fill(db: &Database, n: usize) {
                 ws_hello: false,
                 event_types: String::new(),
             };
-            channels::insert(c, &channel)?;
+            channels::insert(
+                c,
+                &channel,
+                &oktell_gateway::db::channel_versions::Save { note: "", keep: 50 },
+            )?;
         }
         Ok(())
     })

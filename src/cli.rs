@@ -38,6 +38,53 @@ pub enum Command {
     /// the admin API applies them live).
     #[command(subcommand)]
     Channel(Box<ChannelCommand>),
+    /// Work on channels' scenarios (dry runs) straight against the database.
+    #[command(subcommand)]
+    Scenario(Box<ScenarioCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Dry-run a channel's webhook script (or, with --ws-text, its websocket script) on
+    /// a sample, in this process, with the node's limits: outgoing calls, websocket
+    /// pushes and events are recorded, not performed. Prints the report (JSON); exits 1
+    /// when the script did not end correctly.
+    Run(RunFlags),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunFlags {
+    /// The channel, by code or id.
+    #[arg(long)]
+    channel: String,
+    /// The sample request's method.
+    #[arg(long, default_value = "POST")]
+    method: String,
+    /// Below the channel's webhook URL, query included (`/orders?x=1`).
+    #[arg(long, default_value = "")]
+    path: String,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// The request body, or `@file` to read it from a file.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// The sender's IP (`startparam(6)`).
+    #[arg(long)]
+    peer_ip: Option<String>,
+    /// A websocket message instead of a request (`@file` reads a file).
+    #[arg(long)]
+    ws_text: Option<String>,
+    /// The websocket session code (with --ws-text).
+    #[arg(long)]
+    ws_session: Option<String>,
+    /// A draft script to run instead of the saved one.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// A JSON file holding an array of mock responses
+    /// (`[{"method": "GET", "path": "orders/1", "status": 200, "body": "..."}]`).
+    #[arg(long)]
+    mocks: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +142,9 @@ pub struct ChannelFlags {
     /// Greet each new websocket with its session code.
     #[arg(long)]
     ws_hello: Option<bool>,
+    /// Why this save is made, kept with the version it creates.
+    #[arg(long)]
+    note: Option<String>,
 }
 
 impl ChannelFlags {
@@ -119,6 +169,7 @@ impl ChannelFlags {
             enabled: self.enabled,
             ws_hello: self.ws_hello,
             event_types: None,
+            note: self.note,
             token: None,
         })
     }
@@ -139,6 +190,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(&config),
             Command::Channel(cmd) => channel(config, *cmd).await,
+            Command::Scenario(cmd) => scenario(config, *cmd).await,
         }
     });
     match outcome {
@@ -169,7 +221,8 @@ fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
+/// A channel service over the database, with a scenario pool of its own (no live node).
+async fn offline_service(config: Config) -> Result<ChannelService, String> {
     let db = Database::connect(&config.database_url, 2).map_err(|e| e.to_string())?;
     db.migrate().map_err(|e| e.to_string())?;
     let logger = crate::logging::discard();
@@ -183,11 +236,96 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
         pool,
         vec![crate::events::EventService::new(db.clone(), &config.domain)],
         runtime,
-        Duration::from_secs(1),
+        Duration::from_millis(config.scenario_timeout_ms),
         1,
         logger,
     ));
-    let service = ChannelService::new(db, Arc::new(config), dispatcher, None);
+    Ok(ChannelService::new(db, Arc::new(config), dispatcher, None))
+}
+
+/// `@file` is the file's text, anything else itself.
+fn text_or_file(value: &str) -> Result<String, String> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}")),
+        None => Ok(value.to_string()),
+    }
+}
+
+async fn scenario(config: Config, cmd: ScenarioCommand) -> Result<(), String> {
+    let ScenarioCommand::Run(flags) = cmd;
+    let service = offline_service(config).await?;
+    let channel = find(&service, &flags.channel).await?;
+    let mut input = serde_json::Map::new();
+    match &flags.ws_text {
+        Some(text) => {
+            input.insert(
+                "websocket".into(),
+                serde_json::json!({
+                    "text": text_or_file(text)?,
+                    "session": flags.ws_session,
+                    "peer_ip": flags.peer_ip,
+                }),
+            );
+        }
+        None => {
+            let mut headers = serde_json::Map::new();
+            for h in &flags.headers {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header {h:?}: `Name: value` is expected"))?;
+                headers.insert(name.trim().to_string(), value.trim().into());
+            }
+            input.insert(
+                "request".into(),
+                serde_json::json!({
+                    "method": flags.method,
+                    "path": flags.path,
+                    "headers": headers,
+                    "body": text_or_file(&flags.body)?,
+                    "peer_ip": flags.peer_ip,
+                }),
+            );
+        }
+    }
+    if let Some(path) = &flags.script {
+        let draft = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        input.insert("script".into(), draft.into());
+    }
+    if let Some(path) = &flags.mocks {
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let mocks: serde_json::Value =
+            serde_json::from_str(&raw).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        input.insert("mocks".into(), mocks);
+    }
+    let body = serde_json::Value::Object(input).to_string();
+    let (sample, draft, live, mocks) = crate::channels::DryRunInput::from_json(body.as_bytes())
+        .and_then(|i| i.checked("localhost", false))
+        .map_err(|v| format!("{}: {}", v.field, v.message))?;
+    let report = service
+        .dry_run(&channel.id, sample, draft, live, mocks)
+        .await
+        .map_err(describe)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    if report.ok {
+        Ok(())
+    } else {
+        Err(match &report.error {
+            Some(e) => match (e.line, e.column) {
+                (Some(l), Some(c)) => format!("{} (line {l}, column {c})", e.message),
+                _ => e.message.clone(),
+            },
+            None => "the scenario did not end correctly".into(),
+        })
+    }
+}
+
+async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
+    let service = offline_service(config).await?;
     let show = |c: &crate::db::models::Channel, reveal: bool| {
         println!(
             "{}",

@@ -88,6 +88,12 @@ pub struct Config {
     pub outgoing_timeout_ms: u64,
     pub outgoing_max_response_bytes: usize,
     pub outgoing_max_connections_per_host: usize,
+    /// Saved versions of a channel's scripts kept (`GET /admin/v1/channels/{id}/versions`);
+    /// the oldest beyond are deleted on the next save.
+    pub channel_versions_kept: usize,
+    /// Bytes of each text a dry run reports (a call's body, a push, an event's data,
+    /// the reply's body); longer ones are cut and marked.
+    pub dry_run_max_recorded_bytes: usize,
     pub ws_heartbeat_interval_ms: u64,
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
@@ -201,6 +207,8 @@ impl Default for Config {
             outgoing_timeout_ms: 15_000,
             outgoing_max_response_bytes: 4 * 1024 * 1024,
             outgoing_max_connections_per_host: 512,
+            channel_versions_kept: 50,
+            dry_run_max_recorded_bytes: 64 * 1024,
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
@@ -483,6 +491,9 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be above 0"));
+        }
+        if self.channel_versions_kept == 0 {
+            return Err(invalid("channel_versions_kept", "must be above 0"));
         }
         if self.scenario_timeout_ms == 0 {
             return Err(invalid("scenario_timeout_ms", "must be above 0"));

@@ -1,9 +1,11 @@
 //! Integration channels: the input accepted by the admin API and CLI, its validation,
 //! and the service that stores changes and applies them live to this node.
 
+pub mod authoring;
 pub mod service;
 mod validate;
 
+pub use authoring::DryRunInput;
 pub use service::{ChannelService, LiveNode, ServiceError};
 pub use validate::{ChannelInput, ValidationError, generate_token};
 

@@ -10,8 +10,9 @@ use crate::actors::channel::{Apply, Ping, Precompiled, Retire};
 use crate::actors::sessions::{SessionTable, close_code};
 use crate::actors::{ChannelActor, ChannelRegistry, ChannelStats};
 use crate::config::Config;
+use crate::db::channel_versions::{self as versions, Save};
 use crate::db::channels::{self as rows, ChannelFilter};
-use crate::db::models::Channel;
+use crate::db::models::{Channel, ChannelVersion};
 use crate::db::{Database, StoreError, now_millis};
 use crate::scenario::dispatch::Dispatcher;
 
@@ -21,10 +22,15 @@ pub enum ServiceError {
     Invalid(#[from] ValidationError),
     #[error("no channel with this id")]
     NotFound,
+    #[error("this channel has no kept version {0}")]
+    VersionNotFound(i64),
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
     Store(StoreError),
+    /// A dry run the node could not take (busy), or that never reported back.
+    #[error(transparent)]
+    Scenario(crate::scenario::ScenarioError),
 }
 
 impl From<StoreError> for ServiceError {
@@ -98,6 +104,19 @@ impl ChannelService {
         }
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Where changes go live (absent for the CLI).
+    pub fn live_node(&self) -> Option<&LiveNode> {
+        self.live.as_ref()
+    }
+
     /// Compiles both scripts (off the async threads); a syntax error names the field.
     async fn compile(&self, channel: &Channel) -> Result<Precompiled, ServiceError> {
         let dispatcher = self.dispatcher.clone();
@@ -153,8 +172,11 @@ impl ChannelService {
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;
         let row = channel.clone();
+        let (note, keep) = self.save_of(&input);
         let _writing = self.writes.lock().await;
-        self.db.run(move |c| rows::insert(c, &row)).await?;
+        self.db
+            .run(move |c| rows::insert(c, &row, &Save { note: &note, keep }))
+            .await?;
         self.go_live(channel.clone(), compiled).await;
         Ok(channel)
     }
@@ -167,10 +189,11 @@ impl ChannelService {
         channel.version = expected + 1;
         channel.updated_at = now_millis().max(channel.updated_at);
         let row = channel.clone();
+        let (note, keep) = self.save_of(&input);
         let _writing = self.writes.lock().await;
         let written = self
             .db
-            .run(move |c| rows::update(c, &row, expected))
+            .run(move |c| rows::update(c, &row, expected, &Save { note: &note, keep }))
             .await?;
         if !written {
             // Gone meanwhile (404), or changed meanwhile (409).
@@ -181,6 +204,51 @@ impl ChannelService {
         }
         self.go_live(channel.clone(), compiled).await;
         Ok(channel)
+    }
+
+    /// The note and the bound of the version a save makes.
+    fn save_of(&self, input: &ChannelInput) -> (String, i64) {
+        let keep = i64::try_from(self.config.channel_versions_kept).unwrap_or(i64::MAX);
+        (input.note.clone().unwrap_or_default(), keep)
+    }
+
+    /// The channel's kept versions, newest first (the first is the current one).
+    pub async fn versions(&self, id: &str) -> Result<Vec<ChannelVersion>, ServiceError> {
+        self.get(id).await?;
+        let (domain, id) = (self.domain.clone(), id.to_string());
+        Ok(self
+            .db
+            .run(move |c| versions::list(c, &domain, &id))
+            .await?)
+    }
+
+    /// One kept version of the channel.
+    pub async fn version(&self, id: &str, version: i64) -> Result<ChannelVersion, ServiceError> {
+        self.get(id).await?;
+        let (domain, id) = (self.domain.clone(), id.to_string());
+        self.db
+            .run(move |c| versions::find(c, &domain, &id, version))
+            .await?
+            .ok_or(ServiceError::VersionNotFound(version))
+    }
+
+    /// Saves a new version whose scripts are those of `version`, through [`Self::update`]
+    /// (compiled, stored with the cluster told in its transaction, applied live). The
+    /// note defaults to "restored from version N".
+    pub async fn restore(
+        &self,
+        id: &str,
+        version: i64,
+        note: Option<String>,
+    ) -> Result<Channel, ServiceError> {
+        let old = self.version(id, version).await?;
+        let input = ChannelInput {
+            webhook_scenario: Some(old.webhook_scenario),
+            websocket_scenario: Some(old.websocket_scenario),
+            note: Some(note.unwrap_or_else(|| format!("restored from version {version}"))),
+            ..ChannelInput::default()
+        };
+        self.update(id, input).await
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), ServiceError> {

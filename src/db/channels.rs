@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::channel_versions::{self, Save};
 use super::models::Channel;
 use super::notify::{Change, notify};
 use super::schema::channels::dsl;
@@ -30,22 +31,26 @@ fn told(conn: &mut AnyConnection, channel: &Channel) -> Result<(), StoreError> {
     )
 }
 
-pub fn insert(conn: &mut AnyConnection, channel: &Channel) -> Result<(), StoreError> {
+/// Stores a new channel and its first version (`channel_versions`).
+pub fn insert(conn: &mut AnyConnection, channel: &Channel, save: &Save) -> Result<(), StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
         diesel::insert_into(dsl::channels)
             .values(channel)
             .execute(c)
             .map_err(map_unique)?;
+        channel_versions::record(c, channel, save)?;
         told(c, channel)
     })
 }
 
-/// Writes every field of `channel` where the stored version is `expected_version`.
+/// Writes every field of `channel` where the stored version is `expected_version`, and
+/// records its scripts as the new version (trimming the oldest past `save.keep`).
 /// Returns false when the row changed in between (or is gone).
 pub fn update(
     conn: &mut AnyConnection,
     channel: &Channel,
     expected_version: i64,
+    save: &Save,
 ) -> Result<bool, StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
         let n = diesel::update(
@@ -57,14 +62,16 @@ pub fn update(
         .execute(c)
         .map_err(map_unique)?;
         if n == 1 {
+            channel_versions::record(c, channel, save)?;
             told(c, channel)?;
         }
         Ok(n == 1)
     })
 }
 
-/// Deletes a channel and, in the same transaction, its webhook subscriptions with their
-/// deliveries and attempts (nothing of a deleted channel keeps being sent).
+/// Deletes a channel and, in the same transaction, its saved versions and its webhook
+/// subscriptions with their deliveries and attempts (nothing of a deleted channel keeps
+/// being sent).
 pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, StoreError> {
     conn.transaction::<_, StoreError, _>(|c| {
         let n = diesel::delete(
@@ -75,6 +82,7 @@ pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, 
         .execute(c)?;
         if n == 1 {
             super::subscriptions::delete_for_channel(c, domain, id)?;
+            channel_versions::delete_for_channel(c, domain, id)?;
             notify(
                 c,
                 domain,

@@ -2,6 +2,7 @@
 //! PostgreSQL (clusters), pooled with r2d2. Every call here blocks: callers on async
 //! threads go through [`Database::run`], which moves the work to the blocking pool.
 
+pub mod channel_versions;
 pub mod channels;
 pub mod directory;
 pub mod events;

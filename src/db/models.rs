@@ -31,6 +31,20 @@ pub struct Channel {
     pub event_types: String,
 }
 
+/// The scripts of one saved version of a channel (`channel_versions`).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::channel_versions)]
+pub struct ChannelVersion {
+    pub channel_id: String,
+    pub version: i64,
+    pub domain: String,
+    pub webhook_scenario: String,
+    pub websocket_scenario: String,
+    /// Why it was saved (the update's `note`), or empty.
+    pub note: String,
+    pub saved_at: i64,
+}
+
 /// One stored event of a domain's log.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = events)]

@@ -25,6 +25,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    channel_versions (channel_id, version) {
+        channel_id -> Text,
+        version -> BigInt,
+        domain -> Text,
+        webhook_scenario -> Text,
+        websocket_scenario -> Text,
+        note -> Text,
+        saved_at -> BigInt,
+    }
+}
+
+diesel::table! {
     event_logs (domain) {
         domain -> Text,
         epoch -> Text,

@@ -115,7 +115,11 @@ pub struct ListQuery {
 const MAX_PAGE: i64 = 1000;
 const DEFAULT_PAGE: i64 = 100;
 
-fn view(state: &AppState, channel: &crate::db::models::Channel, reveal: bool) -> serde_json::Value {
+pub(crate) fn view(
+    state: &AppState,
+    channel: &crate::db::models::Channel,
+    reveal: bool,
+) -> serde_json::Value {
     let mut value = serde_json::to_value(ChannelView::new(channel, reveal)).unwrap_or_default();
     // What this node is doing with the channel right now.
     let runtime = match state.registry.get_by_id(&channel.id) {

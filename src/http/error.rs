@@ -185,6 +185,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => {
                 ApiError::not_found("channel_not_found", "no channel with this id")
             }
+            ServiceError::VersionNotFound(v) => ApiError::not_found(
+                "version_not_found",
+                format!("this channel has no kept version {v}"),
+            ),
             ServiceError::Conflict(m) => {
                 let field = m.starts_with("code:").then(|| "code".to_string());
                 let mut err = ApiError::new(StatusCode::CONFLICT, "conflict", m);
@@ -192,6 +196,7 @@ impl From<ServiceError> for ApiError {
                 err
             }
             ServiceError::Store(s) => s.into(),
+            ServiceError::Scenario(s) => s.into(),
         }
     }
 }

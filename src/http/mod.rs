@@ -2,6 +2,7 @@
 //! the layer below, and convert its errors once, through [`error::ApiError`].
 
 pub mod admin;
+pub mod authoring;
 pub mod body_guard;
 pub mod error;
 pub mod events;
@@ -26,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(websocket::routes)
         .configure(events::routes)
         .configure(subscriptions_admin::routes)
+        .configure(authoring::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)

@@ -46,7 +46,7 @@ impl Modify for AdminToken {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "oktell-gateway", description = "Integration gateway of Oktell Studio: channels, webhooks, websockets."),
+    info(title = "oktell-gateway", description = "Integration gateway of Oktell Studio: channels, webhooks, websockets, events, scenario authoring (dry runs, versions)."),
     paths(
         super::admin::create_channel,
         super::admin::list_channels,
@@ -58,6 +58,10 @@ impl Modify for AdminToken {
         super::admin::close_session,
         super::admin::node,
         super::admin::nodes,
+        super::authoring::dry_run,
+        super::authoring::versions,
+        super::authoring::version,
+        super::authoring::restore,
         super::events::publish,
         super::events::list,
         super::webhook::webhook,
@@ -77,7 +81,11 @@ impl Modify for AdminToken {
         super::ops::readyz,
         super::ops::metrics,
     ),
-    components(schemas(crate::events::webhooks::SubscriptionInput, crate::events::webhooks::SubscriptionView, crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody)),
+    components(schemas(crate::events::webhooks::SubscriptionInput, crate::events::webhooks::SubscriptionView, crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody,
+        crate::channels::DryRunInput, crate::channels::authoring::SampleRequest, crate::channels::authoring::SampleMessage, crate::channels::authoring::MockInput,
+        crate::scenario::dry_run::Report, crate::scenario::dry_run::ReplyRecord, crate::scenario::dry_run::ErrorRecord, crate::scenario::dry_run::LogLine,
+        crate::scenario::dry_run::CallRecord, crate::scenario::dry_run::WsRecord, crate::scenario::dry_run::EventRecord, crate::scenario::dry_run::Text,
+        super::authoring::VersionView, super::authoring::VersionPage, super::authoring::RestoreInput)),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

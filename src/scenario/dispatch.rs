@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::pool::{ScenarioPool, Start};
+use super::dry_run::Ended;
+use super::pool::{Lane, ScenarioPool, Start};
 use super::{
     ChannelHost, CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime,
     StartParams,
 };
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
+use crate::db::models::Channel;
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
@@ -68,6 +70,78 @@ impl Dispatcher {
         &self.runtime
     }
 
+    /// The event log a run of a channel of `domain` emits into (this node's first
+    /// domain's when it does not serve that one).
+    pub fn events_for(&self, domain: &str) -> Option<&crate::events::EventService> {
+        self.events
+            .iter()
+            .find(|e| e.domain() == domain)
+            .or(self.events.first())
+    }
+
+    /// Queues a dry run of `source` (compiled on the scenario thread) in `lane`, with
+    /// the deadline and limits of a real run and `host` recording what it does. Not
+    /// counted in the channel's in-flight runs or statistics; admitted like any run
+    /// (refused when the node is at its bound).
+    pub fn dry_run(
+        &self,
+        lane: &Arc<Lane>,
+        channel: Arc<Channel>,
+        source: String,
+        params: Arc<dyn StartParams>,
+        host: Arc<dyn ChannelHost>,
+    ) -> Result<oneshot::Receiver<Ended>, ScenarioError> {
+        let deadline = Instant::now() + self.timeout;
+        let runtime = self.runtime.clone();
+        let logger = self
+            .logger
+            .new(slog::o!("channel" => channel.code.clone(), "dry_run" => true));
+        let (tx, rx) = oneshot::channel();
+        let job = move |start: Start| {
+            let ended = match start {
+                Start::Refused(refused) => Ended {
+                    outcome: Err(ScenarioError::QueueFull {
+                        retry_after_secs: retry_secs(refused.retry_after),
+                    }),
+                    duration: Duration::ZERO,
+                    operations: None,
+                },
+                Start::Run => match runtime.compile(&source) {
+                    Err(e) => Ended {
+                        outcome: Err(ScenarioError::Compile(e)),
+                        duration: Duration::ZERO,
+                        operations: None,
+                    },
+                    Ok(script) => {
+                        let started = Instant::now();
+                        let outcome = runtime.run(
+                            &script,
+                            RunContext {
+                                channel: &channel,
+                                params: &params,
+                                deadline,
+                                logger: &logger,
+                                host: &host,
+                            },
+                        );
+                        Ended {
+                            outcome,
+                            duration: started.elapsed(),
+                            operations: runtime.last_operations(),
+                        }
+                    }
+                },
+            };
+            let _ = tx.send(ended);
+        };
+        self.pool
+            .submit(lane, deadline, job)
+            .map_err(|refused| ScenarioError::QueueFull {
+                retry_after_secs: retry_secs(refused.retry_after),
+            })?;
+        Ok(rx)
+    }
+
     /// Compiles a script the way runs will (used to validate on save).
     pub fn compile(&self, source: &str) -> Result<Compiled, CompileError> {
         self.runtime.compile(source)
@@ -98,12 +172,7 @@ impl Dispatcher {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
         let base_logger = self.logger.clone();
-        let Some(events) = self
-            .events
-            .iter()
-            .find(|e| e.domain() == handle.channel.domain)
-            .or(self.events.first())
-        else {
+        let Some(events) = self.events_for(&handle.channel.domain) else {
             return Err(ScenarioError::Unavailable(
                 "no event log for the channel's domain".into(),
             ));

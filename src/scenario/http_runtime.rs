@@ -61,9 +61,9 @@ impl ScenarioRuntime for HttpRuntime {
             let response = match self.agent.post(&self.url).timeout(left).send_json(body) {
                 Ok(r) => r,
                 Err(ureq::Error::Status(code, _)) => {
-                    return Err(ScenarioError::Script(format!(
-                        "scenario engine answered {code}"
-                    )));
+                    return Err(ScenarioError::Script(
+                        format!("scenario engine answered {code}").into(),
+                    ));
                 }
                 Err(ureq::Error::Transport(t)) => {
                     if Instant::now() >= ctx.deadline {
@@ -83,7 +83,7 @@ impl ScenarioRuntime for HttpRuntime {
             Ok(raw)
         })?;
         let value: serde_json::Value = serde_json::from_slice(&raw)
-            .map_err(|e| ScenarioError::Script(format!("engine reply is not JSON: {e}")))?;
+            .map_err(|e| ScenarioError::Script(format!("engine reply is not JSON: {e}").into()))?;
         let mut reply = ScenarioReply::default();
         if let Some(code) = value.get("response_code").filter(|v| !v.is_null()) {
             reply.code = code

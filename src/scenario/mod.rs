@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod dispatch;
+pub mod dry_run;
 pub mod http_runtime;
 pub mod outgoing;
 pub mod pool;
@@ -35,13 +36,39 @@ pub struct CompileError {
     pub column: Option<usize>,
 }
 
+/// A script that failed while it ran: the message (the runtime's own, with its
+/// channel's secrets hidden) and, when the runtime knows, where (1-based).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ScriptFault {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl From<String> for ScriptFault {
+    fn from(message: String) -> Self {
+        ScriptFault {
+            message,
+            line: None,
+            column: None,
+        }
+    }
+}
+
+impl From<&str> for ScriptFault {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
 /// Why a scenario run did not end correctly.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScenarioError {
     #[error("scenario does not compile: {0}")]
     Compile(CompileError),
     #[error("scenario failed: {0}")]
-    Script(String),
+    Script(ScriptFault),
     #[error("scenario ran out of time")]
     Timeout,
     #[error("scenario exceeded its {0} limit")]
@@ -114,6 +141,33 @@ pub trait ChannelHost: Send + Sync {
         data: serde_json::Value,
         deadline: Instant,
     ) -> Result<i64, String>;
+    /// One `outgoing_request` of a run; `perform` makes it with the node's client.
+    /// Hosts make it as it is; a dry run's host ([`dry_run::DryHost`]) records it and
+    /// may answer it itself (a mock, or "not performed").
+    fn outgoing(
+        &self,
+        call: &OutgoingCall<'_>,
+        perform: &mut dyn FnMut() -> Result<outgoing::OutgoingResponse, String>,
+    ) -> Result<outgoing::OutgoingResponse, String> {
+        let _ = call;
+        perform()
+    }
+    /// A line the script logs (its channel's secrets already hidden): true when the
+    /// host took it (a dry run reports it), false to write it to the node's log.
+    fn capture_log(&self, level: &str, text: &str) -> bool {
+        let _ = (level, text);
+        false
+    }
+}
+
+/// An outgoing call a script asks for, before it is made.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingCall<'a> {
+    pub channel: &'a Channel,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+    pub headers: &'a [(String, String)],
 }
 
 /// A host with no sessions and no event log: scenarios run on their own (unit tests,
@@ -184,4 +238,9 @@ pub trait ScenarioRuntime: Send + Sync + 'static {
     fn compile(&self, source: &str) -> Result<Compiled, CompileError>;
     /// Runs a compiled script to its end, within the deadline and the runtime's limits.
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError>;
+    /// Operations counted by the last run on this thread, when the runtime counts them
+    /// (dry runs report it).
+    fn last_operations(&self) -> Option<u64> {
+        None
+    }
 }

@@ -43,6 +43,8 @@ struct RunState {
 
 thread_local! {
     static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
+    /// Operations of the run on this thread so far (of the last one, after it ended).
+    static OPERATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The marker `on_progress` stops a script with when its time is up.
@@ -95,7 +97,9 @@ fn log_line(level: &str, text: &str) {
             return;
         }
         let text = run.secrets.hide(text);
-        log_to(run, level, &text)
+        if !run.host.capture_log(level, &text) {
+            log_to(run, level, &text)
+        }
     });
 }
 
@@ -128,6 +132,7 @@ impl RhaiRuntime {
         // Budgets (memory included): a thread-local read, between every two operations.
         // Wall time: checked every 1024 operations, which keeps the check cheap.
         engine.on_progress(|ops| {
+            OPERATIONS.set(ops);
             if let Some(kind) = budget::broken() {
                 return Some(Dynamic::from(BudgetMark(kind)));
             }
@@ -272,11 +277,22 @@ fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
         charge(Spent::outgoing_call)?;
         let body = dynamic_bytes(&body)?;
         let headers = dynamic_headers(&headers)?;
-        let run = with_run(|run| (run.channel.clone(), run.deadline))
-            .ok_or_else(|| script_error("outgoing_request outside a run"))?;
+        let (channel, deadline, host) =
+            with_run(|run| (run.channel.clone(), run.deadline, run.host.clone()))
+                .ok_or_else(|| script_error("outgoing_request outside a run"))?;
+        let call = super::OutgoingCall {
+            channel: &channel,
+            method,
+            path,
+            body: &body,
+            headers: &headers,
+        };
         // Waiting on the outside system is not computing: the compute slot goes to
         // another run meanwhile.
-        let response = blocking(|| client.request(&run.0, method, path, &body, &headers, run.1))
+        let response = host
+            .outgoing(&call, &mut || {
+                blocking(|| client.request(&channel, method, path, &body, &headers, deadline))
+            })
             .map_err(script_error)?;
         let mut out = Map::new();
         out.insert("status".into(), Dynamic::from(i64::from(response.status)));
@@ -437,10 +453,30 @@ impl ScenarioRuntime for RhaiRuntime {
     }
 
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError> {
+        OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);
         // The run's values are dropped by now.
         crate::alloc::give_back_after_big_run();
         outcome
+    }
+
+    fn last_operations(&self) -> Option<u64> {
+        Some(OPERATIONS.get())
+    }
+}
+
+/// Where a failed run failed: the innermost position Rhai knows (inside a function
+/// the script defined, rather than where it was called).
+fn fault_position(err: &EvalAltResult) -> Position {
+    let inner = match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => fault_position(inner),
+        _ => Position::NONE,
+    };
+    if inner.is_none() {
+        err.position()
+    } else {
+        inner
     }
 }
 
@@ -516,9 +552,14 @@ impl RhaiRuntime {
                 EvalAltResult::ErrorDataTooLarge(what, _) => {
                     Err(ScenarioError::Limit(format!("size ({what})")))
                 }
-                _ => Err(ScenarioError::Script(
-                    secrets.hide(&err.to_string()).into_owned(),
-                )),
+                _ => {
+                    let at = fault_position(&err);
+                    Err(ScenarioError::Script(super::ScriptFault {
+                        message: secrets.hide(&err.to_string()).into_owned(),
+                        line: at.line(),
+                        column: at.position(),
+                    }))
+                }
             },
         }
     }

@@ -496,7 +496,12 @@ async fn nodes_started_together_on_an_empty_database_all_come_up_and_list_each_o
     assert_eq!(alive(&listing, "node-1"), Some(true));
     let (_, me) = admin(cluster.node(2), "GET", "/admin/v1/node", None).await;
     assert_eq!(me["node_id"], "node-2");
-    assert_eq!(me["cluster"]["listening"], true, "{me}");
+    // Its listener connects (and catches up) on its own, next to the heartbeat.
+    eventually("node 2 listens", Duration::from_secs(10), || {
+        let fut = admin(cluster.node(2), "GET", "/admin/v1/node", None);
+        async move { fut.await.1["cluster"]["listening"] == true }
+    })
+    .await;
     // A killed node is shown down after three missed heartbeats.
     cluster.nodes[2].kill9();
     eventually("node 3 is shown down", Duration::from_secs(15), || {

@@ -3,6 +3,7 @@
 //! One test binary on purpose: each file in tests/ would link its own.
 
 mod admin;
+mod authoring;
 mod broadcast;
 mod budgets;
 mod cli;

@@ -455,6 +455,10 @@ async fn openapi_matches_the_routes() {
         ("POST", "/admin/v1/subscriptions/{id}/recover"),
         ("POST", "/admin/v1/subscriptions/{id}/resend/{event_id}"),
         ("GET", "/admin/v1/node"),
+        ("POST", "/admin/v1/channels/{id}/dry-run"),
+        ("GET", "/admin/v1/channels/{id}/versions"),
+        ("GET", "/admin/v1/channels/{id}/versions/{v}"),
+        ("POST", "/admin/v1/channels/{id}/versions/{v}/restore"),
         ("POST", "/admin/v1/events"),
         ("GET", "/admin/v1/events"),
         ("GET", "/healthz"),
@@ -472,7 +476,8 @@ async fn openapi_matches_the_routes() {
             .replace("{id}", "x")
             .replace("{code}", "y")
             .replace("{token}", "z")
-            .replace("{event_id}", "1");
+            .replace("{event_id}", "1")
+            .replace("{v}", "1");
         let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
         let req = app.client.request(m, app.url(&concrete)).insert_header((
             "Authorization",

@@ -1,0 +1,661 @@
+//! Dry runs (issue #13): a channel's script — saved, or a draft not yet saved — run on a
+//! sample webhook request or websocket message, in the same pool, sandbox, limits and
+//! budgets as real runs, and reported whole: the reply it would give, its log lines, the
+//! outgoing calls, websocket pushes/closes and events it made or would have made,
+//! duration and operations, or the error with line and column.
+//!
+//! What a script does to the outside world goes through its [`ChannelHost`]; a dry run
+//! hands it a [`DryHost`], which records every effect and performs it only when the run
+//! is `live` (through the channel's real host and the node's outgoing client). Outgoing
+//! calls answered by a mock (by method and path) are never made, live or not. Reads
+//! (`ws_sessions`) always look at the real sessions: they change nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::outgoing::{OutgoingResponse, paths};
+use super::{ChannelHost, OutgoingCall, ScenarioError, ScenarioReply, StartParams};
+use crate::db::models::Channel;
+use crate::redact::{MASK, Secrets, redactor};
+
+/// What a dry run is run on.
+#[derive(Debug, Clone)]
+pub enum Sample {
+    Webhook(WebhookSample),
+    Websocket(WebsocketSample),
+}
+
+/// A sample incoming webhook: what `startparam(2..=7)` will read.
+#[derive(Debug, Clone)]
+pub struct WebhookSample {
+    pub method: String,
+    /// Below the channel's webhook URL (`/api/token/v1/{token}`), query included.
+    pub path: String,
+    /// Lower-cased names, in order; repeated names are joined as HTTP allows.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub peer_ip: String,
+    pub protocol: String,
+    /// `host` and scheme of the URL in `startparam(3)`.
+    pub host: String,
+    pub secure: bool,
+}
+
+/// A sample websocket message: what `startparam(1..=4)` of the websocket script read.
+#[derive(Debug, Clone)]
+pub struct WebsocketSample {
+    pub session: String,
+    pub text: String,
+    pub peer_ip: String,
+}
+
+/// A canned answer to the outgoing calls of a dry run that match it.
+#[derive(Debug, Clone)]
+pub struct Mock {
+    /// Any method when `None`.
+    pub method: Option<String>,
+    /// The path the script passes to `outgoing_request`; without a query, calls match
+    /// whatever their query.
+    pub path: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Mock {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let trim = |p: &str| p.trim_start_matches('/').to_string();
+        let method_ok = self
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method));
+        let wanted = trim(&self.path);
+        let given = if wanted.contains('?') {
+            trim(path)
+        } else {
+            trim(path.split(['?', '#']).next().unwrap_or_default())
+        };
+        method_ok && wanted == given
+    }
+}
+
+impl Sample {
+    /// The start parameters a real run on this sample would get.
+    pub fn params(&self, channel: &Channel) -> Arc<dyn StartParams> {
+        let channel_json = crate::channels::scenario_json(channel);
+        Arc::new(match self {
+            Sample::Webhook(s) => {
+                let scheme = if s.secure { "https" } else { "http" };
+                let path = match s.path.chars().next() {
+                    None => String::new(),
+                    Some('/' | '?') => s.path.clone(),
+                    Some(_) => format!("/{}", s.path),
+                };
+                let mut headers = serde_json::Map::new();
+                for (name, value) in &s.headers {
+                    match headers.get_mut(name) {
+                        Some(serde_json::Value::String(existing)) => {
+                            existing.push_str(", ");
+                            existing.push_str(value);
+                        }
+                        _ => {
+                            headers.insert(name.clone(), value.clone().into());
+                        }
+                    }
+                }
+                vec![
+                    channel_json,
+                    s.method.clone(),
+                    format!("{scheme}://{}/api/token/v1/{}{path}", s.host, channel.token),
+                    s.body.clone(),
+                    serde_json::Value::Object(headers).to_string(),
+                    s.peer_ip.clone(),
+                    s.protocol.clone(),
+                ]
+            }
+            Sample::Websocket(s) => vec![
+                s.session.clone(),
+                s.text.clone(),
+                channel_json,
+                s.peer_ip.clone(),
+            ],
+        })
+    }
+
+    pub fn trigger(&self) -> &'static str {
+        match self {
+            Sample::Webhook(_) => "webhook",
+            Sample::Websocket(_) => "websocket",
+        }
+    }
+}
+
+/// A text as a dry run reports it: secrets masked, cut at the node's bound.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Text {
+    pub text: String,
+    /// Bytes of the whole text (before any cut).
+    pub bytes: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// A log line of the script.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// An outgoing call the script made or would have made.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CallRecord {
+    pub method: String,
+    /// Where it goes, secrets (URL password, token-like query values, the channel's
+    /// tokens) masked.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Text,
+    /// `performed` (live), `mock`, or `not_performed` (answered 200 with an empty body).
+    pub answered_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Text>,
+    /// Why the call failed (the script sees it as an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: f64,
+}
+
+/// A websocket push, broadcast or close the script made or would have made.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WsRecord {
+    /// `send`, `broadcast` or `close`.
+    pub op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    pub performed: bool,
+}
+
+/// An event the script emitted or would have emitted.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventRecord {
+    pub event_type: String,
+    pub data: Text,
+    pub performed: bool,
+    /// The stored event's id (live runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+}
+
+/// The reply the run would give.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReplyRecord {
+    pub code: u16,
+    /// As they would be sent (a webhook reply without a content type gets
+    /// `application/octet-stream`).
+    pub headers: Vec<(String, String)>,
+    pub body: Text,
+}
+
+/// Why the run did not end correctly.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorRecord {
+    /// As callers of the real run would see it (`scenario_error`, `scenario_timeout`...);
+    /// `scenario_syntax_error` when the script does not compile.
+    pub code: &'static str,
+    /// The full message (the caller of a real run gets a generic one).
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+/// Everything a dry run did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Report {
+    /// `webhook` or `websocket`.
+    pub trigger: &'static str,
+    /// `draft` (the request's `script`) or `saved` (the channel's, at `version`).
+    pub script: &'static str,
+    pub version: i64,
+    pub live: bool,
+    /// The run ended correctly (`reply` is set) or not (`error` is).
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+    pub logs: Vec<LogLine>,
+    pub calls: Vec<CallRecord>,
+    pub websocket: Vec<WsRecord>,
+    pub events: Vec<EventRecord>,
+    /// Wall time of the run (waits included), compilation excluded.
+    pub duration_ms: f64,
+    /// Operations the runtime counted (absent for the `http` runtime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operations: Option<u64>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    logs: Vec<LogLine>,
+    calls: Vec<CallRecord>,
+    websocket: Vec<WsRecord>,
+    events: Vec<EventRecord>,
+}
+
+/// The host of a dry run: records what the script does, performs it when live.
+pub struct DryHost {
+    channel: Arc<Channel>,
+    /// The channel's real host: performs effects when live, answers reads always.
+    real: Arc<dyn ChannelHost>,
+    live: bool,
+    mocks: Vec<Mock>,
+    secrets: Secrets,
+    max_recorded: usize,
+    recorded: Mutex<Recorded>,
+}
+
+impl DryHost {
+    pub fn new(
+        channel: Arc<Channel>,
+        real: Arc<dyn ChannelHost>,
+        live: bool,
+        mocks: Vec<Mock>,
+        max_recorded: usize,
+    ) -> DryHost {
+        let secrets = Secrets::new([
+            channel.token.as_str(),
+            channel.outgoing_token_primary.as_str(),
+            channel.outgoing_token_secondary.as_str(),
+        ]);
+        DryHost {
+            channel,
+            real,
+            live,
+            mocks,
+            secrets,
+            max_recorded,
+            recorded: Mutex::new(Recorded::default()),
+        }
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Recorded)) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut recorded)
+    }
+
+    /// A text as reported: the channel's secrets and the process's known secrets
+    /// masked, cut at `max_recorded` bytes (on a character boundary).
+    fn text(&self, raw: &str) -> Text {
+        let hidden = self.secrets.hide(raw);
+        let masked = redactor().mask(&hidden);
+        let bytes = raw.len();
+        let mut cut = masked.len().min(self.max_recorded);
+        while !masked.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Text {
+            text: masked[..cut].to_string(),
+            bytes,
+            truncated: cut < masked.len(),
+        }
+    }
+
+    fn text_bytes(&self, raw: &[u8]) -> Text {
+        self.text(&String::from_utf8_lossy(raw))
+    }
+
+    /// Where a call goes, as reported (secrets masked), or why it cannot go anywhere
+    /// (the same refusals as the real client's).
+    fn target(&self, path: &str) -> Result<String, String> {
+        let base = self.channel.outgoing_url.as_str();
+        if base.is_empty() {
+            return Err("the channel has no outgoing_url".into());
+        }
+        let lower = base.to_ascii_lowercase();
+        let joined = if lower.starts_with("ftp://") || lower.starts_with("ftps://") {
+            let file = paths::join_path("", path)?;
+            format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                file.trim_start_matches('/')
+            )
+        } else {
+            paths::join_url(base, path)?
+        };
+        Ok(self.masked_url(&joined))
+    }
+
+    fn masked_url(&self, raw: &str) -> String {
+        let Ok(mut url) = url::Url::parse(raw) else {
+            return self.text(raw).text;
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some(MASK));
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if secret_name(&k) {
+                        MASK.to_string()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        self.text(url.as_str()).text
+    }
+
+    /// The report of a finished run.
+    pub fn report(&self, ended: Ended, sample: &Sample, draft: bool, version: i64) -> Report {
+        let recorded =
+            std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|e| e.into_inner()));
+        let (reply, error) = match ended.outcome {
+            Ok(reply) => (Some(self.reply(reply, sample)), None),
+            Err(e) => (None, Some(self.error(&e))),
+        };
+        Report {
+            trigger: sample.trigger(),
+            script: if draft { "draft" } else { "saved" },
+            version,
+            live: self.live,
+            ok: error.is_none(),
+            reply,
+            error,
+            logs: recorded.logs,
+            calls: recorded.calls,
+            websocket: recorded.websocket,
+            events: recorded.events,
+            duration_ms: ended.duration.as_secs_f64() * 1000.0,
+            operations: ended.operations,
+        }
+    }
+
+    fn reply(&self, reply: ScenarioReply, sample: &Sample) -> ReplyRecord {
+        let mut headers: Vec<(String, String)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), self.text(v).text))
+            .collect();
+        if matches!(sample, Sample::Webhook(_))
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push((
+                "content-type".to_string(),
+                "application/octet-stream".to_string(),
+            ));
+        }
+        ReplyRecord {
+            code: reply.code,
+            headers,
+            body: self.text_bytes(&reply.content),
+        }
+    }
+
+    fn error(&self, e: &ScenarioError) -> ErrorRecord {
+        let (code, line, column) = match e {
+            ScenarioError::Compile(c) => ("scenario_syntax_error", c.line, c.column),
+            ScenarioError::Script(f) => (e.code(), f.line, f.column),
+            _ => (e.code(), None, None),
+        };
+        let message = match e {
+            ScenarioError::Compile(c) => c.message.clone(),
+            other => other.to_string(),
+        };
+        ErrorRecord {
+            code,
+            message: self.text(&message).text,
+            line,
+            column,
+        }
+    }
+}
+
+/// Query parameter names whose values are masked in reported URLs.
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "key",
+        "signature",
+        "sig",
+        "auth",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+/// How a dry run's script run ended.
+pub struct Ended {
+    pub outcome: Result<ScenarioReply, ScenarioError>,
+    pub duration: Duration,
+    pub operations: Option<u64>,
+}
+
+impl ChannelHost for DryHost {
+    fn ws_send(&self, code: &str, text: &str, deadline: Instant) -> Result<bool, String> {
+        let outcome = if self.live {
+            self.real.ws_send(code, text, deadline)
+        } else {
+            // Whether it would have been delivered: the session is open somewhere.
+            self.real
+                .ws_sessions(deadline)
+                .map(|codes| codes.iter().any(|c| c == code))
+        };
+        self.record(|r| {
+            r.websocket.push(WsRecord {
+                op: "send",
+                session: Some(code.to_string()),
+                text: Some(self.text(text)),
+                close_code: None,
+                performed: self.live,
+            })
+        });
+        outcome
+    }
+
+    fn ws_broadcast(&self, text: &str, deadline: Instant) -> Result<usize, String> {
+        let outcome = if self.live {
+            self.real.ws_broadcast(text, deadline)
+        } else {
+            self.real.ws_sessions(deadline).map(|codes| codes.len())
+        };
+        self.record(|r| {
+            r.websocket.push(WsRecord {
+                op: "broadcast",
+                session: None,
+                text: Some(self.text(text)),
+                close_code: None,
+                performed: self.live,
+            })
+        });
+        outcome
+    }
+
+    fn ws_close(
+        &self,
+        code: &str,
+        close_code: u16,
+        reason: &str,
+        deadline: Instant,
+    ) -> Result<bool, String> {
+        let outcome = if self.live {
+            self.real.ws_close(code, close_code, reason, deadline)
+        } else {
+            self.real
+                .ws_sessions(deadline)
+                .map(|codes| codes.iter().any(|c| c == code))
+        };
+        self.record(|r| {
+            r.websocket.push(WsRecord {
+                op: "close",
+                session: Some(code.to_string()),
+                text: Some(self.text(reason)),
+                close_code: Some(close_code),
+                performed: self.live,
+            })
+        });
+        outcome
+    }
+
+    fn ws_sessions(&self, deadline: Instant) -> Result<Vec<String>, String> {
+        self.real.ws_sessions(deadline)
+    }
+
+    fn emit_event(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        deadline: Instant,
+    ) -> Result<i64, String> {
+        let shown = self.text(&data.to_string());
+        let outcome = if self.live {
+            self.real.emit_event(event_type, data, deadline).map(Some)
+        } else {
+            Ok(None)
+        };
+        self.record(|r| {
+            r.events.push(EventRecord {
+                event_type: event_type.to_string(),
+                data: shown,
+                performed: self.live && outcome.is_ok(),
+                id: outcome.as_ref().ok().copied().flatten(),
+            })
+        });
+        outcome.map(|id| id.unwrap_or(0))
+    }
+
+    fn outgoing(
+        &self,
+        call: &OutgoingCall<'_>,
+        perform: &mut dyn FnMut() -> Result<OutgoingResponse, String>,
+    ) -> Result<OutgoingResponse, String> {
+        let started = Instant::now();
+        let target = self.target(call.path);
+        let mock = self
+            .mocks
+            .iter()
+            .find(|m| m.matches(call.method, call.path));
+        let (answered_by, outcome) = match (&target, mock) {
+            (Err(e), _) => ("not_performed", Err(e.clone())),
+            (Ok(_), Some(m)) => (
+                "mock",
+                Ok(OutgoingResponse {
+                    status: m.status,
+                    body: m.body.as_bytes().to_vec(),
+                    headers: m.headers.clone(),
+                }),
+            ),
+            (Ok(_), None) if self.live => ("performed", perform()),
+            (Ok(_), None) => (
+                "not_performed",
+                Ok(OutgoingResponse {
+                    status: 200,
+                    body: Vec::new(),
+                    headers: Vec::new(),
+                }),
+            ),
+        };
+        let record = CallRecord {
+            method: call.method.to_ascii_uppercase(),
+            url: target.unwrap_or_else(|_| self.text(call.path).text),
+            headers: call
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), self.text(v).text))
+                .collect(),
+            body: self.text_bytes(call.body),
+            answered_by,
+            status: outcome.as_ref().ok().map(|r| r.status),
+            response: outcome.as_ref().ok().map(|r| self.text_bytes(&r.body)),
+            error: outcome.as_ref().err().map(|e| self.text(e).text),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        self.record(|r| r.calls.push(record));
+        outcome
+    }
+
+    fn capture_log(&self, level: &str, text: &str) -> bool {
+        let line = LogLine {
+            level: level.to_ascii_lowercase(),
+            message: self.text(text).text,
+        };
+        self.record(|r| r.logs.push(line));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mock(method: Option<&str>, path: &str) -> Mock {
+        Mock {
+            method: method.map(str::to_string),
+            path: path.into(),
+            status: 200,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn mocks_match_by_method_and_path() {
+        assert!(mock(Some("get"), "/orders/1").matches("GET", "orders/1?x=2"));
+        assert!(mock(None, "orders/1").matches("POST", "/orders/1"));
+        assert!(!mock(Some("POST"), "orders/1").matches("GET", "orders/1"));
+        assert!(mock(None, "orders?x=1").matches("GET", "/orders?x=1"));
+        assert!(!mock(None, "orders?x=1").matches("GET", "orders?x=2"));
+        assert!(!mock(None, "orders").matches("GET", "orders/1"));
+    }
+
+    #[test]
+    fn reported_urls_and_texts_hide_secrets_and_are_cut() {
+        let channel = Arc::new(Channel {
+            token: "tok-0123456789abcdef".into(),
+            outgoing_url: "https://user:pw-secret@example.com/api".into(),
+            outgoing_token_primary: "primary-secret-1".into(),
+            ..Channel::default()
+        });
+        let host = |max| {
+            DryHost::new(
+                channel.clone(),
+                Arc::new(super::super::NoHost),
+                false,
+                vec![],
+                max,
+            )
+        };
+        let url = host(1024).target("orders?api_key=k1&x=1").unwrap();
+        assert!(!url.contains("pw-secret") && !url.contains("k1"), "{url}");
+        assert!(
+            url.contains("example.com/api/orders?") && url.contains("x=1"),
+            "{url}"
+        );
+        let host = host(7);
+        let t = host.text("say primary-secret-1 twice");
+        assert_eq!(t.text, "say ***");
+        assert!(t.truncated);
+        assert_eq!(t.bytes, 26);
+        assert!(host.target("../up").is_err());
+    }
+}

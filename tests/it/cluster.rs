@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::{
     ADMIN_TOKEN, GatewayProcess, PG_URL, eventually, id_of, postgres_available, token_of,
 };
-use crate::websocket::next_close;
+use crate::subscribe::frame as json_frame;
+use crate::websocket::{next_close, next_text as text_frame};
 
 /// How soon a change made through one node must be live on the others.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -111,10 +112,24 @@ async fn admin(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
+    admin_as(node, None, method, path, body).await
+}
+
+/// An admin call, in the domain named (`X-Oktell-Domain`) or the node's default one.
+async fn admin_as(
+    node: &GatewayProcess,
+    domain: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let client = Client::builder().timeout(Duration::from_secs(30)).finish();
-    let req = client
+    let mut req = client
         .request(method.parse().unwrap(), format!("{}{path}", node.base))
         .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")));
+    if let Some(domain) = domain {
+        req = req.insert_header(("X-Oktell-Domain", domain));
+    }
     let mut res = match body {
         Some(b) => req.send_json(&b).await,
         None => req.send().await,
@@ -187,19 +202,6 @@ async fn open_ws(node: &GatewayProcess, path: &str) -> Ws {
         .await
         .expect("websocket opens")
         .0
-}
-
-async fn json_frame(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("reads");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).expect("JSON frame");
-        }
-    }
 }
 
 #[actix_web::test]
@@ -770,19 +772,6 @@ async fn hello(ws: &mut Ws) -> String {
     hello["code"].as_str().unwrap().to_string()
 }
 
-async fn text_frame(ws: &mut Ws) -> String {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("reads");
-        if let Message::Text(t) = msg {
-            return t.to_string();
-        }
-    }
-}
-
 #[actix_web::test]
 async fn pushes_and_closes_reach_sessions_on_whichever_node_holds_them() {
     let Some(cluster) = Cluster::start(3).await else {
@@ -991,29 +980,6 @@ async fn a_node_killed_while_a_thousand_deliveries_are_in_flight_loses_none() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `admin` with `X-Oktell-Domain`.
-async fn admin_in(
-    node: &GatewayProcess,
-    domain: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let client = Client::builder().timeout(Duration::from_secs(30)).finish();
-    let req = client
-        .request(method.parse().unwrap(), format!("{}{path}", node.base))
-        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-        .insert_header(("X-Oktell-Domain", domain));
-    let mut res = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    }
-    .expect("admin answers");
-    let status = res.status().as_u16();
-    let body = res.body().limit(4 << 20).await.expect("body");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
 #[actix_web::test]
 async fn a_node_serves_several_domains_and_admin_calls_name_theirs() {
     let Some(cluster) = Cluster::start_with(2, |i| {
@@ -1041,7 +1007,7 @@ async fn a_node_serves_several_domains_and_admin_calls_name_theirs() {
     // Named: d2, live on the d2-only node too; its script's events go to d2's log.
     let mut body = public("two", "in-d2");
     body["webhook_scenario"] = json!("emit_event(\"made.in_d2\"); response_content = \"in-d2\";");
-    let (status, c2) = admin_in(both, "d2", "POST", "/admin/v1/channels", Some(body)).await;
+    let (status, c2) = admin_as(both, Some("d2"), "POST", "/admin/v1/channels", Some(body)).await;
     assert_eq!(status, 201, "{c2}");
     assert_eq!(c2["domain"], "d2");
     answers(both, &token_of(&c2), (200, "in-d2"), PROPAGATION).await;
@@ -1069,17 +1035,17 @@ async fn a_node_serves_several_domains_and_admin_calls_name_theirs() {
     );
     // Listings stay in their domain.
     let (_, l1) = admin(both, "GET", "/admin/v1/channels", None).await;
-    let (_, l2) = admin_in(both, "d2", "GET", "/admin/v1/channels", None).await;
+    let (_, l2) = admin_as(both, Some("d2"), "GET", "/admin/v1/channels", None).await;
     assert_eq!(
         (l1["total"].as_i64(), l2["total"].as_i64()),
         (Some(1), Some(1))
     );
     // A domain the node does not serve.
-    let (status, err) = admin_in(only2, "d1", "GET", "/admin/v1/channels", None).await;
+    let (status, err) = admin_as(only2, Some("d1"), "GET", "/admin/v1/channels", None).await;
     assert_eq!(status, 404);
     assert_eq!(err["error"]["code"], "domain_not_served");
     // Each domain's node list: node 1 is in both.
-    let (_, n2) = admin_in(both, "d2", "GET", "/admin/v1/nodes", None).await;
+    let (_, n2) = admin_as(both, Some("d2"), "GET", "/admin/v1/nodes", None).await;
     let ids: Vec<&str> = n2["items"]
         .as_array()
         .unwrap()

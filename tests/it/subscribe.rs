@@ -21,7 +21,7 @@ async fn open(app: &TestApp, token: &str) -> Ws {
         .0
 }
 
-async fn frame(ws: &mut Ws) -> Value {
+pub async fn frame(ws: &mut Ws) -> Value {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
             .await

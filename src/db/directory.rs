@@ -167,18 +167,13 @@ pub fn notify_holder(
          FROM target",
         super::notify::CHANNEL_NAME_SQL
     );
-    // A push is not durable (like one to a session on this node): its commit need
-    // not wait for the WAL flush, which would otherwise bound pushes by fsyncs.
-    let found: Vec<Holder> = pg.transaction::<_, diesel::result::Error, _>(|pg| {
-        diesel::sql_query("SET LOCAL synchronous_commit = off").execute(pg)?;
-        diesel::sql_query(sql)
-            .bind::<Text, _>(domain)
-            .bind::<Text, _>(channel_id)
-            .bind::<Text, _>(code)
-            .bind::<Text, _>(me)
-            .bind::<BigInt, _>(alive_window_ms)
-            .bind::<Text, _>(note)
-            .load(pg)
-    })?;
+    let found: Vec<Holder> = diesel::sql_query(sql)
+        .bind::<Text, _>(domain)
+        .bind::<Text, _>(channel_id)
+        .bind::<Text, _>(code)
+        .bind::<Text, _>(me)
+        .bind::<BigInt, _>(alive_window_ms)
+        .bind::<Text, _>(note)
+        .load(pg)?;
     Ok(found.into_iter().next().map(|h| h.node_id))
 }

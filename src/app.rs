@@ -198,6 +198,9 @@ impl Application {
             delivery_stats: primary.delivery_stats.clone(),
             delivery: primary.delivery.clone(),
             domains,
+            arbiters: std::iter::once(eventing_arbiter.clone())
+                .chain(channel_arbiters.handles().iter().cloned())
+                .collect(),
             node_memory,
             outbound: outbound.clone(),
             ws_inbound: crate::actors::ws_session::InboundBudget::new(
@@ -325,6 +328,7 @@ impl Application {
             drain_deliveries(&state).await;
             leave_the_registry(&state).await;
             handle.stop(true).await;
+            state.stop_background();
         });
         self.server.await
     }

@@ -288,6 +288,9 @@ pub struct ConfigArgs {
     /// PostgreSQL: seconds a node cut off from the database keeps serving.
     #[arg(long, global = true, env = "OKTELL_MAX_STALENESS_S")]
     pub max_staleness_s: Option<u64>,
+    /// Database connections in the pool, at most.
+    #[arg(long, global = true, env = "OKTELL_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
     /// HTTP worker threads (0 = one per core).
     #[arg(long, global = true, env = "OKTELL_WORKERS")]
     pub workers: Option<usize>,
@@ -405,6 +408,7 @@ impl ConfigArgs {
             domain,
             roles,
             max_staleness_s,
+            db_pool_size,
             workers,
             max_body_bytes,
             scenario_timeout_ms,

@@ -137,12 +137,18 @@ pub fn scenario_json(c: &Channel) -> String {
 pub struct ChannelArbiters(std::sync::Arc<[actix::ArbiterHandle]>);
 
 impl ChannelArbiters {
-    /// Starts `n` arbiter threads (at least one); they live as long as the process.
+    /// Starts `n` arbiter threads (at least one); they live until stopped
+    /// (`http::state::AppState::stop_background`).
     pub fn start(n: usize) -> ChannelArbiters {
         let handles: Vec<actix::ArbiterHandle> = (0..n.max(1))
             .map(|_| actix::Arbiter::new().handle())
             .collect();
         ChannelArbiters(handles.into())
+    }
+
+    /// Every arbiter (to stop them).
+    pub fn handles(&self) -> &[actix::ArbiterHandle] {
+        &self.0
     }
 
     /// The arbiter of a channel.

@@ -60,6 +60,9 @@ pub struct AppState {
     pub delivery: actix::Addr<DeliveryWorker>,
     /// Every domain this node serves, the default one first.
     pub domains: Vec<DomainState>,
+    /// The threads of the node's actors and background tasks (eventing, channels):
+    /// stopped last, when the node shuts down ([`AppState::stop_background`]).
+    pub arbiters: Vec<actix::ArbiterHandle>,
     /// This node's id in the node registry.
     pub node_id: String,
     /// Is the node in touch with the cluster (always, on SQLite)?
@@ -106,6 +109,15 @@ impl From<TokenMiss> for super::error::ApiError {
 }
 
 impl AppState {
+    /// Stops the node's arbiters: its actors, listener, heartbeat and writers end, and
+    /// with them their database connections (a node shutting down, a test's node
+    /// going away).
+    pub fn stop_background(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+
     /// The domain an admin call acts on: the one `X-Oktell-Domain` names, else the
     /// default one. 404 for a domain this node does not serve.
     pub fn domain_of(&self, req: &actix_web::HttpRequest) -> Result<&DomainState, DomainMiss> {

@@ -61,11 +61,15 @@ impl Drop for FreshDatabase {
 }
 
 /// Nodes of one domain on a fresh database. Nodes are stopped before the database
-/// is dropped (field order).
+/// is dropped (field order). One cluster test runs at a time: with the other tests'
+/// databases, several clusters at once would pass PostgreSQL's max_connections.
 pub struct Cluster {
     pub nodes: Vec<GatewayProcess>,
     pub db: FreshDatabase,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static CLUSTER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Flags of node `i` (1-based) on `url`.
 fn node_args(i: usize, url: &str, extra: &[String]) -> Vec<String> {
@@ -74,6 +78,10 @@ fn node_args(i: usize, url: &str, extra: &[String]) -> Vec<String> {
         url.into(),
         "--node-id".into(),
         format!("node-{i}"),
+        // Each node also holds its listener: 4 nodes-worth stay far below
+        // max_connections next to the other tests.
+        "--db-pool-size".into(),
+        "4".into(),
     ];
     args.extend(extra.iter().cloned());
     args
@@ -91,6 +99,7 @@ impl Cluster {
 
     /// Like `start`, with extra flags per node (1-based).
     pub async fn start_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Option<Cluster> {
+        let turn = CLUSTER_TESTS.lock().await;
         let db = FreshDatabase::create()?;
         let url = db.url();
         let starts = (1..=n).map(|i| {
@@ -98,7 +107,11 @@ impl Cluster {
             async move { GatewayProcess::start_logging(&data_dir(), &args).await }
         });
         let nodes = futures_util::future::join_all(starts).await;
-        Some(Cluster { nodes, db })
+        Some(Cluster {
+            nodes,
+            db,
+            _one_at_a_time: turn,
+        })
     }
 
     pub fn node(&self, i: usize) -> &GatewayProcess {

@@ -56,6 +56,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let handle = self.server.clone();
         actix_web::rt::spawn(async move { handle.stop(false).await });
+        // The node's actors and tasks (and their database connections) go too: a
+        // test run starts dozens of nodes against one PostgreSQL.
+        self.state.stop_background();
     }
 }
 

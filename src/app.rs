@@ -556,6 +556,10 @@ async fn drain_domain_deliveries(state: &AppState, domain: &DomainState) {
 /// A node stopping cleanly takes itself out of the node registry (a killed one is
 /// shown down after three missed heartbeats).
 async fn leave_the_registry(state: &AppState) {
+    state
+        .cluster_stats
+        .leaving
+        .store(true, std::sync::atomic::Ordering::Release);
     for domain in state.config.domains() {
         let node = state.node_id.clone();
         if let Err(e) = state

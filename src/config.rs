@@ -26,6 +26,9 @@ pub enum RuntimeKind {
     Http,
 }
 
+/// The longest `node_id` (it travels in cluster notes).
+pub const MAX_NODE_ID_BYTES: usize = 200;
+
 /// The effective configuration of one node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -482,7 +485,7 @@ impl Config {
             }
         }
         if let Some(id) = &self.node_id
-            && (id.trim().is_empty() || id.len() > 200)
+            && (id.trim().is_empty() || id.len() > MAX_NODE_ID_BYTES)
         {
             return Err(invalid("node_id", "must be 1 to 200 bytes"));
         }

@@ -257,7 +257,7 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
         let mf = f.family(name, help, *kind);
         for h in &handles {
             let l = [
-                ("domain", domain),
+                ("domain", h.channel.domain.as_str()),
                 ("channel", h.channel.code.as_str()),
                 ("kind", h.channel.kind.as_str()),
             ];
@@ -287,7 +287,7 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
         hist.set_sample_sum(h.stats.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6);
         let mut m = Metric::default();
         m.set_label(labels(&[
-            ("domain", domain),
+            ("domain", h.channel.domain.as_str()),
             ("channel", h.channel.code.as_str()),
             ("kind", h.channel.kind.as_str()),
         ]));

@@ -36,6 +36,12 @@ impl Heartbeat {
         let mut stale = false;
         loop {
             tick.tick().await;
+            if self.stats.leaving.load(Ordering::Acquire) {
+                return;
+            }
+            // Staleness first, on its own: a beat stuck on an unreachable database
+            // must not delay closing the websockets of a node out of touch.
+            self.watch_staleness(&mut stale, &logger);
             let rows = self.nodes.clone();
             let beat = self.db.run(move |c| {
                 for row in &rows {
@@ -43,38 +49,53 @@ impl Heartbeat {
                 }
                 Ok(())
             });
-            match beat.await {
-                Ok(_) if failing => {
+            let beat = actix_web::rt::time::timeout(self.every * 3, beat).await;
+            match beat {
+                Ok(Ok(())) if failing => {
                     failing = false;
                     slog::info!(logger, "node heartbeat recorded again");
                 }
-                Ok(_) => {}
-                Err(e) if !failing => {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !failing => {
                     failing = true;
                     slog::warn!(logger, "recording the node heartbeat failed"; "error" => %e);
                 }
-                Err(_) => {}
+                Err(_) if !failing => {
+                    failing = true;
+                    slog::warn!(
+                        logger,
+                        "recording the node heartbeat did not finish in time"
+                    );
+                }
+                _ => {}
             }
-            match (stale, self.freshness.is_stale()) {
-                (false, true) => {
-                    stale = true;
+        }
+    }
+
+    /// While the node is stale, every beat closes its websockets (also those opened
+    /// just before it went stale).
+    fn watch_staleness(&self, stale: &mut bool, logger: &slog::Logger) {
+        match (*stale, self.freshness.is_stale()) {
+            (_, true) => {
+                if !*stale {
+                    *stale = true;
                     self.stats.went_stale.fetch_add(1, Ordering::Relaxed);
                     slog::error!(
                         logger,
                         "out of touch with the cluster for longer than max_staleness_s: token routes answer 503 and websockets are closed until the listener is back"
                     );
-                    for handle in self.registry.handles() {
-                        handle
-                            .sessions
-                            .close_all(TRY_AGAIN_LATER, "node out of touch with the cluster");
-                    }
                 }
-                (true, false) => {
-                    stale = false;
-                    slog::info!(logger, "back in touch with the cluster: serving again");
+                for handle in self.registry.handles() {
+                    handle
+                        .sessions
+                        .close_all(TRY_AGAIN_LATER, "node out of touch with the cluster");
                 }
-                _ => {}
             }
+            (true, false) => {
+                *stale = false;
+                slog::info!(logger, "back in touch with the cluster: serving again");
+            }
+            (false, false) => {}
         }
     }
 }

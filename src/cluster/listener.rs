@@ -133,10 +133,13 @@ impl Listener {
 
         let mut ping = actix_web::rt::time::interval(self.heartbeat);
         let mut last_catch_up = Instant::now();
+        // A note that could not be applied: the node is not in touch until a full
+        // catch-up has stood in for it.
+        let mut missed = false;
         loop {
             tokio::select! {
                 note = notes.recv() => match note {
-                    Some(payload) => self.apply(&payload, logger).await,
+                    Some(payload) => missed |= !self.apply(&payload, logger).await,
                     None => return Err(ListenError::Closed),
                 },
                 _ = ping.tick() => {
@@ -151,6 +154,7 @@ impl Listener {
                         .queue_usage_ppm
                         .store((usage * 1_000_000.0) as u64, Ordering::Relaxed);
                     if overflowed.swap(false, Ordering::Relaxed)
+                        || std::mem::take(&mut missed)
                         || last_catch_up.elapsed() >= self.reconcile_every
                     {
                         self.catch_up().await?;
@@ -175,19 +179,20 @@ impl Listener {
         Ok(())
     }
 
-    async fn apply(&self, payload: &str, logger: &slog::Logger) {
+    /// Applies one note; false when it could not be (a full catch-up must follow).
+    async fn apply(&self, payload: &str, logger: &slog::Logger) -> bool {
         let note: Note = match serde_json::from_str(payload) {
             Ok(n) => n,
             Err(e) => {
                 slog::warn!(logger, "ignoring a cluster note that does not parse"; "error" => %e, "bytes" => payload.len());
-                return;
+                return true;
             }
         };
         if note.is_own() {
-            return;
+            return true;
         }
         let Some(domain) = self.domains.iter().find(|d| d.name == note.d) else {
-            return;
+            return true;
         };
         match note.change {
             Change::Channel { id, .. } => {
@@ -200,8 +205,10 @@ impl Listener {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        // The next full reconcile retries it.
+                        // A full reconcile stands in for it before the node counts
+                        // as in touch again.
                         slog::warn!(logger, "applying a channel change from another node failed"; "channel_id" => &id, "error" => %e);
+                        return false;
                     }
                 }
             }
@@ -214,6 +221,7 @@ impl Listener {
                 domain.sessions.apply(&self.registry, change).await;
             }
         }
+        true
     }
 }
 

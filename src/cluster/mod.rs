@@ -102,6 +102,9 @@ pub struct ClusterStats {
     pub queue_usage_ppm: AtomicU64,
     /// Times this node went stale (lost touch for longer than `max_staleness_s`).
     pub went_stale: AtomicU64,
+    /// The node is stopping: the heartbeat stops before the node leaves the registry
+    /// (else its next beat would put the row back).
+    pub leaving: AtomicBool,
 }
 
 #[cfg(test)]

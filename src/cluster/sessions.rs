@@ -21,7 +21,7 @@ use crate::actors::ChannelRegistry;
 use crate::actors::sessions::{ElsewhereSessions, SessionView};
 use crate::db::directory::{self as dir, DirEntry};
 use crate::db::notify::{self, Change};
-use crate::db::{AnyConnection, Database, StoreError, now_millis};
+use crate::db::{AnyConnection, Database, StoreError};
 
 /// Directory changes waiting to be written; beyond, the node's list is rewritten.
 const QUEUE: usize = 65_536;
@@ -29,6 +29,9 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 2_000;
 /// Stored pushes are kept this long for the nodes to read.
 pub const PUSH_KEEP_MS: i64 = 60_000;
+/// Sessions of a node silent this long are forgotten (it crashed; its sessions went
+/// with it).
+const FORGET_SILENT_MS: i64 = 10 * 60 * 1000;
 
 enum Op {
     Open(DirEntry),
@@ -137,7 +140,9 @@ impl ClusterSessions {
             return Ok(payload);
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        dir::store_push(c, &id, &self.domain, text, now_millis())?;
+        // The database's clock, like the purge's: nodes' clocks may disagree.
+        let now = crate::db::nodes::db_now_ms(c)?;
+        dir::store_push(c, &id, &self.domain, text, now)?;
         notify::encode(&self.domain, build(None, Some(id)))?
             .ok_or_else(|| StoreError::Setup("a push reference is over NOTIFY's limit".into()))
     }
@@ -240,8 +245,9 @@ impl ElsewhereSessions for ClusterSessions {
                     u: uuid::Uuid::new_v4().simple().to_string(),
                 },
             )?
-            // jsonb's text form adds a space per key: room for it.
-            .filter(|p| p.len() <= notify::MAX_PAYLOAD - 200);
+            // Room for the holder's node id (added as `to`) and the spaces of jsonb's
+            // text form.
+            .filter(|p| p.len() + 256 + crate::config::MAX_NODE_ID_BYTES <= notify::MAX_PAYLOAD);
             if let Some(note) = inline {
                 return Ok(dir::notify_holder(
                     c,
@@ -462,8 +468,9 @@ impl DirectoryWriter {
         let done = self
             .db
             .run(move |c| {
-                dir::forget_gone_nodes(c, &domain)?;
-                dir::purge_pushes(c, now_millis() - PUSH_KEEP_MS)
+                let now = crate::db::nodes::db_now_ms(c)?;
+                dir::forget_gone_nodes(c, &domain, now - FORGET_SILENT_MS)?;
+                dir::purge_pushes(c, now - PUSH_KEEP_MS)
             })
             .await;
         if let Err(e) = done {
@@ -473,7 +480,12 @@ impl DirectoryWriter {
 
     async fn rewrite(&self, registry: &ChannelRegistry) -> Result<(), StoreError> {
         let mut rows = Vec::new();
-        for handle in registry.handles() {
+        // The registry holds every domain's channels: this writer's only.
+        for handle in registry
+            .handles()
+            .into_iter()
+            .filter(|h| h.channel.domain == self.domain)
+        {
             for (code, peer_ip, connected_at) in handle.sessions.entries() {
                 rows.push(DirEntry {
                     code,

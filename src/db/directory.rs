@@ -58,10 +58,16 @@ pub fn reset_node(conn: &mut AnyConnection, domain: &str, node_id: &str) -> Resu
     Ok(())
 }
 
-/// Forgets sessions of nodes that are no longer in the node registry.
-pub fn forget_gone_nodes(conn: &mut AnyConnection, domain: &str) -> Result<usize, StoreError> {
+/// Forgets sessions of nodes that are gone from the node registry or silent since
+/// `alive_after` (database milliseconds; a crashed node's sessions are gone with it).
+pub fn forget_gone_nodes(
+    conn: &mut AnyConnection,
+    domain: &str,
+    alive_after: i64,
+) -> Result<usize, StoreError> {
     let known = nodes::table
         .filter(nodes::domain.eq(domain))
+        .filter(nodes::heartbeat_at.gt(alive_after))
         .select(nodes::node_id);
     Ok(diesel::delete(
         dir::table

@@ -54,21 +54,22 @@ pub fn heartbeat(conn: &mut AnyConnection, node: &NodeRow) -> Result<i64, StoreE
             heartbeat_at: now,
             ..node.clone()
         };
-        let updated = diesel::update(
-            dsl::nodes
-                .filter(dsl::domain.eq(&row.domain))
-                .filter(dsl::node_id.eq(&row.node_id)),
-        )
-        .set(&row)
-        .execute(c)?;
-        if updated == 0 {
-            match diesel::insert_into(dsl::nodes).values(&row).execute(c) {
-                Ok(_) => {}
-                // Another process with the same node id raced us: its row is as good.
-                Err(e) if StoreError::is_unique_violation(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // One upsert (a plain insert that lost a race would abort the transaction on
+        // PostgreSQL).
+        match c {
+            AnyConnection::Postgresql(pg) => diesel::insert_into(dsl::nodes)
+                .values(&row)
+                .on_conflict((dsl::domain, dsl::node_id))
+                .do_update()
+                .set(&row)
+                .execute(pg)?,
+            AnyConnection::Sqlite(lite) => diesel::insert_into(dsl::nodes)
+                .values(&row)
+                .on_conflict((dsl::domain, dsl::node_id))
+                .do_update()
+                .set(&row)
+                .execute(lite)?,
+        };
         diesel::delete(
             dsl::nodes
                 .filter(dsl::domain.eq(&row.domain))

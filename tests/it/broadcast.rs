@@ -8,18 +8,10 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpSocket;
 
-use crate::helpers::{ADMIN_TOKEN, GatewayProcess, eventually, rss_kib, token_of};
+use crate::helpers::{GatewayProcess, eventually, rss_kib, token_of};
 
-/// A sample of the gateway's `/metrics` (with the admin token: every series).
 async fn metric(base: &str, name: &str) -> f64 {
-    let mut res = awc::Client::default()
-        .get(format!("{base}/metrics"))
-        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-        .send()
-        .await
-        .expect("metrics answer");
-    let body = res.body().limit(16 << 20).await.unwrap_or_default();
-    crate::ops::sample(&String::from_utf8_lossy(&body), name, &[]).unwrap_or(-1.0)
+    crate::helpers::process_metric(base, name, &[]).await
 }
 
 type Client = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;

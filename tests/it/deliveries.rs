@@ -434,17 +434,36 @@ async fn a_killed_node_delivers_after_restart() {
         }
     });
     let (dir, args) =
-        crash_node("delivery_retry_delays_ms = [2000, 2000, 2000]\ndelivery_poll_ms = 100\n");
+        crash_node("delivery_retry_delays_ms = [5000, 5000, 5000]\ndelivery_poll_ms = 100\n");
     let mut first = crate::helpers::GatewayProcess::start_in(&dir, &args).await;
     subscribe_process(&first, "durable", &receiver.url).await;
     let status = publish_process(&first, json!({"type": "must.arrive", "data": {}})).await;
     assert_eq!(status, 201, "acknowledged");
+    // Killed once the failed attempt is recorded and nothing is in flight: the
+    // delivery is then due again in 5 s, not held by a lease of the dead node (that
+    // case is the batch test's).
+    let base = first.base.clone();
     eventually(
-        "the first attempt failed",
+        "the first attempt failed and was recorded",
         Duration::from_secs(15),
-        || async { !receiver.seen().is_empty() },
+        || {
+            let base = base.clone();
+            async move {
+                crate::helpers::process_metric(
+                    &base,
+                    "oktell_deliveries_total",
+                    &[("outcome", "retried")],
+                )
+                .await
+                    >= 1.0
+                    && crate::helpers::process_metric(&base, "oktell_deliveries_in_flight", &[])
+                        .await
+                        == 0.0
+            }
+        },
     )
     .await;
+    assert!(!receiver.seen().is_empty());
     first.kill9();
     up.store(true, Ordering::SeqCst);
     let _second = crate::helpers::GatewayProcess::start_in(&dir, &args).await;

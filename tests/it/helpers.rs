@@ -574,3 +574,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A sample of a gateway's `/metrics` at `base` (with the admin token: every series);
+/// -1 when the series is not there.
+pub async fn process_metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut res = awc::Client::default()
+        .get(format!("{base}/metrics"))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .expect("metrics answer");
+    let body = res.body().limit(16 << 20).await.unwrap_or_default();
+    crate::ops::sample(&String::from_utf8_lossy(&body), name, labels).unwrap_or(-1.0)
+}

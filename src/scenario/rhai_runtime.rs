@@ -150,6 +150,12 @@ impl RhaiRuntime {
                 with_run(|run| usize::try_from(n).ok().and_then(|n| run.params.get(n))).flatten();
             value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
         });
+        // The body as received, for verifying a signature over the exact bytes (a blob;
+        // blobs are bounded by `scenario_max_array_len`).
+        engine.register_fn("body_bytes", || -> FnResult<rhai::Blob> {
+            let body = with_run(|run| run.params.body_bytes().map(<[u8]>::to_vec)).flatten();
+            body.ok_or_else(|| script_error("body_bytes(): this run has no request body"))
+        });
         // Rhai's own `sleep(seconds)` blocks the thread past any time budget: replaced by
         // sleeps that wait (compute slot given away) and end at the run's deadline.
         engine.register_fn("sleep_ms", |ms: i64| sleep_within_deadline(ms));

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod reply;
 pub mod rhai_json;
 pub mod rhai_runtime;
+pub mod script_crypto;
 
 use std::any::Any;
 use std::sync::Arc;

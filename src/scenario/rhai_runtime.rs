@@ -181,6 +181,7 @@ impl RhaiRuntime {
         engine.register_fn("to_json", |map: &mut Map| -> FnResult<String> {
             serde_json::to_string(map).map_err(|e| script_error(format!("to_json: {e}")))
         });
+        super::script_crypto::register(&mut engine, limits.max_string_bytes);
         register_outgoing(&mut engine, outgoing);
         register_websocket(&mut engine);
         RhaiRuntime {

@@ -354,3 +354,40 @@ async fn bad_input_is_a_script_error_with_a_clear_message() {
     let r = app.webhook(&token_of(&c), "POST", "", "").await;
     assert_eq!((r.status, r.error_code().as_str()), (500, "scenario_error"));
 }
+
+#[actix_web::test]
+async fn dry_runs_verify_the_sample_body_and_websockets_have_none() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let c = app
+        .create_channel(serde_json::json!({
+            "code": "dry-github", "kind": "public", "wait_for_completion": true,
+            "webhook_scenario": r#"let h = parse_json(startparam(5));
+                let mac = to_hex(hmac_sha256("It's a Secret to Everybody", body_bytes()));
+                response_code = if constant_time_eq("sha256=" + mac, h["x-hub-signature-256"] ?? "") { 200 } else { 401 };"#,
+            "websocket_scenario": "body_bytes();",
+        }))
+        .await;
+    let dry_run = |body: serde_json::Value| {
+        let path = format!("/admin/v1/channels/{}/dry-run", crate::helpers::id_of(&c));
+        let app = &app;
+        async move { app.admin("POST", &path, Some(body)).await.json() }
+    };
+    let signed = |body: &str| {
+        serde_json::json!({ "request": { "method": "POST", "body": body, "headers": {
+            "X-Hub-Signature-256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        } } })
+    };
+    let report = dry_run(signed("Hello, World!")).await;
+    assert_eq!(report["reply"]["code"], 200, "{report}");
+    let report = dry_run(signed("Hello, World?")).await;
+    assert_eq!(report["reply"]["code"], 401, "{report}");
+    let report =
+        dry_run(serde_json::json!({ "websocket": { "session": "s1", "text": "hi" } })).await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("body_bytes(): this run has no request body"),
+        "{report}"
+    );
+}

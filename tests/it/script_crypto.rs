@@ -347,6 +347,28 @@ async fn bad_input_is_a_script_error_with_a_clear_message() {
         r.text(),
         "to_hex: the result would be 80 bytes, over the 64-byte string limit"
     );
+    // A body longer than a blob may be (scenario_max_array_len) is refused by name.
+    let small = spawn_app_with(Backend::Sqlite, |c| c.scenario_max_array_len = 16)
+        .await
+        .unwrap();
+    let c = small
+        .public_channel(
+            "long",
+            true,
+            r#"try { response_content = body_bytes(); } catch (e) { response_content = e; }"#,
+        )
+        .await;
+    let r = small
+        .webhook(&token_of(&c), "POST", "", &"y".repeat(16))
+        .await;
+    assert_eq!(r.text(), "y".repeat(16));
+    let r = small
+        .webhook(&token_of(&c), "POST", "", &"y".repeat(17))
+        .await;
+    assert_eq!(
+        r.text(),
+        "body_bytes(): the body is 17 bytes, over scenario_max_array_len (16)"
+    );
     // Without try/catch: 500, details in the log only.
     let c = app
         .public_channel("uncaught", true, r#"from_hex("zz");"#)

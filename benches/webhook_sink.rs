@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::http::Method;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 

@@ -187,6 +187,10 @@ impl StartParams for WebhookParams {
             _ => return None,
         })
     }
+
+    fn body_bytes(&self) -> Option<&[u8]> {
+        Some(&self.body)
+    }
 }
 
 /// `startparam(5)`: the request headers as a JSON object; repeated headers are joined

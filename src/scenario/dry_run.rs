@@ -81,11 +81,26 @@ impl Mock {
     }
 }
 
+/// A sample webhook's start parameters; its body (a string) is also its raw bytes.
+struct DryWebhookParams(Vec<String>);
+
+impl StartParams for DryWebhookParams {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn get(&self, n: usize) -> Option<String> {
+        StartParams::get(&self.0, n)
+    }
+    fn body_bytes(&self) -> Option<&[u8]> {
+        self.0.as_slice().get(3).map(String::as_bytes)
+    }
+}
+
 impl Sample {
     /// The start parameters a real run on this sample would get.
     pub fn params(&self, channel: &Channel) -> Arc<dyn StartParams> {
         let channel_json = crate::channels::scenario_json(channel);
-        Arc::new(match self {
+        match self {
             Sample::Webhook(s) => {
                 let scheme = if s.secure { "https" } else { "http" };
                 let path = match s.path.chars().next() {
@@ -105,7 +120,7 @@ impl Sample {
                         }
                     }
                 }
-                vec![
+                Arc::new(DryWebhookParams(vec![
                     channel_json,
                     s.method.clone(),
                     format!("{scheme}://{}/api/token/v1/{}{path}", s.host, channel.token),
@@ -113,15 +128,15 @@ impl Sample {
                     serde_json::Value::Object(headers).to_string(),
                     s.peer_ip.clone(),
                     s.protocol.clone(),
-                ]
+                ]))
             }
-            Sample::Websocket(s) => vec![
+            Sample::Websocket(s) => Arc::new(vec![
                 s.session.clone(),
                 s.text.clone(),
                 channel_json,
                 s.peer_ip.clone(),
-            ],
-        })
+            ]),
+        }
     }
 
     pub fn trigger(&self) -> &'static str {

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod reply;
 pub mod rhai_json;
 pub mod rhai_runtime;
+pub mod script_crypto;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -99,6 +100,11 @@ pub trait StartParams: Send + Sync {
     fn count(&self) -> usize;
     /// `startparam(n)`, 1-based.
     fn get(&self, n: usize) -> Option<String>;
+    /// The request body exactly as it arrived (`body_bytes()`), where the trigger has
+    /// one: `startparam(4)` is its text, invalid UTF-8 replaced.
+    fn body_bytes(&self) -> Option<&[u8]> {
+        None
+    }
     /// All of them, in order.
     fn to_vec(&self) -> Vec<String> {
         (1..=self.count()).filter_map(|n| self.get(n)).collect()

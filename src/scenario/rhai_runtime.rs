@@ -150,6 +150,26 @@ impl RhaiRuntime {
                 with_run(|run| usize::try_from(n).ok().and_then(|n| run.params.get(n))).flatten();
             value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
         });
+        // The body as received, for verifying a signature over the exact bytes. A blob,
+        // so bounded by `scenario_max_array_len`: a longer body is refused before it is
+        // copied, with a message that names the setting.
+        let max_blob = limits.max_array_len;
+        engine.register_fn("body_bytes", move || -> FnResult<rhai::Blob> {
+            let body = with_run(|run| {
+                run.params.body_bytes().map(|b| {
+                    if b.len() > max_blob {
+                        Err(script_error(format!(
+                            "body_bytes(): the body is {} bytes, over scenario_max_array_len ({max_blob})",
+                            b.len()
+                        )))
+                    } else {
+                        Ok(b.to_vec())
+                    }
+                })
+            })
+            .flatten();
+            body.unwrap_or_else(|| Err(script_error("body_bytes(): this run has no request body")))
+        });
         // Rhai's own `sleep(seconds)` blocks the thread past any time budget: replaced by
         // sleeps that wait (compute slot given away) and end at the run's deadline.
         engine.register_fn("sleep_ms", |ms: i64| sleep_within_deadline(ms));
@@ -175,6 +195,7 @@ impl RhaiRuntime {
         engine.register_fn("to_json", |map: &mut Map| -> FnResult<String> {
             serde_json::to_string(map).map_err(|e| script_error(format!("to_json: {e}")))
         });
+        super::script_crypto::register(&mut engine, limits.max_string_bytes);
         register_outgoing(&mut engine, outgoing);
         register_websocket(&mut engine);
         RhaiRuntime {

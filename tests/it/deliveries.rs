@@ -13,7 +13,7 @@ use crate::helpers::{Backend, TestApp, eventually, spawn_app_with, token_of};
 use crate::receiver::{Receiver, Seen};
 
 /// HMAC-SHA256 written out from RFC 2104, independent of the gateway's `hmac` crate.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
     if key.len() > 64 {
         k[..32].copy_from_slice(&Sha256::digest(key));

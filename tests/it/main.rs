@@ -17,6 +17,7 @@ mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;
+mod script_crypto;
 mod slow_requests;
 mod status_page;
 mod storage_errors;

@@ -12,7 +12,7 @@
 //!   after a minute).
 //! - The listener hands push, close and broadcast notes to [`ClusterSessions::apply`].
 
-use diesel::Connection;
+use diesel::{Connection, RunQueryDsl};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -100,12 +100,29 @@ impl ClusterSessions {
         self.resync.1.notify_one();
     }
 
-    fn conn(&self, deadline: Instant) -> Result<crate::db::DbConn, String> {
+    /// Runs `work` on a pooled connection with all of it bounded by `deadline`: the
+    /// wait for a connection, and every statement (a transaction whose
+    /// `statement_timeout` is the time left). Notes sent in it leave at its commit.
+    fn within<T>(
+        &self,
+        deadline: Instant,
+        work: impl FnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err("no time left to reach the other nodes".into());
         }
-        self.db.conn_within(Some(left)).map_err(|e| e.to_string())
+        let mut conn = self.db.conn_within(Some(left)).map_err(|e| e.to_string())?;
+        let c: &mut AnyConnection = &mut conn;
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        c.transaction::<T, StoreError, _>(|c| {
+            diesel::sql_query(format!("SET LOCAL statement_timeout = {ms}")).execute(c)?;
+            work(c)
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// The live node (not this one) holding session `code` of `channel_id`.
@@ -230,9 +247,7 @@ impl ElsewhereSessions for ClusterSessions {
         text: &str,
         deadline: Instant,
     ) -> Result<bool, String> {
-        let mut conn = self.conn(deadline)?;
-        let c: &mut AnyConnection = &mut conn;
-        let sent = (|| -> Result<bool, StoreError> {
+        let sent = self.within(deadline, |c| -> Result<bool, StoreError> {
             // A text that fits a note (nearly all): found and sent in one statement.
             let inline = notify::encode(
                 &self.domain,
@@ -272,8 +287,7 @@ impl ElsewhereSessions for ClusterSessions {
             })?;
             notify::send(c, payload)?;
             Ok(true)
-        })()
-        .map_err(|e| e.to_string())?;
+        })?;
         if sent {
             self.stats.remote_pushes.fetch_add(1, Ordering::Relaxed);
         }
@@ -288,9 +302,7 @@ impl ElsewhereSessions for ClusterSessions {
         reason: &str,
         deadline: Instant,
     ) -> Result<bool, String> {
-        let mut conn = self.conn(deadline)?;
-        let c: &mut AnyConnection = &mut conn;
-        (|| -> Result<bool, StoreError> {
+        self.within(deadline, |c| -> Result<bool, StoreError> {
             let reason: String = reason.chars().take(120).collect();
             let note = notify::encode(
                 &self.domain,
@@ -312,14 +324,11 @@ impl ElsewhereSessions for ClusterSessions {
                 &note,
             )?
             .is_some())
-        })()
-        .map_err(|e| e.to_string())
+        })
     }
 
     fn broadcast(&self, channel_id: &str, text: &str, deadline: Instant) -> Result<usize, String> {
-        let mut conn = self.conn(deadline)?;
-        let c: &mut AnyConnection = &mut conn;
-        (|| -> Result<usize, StoreError> {
+        self.within(deadline, |c| -> Result<usize, StoreError> {
             let alive_after = crate::db::nodes::db_now_ms(c)? - self.alive_window_ms;
             let there = dir::elsewhere(
                 c,
@@ -343,14 +352,11 @@ impl ElsewhereSessions for ClusterSessions {
             notify::send(c, payload)?;
             self.stats.remote_pushes.fetch_add(1, Ordering::Relaxed);
             Ok(there)
-        })()
-        .map_err(|e| e.to_string())
+        })
     }
 
     fn sessions(&self, channel_id: &str, deadline: Instant) -> Result<Vec<SessionView>, String> {
-        let mut conn = self.conn(deadline)?;
-        let c: &mut AnyConnection = &mut conn;
-        (|| -> Result<Vec<SessionView>, StoreError> {
+        self.within(deadline, |c| -> Result<Vec<SessionView>, StoreError> {
             let alive_after = crate::db::nodes::db_now_ms(c)? - self.alive_window_ms;
             let rows = dir::elsewhere(
                 c,
@@ -374,8 +380,7 @@ impl ElsewhereSessions for ClusterSessions {
                     errors: 0,
                 })
                 .collect())
-        })()
-        .map_err(|e| e.to_string())
+        })
     }
 }
 

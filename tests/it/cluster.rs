@@ -97,6 +97,14 @@ impl Cluster {
         Cluster::start_with(n, |_| Vec::new()).await
     }
 
+    /// One node per entry, serving the domain(s) it names (`--domain`).
+    pub async fn with_domains(domains: &[&str]) -> Option<Cluster> {
+        Cluster::start_with(domains.len(), |i| {
+            vec!["--domain".into(), domains[i - 1].to_string()]
+        })
+        .await
+    }
+
     /// Like `start`, with extra flags per node (1-based).
     pub async fn start_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Option<Cluster> {
         let turn = CLUSTER_TESTS.lock().await;
@@ -666,15 +674,7 @@ async fn a_node_cut_off_from_the_database_serves_for_max_staleness_then_503_and_
 
 #[actix_web::test]
 async fn two_domains_in_one_database_never_see_each_other() {
-    let Some(cluster) = Cluster::start_with(2, |i| {
-        if i == 1 {
-            vec!["--domain".into(), "d1".into()]
-        } else {
-            vec!["--domain".into(), "d2".into()]
-        }
-    })
-    .await
-    else {
+    let Some(cluster) = Cluster::with_domains(&["d1", "d2"]).await else {
         return;
     };
     let (d1, d2) = (cluster.node(1), cluster.node(2));
@@ -995,15 +995,7 @@ async fn a_node_killed_while_a_thousand_deliveries_are_in_flight_loses_none() {
 
 #[actix_web::test]
 async fn a_node_serves_several_domains_and_admin_calls_name_theirs() {
-    let Some(cluster) = Cluster::start_with(2, |i| {
-        if i == 1 {
-            vec!["--domain".into(), "d1,d2".into()]
-        } else {
-            vec!["--domain".into(), "d2".into()]
-        }
-    })
-    .await
-    else {
+    let Some(cluster) = Cluster::with_domains(&["d1,d2", "d2"]).await else {
         return;
     };
     let (both, only2) = (cluster.node(1), cluster.node(2));

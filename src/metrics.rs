@@ -129,7 +129,11 @@ fn cluster(f: &mut Families, state: &AppState) {
 
 /// Renders the node's metrics; the per-channel series (they name every channel) only
 /// with `per_channel` (see `http::ops`: who may see them).
-pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel: bool) -> String {
+pub fn render(
+    state: &AppState,
+    outbox: Option<crate::db::subscriptions::OutboxBacklog>,
+    per_channel: bool,
+) -> String {
     let mut f = Families { list: Vec::new() };
     let handles = if per_channel {
         state.registry.handles()
@@ -456,7 +460,21 @@ pub fn render(state: &AppState, outbox: Option<(i64, Option<i64>)>, per_channel:
             value,
         );
     }
-    if let Some((pending, oldest)) = outbox {
+    if let Some(crate::db::subscriptions::OutboxBacklog {
+        pending,
+        oldest,
+        events_behind,
+    }) = outbox
+    {
+        gauge(
+            f.family(
+                "oktell_outbox_events_behind",
+                "Events published whose webhook delivery rows are not written yet (how far the delivery workers' outbox cursor is behind the log).",
+                MetricType::GAUGE,
+            ),
+            &[("domain", domain)],
+            events_behind as f64,
+        );
         gauge(
             f.family(
                 "oktell_outbox_pending",

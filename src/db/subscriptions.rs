@@ -761,7 +761,19 @@ pub fn attempts_of_subscription(
 }
 
 /// Pending deliveries of the domain and the age of the oldest (for metrics).
-pub fn backlog(conn: &mut AnyConnection, domain: &str) -> Result<(i64, Option<i64>), StoreError> {
+/// What a domain's outbox holds back: deliveries waiting, the oldest one's creation,
+/// and the events published whose delivery rows are not written yet (the outbox
+/// cursor's lag behind the log).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxBacklog {
+    pub pending: i64,
+    pub oldest: Option<i64>,
+    pub events_behind: i64,
+}
+
+pub fn backlog(conn: &mut AnyConnection, domain: &str) -> Result<OutboxBacklog, StoreError> {
+    let head = super::events::head(conn, domain)?.map_or(0, |h| h.last_id);
+    let cursor = super::events::outbox_cursor(conn, domain)?.unwrap_or(head);
     let count: i64 = deliveries::table
         .filter(deliveries::domain.eq(domain))
         .filter(deliveries::status.eq(PENDING))
@@ -772,7 +784,11 @@ pub fn backlog(conn: &mut AnyConnection, domain: &str) -> Result<(i64, Option<i6
         .filter(deliveries::status.eq(PENDING))
         .select(diesel::dsl::min(deliveries::created_at))
         .first(conn)?;
-    Ok((count, oldest))
+    Ok(OutboxBacklog {
+        pending: count,
+        oldest,
+        events_behind: (head - cursor).max(0),
+    })
 }
 
 /// Every subscription of the domain, optionally of one channel.

@@ -228,6 +228,11 @@ async fn failures_are_retried_with_the_same_webhook_id() {
         crate::ops::sample(&metrics, "oktell_outbox_pending", &[]),
         Some(0.0)
     );
+    // Every published event has its delivery rows: the outbox cursor is not behind.
+    assert_eq!(
+        crate::ops::sample(&metrics, "oktell_outbox_events_behind", &[]),
+        Some(0.0)
+    );
 
     // The operator sees the attempts, and can send the event once more.
     let subs = app

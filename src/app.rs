@@ -160,10 +160,11 @@ impl Application {
                 delivery: d.delivery,
             });
         }
-        let primary = domains
-            .first()
-            .cloned()
+        let mut domains = domains.into_iter();
+        let default_domain = domains
+            .next()
             .ok_or_else(|| StartError::Io(std::io::Error::other("no domain to serve")))?;
+        let more_domains: Vec<DomainState> = domains.collect();
 
         let cluster_stats = Arc::new(crate::cluster::ClusterStats::default());
         let freshness = Arc::new(match db.backend() {
@@ -186,18 +187,13 @@ impl Application {
             db,
             registry,
             dispatcher,
-            channels: primary.channels.clone(),
             admin_token,
             logger: logger.clone(),
             started: Instant::now(),
             ws_sessions: Arc::new(AtomicUsize::new(0)),
             event_sockets: Arc::new(AtomicUsize::new(0)),
-            events: primary.events.clone(),
-            broker: primary.broker.clone(),
-            epoch: primary.epoch.clone(),
-            delivery_stats: primary.delivery_stats.clone(),
-            delivery: primary.delivery.clone(),
-            domains,
+            default_domain,
+            more_domains,
             arbiters: std::iter::once(eventing_arbiter.clone())
                 .chain(channel_arbiters.handles().iter().cloned())
                 .collect(),
@@ -524,7 +520,7 @@ fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
 /// instead of after the lease runs out. Delivery is at least once: receivers dedupe by
 /// webhook-id.
 async fn drain_deliveries(state: &AppState) {
-    for domain in &state.domains {
+    for domain in state.domains() {
         drain_domain_deliveries(state, domain).await;
     }
 }

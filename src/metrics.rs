@@ -417,7 +417,7 @@ pub fn render(
             crate::scenario::budget::exceeded_total(kind) as f64,
         );
     }
-    let ev = &state.events.stats;
+    let ev = &state.default_domain.events.stats;
     gauge(
         f.family(
             "oktell_event_subscribers",
@@ -497,7 +497,7 @@ pub fn render(
             age,
         );
     }
-    let ds = &state.delivery_stats;
+    let ds = &state.default_domain.delivery_stats;
     let mf = f.family(
         "oktell_deliveries_total",
         "Webhook delivery attempts by outcome: delivered, retried (will be tried again), failed (given up).",

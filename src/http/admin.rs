@@ -316,8 +316,8 @@ async fn node(_: Admin, state: web::Data<AppState>) -> HttpResponse {
         "scenario_admitted": pool.admitted(),
         "scenario_waiting": pool.stats().waiting.load(std::sync::atomic::Ordering::Relaxed),
         "scenario_pool_threads": pool.stats().threads.load(std::sync::atomic::Ordering::Relaxed),
-        "event_subscribers": state.events.stats.subscribers.load(std::sync::atomic::Ordering::Relaxed),
-        "event_log_epoch": state.epoch,
+        "event_subscribers": state.default_domain.events.stats.subscribers.load(std::sync::atomic::Ordering::Relaxed),
+        "event_log_epoch": state.default_domain.epoch,
         "node_id": state.node_id,
         "cluster": cluster_view(&state),
     }))

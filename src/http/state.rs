@@ -29,9 +29,8 @@ pub struct DomainState {
 /// The header naming the domain an admin call acts on (a node serving several).
 pub const DOMAIN_HEADER: &str = "X-Oktell-Domain";
 
-/// What every handler can reach. `channels`, `events`, `broker`, `epoch` and the
-/// delivery fields are the default (first) domain's; [`AppState::domain_of`] finds
-/// the one a request names, [`AppState::domain_named`] a channel's.
+/// What every handler can reach. [`AppState::domain_of`] finds the domain a request
+/// names, [`AppState::domain_named`] a channel's.
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Database,
@@ -44,7 +43,6 @@ pub struct AppState {
     /// (`ws_node_max_inbound_bytes`).
     pub ws_inbound: Arc<crate::actors::ws_session::InboundBudget>,
     pub dispatcher: Arc<Dispatcher>,
-    pub channels: ChannelService,
     pub admin_token: String,
     pub logger: slog::Logger,
     pub started: Instant,
@@ -52,14 +50,11 @@ pub struct AppState {
     pub ws_sessions: Arc<AtomicUsize>,
     /// Open event subscriber websockets on this node (all channels).
     pub event_sockets: Arc<AtomicUsize>,
-    pub events: EventService,
-    pub broker: actix::Addr<EventBroker>,
-    /// The epoch of the domain's event log.
-    pub epoch: String,
-    pub delivery_stats: Arc<DeliveryStats>,
-    pub delivery: actix::Addr<DeliveryWorker>,
-    /// Every domain this node serves, the default one first.
-    pub domains: Vec<DomainState>,
+    /// The domain admin calls act on unless they name another (the first of
+    /// `--domain`).
+    pub default_domain: DomainState,
+    /// The further domains of `--domain a,b`.
+    pub more_domains: Vec<DomainState>,
     /// The threads of the node's actors and background tasks (eventing, channels):
     /// stopped last, when the node shuts down ([`AppState::stop_background`]).
     pub arbiters: Vec<actix::ArbiterHandle>,
@@ -125,13 +120,18 @@ impl AppState {
             Some(value) => self
                 .domain_named(value.to_str().unwrap_or_default())
                 .ok_or(DomainMiss::NotServed),
-            None => self.domains.first().ok_or(DomainMiss::NotServed),
+            None => Ok(&self.default_domain),
         }
     }
 
     /// A domain of this node by name (a channel's, say).
     pub fn domain_named(&self, name: &str) -> Option<&DomainState> {
-        self.domains.iter().find(|d| d.name == name)
+        self.domains().find(|d| d.name == name)
+    }
+
+    /// Every domain this node serves, the default one first.
+    pub fn domains(&self) -> impl Iterator<Item = &DomainState> {
+        std::iter::once(&self.default_domain).chain(&self.more_domains)
     }
 
     /// The live channel of a token, of `kind` (public or eventing), if this node serves

@@ -126,10 +126,13 @@ async fn subscribe(
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;
+    let Some(domain) = state.domain_named(&handle.channel.domain) else {
+        return Err(ApiError::no_channel_for_token("eventing"));
+    };
     // Places are taken before the upgrade, so that a burst of upgrades cannot pass the
     // limits; they are given back when the session ends (or here, on refusal).
     let refused = || {
-        state
+        domain
             .events
             .stats
             .subscribers_refused
@@ -154,9 +157,6 @@ async fn subscribe(
             "this node has as many event subscribers as it may",
         ));
     }
-    let Some(domain) = state.domain_named(&handle.channel.domain) else {
-        return Err(ApiError::no_channel_for_token("eventing"));
-    };
     let backlog = state.outbound.backlog();
     let refused = Refused::default();
     let session = EventSession::new(EventSessionParts {

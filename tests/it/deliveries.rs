@@ -1086,10 +1086,22 @@ async fn ended_deliveries_are_purged_after_the_retention(backend: Backend) {
     assert_eq!(count_rows(&app, "deliveries").await, 3);
     assert_eq!(count_rows(&app, "delivery_attempts").await, 5);
     // Within the retention: nothing goes.
-    let kept = app.state.events.purge_deliveries(3_600_000).await.unwrap();
+    let kept = app
+        .state
+        .default_domain
+        .events
+        .purge_deliveries(3_600_000)
+        .await
+        .unwrap();
     assert_eq!(kept, (0, 0));
     // What the hourly job does once they are older than the retention.
-    let purged = app.state.events.purge_deliveries(-1000).await.unwrap();
+    let purged = app
+        .state
+        .default_domain
+        .events
+        .purge_deliveries(-1000)
+        .await
+        .unwrap();
     assert_eq!(
         purged,
         (2, 5),

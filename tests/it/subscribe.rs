@@ -289,7 +289,7 @@ async fn events_past_retention_are_purged_and_not_recovered() {
     )
     .await;
     // What the hourly job does, with a retention of zero.
-    let purged = app.state.events.purge(-1000).await.unwrap();
+    let purged = app.state.default_domain.events.purge(-1000).await.unwrap();
     assert_eq!(purged, 2);
     let log = app.admin("GET", "/admin/v1/events", None).await.json();
     assert_eq!(log["items"].as_array().unwrap().len(), 0);
@@ -490,7 +490,7 @@ async fn sigterm_closes_subscribers_with_going_away() {
 async fn resuming_ahead_of_this_nodes_broker_is_accepted() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
     let token = feed(&app, json!([])).await;
-    let db = app.state.events.db().clone();
+    let db = app.state.default_domain.events.db().clone();
     let stored = db
         .run(|c| {
             oktell_gateway::db::events::append(

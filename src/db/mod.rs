@@ -64,6 +64,36 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// SQLite's write lock was held by another writer past `busy_timeout`: nothing was
+    /// written, and the same call may succeed a moment later.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("database is locked")
+                    || info.message().contains("database is busy")
+        )
+    }
+
+    /// The connection to the database was lost (server gone, network cut): the
+    /// database is unavailable, not the request wrong.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ClosedConnection
+                    | diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                _
+            ))
+        ) || matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("server closed the connection")
+                    || info.message().contains("connection to server")
+                    || info.message().contains("no connection to the server")
+        )
+    }
+
     pub fn is_unique_violation(err: &diesel::result::Error) -> bool {
         matches!(
             err,

@@ -170,6 +170,15 @@ impl From<StoreError> for ApiError {
                 ApiError::overloaded("database_unavailable", "the database is unavailable")
                     .with_cause(e)
             }
+            _ if e.is_connection_lost() => {
+                ApiError::overloaded("database_unavailable", "the database is unavailable")
+                    .with_cause(e)
+            }
+            _ if e.is_busy() => ApiError::overloaded(
+                "database_busy",
+                "the database is busy with another writer; try again",
+            )
+            .with_cause(e),
             StoreError::DuplicateCode => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }

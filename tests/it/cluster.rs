@@ -69,7 +69,7 @@ pub struct Cluster {
     _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
-static CLUSTER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static CLUSTER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Flags of node `i` (1-based) on `url`.
 fn node_args(i: usize, url: &str, extra: &[String]) -> Vec<String> {
@@ -575,14 +575,14 @@ async fn a_node_serves_only_the_channels_of_its_roles() {
 
 /// A TCP proxy the test can cut: every connection through it is dropped and new ones
 /// are refused until it is opened again.
-struct CuttableProxy {
-    port: u16,
+pub struct CuttableProxy {
+    pub port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl CuttableProxy {
-    async fn start(upstream: &'static str) -> CuttableProxy {
+    pub async fn start(upstream: &'static str) -> CuttableProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -605,14 +605,14 @@ impl CuttableProxy {
         CuttableProxy { port, open, links }
     }
 
-    fn cut(&self) {
+    pub fn cut(&self) {
         self.open.store(false, std::sync::atomic::Ordering::SeqCst);
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
         }
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

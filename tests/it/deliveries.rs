@@ -1198,7 +1198,7 @@ async fn a_batch_of_a_thousand_survives_a_sigkill_mid_way() {
 
 /// A folder and flags for a node of the SIGKILL tests: SQLite in the folder, private
 /// targets allowed, `settings` in its config file.
-fn crash_node(settings: &str) -> (std::path::PathBuf, Vec<String>) {
+pub fn crash_node(settings: &str) -> (std::path::PathBuf, Vec<String>) {
     let dir = std::env::temp_dir().join(format!("oktell-kill-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("gateway.toml");

@@ -6,6 +6,7 @@ mod admin;
 mod authoring;
 mod broadcast;
 mod budgets;
+mod chaos;
 mod cli;
 mod cluster;
 mod deliveries;

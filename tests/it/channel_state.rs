@@ -403,6 +403,30 @@ async fn a_dry_run_records_state_writes_and_performs_none() {
         json!({"seen": false})
     );
     assert_eq!(state_rows(&app, &id).await, 2);
+    // The report's state records are in the API document.
+    let doc = app
+        .send(app.client.get(app.url("/openapi.json")), None)
+        .await
+        .json();
+    assert!(
+        doc["components"]["schemas"]["StateRecord"].is_object(),
+        "StateRecord missing from /openapi.json"
+    );
+}
+
+/// A channel's webhook on one node process.
+struct At<'a> {
+    client: &'a Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl At<'_> {
+    async fn op(&self, body: Value) -> Value {
+        let (status, answer) = op_at(self.client, self.base, self.token, body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
 }
 
 /// SQLite: state is in the database file, so a node killed with SIGKILL and started
@@ -414,41 +438,26 @@ async fn state_survives_a_restart() {
     let token = token_of(&first.create_channel(state_channel("durable")).await);
     let client = Client::builder().timeout(Duration::from_secs(30)).finish();
     let value = json!({"session": "s-1", "n": 7});
-    let (status, answer) = op_at(
-        &client,
-        &first.base,
-        &token,
-        json!({"op": "set", "key": "user:1", "value": value}),
-    )
-    .await;
-    assert_eq!((status, answer), (200, json!({"ok": true})));
-    let (_, answer) = op_at(
-        &client,
-        &first.base,
-        &token,
-        json!({"op": "seen", "key": "e", "ttl": 600}),
-    )
-    .await;
-    assert_eq!(answer, json!({"seen": false}));
+    let before = At {
+        client: &client,
+        base: &first.base,
+        token: &token,
+    };
+    let set = json!({"op": "set", "key": "user:1", "value": value});
+    assert_eq!(before.op(set).await, json!({"ok": true}));
+    let seen = json!({"op": "seen", "key": "e", "ttl": 600});
+    assert_eq!(before.op(seen.clone()).await, json!({"seen": false}));
     first.kill9();
     // Dropped after `second`: `first` removes the folder when it goes.
     let second = GatewayProcess::start_in(&dir, &[]).await;
-    let (status, answer) = op_at(
-        &client,
-        &second.base,
-        &token,
-        json!({"op": "get", "key": "user:1"}),
-    )
-    .await;
-    assert_eq!((status, answer), (200, json!({ "value": value })));
-    let (_, answer) = op_at(
-        &client,
-        &second.base,
-        &token,
-        json!({"op": "seen", "key": "e", "ttl": 600}),
-    )
-    .await;
-    assert_eq!(answer, json!({"seen": true}));
+    let after = At {
+        client: &client,
+        base: &second.base,
+        token: &token,
+    };
+    let get = json!({"op": "get", "key": "user:1"});
+    assert_eq!(after.op(get).await, json!({ "value": value }));
+    assert_eq!(after.op(seen).await, json!({"seen": true}));
 }
 
 /// PostgreSQL: two node processes of one domain share the state; `seen_before` on
@@ -458,84 +467,45 @@ async fn state_is_shared_between_two_nodes() {
     let Some(cluster) = crate::cluster::Cluster::start(2).await else {
         return;
     };
-    let (one, two) = (cluster.node(1), cluster.node(2));
-    let token = token_of(&one.create_channel(state_channel("shared")).await);
+    let token = token_of(
+        &cluster
+            .node(1)
+            .create_channel(state_channel("shared"))
+            .await,
+    );
     let client = Client::builder().timeout(Duration::from_secs(30)).finish();
+    let [one, two] = [1, 2].map(|i| At {
+        client: &client,
+        base: &cluster.node(i).base,
+        token: &token,
+    });
     // The channel is live on node 2 once its note arrived.
     eventually(
         "node 2 serves the channel",
         Duration::from_secs(10),
         || async {
-            op_at(&client, &two.base, &token, json!({"op": "get", "key": "x"}))
+            op_at(&client, two.base, &token, json!({"op": "get", "key": "x"}))
                 .await
                 .0
                 == 200
         },
     )
     .await;
-    let (status, answer) = op_at(
-        &client,
-        &one.base,
-        &token,
-        json!({"op": "set", "key": "user:1", "value": "ws-session-9"}),
-    )
-    .await;
-    assert_eq!((status, answer), (200, json!({"ok": true})));
-    let (_, answer) = op_at(
-        &client,
-        &two.base,
-        &token,
-        json!({"op": "get", "key": "user:1"}),
-    )
-    .await;
-    assert_eq!(answer, json!({"value": "ws-session-9"}));
-    let (_, answer) = op_at(
-        &client,
-        &two.base,
-        &token,
-        json!({"op": "seen", "key": "evt", "ttl": 60}),
-    )
-    .await;
-    assert_eq!(answer, json!({"seen": false}));
-    let (_, answer) = op_at(
-        &client,
-        &one.base,
-        &token,
-        json!({"op": "seen", "key": "evt", "ttl": 60}),
-    )
-    .await;
-    assert_eq!(answer, json!({"seen": true}));
-    let (_, answer) = op_at(
-        &client,
-        &two.base,
-        &token,
-        json!({"op": "del", "key": "user:1"}),
-    )
-    .await;
-    assert_eq!(answer, json!({"deleted": true}));
-    let (_, answer) = op_at(
-        &client,
-        &one.base,
-        &token,
-        json!({"op": "get", "key": "user:1"}),
-    )
-    .await;
-    assert_eq!(answer, json!({"value": null}));
+    let user = |op: &str| json!({"op": op, "key": "user:1", "value": "ws-session-9"});
+    let evt = json!({"op": "seen", "key": "evt", "ttl": 60});
+    assert_eq!(one.op(user("set")).await, json!({"ok": true}));
+    assert_eq!(two.op(user("get")).await, json!({"value": "ws-session-9"}));
+    assert_eq!(two.op(evt.clone()).await, json!({"seen": false}));
+    assert_eq!(one.op(evt).await, json!({"seen": true}));
+    assert_eq!(two.op(user("del")).await, json!({"deleted": true}));
+    assert_eq!(one.op(user("get")).await, json!({"value": null}));
     // 100 concurrent first sightings of one key, split over both nodes: one is first.
-    let calls = (0..100).map(|i| {
-        let base = if i % 2 == 0 { &one.base } else { &two.base };
-        op_at(
-            &client,
-            base,
-            &token,
-            json!({"op": "seen", "key": "burst", "ttl": 60}),
-        )
-    });
+    let burst = json!({"op": "seen", "key": "burst", "ttl": 60});
+    let calls = (0..100).map(|i| if i % 2 == 0 { &one } else { &two }.op(burst.clone()));
     let answers = futures_util::future::join_all(calls).await;
     let first = answers
         .iter()
-        .inspect(|(status, a)| assert_eq!(*status, 200, "{a}"))
-        .filter(|(_, a)| *a == json!({"seen": false}))
+        .filter(|a| **a == json!({"seen": false}))
         .count();
     assert_eq!(first, 1, "{answers:?}");
 }

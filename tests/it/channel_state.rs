@@ -66,6 +66,20 @@ fn in_ms(ms: u64) -> u64 {
     now.as_millis() as u64 + ms
 }
 
+trait AtApp {
+    fn at<'a>(&'a self, token: &'a str) -> At<'a>;
+}
+
+impl AtApp for TestApp {
+    fn at<'a>(&'a self, token: &'a str) -> At<'a> {
+        At {
+            client: &self.client,
+            base: &self.address,
+            token,
+        }
+    }
+}
+
 async fn op(app: &TestApp, token: &str, body: Value) -> Value {
     let (status, answer) = op_at(&app.client, &app.address, token, body).await;
     assert_eq!(status, 200, "{answer}");
@@ -147,67 +161,43 @@ async fn seen_before_is_atomic_under_100_concurrent_calls(app: TestApp) {
 
 async fn values_round_trip_and_expire(app: TestApp) {
     let token = token_of(&app.create_channel(state_channel("values")).await);
+    let at = app.at(&token);
     // Strings, numbers, maps and arrays come back as they went in.
     let value = json!({"user": "u-1", "n": 42, "tags": ["a", "b"], "nested": {"ok": true}});
-    for v in [json!("text"), json!(3.5), value.clone()] {
-        assert_eq!(
-            op(&app, &token, json!({"op": "set", "key": "v", "value": v})).await,
-            json!({"ok": true})
-        );
-        assert_eq!(
-            op(&app, &token, json!({"op": "get", "key": "v"})).await,
-            json!({ "value": v })
-        );
+    for v in [json!("text"), json!(3.5), value] {
+        let set = json!({"op": "set", "key": "v", "value": v});
+        assert_eq!(at.op(set).await, json!({"ok": true}));
+        let get = json!({"op": "get", "key": "v"});
+        assert_eq!(at.op(get).await, json!({ "value": v }));
     }
-    assert_eq!(
-        op(&app, &token, json!({"op": "get", "key": "absent"})).await,
-        json!({ "value": null })
-    );
-    assert_eq!(
-        op(&app, &token, json!({"op": "del", "key": "v"})).await,
-        json!({ "deleted": true })
-    );
-    assert_eq!(
-        op(&app, &token, json!({"op": "del", "key": "v"})).await,
-        json!({ "deleted": false })
-    );
+    let steps = [
+        (
+            json!({"op": "get", "key": "absent"}),
+            json!({"value": null}),
+        ),
+        (json!({"op": "del", "key": "v"}), json!({"deleted": true})),
+        (json!({"op": "del", "key": "v"}), json!({"deleted": false})),
+    ];
+    for (body, want) in steps {
+        assert_eq!(at.op(body).await, want);
+    }
     // A value with a 1 s ttl is there, then gone; no sleeping, a deadline.
-    op(
-        &app,
-        &token,
-        json!({"op": "set", "key": "t", "value": "short", "ttl": 1}),
-    )
-    .await;
-    assert_eq!(
-        op(&app, &token, json!({"op": "get", "key": "t"})).await,
-        json!({ "value": "short" })
-    );
+    let short = json!({"op": "set", "key": "t", "value": "short", "ttl": 1});
+    assert_eq!(at.op(short).await, json!({"ok": true}));
+    let get = json!({"op": "get", "key": "t"});
+    assert_eq!(at.op(get.clone()).await, json!({ "value": "short" }));
     eventually("the 1 s value expires", Duration::from_secs(10), || async {
-        op(&app, &token, json!({"op": "get", "key": "t"})).await == json!({ "value": null })
+        at.op(get.clone()).await == json!({ "value": null })
     })
     .await;
     // seen_before with a ttl: first, seen, and first again once it expired.
-    let seen = |app: &TestApp| {
-        let token = token.clone();
-        let client = app.client.clone();
-        let base = app.address.clone();
-        async move {
-            op_at(
-                &client,
-                &base,
-                &token,
-                json!({"op": "seen", "key": "evt-1", "ttl": 1}),
-            )
-            .await
-            .1
-        }
-    };
-    assert_eq!(seen(&app).await, json!({ "seen": false }));
-    assert_eq!(seen(&app).await, json!({ "seen": true }));
+    let seen = json!({"op": "seen", "key": "evt-1", "ttl": 1});
+    assert_eq!(at.op(seen.clone()).await, json!({ "seen": false }));
+    assert_eq!(at.op(seen.clone()).await, json!({ "seen": true }));
     eventually(
         "seen_before forgets after its ttl",
         Duration::from_secs(10),
-        || async { seen(&app).await == json!({ "seen": false }) },
+        || async { at.op(seen.clone()).await == json!({ "seen": false }) },
     )
     .await;
 }
@@ -215,31 +205,29 @@ async fn values_round_trip_and_expire(app: TestApp) {
 async fn channels_do_not_see_each_other(app: TestApp) {
     let a = token_of(&app.create_channel(state_channel("state-a")).await);
     let b = token_of(&app.create_channel(state_channel("state-b")).await);
-    op(&app, &a, json!({"op": "set", "key": "k", "value": "of a"})).await;
-    assert_eq!(
-        op(&app, &b, json!({"op": "get", "key": "k"})).await,
-        json!({ "value": null })
-    );
-    assert_eq!(
-        op(&app, &a, json!({"op": "get", "key": "k"})).await,
-        json!({ "value": "of a" })
-    );
-    assert_eq!(
-        op(&app, &a, json!({"op": "seen", "key": "e", "ttl": 60})).await,
-        json!({ "seen": false })
-    );
-    assert_eq!(
-        op(&app, &b, json!({"op": "seen", "key": "e", "ttl": 60})).await,
-        json!({ "seen": false })
-    );
-    assert_eq!(
-        op(&app, &b, json!({"op": "del", "key": "k"})).await,
-        json!({ "deleted": false })
-    );
-    assert_eq!(
-        op(&app, &a, json!({"op": "get", "key": "k"})).await,
-        json!({ "value": "of a" })
-    );
+    let (a, b) = (app.at(&a), app.at(&b));
+    let get = json!({"op": "get", "key": "k"});
+    let seen = json!({"op": "seen", "key": "e", "ttl": 60});
+    let steps = [
+        (
+            &a,
+            json!({"op": "set", "key": "k", "value": "of a"}),
+            json!({"ok": true}),
+        ),
+        (&b, get.clone(), json!({"value": null})),
+        (&a, get.clone(), json!({"value": "of a"})),
+        (&a, seen.clone(), json!({"seen": false})),
+        (&b, seen, json!({"seen": false})),
+        (
+            &b,
+            json!({"op": "del", "key": "k"}),
+            json!({"deleted": false}),
+        ),
+        (&a, get, json!({"value": "of a"})),
+    ];
+    for (i, (at, body, want)) in steps.into_iter().enumerate() {
+        assert_eq!(at.op(body).await, want, "step {i}");
+    }
 }
 
 async fn a_deleted_channel_takes_its_state_along(app: TestApp) {
@@ -444,7 +432,7 @@ async fn a_dry_run_records_state_writes_and_performs_none() {
     );
 }
 
-/// A channel's webhook on one node process.
+/// A channel's webhook on one node.
 struct At<'a> {
     client: &'a Client,
     base: &'a str,

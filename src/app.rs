@@ -96,10 +96,21 @@ impl Application {
             );
         }
         let node_memory = crate::alloc::NodeMemory::new(config.scenario_node_memory_bytes);
+        let state_store =
+            crate::scenario::channel_state::StateStore::new(db.clone(), config.as_ref().into());
+        eventing_arbiter.spawn(crate::scenario::channel_state::sweep_forever(
+            db.clone(),
+            Duration::from_secs(config.channel_state_sweep_s),
+            config.channel_state_sweep_batch,
+            logger.clone(),
+        ));
         let dispatcher = Arc::new(build_dispatcher(
             &config,
             node_memory.clone(),
-            eventing.iter().map(|d| d.events.clone()).collect(),
+            (
+                eventing.iter().map(|d| d.events.clone()).collect(),
+                state_store,
+            ),
             &logger,
         )?);
         let registry = Arc::new(ChannelRegistry::new());
@@ -588,7 +599,10 @@ async fn wait_for_stop_signal() {
 fn build_dispatcher(
     config: &Config,
     node_memory: Arc<crate::alloc::NodeMemory>,
-    events: Vec<EventService>,
+    (events, state): (
+        Vec<EventService>,
+        Arc<crate::scenario::channel_state::StateStore>,
+    ),
     logger: &slog::Logger,
 ) -> Result<Dispatcher, StartError> {
     let runtime = scenario_runtime(config, node_memory)?;
@@ -600,6 +614,7 @@ fn build_dispatcher(
     Ok(Dispatcher::new(
         pool,
         events,
+        Some(state),
         runtime,
         Duration::from_millis(config.scenario_timeout_ms),
         config.channel_max_in_flight,

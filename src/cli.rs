@@ -235,6 +235,10 @@ async fn offline_service(config: Config) -> Result<ChannelService, String> {
     let dispatcher = Arc::new(Dispatcher::new(
         pool,
         vec![crate::events::EventService::new(db.clone(), &config.domain)],
+        Some(crate::scenario::channel_state::StateStore::new(
+            db.clone(),
+            (&config).into(),
+        )),
         runtime,
         Duration::from_millis(config.scenario_timeout_ms),
         1,

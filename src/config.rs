@@ -97,6 +97,14 @@ pub struct Config {
     /// Bytes of each text a dry run reports (a call's body, a push, an event's data,
     /// the reply's body); longer ones are cut and marked.
     pub dry_run_max_recorded_bytes: usize,
+    /// Channel state (`state_get`/`state_set`/`state_del`/`seen_before`): the longest
+    /// key, the largest value (bytes of its JSON), and keys per channel.
+    pub channel_state_max_key_bytes: usize,
+    pub channel_state_max_value_bytes: usize,
+    pub channel_state_max_keys: u64,
+    /// How often each node deletes expired state rows, and at most how many a pass.
+    pub channel_state_sweep_s: u64,
+    pub channel_state_sweep_batch: u64,
     pub ws_heartbeat_interval_ms: u64,
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
@@ -212,6 +220,11 @@ impl Default for Config {
             outgoing_max_connections_per_host: 512,
             channel_versions_kept: 50,
             dry_run_max_recorded_bytes: 64 * 1024,
+            channel_state_max_key_bytes: 256,
+            channel_state_max_value_bytes: 16 * 1024,
+            channel_state_max_keys: 10_000,
+            channel_state_sweep_s: 60,
+            channel_state_sweep_batch: 1000,
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
@@ -501,6 +514,23 @@ impl Config {
         }
         if self.channel_versions_kept == 0 {
             return Err(invalid("channel_versions_kept", "must be above 0"));
+        }
+        for (name, value) in [
+            (
+                "channel_state_max_key_bytes",
+                self.channel_state_max_key_bytes as u64,
+            ),
+            (
+                "channel_state_max_value_bytes",
+                self.channel_state_max_value_bytes as u64,
+            ),
+            ("channel_state_max_keys", self.channel_state_max_keys),
+            ("channel_state_sweep_s", self.channel_state_sweep_s),
+            ("channel_state_sweep_batch", self.channel_state_sweep_batch),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be above 0"));
+            }
         }
         if self.scenario_timeout_ms == 0 {
             return Err(invalid("scenario_timeout_ms", "must be above 0"));

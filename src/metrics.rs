@@ -65,6 +65,43 @@ fn load(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
+/// Channel state calls of this node's scenarios (`crate::scenario::channel_state`).
+fn channel_state(f: &mut Families) {
+    use crate::scenario::channel_state::{self as cs, Op, Outcome};
+    let mf = f.family(
+        "oktell_channel_state_calls_total",
+        "Channel state calls of scripts by op (get, set, del, seen_before) and outcome (hit: found/written/deleted/seen; miss: absent/first; limit; error; recorded: a dry run's write, not performed).",
+        MetricType::COUNTER,
+    );
+    for op in Op::ALL {
+        for outcome in Outcome::ALL {
+            counter(
+                mf,
+                &[("op", op.as_str()), ("outcome", outcome.as_str())],
+                cs::calls_total(op, outcome) as f64,
+            );
+        }
+    }
+    counter(
+        f.family(
+            "oktell_channel_state_wait_seconds_total",
+            "Time channel state calls waited on the database (their compute slot given away).",
+            MetricType::COUNTER,
+        ),
+        &[],
+        cs::wait_seconds_total(),
+    );
+    counter(
+        f.family(
+            "oktell_channel_state_expired_removed_total",
+            "Expired channel state rows this node removed (on read, at a channel's key limit, by the sweep).",
+            MetricType::COUNTER,
+        ),
+        &[],
+        cs::expired_removed_total() as f64,
+    );
+}
+
 /// The node's part in the cluster (`crate::cluster`).
 fn cluster(f: &mut Families, state: &AppState) {
     let c = &state.cluster_stats;
@@ -417,6 +454,7 @@ pub fn render(
             crate::scenario::budget::exceeded_total(kind) as f64,
         );
     }
+    channel_state(&mut f);
     let ev = &state.default_domain.events.stats;
     gauge(
         f.family(

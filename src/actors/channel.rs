@@ -83,16 +83,19 @@ impl ChannelHandle {
             .clone()
     }
 
-    /// What this channel's scenarios reach (sessions, event log), made once per version.
+    /// What this channel's scenarios reach (sessions, event log, channel state), made
+    /// once per version.
     pub fn host(
         &self,
         events: &crate::events::EventService,
+        state: Option<&Arc<crate::scenario::channel_state::StateStore>>,
     ) -> Arc<dyn crate::scenario::ChannelHost> {
         self.host
             .get_or_init(|| {
                 Arc::new(super::sessions::ScenarioHost {
                     sessions: self.sessions.clone(),
                     events: events.clone(),
+                    state: state.cloned(),
                 })
             })
             .clone()

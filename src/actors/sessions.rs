@@ -14,6 +14,7 @@ use super::event_session::EventSession;
 use super::ws_backlog::OutboundBudget;
 use super::ws_session::{CloseSession, Push, WsSession};
 use crate::scenario::ChannelHost;
+use crate::scenario::channel_state::{StateError, StateStore};
 use crate::scenario::pool::blocking;
 use std::time::Instant;
 
@@ -394,10 +395,18 @@ impl SessionTable {
     }
 }
 
-/// What scenarios of one channel reach: its sessions and the domain's event log.
+/// What scenarios of one channel reach: its sessions, the domain's event log and the
+/// channel state store.
 pub struct ScenarioHost {
     pub sessions: Arc<SessionTable>,
     pub events: crate::events::EventService,
+    pub state: Option<Arc<StateStore>>,
+}
+
+impl ScenarioHost {
+    fn state(&self) -> Result<&StateStore, StateError> {
+        self.state.as_deref().ok_or(StateError::Unavailable)
+    }
 }
 
 impl ChannelHost for ScenarioHost {
@@ -470,5 +479,44 @@ impl ChannelHost for ScenarioHost {
             .first()
             .map(|(e, _)| e.id)
             .ok_or_else(|| "no event was stored".to_string())
+    }
+
+    fn state_get(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, StateError> {
+        self.state()?.get(channel_id, key, deadline)
+    }
+
+    fn state_set(
+        &self,
+        channel_id: &str,
+        key: &str,
+        json: &str,
+        ttl_s: i64,
+        deadline: Instant,
+    ) -> Result<(), StateError> {
+        self.state()?.set(channel_id, key, json, ttl_s, deadline)
+    }
+
+    fn state_del(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<bool, StateError> {
+        self.state()?.del(channel_id, key, deadline)
+    }
+
+    fn seen_before(
+        &self,
+        channel_id: &str,
+        key: &str,
+        ttl_s: i64,
+        deadline: Instant,
+    ) -> Result<bool, StateError> {
+        self.state()?.seen_before(channel_id, key, ttl_s, deadline)
     }
 }

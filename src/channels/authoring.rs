@@ -263,7 +263,10 @@ impl ChannelService {
         })?;
         let (lane, real): (_, Arc<dyn crate::scenario::ChannelHost>) =
             match (served, self.live_node()) {
-                (Some((_, handle)), _) => (handle.stats.lane.clone(), handle.host(events)),
+                (Some((_, handle)), _) => (
+                    handle.stats.lane.clone(),
+                    handle.host(events, dispatcher.state()),
+                ),
                 (None, Some(live)) => (
                     Arc::default(),
                     Arc::new(crate::actors::sessions::ScenarioHost {
@@ -271,6 +274,7 @@ impl ChannelService {
                             live.outbound.clone(),
                         )),
                         events: events.clone(),
+                        state: dispatcher.state().cloned(),
                     }),
                 ),
                 (None, None) => (Arc::default(), Arc::new(crate::scenario::NoHost)),
@@ -280,13 +284,16 @@ impl ChannelService {
             (None, Sample::Webhook(_)) => channel.webhook_scenario.clone(),
             (None, Sample::Websocket(_)) => channel.websocket_scenario.clone(),
         };
-        let host = Arc::new(DryHost::new(
-            channel.clone(),
-            real,
-            live,
-            mocks,
-            self.config().dry_run_max_recorded_bytes,
-        ));
+        let host = Arc::new(
+            DryHost::new(
+                channel.clone(),
+                real,
+                live,
+                mocks,
+                self.config().dry_run_max_recorded_bytes,
+            )
+            .with_state(dispatcher.state().cloned()),
+        );
         let params = sample.params(&channel);
         let pending = dispatcher
             .dry_run(&lane, channel.clone(), source, params, host.clone())

@@ -12,7 +12,7 @@
 //!   after a minute).
 //! - The listener hands push, close and broadcast notes to [`ClusterSessions::apply`].
 
-use diesel::{Connection, RunQueryDsl};
+use diesel::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -108,21 +108,7 @@ impl ClusterSessions {
         deadline: Instant,
         work: impl FnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("no time left to reach the other nodes".into());
-        }
-        let mut conn = self.db.conn_within(Some(left)).map_err(|e| e.to_string())?;
-        let c: &mut AnyConnection = &mut conn;
-        let ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1);
-        c.transaction::<T, StoreError, _>(|c| {
-            diesel::sql_query(format!("SET LOCAL statement_timeout = {ms}")).execute(c)?;
-            work(c)
-        })
-        .map_err(|e| e.to_string())
+        self.db.within(deadline, work).map_err(|e| e.to_string())
     }
 
     /// The live node (not this one) holding session `code` of `channel_id`.

@@ -2,6 +2,7 @@
 //! PostgreSQL (clusters), pooled with r2d2. Every call here blocks: callers on async
 //! threads go through [`Database::run`], which moves the work to the blocking pool.
 
+pub mod channel_state;
 pub mod channel_versions;
 pub mod channels;
 pub mod directory;
@@ -122,6 +123,9 @@ impl Backend {
     }
 }
 
+/// How long a SQLite statement waits for another connection's write lock.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5000;
+
 /// Settings applied to every pooled connection. SQLite: WAL so readers never wait for
 /// the writer, a busy timeout instead of "database is locked" errors under contention.
 /// PostgreSQL: custom plans for prepared statements (below).
@@ -133,9 +137,11 @@ impl CustomizeConnection<AnyConnection, diesel::r2d2::Error> for ConnectionSetti
         match conn {
             AnyConnection::Sqlite(c) => diesel::connection::SimpleConnection::batch_execute(
                 c,
-                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                &format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
                  PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA cache_size = -32768;",
+                 PRAGMA cache_size = -32768;"
+                ),
             ),
             // diesel prepares its statements once per connection, and PostgreSQL
             // switches a prepared statement to a generic plan after five runs, costed
@@ -342,6 +348,46 @@ impl Database {
             self.waits.timeouts.fetch_add(1, Relaxed);
             StoreError::Pool(e.to_string())
         })
+    }
+
+    /// Runs `work` on a pooled connection with all of it bounded by `deadline` (a
+    /// scenario's database wait): the wait for a connection, and every statement. On
+    /// PostgreSQL `work` runs in a transaction whose `statement_timeout` is the time
+    /// left; on SQLite the busy timeout (how long a statement waits for the write
+    /// lock) is cut to the time left for the length of `work`.
+    pub fn within<T>(
+        &self,
+        deadline: std::time::Instant,
+        work: impl FnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let left = |what: &str| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                Err(StoreError::Pool(format!("no time left for {what}")))
+            } else {
+                Ok(left)
+            }
+        };
+        let mut conn = self.conn_within(Some(left("a database connection")?))?;
+        let ms = left("the database")?.as_millis().max(1);
+        match &mut *conn {
+            c @ AnyConnection::Postgresql(_) => c.transaction::<T, StoreError, _>(|c| {
+                diesel::sql_query(format!("SET LOCAL statement_timeout = {ms}")).execute(c)?;
+                work(c)
+            }),
+            c @ AnyConnection::Sqlite(_) => {
+                let busy_timeout = |c: &mut AnyConnection, ms| {
+                    diesel::connection::SimpleConnection::batch_execute(
+                        c,
+                        &format!("PRAGMA busy_timeout = {ms}"),
+                    )
+                };
+                busy_timeout(c, ms.min(u128::from(SQLITE_BUSY_TIMEOUT_MS)))?;
+                let out = work(c);
+                busy_timeout(c, u128::from(SQLITE_BUSY_TIMEOUT_MS))?;
+                out
+            }
+        }
     }
 
     pub fn pool_waits(&self) -> &PoolWaits {

@@ -148,3 +148,13 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(ws_directory, nodes);
+
+diesel::table! {
+    channel_state (channel_id, state_key) {
+        channel_id -> Text,
+        state_key -> Text,
+        value -> Text,
+        expires_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

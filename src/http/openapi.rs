@@ -84,7 +84,7 @@ impl Modify for AdminToken {
     components(schemas(crate::events::webhooks::SubscriptionInput, crate::events::webhooks::SubscriptionView, crate::events::EventInput, crate::events::EventView, ChannelInput, ChannelView, ChannelPage, SessionView, SessionPage, ErrorResponse, ErrorBody, super::admin::PushBody,
         crate::channels::DryRunInput, crate::channels::authoring::SampleRequest, crate::channels::authoring::SampleMessage, crate::channels::authoring::MockInput,
         crate::scenario::dry_run::Report, crate::scenario::dry_run::ReplyRecord, crate::scenario::dry_run::ErrorRecord, crate::scenario::dry_run::LogLine,
-        crate::scenario::dry_run::CallRecord, crate::scenario::dry_run::WsRecord, crate::scenario::dry_run::EventRecord, crate::scenario::dry_run::Text,
+        crate::scenario::dry_run::CallRecord, crate::scenario::dry_run::WsRecord, crate::scenario::dry_run::EventRecord, crate::scenario::dry_run::StateRecord, crate::scenario::dry_run::Text,
         super::authoring::VersionView, super::authoring::VersionPage, super::authoring::RestoreInput)),
     modifiers(&AdminToken)
 )]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::channel_state::StateStore;
 use super::dry_run::Ended;
 use super::pool::{Lane, ScenarioPool, Start};
 use super::{
@@ -23,6 +24,8 @@ pub struct Dispatcher {
     pool: ScenarioPool,
     /// The event log of each domain this node serves (a run emits into its channel's).
     events: Vec<crate::events::EventService>,
+    /// Channel state (`state_get`...), shared by every domain (keyed by channel id).
+    state: Option<Arc<StateStore>>,
     runtime: Arc<dyn ScenarioRuntime>,
     timeout: Duration,
     max_in_flight: usize,
@@ -43,6 +46,7 @@ impl Dispatcher {
     pub fn new(
         pool: ScenarioPool,
         events: Vec<crate::events::EventService>,
+        state: Option<Arc<StateStore>>,
         runtime: Arc<dyn ScenarioRuntime>,
         timeout: Duration,
         max_in_flight: usize,
@@ -51,6 +55,7 @@ impl Dispatcher {
         Dispatcher {
             pool,
             events,
+            state,
             runtime,
             timeout,
             max_in_flight,
@@ -68,6 +73,11 @@ impl Dispatcher {
 
     pub fn runtime(&self) -> &Arc<dyn ScenarioRuntime> {
         &self.runtime
+    }
+
+    /// The node's channel state store.
+    pub fn state(&self) -> Option<&Arc<StateStore>> {
+        self.state.as_ref()
     }
 
     /// The event log a run of a channel of `domain` emits into (this node's first
@@ -177,7 +187,7 @@ impl Dispatcher {
                 "no event log for the channel's domain".into(),
             ));
         };
-        let host: Arc<dyn ChannelHost> = handle.host(events);
+        let host: Arc<dyn ChannelHost> = handle.host(events, self.state.as_ref());
         let handle_stats = handle.stats.clone();
         let job = move |start: Start| {
             // A waiting caller that already gave up (timeout, disconnect) needs no run.

@@ -9,12 +9,18 @@
 //! is `live` (through the channel's real host and the node's outgoing client). Outgoing
 //! calls answered by a mock (by method and path) are never made, live or not. Reads
 //! (`ws_sessions`) always look at the real sessions: they change nothing.
+//!
+//! Channel state writes (`state_set`, `state_del`, `seen_before`'s record) are
+//! recorded and never performed, live or not; state reads see the writes recorded
+//! earlier in the same dry run, else the channel's real state.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::channel_state::{self, StateError, StateStore};
 use super::outgoing::{OutgoingResponse, paths};
 use super::{ChannelHost, OutgoingCall, ScenarioError, ScenarioReply, StartParams};
 use crate::db::models::Channel;
@@ -210,6 +216,26 @@ pub struct EventRecord {
     pub id: Option<i64>,
 }
 
+/// A channel state write the script made (recorded, never performed).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StateRecord {
+    /// `set`, `del` or `seen_before`.
+    pub op: &'static str,
+    pub key: String,
+    /// The value as stored (JSON), for `set`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Text>,
+    /// Seconds until it expires (0: never), for `set` and `seen_before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<i64>,
+    /// What the script was told: whether the key was there (`del`, `seen_before`).
+    /// A `seen_before` told true writes nothing and is not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<bool>,
+    /// Always false: a dry run never writes channel state.
+    pub performed: bool,
+}
+
 /// The reply the run would give.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplyRecord {
@@ -253,6 +279,8 @@ pub struct Report {
     pub calls: Vec<CallRecord>,
     pub websocket: Vec<WsRecord>,
     pub events: Vec<EventRecord>,
+    /// Channel state writes (recorded, not performed).
+    pub state: Vec<StateRecord>,
     /// Wall time of the run (waits included), compilation excluded.
     pub duration_ms: f64,
     /// Operations the runtime counted (absent for the `http` runtime).
@@ -266,6 +294,16 @@ struct Recorded {
     calls: Vec<CallRecord>,
     websocket: Vec<WsRecord>,
     events: Vec<EventRecord>,
+    state: Vec<StateRecord>,
+    /// The state as this run's recorded writes left it, by key (None: deleted).
+    state_overlay: HashMap<String, Option<Pending>>,
+}
+
+/// A value a dry run's script wrote (not stored).
+#[derive(Clone)]
+struct Pending {
+    json: String,
+    expires: Option<Instant>,
 }
 
 /// The host of a dry run: records what the script does, performs it when live.
@@ -278,6 +316,8 @@ pub struct DryHost {
     secrets: Secrets,
     max_recorded: usize,
     recorded: Mutex<Recorded>,
+    /// Where state reads not answered by this run's own writes go.
+    state: Option<Arc<StateStore>>,
 }
 
 impl DryHost {
@@ -301,7 +341,39 @@ impl DryHost {
             secrets,
             max_recorded,
             recorded: Mutex::new(Recorded::default()),
+            state: None,
         }
+    }
+
+    /// State reads see `state` (the channel's real state) where the run wrote nothing.
+    pub fn with_state(mut self, state: Option<Arc<StateStore>>) -> DryHost {
+        self.state = state;
+        self
+    }
+
+    fn state_store(&self) -> Result<&StateStore, StateError> {
+        self.state.as_deref().ok_or(StateError::Unavailable)
+    }
+
+    /// Records a state write, applying it to what later reads of this run see.
+    fn record_state(&self, record: StateRecord, key: &str, after: Option<Pending>) {
+        channel_state::count(
+            match record.op {
+                "set" => channel_state::Op::Set,
+                "del" => channel_state::Op::Del,
+                _ => channel_state::Op::SeenBefore,
+            },
+            channel_state::Outcome::Recorded,
+        );
+        self.record(|r| {
+            r.state.push(record);
+            r.state_overlay.insert(key.to_string(), after);
+        });
+    }
+
+    /// When a ttl given now would end (None: never).
+    fn expiry(ttl_s: i64) -> Option<Instant> {
+        (ttl_s > 0).then(|| Instant::now() + Duration::from_secs(ttl_s.unsigned_abs()))
     }
 
     fn record(&self, f: impl FnOnce(&mut Recorded)) {
@@ -395,6 +467,7 @@ impl DryHost {
             calls: recorded.calls,
             websocket: recorded.websocket,
             events: recorded.events,
+            state: recorded.state,
             duration_ms: ended.duration.as_secs_f64() * 1000.0,
             operations: ended.operations,
         }
@@ -607,6 +680,101 @@ impl ChannelHost for DryHost {
         };
         self.record(|r| r.calls.push(record));
         outcome
+    }
+
+    fn state_get(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, StateError> {
+        let store = self.state_store()?;
+        store.limits().check_key(key)?;
+        let written = {
+            let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            recorded.state_overlay.get(key).cloned()
+        };
+        match written {
+            Some(Some(p)) if p.expires.is_none_or(|at| at > Instant::now()) => Ok(Some(p.json)),
+            Some(_) => Ok(None),
+            None => store.get(channel_id, key, deadline),
+        }
+    }
+
+    fn state_set(
+        &self,
+        _channel_id: &str,
+        key: &str,
+        json: &str,
+        ttl_s: i64,
+        _deadline: Instant,
+    ) -> Result<(), StateError> {
+        let limits = self.state_store()?.limits();
+        limits.check_key(key)?;
+        limits.check_value(json)?;
+        limits.check_ttl(ttl_s)?;
+        let record = StateRecord {
+            op: "set",
+            key: self.text(key).text,
+            value: Some(self.text(json)),
+            ttl_s: Some(ttl_s),
+            result: None,
+            performed: false,
+        };
+        let after = Pending {
+            json: json.to_string(),
+            expires: Self::expiry(ttl_s),
+        };
+        self.record_state(record, key, Some(after));
+        Ok(())
+    }
+
+    fn state_del(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<bool, StateError> {
+        let was = self.state_get(channel_id, key, deadline)?.is_some();
+        let record = StateRecord {
+            op: "del",
+            key: self.text(key).text,
+            value: None,
+            ttl_s: None,
+            result: Some(was),
+            performed: false,
+        };
+        self.record_state(record, key, None);
+        Ok(was)
+    }
+
+    fn seen_before(
+        &self,
+        channel_id: &str,
+        key: &str,
+        ttl_s: i64,
+        deadline: Instant,
+    ) -> Result<bool, StateError> {
+        self.state_store()?.limits().check_ttl(ttl_s)?;
+        let seen = self.state_get(channel_id, key, deadline)?.is_some();
+        if seen {
+            channel_state::count(channel_state::Op::SeenBefore, channel_state::Outcome::Hit);
+            return Ok(true);
+        }
+        let record = StateRecord {
+            op: "seen_before",
+            key: self.text(key).text,
+            value: None,
+            ttl_s: Some(ttl_s),
+            result: Some(false),
+            performed: false,
+        };
+        let after = Pending {
+            json: "true".to_string(),
+            expires: Self::expiry(ttl_s),
+        };
+        self.record_state(record, key, Some(after));
+        Ok(false)
     }
 
     fn capture_log(&self, level: &str, text: &str) -> bool {

@@ -3,6 +3,7 @@
 //! Two runtimes: embedded Rhai (default) and `http` (a remote scenario engine).
 
 pub mod budget;
+pub mod channel_state;
 pub mod dispatch;
 pub mod dry_run;
 pub mod http_runtime;
@@ -157,6 +158,52 @@ pub trait ChannelHost: Send + Sync {
     ) -> Result<outgoing::OutgoingResponse, String> {
         let _ = call;
         perform()
+    }
+    /// `state_get`: the JSON stored under `key` in the channel's state, None when
+    /// absent or expired. A database wait bounded by `deadline` (the runtime calls it
+    /// without holding a compute slot), as are the three below.
+    fn state_get(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, channel_state::StateError> {
+        let _ = (channel_id, key, deadline);
+        Err(channel_state::StateError::Unavailable)
+    }
+    /// `state_set`: stores `json` under `key` for `ttl_s` seconds (0: no expiry).
+    fn state_set(
+        &self,
+        channel_id: &str,
+        key: &str,
+        json: &str,
+        ttl_s: i64,
+        deadline: Instant,
+    ) -> Result<(), channel_state::StateError> {
+        let _ = (channel_id, key, json, ttl_s, deadline);
+        Err(channel_state::StateError::Unavailable)
+    }
+    /// `state_del`: whether the key was there.
+    fn state_del(
+        &self,
+        channel_id: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<bool, channel_state::StateError> {
+        let _ = (channel_id, key, deadline);
+        Err(channel_state::StateError::Unavailable)
+    }
+    /// `seen_before`: whether `key` was seen within its ttl; if not, records it
+    /// (atomically: of concurrent calls with one key, exactly one is told false).
+    fn seen_before(
+        &self,
+        channel_id: &str,
+        key: &str,
+        ttl_s: i64,
+        deadline: Instant,
+    ) -> Result<bool, channel_state::StateError> {
+        let _ = (channel_id, key, ttl_s, deadline);
+        Err(channel_state::StateError::Unavailable)
     }
     /// A line the script logs (its channel's secrets already hidden): true when the
     /// host took it (a dry run reports it), false to write it to the node's log.

@@ -198,6 +198,7 @@ impl RhaiRuntime {
         super::script_crypto::register(&mut engine, limits.max_string_bytes);
         register_outgoing(&mut engine, outgoing);
         register_websocket(&mut engine);
+        register_state(&mut engine);
         RhaiRuntime {
             engine,
             budgets: limits.budgets.clone(),
@@ -402,6 +403,63 @@ fn register_websocket(engine: &mut Engine) {
             .into_iter()
             .map(Dynamic::from)
             .collect())
+    });
+}
+
+/// Channel state: `state_get(key)` → the value or `()`, `state_set(key, value[,
+/// ttl_s])`, `state_del(key)` → bool, `seen_before(key, ttl_s)` → bool. Values are
+/// kept as JSON (strings, numbers, booleans, arrays, maps). Each call is a database
+/// wait: the compute slot goes to another run meanwhile, and the host bounds it by
+/// the run's deadline. Errors (bounds included) are script errors the script can
+/// catch.
+fn register_state(engine: &mut Engine) {
+    fn run_of(func: &str) -> FnResult<(Arc<dyn super::ChannelHost>, Arc<Channel>, Instant)> {
+        with_run(|run| (run.host.clone(), run.channel.clone(), run.deadline))
+            .ok_or_else(|| script_error(format!("{func} outside a run")))
+    }
+    fn fail(func: &str) -> impl FnOnce(super::channel_state::StateError) -> Box<EvalAltResult> {
+        move |e| script_error(format!("{func}: {e}"))
+    }
+    fn set(key: &str, value: &Dynamic, ttl_s: i64) -> FnResult<()> {
+        if value.is_unit() {
+            return Err(script_error(
+                "state_set: the value is (); state_del(key) removes a key",
+            ));
+        }
+        if value.is_blob() {
+            return Err(script_error(
+                "state_set: blobs are not stored; store to_hex(blob) or to_base64(blob)",
+            ));
+        }
+        let json = serde_json::to_string(value)
+            .map_err(|e| script_error(format!("state_set: the value is not storable: {e}")))?;
+        let (host, channel, deadline) = run_of("state_set")?;
+        blocking(|| host.state_set(&channel.id, key, &json, ttl_s, deadline))
+            .map_err(fail("state_set"))
+    }
+    engine.register_fn("state_get", |key: &str| -> FnResult<Dynamic> {
+        let (host, channel, deadline) = run_of("state_get")?;
+        match blocking(|| host.state_get(&channel.id, key, deadline)).map_err(fail("state_get"))? {
+            Some(json) => super::rhai_json::parse(&json)
+                .map_err(|e| script_error(format!("state_get: the stored value: {e}"))),
+            None => Ok(Dynamic::UNIT),
+        }
+    });
+    engine.register_fn(
+        "state_set",
+        |key: &str, value: Dynamic, ttl_s: i64| -> FnResult<()> { set(key, &value, ttl_s) },
+    );
+    engine.register_fn("state_set", |key: &str, value: Dynamic| -> FnResult<()> {
+        set(key, &value, 0)
+    });
+    engine.register_fn("state_del", |key: &str| -> FnResult<bool> {
+        let (host, channel, deadline) = run_of("state_del")?;
+        blocking(|| host.state_del(&channel.id, key, deadline)).map_err(fail("state_del"))
+    });
+    engine.register_fn("seen_before", |key: &str, ttl_s: i64| -> FnResult<bool> {
+        let (host, channel, deadline) = run_of("seen_before")?;
+        blocking(|| host.seen_before(&channel.id, key, ttl_s, deadline))
+            .map_err(fail("seen_before"))
     });
 }
 

@@ -7,6 +7,7 @@ mod authoring;
 mod broadcast;
 mod budgets;
 mod chaos;
+mod channel_state;
 mod cli;
 mod cluster;
 mod deliveries;

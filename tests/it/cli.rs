@@ -111,6 +111,21 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `subscriptions create` with private targets allowed.
+fn subscribe(dir: &std::path::Path, channel: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--allow-private-targets",
+        "subscriptions",
+        "create",
+        "--channel",
+        channel,
+        "--url",
+        "https://127.0.0.1:9/hook",
+    ];
+    args.extend_from_slice(extra);
+    gateway(dir, &args)
+}
+
 fn refused(out: &std::process::Output) -> String {
     assert!(
         !out.status.success(),
@@ -254,34 +269,12 @@ fn events_and_subscriptions_commands_share_the_apis_rules() {
         &dir,
         &["channel", "create", "--code", "pub", "--kind", "public"],
     ));
-    let err = refused(&gateway(
-        &dir,
-        &[
-            "--allow-private-targets",
-            "subscriptions",
-            "create",
-            "--channel",
-            "pub",
-            "--url",
-            "https://127.0.0.1:9/hook",
-        ],
-    ));
+    let err = refused(&subscribe(&dir, "pub", &[]));
     assert!(err.contains("not an eventing channel"), "{err}");
-    let sub: serde_json::Value = serde_json::from_str(&ok(&gateway(
+    let sub: serde_json::Value = serde_json::from_str(&ok(&subscribe(
         &dir,
-        &[
-            "--allow-private-targets",
-            "subscriptions",
-            "create",
-            "--channel",
-            "feed",
-            "--url",
-            "https://127.0.0.1:9/hook",
-            "--event-types",
-            "call.*",
-            "--description",
-            "CRM",
-        ],
+        "feed",
+        &["--event-types", "call.*", "--description", "CRM"],
     )))
     .unwrap();
     let id = sub["id"].as_str().unwrap().to_string();

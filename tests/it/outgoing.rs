@@ -267,25 +267,33 @@ fn raw_peer() -> (String, std::sync::mpsc::Receiver<String>) {
     (url, rx)
 }
 
+/// The request head a scenario's one outgoing call sends to a raw peer.
+async fn head_sent(
+    app: &crate::helpers::TestApp,
+    heads: &std::sync::mpsc::Receiver<String>,
+    channel: serde_json::Value,
+) -> String {
+    let c = app.create_channel(channel).await;
+    let r = app.webhook(&token_of(&c), "POST", "", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    heads
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+}
+
 #[actix_web::test]
 async fn a_scripts_own_authorization_does_not_go_out_beside_the_token() {
     let (url, heads) = raw_peer();
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
-    let c = app
-        .create_channel(json!({
-            "code": "auth", "kind": "public", "wait_for_completion": true,
-            "outgoing_url": url, "outgoing_token_primary": "channel-token",
-            "webhook_scenario": r#"
-                let r = outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine", "X-A": "1" });
-                response_code = r.status;
-            "#,
-        }))
-        .await;
-    let r = app.webhook(&token_of(&c), "POST", "", "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let head = heads
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let head = head_sent(&app, &heads, json!({
+        "code": "auth", "kind": "public", "wait_for_completion": true,
+        "outgoing_url": url, "outgoing_token_primary": "channel-token",
+        "webhook_scenario": r#"
+            let r = outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine", "X-A": "1" });
+            response_code = r.status;
+        "#,
+    }))
+    .await;
     let auth: Vec<&str> = head
         .lines()
         .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
@@ -294,17 +302,11 @@ async fn a_scripts_own_authorization_does_not_go_out_beside_the_token() {
     assert!(head.to_ascii_lowercase().contains("x-a: 1"), "{head}");
 
     // Without a channel token, the script's own is sent.
-    let c = app
-        .create_channel(json!({
-            "code": "own", "kind": "public", "wait_for_completion": true,
-            "outgoing_url": url,
-            "webhook_scenario": r#"outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine" });"#,
-        }))
-        .await;
-    let r = app.webhook(&token_of(&c), "POST", "", "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let head = heads
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
+    let head = head_sent(&app, &heads, json!({
+        "code": "own", "kind": "public", "wait_for_completion": true,
+        "outgoing_url": url,
+        "webhook_scenario": r#"outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine" });"#,
+    }))
+    .await;
     assert!(head.contains("authorization: Bearer mine"), "{head}");
 }

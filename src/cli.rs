@@ -1,5 +1,6 @@
-//! The command line: `serve`, `migrate`, and `channel ...` (the admin API's channel
-//! operations, with the same validation, straight against the database).
+//! The command line: `serve`, `migrate`, and `channel ...`, `scenario run`, `events ...`
+//! and `subscriptions ...` (the admin API's operations, through the same services and
+//! validation, straight against the database).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use crate::channels::{ChannelInput, ChannelService, ChannelView, ServiceError};
 use crate::config::{Config, ConfigArgs};
 use crate::db::Database;
 use crate::db::channels::ChannelFilter;
+use crate::events::subscriptions::{SubscriptionError, SubscriptionService};
+use crate::events::webhooks::{SubscriptionInput, SubscriptionView};
+use crate::events::{EventInput, EventService, EventView};
 use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::pool::ScenarioPool;
 
@@ -41,6 +45,72 @@ pub enum Command {
     /// Work on channels' scenarios (dry runs) straight against the database.
     #[command(subcommand)]
     Scenario(Box<ScenarioCommand>),
+    /// Publish and read the domain's events (the admin API's /admin/v1/events), straight
+    /// against the database.
+    #[command(subcommand)]
+    Events(Box<EventsCommand>),
+    /// Webhook subscriptions of eventing channels (what the subscribe endpoint and
+    /// /admin/v1/subscriptions do), straight against the database.
+    #[command(subcommand)]
+    Subscriptions(Box<SubscriptionsCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Store one event in the domain's log and print it (JSON).
+    Publish {
+        /// Dotted lower-case type, e.g. call.ended.
+        #[arg(long = "type")]
+        event_type: String,
+        /// A JSON object, or `@file` to read it from a file.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Publishing again with this key within 24 h prints the stored event.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// RFC 3339; default: now.
+        #[arg(long)]
+        occurred_at: Option<String>,
+    },
+    /// Print the log's events after an id, oldest first (JSON, as GET /admin/v1/events).
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// List the domain's webhook subscriptions (id, channel code, url, enabled).
+    List {
+        /// Only this eventing channel's (code or id).
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Show one subscription (JSON, without its secret).
+    Show { id: String },
+    /// Subscribe a URL to an eventing channel's events; prints it with its signing
+    /// secret, which is shown only here.
+    Create {
+        /// The eventing channel, by code or id.
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        url: String,
+        /// Event type patterns, comma-separated (e.g. `call.*,order.paid`); none: all
+        /// the channel exposes.
+        #[arg(long, value_delimiter = ',')]
+        event_types: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Unsubscribe; pending deliveries are dropped.
+    Delete { id: String },
+    /// Re-enable a disabled subscription.
+    Enable { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +215,10 @@ pub struct ChannelFlags {
     /// Why this save is made, kept with the version it creates.
     #[arg(long)]
     note: Option<String>,
+    /// Eventing channels: the event types they expose, comma-separated patterns
+    /// (`call.*,order.paid`); an empty value exposes every type.
+    #[arg(long, value_delimiter = ',')]
+    event_types: Option<Vec<String>>,
 }
 
 impl ChannelFlags {
@@ -168,7 +242,9 @@ impl ChannelFlags {
             comment: self.comment,
             enabled: self.enabled,
             ws_hello: self.ws_hello,
-            event_types: None,
+            event_types: self
+                .event_types
+                .map(|types| types.into_iter().filter(|t| !t.is_empty()).collect()),
             note: self.note,
             token: None,
         })
@@ -191,6 +267,8 @@ pub fn run(cli: Cli) -> i32 {
             Command::Migrate => migrate(&config),
             Command::Channel(cmd) => channel(config, *cmd).await,
             Command::Scenario(cmd) => scenario(config, *cmd).await,
+            Command::Events(cmd) => events(config, *cmd).await,
+            Command::Subscriptions(cmd) => subscriptions(config, *cmd).await,
         }
     });
     match outcome {
@@ -221,10 +299,16 @@ fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// A channel service over the database, with a scenario pool of its own (no live node).
-async fn offline_service(config: Config) -> Result<ChannelService, String> {
+/// The database, migrated.
+fn offline_db(config: &Config) -> Result<Database, String> {
     let db = Database::connect(&config.database_url, 2).map_err(|e| e.to_string())?;
     db.migrate().map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// A channel service over the database, with a scenario pool of its own (no live node).
+async fn offline_service(config: Config) -> Result<ChannelService, String> {
+    let db = offline_db(&config)?;
     let logger = crate::logging::discard();
     let runtime = crate::app::scenario_runtime(
         &config,
@@ -383,6 +467,141 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
             let c = find(&service, &channel).await?;
             service.delete(&c.id).await.map_err(describe)?;
             println!("deleted {}", c.code);
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+async fn events(config: Config, cmd: EventsCommand) -> Result<(), String> {
+    let db = offline_db(&config)?;
+    let service = EventService::new(db, &config.domain);
+    service.ensure_log().await.map_err(|e| e.to_string())?;
+    match cmd {
+        EventsCommand::Publish {
+            event_type,
+            data,
+            idempotency_key,
+            occurred_at,
+        } => {
+            let data: serde_json::Value = serde_json::from_str(&text_or_file(&data)?)
+                .map_err(|e| format!("data: not JSON: {e}"))?;
+            let new = EventInput {
+                event_type,
+                data,
+                occurred_at,
+                idempotency_key,
+            }
+            .validate(None, crate::db::now_millis())
+            .map_err(|v| format!("{}: {}", v.field, v.message))?;
+            let stored = service
+                .publish(vec![new])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (event, duplicate) = stored.first().ok_or("no event was stored")?;
+            if *duplicate {
+                eprintln!("already stored under this idempotency key");
+            }
+            print_json(&EventView::from(event));
+        }
+        EventsCommand::List { after, limit } => {
+            if !(1..=1000).contains(&limit) {
+                return Err("limit: must be between 1 and 1000".into());
+            }
+            let (events, head) = service
+                .list_after(after.max(0), limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let items: Vec<EventView> = events.iter().map(EventView::from).collect();
+            print_json(&serde_json::json!({
+                "items": items,
+                "epoch": head.as_ref().map(|h| h.epoch.clone()),
+                "last_id": head.map(|h| h.last_id).unwrap_or(0),
+            }));
+        }
+    }
+    Ok(())
+}
+
+async fn subscriptions(config: Config, cmd: SubscriptionsCommand) -> Result<(), String> {
+    let allow_private = config.allow_private_targets;
+    let db = offline_db(&config)?;
+    let subs = SubscriptionService::new(db, &config.domain);
+    let channels = offline_service(config).await?;
+    let view = |s: &crate::db::models::Subscription| {
+        let mut v = serde_json::to_value(SubscriptionView::new(s, false)).unwrap_or_default();
+        v["channel_id"] = s.channel_id.clone().into();
+        v
+    };
+    match cmd {
+        SubscriptionsCommand::List { channel } => {
+            let channel_id = match channel {
+                Some(key) => Some(find(&channels, &key).await?.id),
+                None => None,
+            };
+            let items = subs
+                .list(channel_id.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            for s in &items {
+                let code = channels
+                    .get(&s.channel_id)
+                    .await
+                    .map(|c| c.code)
+                    .unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    s.id,
+                    code,
+                    s.url,
+                    if s.enabled { "enabled" } else { "disabled" }
+                );
+            }
+            eprintln!("{} subscription(s)", items.len());
+        }
+        SubscriptionsCommand::Show { id } => {
+            let s = subs.find(&id).await.map_err(|e| e.to_string())?;
+            print_json(&view(&s));
+        }
+        SubscriptionsCommand::Create {
+            channel,
+            url,
+            event_types,
+            description,
+        } => {
+            let c = find(&channels, &channel).await?;
+            if c.kind != crate::channels::KIND_EVENTING {
+                return Err(format!("{} is not an eventing channel", c.code));
+            }
+            let input = SubscriptionInput {
+                url,
+                event_types: event_types.into_iter().filter(|t| !t.is_empty()).collect(),
+                description,
+            };
+            let s = subs
+                .create(&c.id, input, allow_private)
+                .await
+                .map_err(|e| match e {
+                    SubscriptionError::Invalid(v) => format!("{}: {}", v.field, v.message),
+                    other => other.to_string(),
+                })?;
+            let mut v = view(&s);
+            v["secret"] = s.secret.clone().into();
+            print_json(&v);
+        }
+        SubscriptionsCommand::Delete { id } => {
+            subs.delete(&id).await.map_err(|e| e.to_string())?;
+            println!("deleted {id}");
+        }
+        SubscriptionsCommand::Enable { id } => {
+            let s = subs.enable(&id).await.map_err(|e| e.to_string())?;
+            print_json(&view(&s));
         }
     }
     Ok(())

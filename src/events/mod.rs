@@ -4,6 +4,7 @@
 
 pub mod patterns;
 pub mod protocol;
+pub mod subscriptions;
 pub mod webhooks;
 
 use std::sync::Arc;

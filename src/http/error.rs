@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::channels::{ServiceError, ValidationError};
 use crate::db::StoreError;
+use crate::events::subscriptions::SubscriptionError;
 use crate::scenario::ScenarioError;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -206,6 +207,26 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Store(s) => s.into(),
             ServiceError::Scenario(s) => s.into(),
+        }
+    }
+}
+
+impl From<SubscriptionError> for ApiError {
+    fn from(e: SubscriptionError) -> Self {
+        match e {
+            SubscriptionError::Invalid(v) => v.into(),
+            SubscriptionError::TooMany => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_subscriptions",
+                e.to_string(),
+            ),
+            SubscriptionError::NotFound => {
+                ApiError::not_found("subscription_not_found", "no subscription with this id")
+            }
+            SubscriptionError::Check(cause) => {
+                ApiError::internal_with_cause("checking the URL failed", cause)
+            }
+            SubscriptionError::Store(s) => s.into(),
         }
     }
 }

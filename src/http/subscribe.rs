@@ -9,12 +9,12 @@ use super::read_body;
 use crate::channels::{KIND_EVENTING, ValidationError};
 use crate::db::models::Subscription;
 use crate::db::{now_millis, subscriptions as rows};
+use crate::events::subscriptions::{SubscriptionError, SubscriptionService};
 use crate::events::webhooks::{SubscriptionInput, SubscriptionView, new_secret};
 use crate::http::state::AppState;
 
 /// The old secret keeps signing beside the new one this long after a rotation.
 const ROTATION_OVERLAP_MS: i64 = 24 * 60 * 60 * 1000;
-const MAX_PER_CHANNEL: usize = 100;
 
 fn not_found() -> ApiError {
     ApiError::not_found(
@@ -86,59 +86,9 @@ async fn create(
         };
         ApiError::from(ValidationError::new(&field, e.inner().to_string()))
     })?;
-    // Resolving the URL's host blocks: off the async threads.
-    let allow_private = state.config.allow_private_targets;
-    let (input, checked) = actix_web::rt::task::spawn_blocking(move || {
-        let checked = input.validate(allow_private);
-        (input, checked)
-    })
-    .await
-    .map_err(|e| ApiError::internal_with_cause("checking the URL failed", e))?;
-    checked?;
-    let now = now_millis();
-    let sub = Subscription {
-        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
-        domain: domain.to_string(),
-        channel_id: channel_id.clone(),
-        url: input.url,
-        event_types: if input.event_types.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&input.event_types).unwrap_or_default()
-        },
-        description: input.description,
-        secret: new_secret(),
-        previous_secret: String::new(),
-        previous_secret_until: 0,
-        enabled: true,
-        disabled_reason: String::new(),
-        failing_since: 0,
-        created_at: now,
-        updated_at: now,
-        after_event_id: 0,
-    };
-    let (mut row, domain) = (sub.clone(), domain.to_string());
-    state
-        .db
-        .run(move |c| {
-            if rows::list_for_channel(c, &domain, &channel_id)?.len() >= MAX_PER_CHANNEL {
-                return Ok(false);
-            }
-            // It gets the events stored after this (those not yet turned into
-            // deliveries when it was made are not its).
-            row.after_event_id = crate::db::events::head(c, &domain)?.map_or(0, |h| h.last_id);
-            rows::insert(c, &row)?;
-            Ok(true)
-        })
-        .await?
-        .then_some(())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_subscriptions",
-                format!("a channel may have at most {MAX_PER_CHANNEL} subscriptions"),
-            )
-        })?;
+    let sub = SubscriptionService::new(state.db.clone(), domain)
+        .create(&channel_id, input, state.config.allow_private_targets)
+        .await?;
     Ok(HttpResponse::Created().json(SubscriptionView::new(&sub, true)))
 }
 
@@ -151,10 +101,8 @@ async fn list(
     domain: &str,
     channel_id: String,
 ) -> Result<HttpResponse, ApiError> {
-    let domain = domain.to_string();
-    let subs = state
-        .db
-        .run(move |c| rows::list_for_channel(c, &domain, &channel_id))
+    let subs = SubscriptionService::new(state.db.clone(), domain)
+        .list(Some(&channel_id))
         .await?;
     let items: Vec<SubscriptionView> = subs
         .iter()
@@ -190,8 +138,13 @@ async fn delete(
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     load(state, domain, &channel_id, id).await?;
-    let (domain, id) = (domain.to_string(), id.to_string());
-    state.db.run(move |c| rows::delete(c, &domain, &id)).await?;
+    SubscriptionService::new(state.db.clone(), domain)
+        .delete(id)
+        .await
+        .map_err(|e| match e {
+            SubscriptionError::NotFound => not_found(),
+            other => other.into(),
+        })?;
     Ok(HttpResponse::NoContent().finish())
 }
 

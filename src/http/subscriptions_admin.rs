@@ -10,6 +10,7 @@ use super::openapi::ErrorResponse;
 use crate::channels::{ValidationError, rfc3339_millis};
 use crate::db::models::Subscription;
 use crate::db::{events as log, now_millis, subscriptions as rows};
+use crate::events::subscriptions::SubscriptionService;
 use crate::events::webhooks::SubscriptionView;
 use crate::http::state::{AppState, DomainState, InDomain};
 
@@ -26,17 +27,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn not_found() -> ApiError {
-    ApiError::not_found("subscription_not_found", "no subscription with this id")
-}
-
 async fn load(state: &AppState, domain: &DomainState, id: &str) -> Result<Subscription, ApiError> {
-    let (domain, id) = (domain.name.clone(), id.to_string());
-    state
-        .db
-        .run(move |c| rows::find(c, &domain, &id))
-        .await?
-        .ok_or_else(not_found)
+    Ok(SubscriptionService::new(state.db.clone(), &domain.name)
+        .find(id)
+        .await?)
 }
 
 fn admin_view(s: &Subscription) -> serde_json::Value {
@@ -69,10 +63,8 @@ async fn list(
     q: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (domain, channel) = (domain.name.clone(), q.into_inner().channel_id);
-    let subs = state
-        .db
-        .run(move |c| rows::list_all(c, &domain, channel.as_deref()))
+    let subs = SubscriptionService::new(state.db.clone(), &domain.name)
+        .list(q.channel_id.as_deref())
         .await?;
     let items: Vec<_> = subs.iter().map(admin_view).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "total": items.len(), "items": items })))
@@ -131,12 +123,9 @@ async fn enable(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, id, now) = (domain.name.clone(), id.into_inner(), now_millis());
-    let sub = state
-        .db
-        .run(move |c| rows::enable(c, &name, &id, now))
-        .await?
-        .ok_or_else(not_found)?;
+    let sub = SubscriptionService::new(state.db.clone(), &domain.name)
+        .enable(&id)
+        .await?;
     Ok(HttpResponse::Ok().json(admin_view(&sub)))
 }
 

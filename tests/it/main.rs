@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod deliveries;
 mod deploy;
+mod doc_examples;
 mod events;
 mod helpers;
 mod log_hygiene;

@@ -239,3 +239,74 @@ async fn ftps_upload_and_download_over_explicit_tls() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The request heads a raw HTTP peer receives (every header line as sent, repeats
+/// included), answering each `200` with an empty body.
+fn raw_peer() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send(head);
+        }
+    });
+    (url, rx)
+}
+
+/// The request head a scenario's one outgoing call sends to a raw peer.
+async fn head_sent(
+    app: &crate::helpers::TestApp,
+    heads: &std::sync::mpsc::Receiver<String>,
+    channel: serde_json::Value,
+) -> String {
+    let c = app.create_channel(channel).await;
+    let r = app.webhook(&token_of(&c), "POST", "", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    heads
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_scripts_own_authorization_does_not_go_out_beside_the_token() {
+    let (url, heads) = raw_peer();
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let head = head_sent(&app, &heads, json!({
+        "code": "auth", "kind": "public", "wait_for_completion": true,
+        "outgoing_url": url, "outgoing_token_primary": "channel-token",
+        "webhook_scenario": r#"
+            let r = outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine", "X-A": "1" });
+            response_code = r.status;
+        "#,
+    }))
+    .await;
+    let auth: Vec<&str> = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .collect();
+    assert_eq!(auth, ["Authorization: Bearer channel-token"], "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-a: 1"), "{head}");
+
+    // Without a channel token, the script's own is sent.
+    let head = head_sent(&app, &heads, json!({
+        "code": "own", "kind": "public", "wait_for_completion": true,
+        "outgoing_url": url,
+        "webhook_scenario": r#"outgoing_request("GET", "x", (), #{ "authorization": "Bearer mine" });"#,
+    }))
+    .await;
+    assert!(head.contains("authorization: Bearer mine"), "{head}");
+}

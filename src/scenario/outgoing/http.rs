@@ -162,6 +162,12 @@ impl HttpCaller {
             .request(&method.to_ascii_uppercase(), url)
             .timeout(super::time_left(deadline)?);
         for (name, value) in headers {
+            // The channel's token is the credential: a script's own `Authorization` in
+            // another case would otherwise go out beside it (ureq replaces a header
+            // only when the name's case matches).
+            if !token.is_empty() && name.eq_ignore_ascii_case("authorization") {
+                continue;
+            }
             req = req.set(name, value);
         }
         if !token.is_empty() {

@@ -6,6 +6,7 @@ mod admin;
 mod authoring;
 mod broadcast;
 mod budgets;
+mod channel_guards;
 mod cli;
 mod cluster;
 mod deliveries;

@@ -131,6 +131,21 @@ impl ChannelView {
     }
 }
 
+/// The secrets a run of this channel's scripts must never write down (its token,
+/// outgoing tokens and `verify` secret; only channels with guards parse anything).
+pub fn run_secrets(c: &Channel) -> crate::redact::Secrets {
+    let signing = guards::secrets_of(c);
+    crate::redact::Secrets::new(
+        [
+            c.token.as_str(),
+            c.outgoing_token_primary.as_str(),
+            c.outgoing_token_secondary.as_str(),
+        ]
+        .into_iter()
+        .chain(signing.iter().map(String::as_str)),
+    )
+}
+
 /// The channel as scenarios see it in `startparam(1)`: every setting but the secrets
 /// and the scripts themselves.
 pub fn scenario_json(c: &Channel) -> String {

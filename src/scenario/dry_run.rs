@@ -288,19 +288,7 @@ impl DryHost {
         mocks: Vec<Mock>,
         max_recorded: usize,
     ) -> DryHost {
-        let secrets = {
-            // The verify secret (only channels with guards parse anything here).
-            let signing = crate::channels::guards::secrets_of(&channel);
-            Secrets::new(
-                [
-                    channel.token.as_str(),
-                    channel.outgoing_token_primary.as_str(),
-                    channel.outgoing_token_secondary.as_str(),
-                ]
-                .into_iter()
-                .chain(signing.iter().map(String::as_str)),
-            )
-        };
+        let secrets = crate::channels::run_secrets(&channel);
         DryHost {
             channel,
             real,

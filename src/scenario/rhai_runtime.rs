@@ -518,19 +518,7 @@ impl RhaiRuntime {
         // counting (its end would stop this run's memory count).
         drop(CURRENT.with(|c| c.borrow_mut().take()));
         let channel = ctx.channel;
-        let secrets = {
-            // The verify secret (only channels with guards parse anything here).
-            let signing = crate::channels::guards::secrets_of(channel);
-            Secrets::new(
-                [
-                    channel.token.as_str(),
-                    channel.outgoing_token_primary.as_str(),
-                    channel.outgoing_token_secondary.as_str(),
-                ]
-                .into_iter()
-                .chain(signing.iter().map(String::as_str)),
-            )
-        };
+        let secrets = crate::channels::run_secrets(channel);
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
                 params: ctx.params.clone(),

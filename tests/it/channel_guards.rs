@@ -198,14 +198,8 @@ async fn verify_secrets_are_masked_and_never_logged() {
     assert_eq!(view["verify"]["header"], "x-signature");
     let list = app.admin("GET", "/admin/v1/channels", None).await.json();
     assert_eq!(list["items"][0]["verify"]["secret"], "********");
-    let revealed = app
-        .admin(
-            "GET",
-            &format!("/admin/v1/channels/{id}?reveal_secrets=true"),
-            None,
-        )
-        .await
-        .json();
+    let path = format!("/admin/v1/channels/{id}?reveal_secrets=true");
+    let revealed = app.admin("GET", &path, None).await.json();
     assert_eq!(revealed["verify"]["secret"], secret);
 
     // The view sent back as it reads (masked) keeps the secret.
@@ -316,6 +310,23 @@ async fn allow_list_hides_the_channel_and_respects_trusted_proxies() {
     let r = patch(&wary, &id_of(&c), json!({"allow_ips": []})).await;
     assert_eq!(r.json()["allow_ips"], json!([]));
     assert_eq!(wary.send(from(&wary, &token, None), None).await.status, 200);
+
+    // An eventing channel's subscription routes check the list too.
+    let ev = wary
+        .create_channel(json!({"code": "ev", "kind": "eventing", "allow_ips": ["10.0.0.0/8"]}))
+        .await;
+    let subs = |token: &str| {
+        wary.client
+            .get(wary.url(&format!("/api/token/v1/{token}/subscribe")))
+    };
+    let hidden = wary.send(subs(&token_of(&ev)), None).await;
+    let unknown = wary
+        .send(subs("no-such-token-0123456789abcdefgh"), None)
+        .await;
+    assert_eq!(hidden.status, 404);
+    assert_eq!(hidden.body, unknown.body);
+    patch(&wary, &id_of(&ev), json!({"allow_ips": ["127.0.0.0/8"]})).await;
+    assert_eq!(wary.send(subs(&token_of(&ev)), None).await.status, 200);
 }
 
 /// Over the rate: 429 with Retry-After and a JSON error; once a token is back, the
@@ -475,15 +486,15 @@ async fn cors_preflight_and_actual_responses() {
     assert_eq!(app.runtime(&id).await["requests"], 0, "no scenario ran");
     assert_eq!(refused(&app, &id, "cors").await, 2);
 
+    let from_page = |origin: &'static str| {
+        let req = app
+            .client
+            .post(app.url(&format!("/api/token/v1/{token}")))
+            .insert_header(("Origin", origin));
+        app.send(req, Some(b"{}".to_vec()))
+    };
     // The actual request: the scenario runs, the answer names the allowed origin.
-    let actual = app
-        .send(
-            app.client
-                .post(app.url(&format!("/api/token/v1/{token}")))
-                .insert_header(("Origin", "https://app.example")),
-            Some(b"{}".to_vec()),
-        )
-        .await;
+    let actual = from_page("https://app.example").await;
     assert_eq!(actual.text(), "ran POST");
     assert_eq!(
         actual.header("access-control-allow-origin").as_deref(),
@@ -491,14 +502,7 @@ async fn cors_preflight_and_actual_responses() {
     );
     assert_eq!(actual.header("vary").as_deref(), Some("Origin"));
     // From a page of another origin: answered, but without the allow header.
-    let other = app
-        .send(
-            app.client
-                .post(app.url(&format!("/api/token/v1/{token}")))
-                .insert_header(("Origin", "https://evil.example")),
-            Some(b"{}".to_vec()),
-        )
-        .await;
+    let other = from_page("https://evil.example").await;
     assert_eq!(other.text(), "ran POST");
     assert!(other.header("access-control-allow-origin").is_none());
 
@@ -616,4 +620,65 @@ async fn invalid_guard_settings_are_refused_and_change_nothing() {
     assert_eq!(r.json()["rate_limit"]["burst"], 3);
     let r = patch(&app, &id, json!({"rate_limit": {}})).await;
     assert!(r.json()["rate_limit"].is_null());
+}
+
+/// The CLI takes the same fields with the same validation.
+#[test]
+fn cli_sets_guards_with_the_api_validation() {
+    let dir = std::env::temp_dir().join(format!("oktell-guards-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| crate::cli::gateway(&dir, args);
+    let out = run(&[
+        "channel",
+        "create",
+        "--code",
+        "guarded",
+        "--kind",
+        "public",
+        "--allow-ips",
+        "203.0.113.0/24, 198.51.100.7",
+        "--rate-limit",
+        r#"{"per_second": 5}"#,
+        "--verify",
+        r#"{"scheme": "standard-webhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#,
+        "--cors",
+        r#"{"allowed_origins": ["https://app.example"]}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        created["allow_ips"],
+        json!(["203.0.113.0/24", "198.51.100.7/32"])
+    );
+    assert_eq!(created["rate_limit"]["burst"], 5);
+    assert_eq!(created["verify"]["secret"], "********");
+    assert_eq!(created["verify"]["tolerance_s"], 300);
+    assert_eq!(
+        created["cors"]["allowed_methods"],
+        json!(["GET", "HEAD", "POST"])
+    );
+
+    for (flag, value, field) in [
+        ("--allow-ips", "10.0.0.0/40", "allow_ips[0]"),
+        (
+            "--rate-limit",
+            r#"{"per_second": 0}"#,
+            "rate_limit.per_second",
+        ),
+        ("--verify", r#"{"scheme": "nope", "secret": "x"}"#, "verify"),
+        ("--rate-limit", "not json", "--rate-limit"),
+    ] {
+        let out = run(&["channel", "update", "guarded", flag, value]);
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{flag} {value}: {err}");
+    }
+    let out = run(&["channel", "show", "guarded"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["version"], 1, "the refused updates changed nothing");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -682,3 +682,30 @@ fn cli_sets_guards_with_the_api_validation() {
     assert_eq!(shown["version"], 1, "the refused updates changed nothing");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guard fields are in the OpenAPI document, with their schemas.
+#[actix_web::test]
+async fn guard_fields_are_documented_in_openapi() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let doc = app
+        .send(app.client.get(app.url("/openapi.json")), None)
+        .await
+        .json();
+    let schemas = &doc["components"]["schemas"];
+    for name in ["ChannelInput", "ChannelView"] {
+        for field in ["allow_ips", "rate_limit", "verify", "cors"] {
+            assert!(
+                !schemas[name]["properties"][field].is_null(),
+                "{name}.{field} in {}",
+                schemas[name]
+            );
+        }
+    }
+    for name in ["RateLimitSettings", "VerifySettings", "CorsSettings"] {
+        assert!(schemas[name].is_object(), "schema {name}");
+    }
+    let responses = &doc["paths"]["/api/token/v1/{token}"]["post"]["responses"];
+    for status in ["204", "401", "403", "429"] {
+        assert!(responses[status].is_object(), "webhook response {status}");
+    }
+}

@@ -109,7 +109,8 @@ impl Guards {
 /// The channel's signing secrets (for `redact::Secrets`): the `verify` secret, and a
 /// Standard Webhooks secret without its `whsec_` prefix too. Empty without `verify`.
 pub fn secrets_of(channel: &Channel) -> Vec<String> {
-    if channel.guards.is_empty() {
+    // A scan, not a parse, for the channels (most) without `verify`.
+    if !channel.guards.contains("\"verify\"") {
         return Vec::new();
     }
     let Some(verify) = GuardSettings::parse(&channel.guards)

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
-use serde::Deserialize;
 
 use super::broker::{Deliver, EventBroker, Overflowed, Subscribe, Unsubscribe};
 use super::sessions::{LiveTypes, SessionSlot, SessionTable};
@@ -22,22 +21,10 @@ use crate::channels::rfc3339_millis;
 use crate::db::models::Event;
 use crate::db::{Database, events as log};
 use crate::events::patterns;
+use crate::events::protocol::{self, ClientOp};
 
 /// Events read per page while replaying.
 const REPLAY_PAGE: i64 = 500;
-
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientOp {
-    Subscribe {
-        #[serde(default)]
-        types: Vec<String>,
-        since: Option<i64>,
-        epoch: Option<String>,
-    },
-    Unsubscribe,
-    Ping,
-}
 
 enum Phase {
     Idle,
@@ -175,12 +162,7 @@ impl EventSession {
         since: Option<i64>,
         epoch: Option<String>,
     ) {
-        for (i, p) in types.iter().enumerate() {
-            if let Err(e) = patterns::validate(&format!("types[{i}]"), p) {
-                self.send_text(error_frame("invalid_types", &e.to_string()));
-                return;
-            }
-        }
+        // The type patterns were checked by `protocol::parse`.
         if epoch.as_ref().is_some_and(|e| *e != self.parts.epoch) {
             self.send_text(error_frame(
                 "not_recovered",
@@ -374,7 +356,7 @@ impl EventSession {
     }
 
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
-        match serde_json::from_str::<ClientOp>(text) {
+        match protocol::parse(text) {
             Ok(ClientOp::Subscribe {
                 types,
                 since,
@@ -385,12 +367,7 @@ impl EventSession {
                 self.send_text(serde_json::json!({ "op": "unsubscribed" }).to_string());
             }
             Ok(ClientOp::Ping) => self.send_text(serde_json::json!({ "op": "pong" }).to_string()),
-            Err(e) => self.send_text(error_frame(
-                "bad_request",
-                &format!(
-                    "expected {{\"op\": \"subscribe\" | \"unsubscribe\" | \"ping\", ...}}: {e}"
-                ),
-            )),
+            Err(refusal) => self.send_text(error_frame(refusal.code, &refusal.message)),
         }
     }
 

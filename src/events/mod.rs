@@ -3,6 +3,7 @@
 //! (Subscriptions — webhook and websocket — build on this; see docs/eventing.md.)
 
 pub mod patterns;
+pub mod protocol;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -238,37 +238,40 @@ impl RhaiRuntime {
             };
         }
         if let Some(headers) = scope.get("response_headers") {
-            reply.headers = if headers.is_unit() {
-                Vec::new()
-            } else if let Some(s) = headers.read_lock::<rhai::ImmutableString>() {
-                if s.trim().is_empty() {
-                    Vec::new()
-                } else {
-                    let value: serde_json::Value =
-                        serde_json::from_str(s.as_str()).map_err(|e| {
-                            ScenarioError::InvalidReply(format!(
-                                "response_headers is not JSON: {e}"
-                            ))
-                        })?;
-                    ScenarioReply::headers_from_json(&value)?
-                }
-            } else if let Some(map) = headers.read_lock::<Map>() {
-                map.iter()
-                    .map(|(k, v)| {
-                        let v = match v.read_lock::<rhai::ImmutableString>() {
-                            Some(s) => s.to_string(),
-                            None => v.to_string(),
-                        };
-                        (k.to_string(), v)
-                    })
-                    .collect()
-            } else {
-                return Err(ScenarioError::InvalidReply(
-                    "response_headers must be a map or a JSON object string".into(),
-                ));
-            };
+            reply.headers = reply_headers(headers)?;
         }
         reply.validated()
+    }
+}
+
+/// What a script set as `response_headers`: a map (values that are not strings are
+/// written as text), a JSON object in a string, or nothing (unit, blank string). Names
+/// and values are checked by `ScenarioReply::validated`.
+pub fn reply_headers(headers: &Dynamic) -> Result<Vec<(String, String)>, ScenarioError> {
+    if headers.is_unit() {
+        Ok(Vec::new())
+    } else if let Some(s) = headers.read_lock::<rhai::ImmutableString>() {
+        if s.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let value: serde_json::Value = serde_json::from_str(s.as_str())
+            .map_err(|e| ScenarioError::InvalidReply(format!("response_headers is not JSON: {e}")))?;
+        ScenarioReply::headers_from_json(&value)
+    } else if let Some(map) = headers.read_lock::<Map>() {
+        Ok(map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.read_lock::<rhai::ImmutableString>() {
+                    Some(s) => s.to_string(),
+                    None => v.to_string(),
+                };
+                (k.to_string(), v)
+            })
+            .collect())
+    } else {
+        Err(ScenarioError::InvalidReply(
+            "response_headers must be a map or a JSON object string".into(),
+        ))
     }
 }
 

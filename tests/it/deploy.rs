@@ -485,6 +485,37 @@ fn image_and_unit_match_the_gateway() {
     );
 }
 
+/// The image's build context is the repository root: build output, local data (the
+/// admin token, the SQLite file with every channel's tokens) and .git stay out of it,
+/// and what the Dockerfile needs stays in.
+#[test]
+fn docker_context_leaves_out_target_and_data() {
+    let ignore = read(".dockerignore");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["/target", "/data", "*.db", "/.git"] {
+        assert!(patterns.contains(&needed), ".dockerignore lacks {needed:?}");
+    }
+    for kept in [
+        "src",
+        "migrations",
+        "benches",
+        "Cargo.toml",
+        "Cargo.lock",
+        "config.default.toml",
+    ] {
+        assert!(
+            !patterns
+                .iter()
+                .any(|p| p.trim_start_matches('/') == kept || *p == "*"),
+            ".dockerignore must not leave out {kept:?}, the image build needs it"
+        );
+    }
+}
+
 /// Test builds unify a dev-dependency's features into the binary the tests run: a
 /// dev-dependency on a crate the gateway already depends on (say, awc with TLS) would
 /// make the tests pass with features the release lacks. So none may exist.

@@ -62,7 +62,16 @@ impl Drop for TestApp {
     }
 }
 
-/// Is PostgreSQL there? Under CI it must be; elsewhere its tests may skip.
+/// Says that a test skipped, where it cannot be missed: straight to the process's
+/// stderr, past the test harness's output capture (which hides `eprintln!` of passing
+/// tests), so `cargo test` shows it between the result lines. Under CI nothing may skip
+/// (callers panic there instead).
+pub fn skip_loudly(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {what} ***");
+}
+
+/// Is PostgreSQL there? Under CI it must be; elsewhere its tests skip, loudly.
 pub fn postgres_available() -> bool {
     match diesel::PgConnection::establish(PG_URL) {
         Ok(_) => true,
@@ -70,7 +79,9 @@ pub fn postgres_available() -> bool {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("CI=true but PostgreSQL at {PG_URL} does not answer: {e}");
             }
-            eprintln!("skipping PostgreSQL test: no server at {PG_URL} ({e})");
+            skip_loudly(&format!(
+                "PostgreSQL test: no server at {PG_URL} ({e}); start one to run it"
+            ));
             false
         }
     }

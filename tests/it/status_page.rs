@@ -25,7 +25,9 @@ fn chromium() -> Option<&'static str> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but no chromium is installed (.ci/run installs it)");
         }
-        eprintln!("skipping the browser test: no chromium at /usr/bin (apt-get install chromium)");
+        crate::helpers::skip_loudly(
+            "browser test: no chromium at /usr/bin (apt-get install chromium)",
+        );
     }
     found
 }

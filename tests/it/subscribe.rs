@@ -184,16 +184,16 @@ async fn not_recovered_and_malformed_frames() {
     op(&mut ws, json!({"op": "subscribe", "since": last + 1000})).await;
     let e = frame(&mut ws).await;
     assert_eq!(e["code"], "not_recovered", "an id the log never had");
-    for bad in [
-        "not json",
-        r#"{"op": "dance"}"#,
-        r#"{"op": "subscribe", "types": ["Bad Type"]}"#,
-        r#"{"op":"subscribe","since":"x"}"#,
+    for (bad, code) in [
+        ("not json", "bad_request"),
+        (r#"{"op": "dance"}"#, "bad_request"),
+        (r#"{"op": "subscribe", "types": ["Bad Type"]}"#, "invalid_types"),
+        (r#"{"op":"subscribe","since":"x"}"#, "bad_request"),
     ] {
         ws.send(Message::text(bad)).await.unwrap();
         let e = frame(&mut ws).await;
         assert_eq!(e["op"], "error", "{bad}");
-        assert!(e["code"].is_string());
+        assert_eq!(e["code"], code, "{bad}");
     }
     // Still usable after all that.
     op(&mut ws, json!({"op": "subscribe", "since": last - 1})).await;

@@ -219,6 +219,30 @@ pub struct ChannelFlags {
     /// (`call.*,order.paid`); an empty value exposes every type.
     #[arg(long, value_delimiter = ',')]
     event_types: Option<Vec<String>>,
+    /// Networks callers must come from: comma-separated CIDRs or addresses
+    /// (`10.0.0.0/8,192.0.2.7`); "" removes the list.
+    #[arg(long)]
+    allow_ips: Option<String>,
+    /// Webhook rate limit per node, JSON: '{"per_second": 5, "burst": 5,
+    /// "per_client_ip": false}'; '{}' removes it.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Signature every webhook request must carry, JSON:
+    /// '{"scheme": "standard-webhooks", "secret": "whsec_…"}' or '{"scheme":
+    /// "hmac-sha256-header", "header": "X-Hub-Signature-256", "prefix": "sha256=",
+    /// "secret": "…"}'; '{}' removes it.
+    #[arg(long)]
+    verify: Option<String>,
+    /// CORS, JSON: '{"allowed_origins": ["https://app.example.com"]}'; '{}' removes it.
+    #[arg(long)]
+    cors: Option<String>,
+}
+
+/// A JSON flag's value, checked as the admin API checks the same field.
+fn json_flag(flag: &str, value: Option<String>) -> Result<Option<serde_json::Value>, String> {
+    value
+        .map(|v| serde_json::from_str(&v).map_err(|e| format!("--{flag}: not JSON: {e}")))
+        .transpose()
 }
 
 impl ChannelFlags {
@@ -245,6 +269,16 @@ impl ChannelFlags {
             event_types: self
                 .event_types
                 .map(|types| types.into_iter().filter(|t| !t.is_empty()).collect()),
+            allow_ips: self.allow_ips.map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
+            rate_limit: json_flag("rate-limit", self.rate_limit)?,
+            verify: json_flag("verify", self.verify)?,
+            cors: json_flag("cors", self.cors)?,
             note: self.note,
             token: None,
         })

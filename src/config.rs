@@ -123,6 +123,9 @@ pub struct Config {
     /// channel and per node; beyond, the upgrade is refused with 503.
     pub ws_max_subscribers_per_channel: usize,
     pub ws_max_subscribers_per_node: usize,
+    /// Client IPs whose rate-limit bucket a channel with `rate_limit.per_client_ip`
+    /// keeps on this node; beyond, the least recently seen is forgotten.
+    pub rate_limit_max_clients_per_channel: usize,
     /// Events older than this are purged (hourly).
     pub event_retention_days: u64,
     /// Events a websocket subscriber may have queued before it is closed (1013).
@@ -237,6 +240,7 @@ impl Default for Config {
             ws_node_max_outbound_bytes: 256 * 1024 * 1024,
             ws_max_subscribers_per_channel: 50_000,
             ws_max_subscribers_per_node: 50_000,
+            rate_limit_max_clients_per_channel: 10_000,
             event_retention_days: 7,
             event_subscriber_buffer: 1000,
             delivery_retry_delays_ms: vec![
@@ -511,6 +515,12 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be above 0"));
+        }
+        if self.rate_limit_max_clients_per_channel == 0 {
+            return Err(invalid(
+                "rate_limit_max_clients_per_channel",
+                "must be above 0",
+            ));
         }
         if self.channel_versions_kept == 0 {
             return Err(invalid("channel_versions_kept", "must be above 0"));

@@ -12,7 +12,8 @@
 //!   listener, node registry heartbeat, staleness);
 //! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations;
 //! - [`net`]: what outgoing connections share: DNS with timeouts, client TLS trust.
-//! - [`redact`]: what keeps secrets and control characters out of logs and error bodies.
+//! - [`redact`]: what keeps secrets and control characters out of logs and error bodies;
+//! - [`signatures`]: webhook signatures (Standard Webhooks, HMAC headers) as pure functions.
 
 pub mod actors;
 pub mod alloc;
@@ -29,3 +30,4 @@ pub mod metrics;
 pub mod net;
 pub mod redact;
 pub mod scenario;
+pub mod signatures;

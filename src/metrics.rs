@@ -282,6 +282,38 @@ pub fn render(
             }),
         ),
         (
+            "oktell_channel_refusals_total",
+            "Requests refused by the channel's guards before any scenario, by reason (ip: not in allow_ips, rate: over rate_limit, signature: verify failed, cors: preflight refused).",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| {
+                for kind in crate::channels::guards::Refusal::ALL {
+                    let mut with = l.to_vec();
+                    // `kind` is the channel's kind already.
+                    with.push(("reason", kind.as_str()));
+                    counter(mf, &with, load(&h.stats.refused[kind as usize]));
+                }
+            }),
+        ),
+        (
+            "oktell_channel_rate_limit_clients",
+            "Client IPs with a rate-limit bucket on this node (rate_limit.per_client_ip; bound: rate_limit_max_clients_per_channel).",
+            MetricType::GAUGE,
+            Box::new(|mf, l, h| {
+                let clients = h
+                    .guards
+                    .as_deref()
+                    .and_then(|g| g.rate.as_ref())
+                    .map_or(0, |r| r.clients());
+                gauge(mf, l, clients as f64);
+            }),
+        ),
+        (
+            "oktell_channel_rate_limit_evictions_total",
+            "Client IPs forgotten, least recently seen first, to keep the per-client rate-limit table within rate_limit_max_clients_per_channel.",
+            MetricType::COUNTER,
+            Box::new(|mf, l, h| counter(mf, l, load(&h.stats.rate_clients_evicted))),
+        ),
+        (
             "oktell_ws_errors_total",
             "Websocket messages whose scenario failed.",
             MetricType::COUNTER,

@@ -41,6 +41,9 @@ pub struct ChannelHandle {
     /// Open websocket sessions; shared by every version of the channel.
     pub sessions: Arc<SessionTable>,
     pub actor: Addr<ChannelActor>,
+    /// Checks before any scenario (`channels::guards`), built when this version was
+    /// published; `None` for a channel without any: the webhook pays one branch.
+    pub guards: Option<Box<crate::channels::guards::Guards>>,
     channel_json: OnceLock<Arc<str>>,
     logger: OnceLock<slog::Logger>,
     host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
@@ -55,12 +58,14 @@ impl ChannelHandle {
         sessions: Arc<SessionTable>,
         actor: Addr<ChannelActor>,
         precompiled: Precompiled,
+        guards: Option<Box<crate::channels::guards::Guards>>,
     ) -> ChannelHandle {
         let handle = ChannelHandle {
             channel,
             stats,
             sessions,
             actor,
+            guards,
             channel_json: OnceLock::new(),
             logger: OnceLock::new(),
             host: OnceLock::new(),
@@ -140,6 +145,8 @@ pub struct ChannelActor {
     stats: Arc<ChannelStats>,
     sessions: Arc<SessionTable>,
     logger: slog::Logger,
+    /// Client IPs a per-client rate limit keeps (`rate_limit_max_clients_per_channel`).
+    rate_clients: usize,
     /// Deleted or moved off this node: never republish.
     retired: bool,
 }
@@ -152,6 +159,7 @@ impl ChannelActor {
         registry: Weak<ChannelRegistry>,
         shared: (Arc<ChannelStats>, Arc<SessionTable>),
         logger: &slog::Logger,
+        rate_clients: usize,
     ) -> ChannelActor {
         let (stats, sessions) = shared;
         ChannelActor {
@@ -164,6 +172,7 @@ impl ChannelActor {
             registry,
             stats,
             sessions,
+            rate_clients,
             retired: false,
         }
     }
@@ -187,12 +196,19 @@ impl ChannelActor {
         self.sessions
             .event_types()
             .set(crate::channels::event_types_of(channel));
+        // The guards are built here, once per version, off the request path.
+        let (guards, broken) =
+            crate::channels::guards::Guards::build(channel, &self.stats, self.rate_clients);
+        if let Some(e) = broken {
+            slog::error!(self.logger, "channel guards"; "error" => %e);
+        }
         let handle = ChannelHandle::new(
             channel.clone(),
             self.stats.clone(),
             self.sessions.clone(),
             ctx.address(),
             compiled,
+            guards,
         );
         registry.publish(Arc::new(handle));
     }

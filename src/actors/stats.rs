@@ -37,6 +37,11 @@ pub struct ChannelStats {
     pub ws_errors: AtomicU64,
     /// Websocket messages put back because the scenario queue or channel was full.
     pub ws_retries: AtomicU64,
+    /// Requests refused before any scenario, by `channels::guards::Refusal`.
+    pub refused: [AtomicU64; 4],
+    /// Client IPs forgotten by the per-client rate-limit table to stay within
+    /// `rate_limit_max_clients_per_channel`.
+    pub rate_clients_evicted: AtomicU64,
     /// The channel's queue of scenario runs (served round-robin with other channels').
     pub lane: std::sync::Arc<crate::scenario::pool::Lane>,
 }
@@ -45,6 +50,10 @@ impl ChannelStats {
     pub fn record_response(&self, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_refusal(&self, kind: crate::channels::guards::Refusal) {
+        self.refused[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_duration(&self, d: Duration) {
@@ -81,6 +90,10 @@ impl ChannelStats {
             "ws_messages_in": load(&self.ws_messages_in),
             "ws_messages_out": load(&self.ws_messages_out),
             "ws_errors": load(&self.ws_errors),
+            "refused": crate::channels::guards::Refusal::ALL
+                .iter()
+                .map(|k| (k.as_str().to_string(), load(&self.refused[*k as usize]).into()))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 }

@@ -2,8 +2,9 @@
 //! and the service that stores changes and applies them live to this node.
 
 pub mod authoring;
+pub mod guards;
 pub mod service;
-mod validate;
+pub(crate) mod validate;
 
 pub use authoring::DryRunInput;
 pub use service::{ChannelService, LiveNode, ServiceError};
@@ -39,6 +40,12 @@ pub struct ChannelView {
     pub updated_at: String,
     pub ws_hello: bool,
     pub event_types: Vec<String>,
+    /// Networks callers must come from (empty: any).
+    pub allow_ips: Vec<String>,
+    pub rate_limit: Option<guards::RateLimitSettings>,
+    /// The secret is masked unless asked.
+    pub verify: Option<guards::VerifySettings>,
+    pub cors: Option<guards::CorsSettings>,
 }
 
 /// The channel's event type patterns (empty: all types).
@@ -85,6 +92,13 @@ impl ChannelView {
                 mask(s)
             }
         };
+        let guards = guards::GuardSettings::parse(&c.guards).unwrap_or_default();
+        let verify = guards.verify.map(|mut v| {
+            if !reveal_secrets {
+                v.mask_secret();
+            }
+            v
+        });
         ChannelView {
             id: c.id.clone(),
             domain: c.domain.clone(),
@@ -109,8 +123,27 @@ impl ChannelView {
             updated_at: rfc3339_millis(c.updated_at),
             ws_hello: c.ws_hello,
             event_types: event_types_of(c),
+            allow_ips: guards.allow_ips,
+            rate_limit: guards.rate_limit,
+            verify,
+            cors: guards.cors,
         }
     }
+}
+
+/// The secrets a run of this channel's scripts must never write down (its token,
+/// outgoing tokens and `verify` secret; only channels with guards parse anything).
+pub fn run_secrets(c: &Channel) -> crate::redact::Secrets {
+    let signing = guards::secrets_of(c);
+    crate::redact::Secrets::new(
+        [
+            c.token.as_str(),
+            c.outgoing_token_primary.as_str(),
+            c.outgoing_token_secondary.as_str(),
+        ]
+        .into_iter()
+        .chain(signing.iter().map(String::as_str)),
+    )
 }
 
 /// The channel as scenarios see it in `startparam(1)`: every setting but the secrets

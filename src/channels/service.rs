@@ -168,6 +168,7 @@ impl ChannelService {
             updated_at: now,
             ws_hello: false,
             event_types: String::new(),
+            guards: String::new(),
         };
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;
@@ -420,8 +421,17 @@ impl ChannelService {
             live.logger.clone(),
         );
         let arbiter = live.arbiters.for_channel(&channel.id);
+        let rate_clients = self.config.rate_limit_max_clients_per_channel;
         Supervisor::start_in_arbiter(arbiter, move |_| {
-            ChannelActor::new(channel, compiled, db, registry, (stats, sessions), &logger)
+            ChannelActor::new(
+                channel,
+                compiled,
+                db,
+                registry,
+                (stats, sessions),
+                &logger,
+                rate_clients,
+            )
         })
     }
 

@@ -25,6 +25,21 @@ pub struct ChannelInput {
     pub ws_hello: Option<bool>,
     /// Eventing channels: the event type patterns exposed (`call.*`, `*`, exact); empty: all.
     pub event_types: Option<Vec<String>>,
+    /// Networks callers must come from (CIDRs or addresses); others get the same 404
+    /// as an unknown token. `[]` removes the list.
+    pub allow_ips: Option<Vec<String>>,
+    /// Token bucket for the webhook, per node; beyond: 429 with Retry-After. `{}`
+    /// removes it.
+    #[schema(value_type = Option<super::guards::RateLimitSettings>)]
+    pub rate_limit: Option<serde_json::Value>,
+    /// The signature every webhook request must carry; otherwise 401 before any
+    /// scenario. `{}` removes it; a masked secret (`********`) keeps the stored one.
+    #[schema(value_type = Option<super::guards::VerifySettings>)]
+    pub verify: Option<serde_json::Value>,
+    /// Browser calls from other origins; preflights answered by the gateway. `{}`
+    /// removes it.
+    #[schema(value_type = Option<super::guards::CorsSettings>)]
+    pub cors: Option<serde_json::Value>,
     /// Why this save was made, kept with the version it creates
     /// (`GET /admin/v1/channels/{id}/versions`); not a channel setting.
     pub note: Option<String>,
@@ -273,6 +288,15 @@ impl ChannelInput {
             } else {
                 serde_json::to_string(patterns).unwrap_or_default()
             };
+        }
+        let guards = super::guards::GuardInput {
+            allow_ips: self.allow_ips.as_deref(),
+            rate_limit: self.rate_limit.as_ref(),
+            verify: self.verify.as_ref(),
+            cors: self.cors.as_ref(),
+        };
+        if !guards.is_empty() {
+            channel.guards = super::guards::GuardSettings::apply(&channel.guards, &guards)?;
         }
         // Checks that need the whole channel, after the fields are merged.
         validate_code(&channel.code)?;

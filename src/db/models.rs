@@ -29,6 +29,9 @@ pub struct Channel {
     pub ws_hello: bool,
     /// Event type patterns an eventing channel exposes (JSON array); empty: all.
     pub event_types: String,
+    /// The checks before any scenario runs (`channels::guards::GuardSettings` as JSON);
+    /// empty: none.
+    pub guards: String,
 }
 
 /// The scripts of one saved version of a channel (`channel_versions`).

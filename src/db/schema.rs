@@ -21,6 +21,7 @@ diesel::table! {
         updated_at -> BigInt,
         ws_hello -> Bool,
         event_types -> Text,
+        guards -> Text,
     }
 }
 

@@ -2,9 +2,7 @@
 //! targets are allowed.
 
 use base64::Engine as _;
-use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::channels::{ValidationError, rfc3339_millis};
 use crate::db::events::parse_types;
@@ -28,19 +26,12 @@ pub fn new_secret() -> String {
 /// `base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))`, the key being the secret's
 /// base64 part decoded.
 pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .unwrap_or_else(|_| encoded.as_bytes().to_vec());
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
-        return String::new();
-    };
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    let key = crate::signatures::standard_webhooks_key(secret).unwrap_or_else(|| {
+        let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+        encoded.as_bytes().to_vec()
+    });
+    let mac = crate::signatures::standard_webhooks_mac(&key, msg_id, &timestamp.to_string(), body);
+    base64::engine::general_purpose::STANDARD.encode(mac)
 }
 
 /// The `webhook-signature` header: the current secret, and during a rotation the

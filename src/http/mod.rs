@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod authoring;
 pub mod body_guard;
+pub mod channel_guards;
 pub mod error;
 pub mod events;
 pub mod openapi;

@@ -31,6 +31,7 @@ pub async fn handle(
     rest: &str,
 ) -> Result<HttpResponse, ApiError> {
     let handle = state.channel_for_token(token, KIND_EVENTING)?;
+    super::channel_guards::check_peer(&handle, req, state, KIND_EVENTING)?;
     let channel_id = handle.channel.id.clone();
     let domain = handle.channel.domain.as_str();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();

@@ -48,9 +48,13 @@ fn unknown_token() -> ApiError {
     request_body(content = String, description = "Any body up to max_body_bytes", content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "Accepted (wait off), or the scenario's reply (wait on)"),
-        (status = 404, description = "No public channel with this token here", body = super::openapi::ErrorResponse),
+        (status = 204, description = "A CORS preflight (OPTIONS) the channel's `cors` allows, answered without the scenario"),
+        (status = 401, description = "The channel's `verify` signature is missing or wrong (no scenario ran)", body = super::openapi::ErrorResponse),
+        (status = 403, description = "A CORS preflight from an origin or for a method the channel's `cors` does not allow", body = super::openapi::ErrorResponse),
+        (status = 404, description = "No public channel with this token here (or the sender is not in its `allow_ips`)", body = super::openapi::ErrorResponse),
         (status = 413, description = "Body too large", body = super::openapi::ErrorResponse),
         (status = 408, description = "The body did not arrive within http_body_timeout_ms", body = super::openapi::ErrorResponse),
+        (status = 429, description = "Over the channel's `rate_limit` on this node (Retry-After)", body = super::openapi::ErrorResponse),
         (status = 500, description = "The scenario ended with an error", body = super::openapi::ErrorResponse),
         (status = 503, description = "Scenario queue full or channel busy (Retry-After)", body = super::openapi::ErrorResponse),
         (status = 504, description = "The scenario ran out of time", body = super::openapi::ErrorResponse)))]
@@ -71,7 +75,12 @@ async fn webhook(
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let stats = handle.stats.clone();
-    let result = run_webhook(&req, payload, &state, handle).await;
+    // A channel without guards pays this one branch for them.
+    let result = if handle.guards.is_none() {
+        run_webhook(&req, payload, &state, handle).await
+    } else {
+        super::channel_guards::guarded_webhook(&req, payload, &state, handle).await
+    };
     stats.record_response(match &result {
         Ok(response) => response.status().as_u16(),
         Err(e) => e.status.as_u16(),
@@ -86,6 +95,16 @@ async fn run_webhook(
     handle: Arc<ChannelHandle>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    run_scenario(req, body, state, handle).await
+}
+
+/// Runs the channel's webhook scenario on a request whose body is read.
+pub(super) async fn run_scenario(
+    req: &HttpRequest,
+    body: Bytes,
+    state: &AppState,
+    handle: Arc<ChannelHandle>,
+) -> Result<HttpResponse, ApiError> {
     let params = Arc::new(WebhookParams {
         channel_json: handle.channel_json(),
         method: req.method().clone(),

@@ -59,6 +59,7 @@ async fn websocket(
         _ => return Err(unknown_token()),
     }
     let handle = state.channel_for_token(token, KIND_PUBLIC)?;
+    super::channel_guards::check_peer(&handle, &req, &state, KIND_PUBLIC)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;
@@ -123,6 +124,7 @@ async fn subscribe(
     token: &str,
 ) -> Result<HttpResponse, ApiError> {
     let handle = state.channel_for_token(token, crate::channels::KIND_EVENTING)?;
+    super::channel_guards::check_peer(&handle, &req, &state, crate::channels::KIND_EVENTING)?;
     req.extensions_mut()
         .insert(ChannelTag(handle.channel.code.clone()));
     let config = &state.config;

@@ -328,11 +328,7 @@ impl DryHost {
         mocks: Vec<Mock>,
         max_recorded: usize,
     ) -> DryHost {
-        let secrets = Secrets::new([
-            channel.token.as_str(),
-            channel.outgoing_token_primary.as_str(),
-            channel.outgoing_token_secondary.as_str(),
-        ]);
+        let secrets = crate::channels::run_secrets(&channel);
         DryHost {
             channel,
             real,

@@ -580,11 +580,7 @@ impl RhaiRuntime {
         // counting (its end would stop this run's memory count).
         drop(CURRENT.with(|c| c.borrow_mut().take()));
         let channel = ctx.channel;
-        let secrets = Secrets::new([
-            channel.token.as_str(),
-            channel.outgoing_token_primary.as_str(),
-            channel.outgoing_token_secondary.as_str(),
-        ]);
+        let secrets = crate::channels::run_secrets(channel);
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
                 params: ctx.params.clone(),

@@ -18,6 +18,7 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::budget;
+use crate::signatures;
 
 type FnResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -78,38 +79,7 @@ fn bounded(func: &str, len: usize, max: usize) -> FnResult<()> {
     Ok(())
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-fn from_hex(text: &str) -> Result<Blob, String> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(2) {
-        return Err(format!("odd number of hex digits ({})", bytes.len()));
-    }
-    bytes
-        .chunks_exact(2)
-        .enumerate()
-        .map(|(i, pair)| match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
-            _ => Err(format!("not a hex digit at offset {}", 2 * i)),
-        })
-        .collect()
-}
+use crate::signatures::{from_hex, to_hex};
 
 /// A header of a map (any case of its name); its text.
 fn header<'a>(headers: &'a Map, name: &str) -> Option<&'a Dynamic> {
@@ -172,42 +142,25 @@ fn verify_standard_webhook(
             "{FN}: tolerance_s must not be negative"
         )));
     }
-    let key = BASE64
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .map_err(|_| script_error(format!("{FN}: the secret is not whsec_ followed by base64")))?;
-    let (Some(id), Some(timestamp), Some(signatures)) = (
+    let key = signatures::standard_webhooks_key(secret).ok_or_else(|| {
+        script_error(format!("{FN}: the secret is not whsec_ followed by base64"))
+    })?;
+    let (Some(id), Some(timestamp), Some(signature)) = (
         header_text(headers, "webhook-id"),
         header_text(headers, "webhook-timestamp"),
         header_text(headers, "webhook-signature"),
     ) else {
         return Ok(false);
     };
-    let Ok(ts) = timestamp.trim().parse::<i64>() else {
-        return Ok(false);
-    };
-    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-    if now.abs_diff(ts) > tolerance_s.unsigned_abs() {
-        return Ok(false);
-    }
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key) else {
-        return Err(script_error(format!("{FN}: bad key")));
-    };
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let expected = mac.finalize().into_bytes();
-    // Repeated headers arrive joined by ", " (startparam(5)): a trailing comma is not
-    // part of the signature.
-    let found = signatures
-        .split_ascii_whitespace()
-        .filter_map(|s| s.trim_end_matches(',').strip_prefix("v1,"))
-        .filter_map(|b64| BASE64.decode(b64).ok())
-        .fold(false, |found, sig| {
-            found | bool::from(sig.as_slice().ct_eq(expected.as_slice()))
-        });
-    Ok(found)
+    Ok(signatures::verify_standard_webhook(
+        &key,
+        &id,
+        &timestamp,
+        [signature.as_str()],
+        body,
+        tolerance_s.unsigned_abs(),
+        now,
+    ))
 }
 
 /// Milliseconds since the epoch that `format_rfc3339` can write: 1970 to 9999.
@@ -344,15 +297,6 @@ pub fn register(engine: &mut Engine, max_string_bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trips_and_refuses_bad_digits() {
-        assert_eq!(to_hex(&[0x00, 0xab, 0xff]), "00abff");
-        assert_eq!(from_hex("00ABff"), Ok(vec![0x00, 0xab, 0xff]));
-        assert!(from_hex("abc").unwrap_err().contains("odd"));
-        assert!(from_hex("zz").unwrap_err().contains("offset 0"));
-        assert!(from_hex("é0").is_err());
-    }
 
     #[test]
     fn rfc3339_both_ways() {

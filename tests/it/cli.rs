@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-fn gateway(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+/// The binary with `args`, on an SQLite database in `dir`.
+pub(crate) fn gateway(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
         .args(["--database-url", &dir.join("cli.db").display().to_string()])
         .args(["--data-dir", &dir.display().to_string()])

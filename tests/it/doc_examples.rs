@@ -22,7 +22,7 @@ use crate::websocket::{connect, next_text};
 
 /// How many examples docs/scenarios.md has. Adding one means adding it here (and a
 /// check when its request/reply pairs are not enough).
-const EXAMPLES: usize = 8;
+const EXAMPLES: usize = 10;
 /// The examples issues #13 and #14 ask for: JSON API, form post, forward with token
 /// fallback, websocket chat, emitting an event, and Stripe, GitHub and Standard Webhooks
 /// signatures.
@@ -281,7 +281,7 @@ async fn every_example_of_the_scenario_reference_runs() {
             example.name
         );
         match example.name.as_str() {
-            "json-api" | "form-post" | "github" => {
+            "json-api" | "form-post" | "github" | "verify-field" | "dedupe" => {
                 assert!(
                     !example.pairs.is_empty(),
                     "{}: nothing to check",

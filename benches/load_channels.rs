@@ -48,6 +48,7 @@ fn fill(db: &Database, n: usize) {
                 updated_at: 0,
                 ws_hello: false,
                 event_types: String::new(),
+                history: "errors".into(),
             };
             channels::insert(
                 c,

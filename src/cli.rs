@@ -142,6 +142,9 @@ pub struct ChannelFlags {
     /// Greet each new websocket with its session code.
     #[arg(long)]
     ws_hello: Option<bool>,
+    /// Which runs are recorded in the execution history: off, errors (default), all.
+    #[arg(long)]
+    history: Option<String>,
     /// Why this save is made, kept with the version it creates.
     #[arg(long)]
     note: Option<String>,
@@ -169,6 +172,7 @@ impl ChannelFlags {
             enabled: self.enabled,
             ws_hello: self.ws_hello,
             event_types: None,
+            history: self.history,
             note: self.note,
             token: None,
         })

@@ -97,6 +97,20 @@ pub struct Config {
     /// Bytes of each text a dry run reports (a call's body, a push, an event's data,
     /// the reply's body); longer ones are cut and marked.
     pub dry_run_max_recorded_bytes: usize,
+    /// Execution history (`executions`): records waiting for the writer, at most;
+    /// beyond, records are dropped and counted (`oktell_executions_dropped_total`).
+    pub executions_queue: usize,
+    /// How often the writer stores what is queued (one transaction per batch).
+    pub executions_flush_ms: u64,
+    /// Bytes of each recorded text (a body, a log line, a header); longer is cut.
+    pub executions_max_recorded_bytes: usize,
+    /// Executions kept per channel (the newest); older are trimmed on each write.
+    pub executions_kept_per_channel: usize,
+    /// Executions older than this are purged.
+    pub executions_retention_days: u64,
+    /// Regular expressions whose matches are masked in logs and execution records
+    /// (the first capture group when there is one, else the whole match).
+    pub redact_patterns: Vec<String>,
     pub ws_heartbeat_interval_ms: u64,
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
@@ -212,6 +226,12 @@ impl Default for Config {
             outgoing_max_connections_per_host: 512,
             channel_versions_kept: 50,
             dry_run_max_recorded_bytes: 64 * 1024,
+            executions_queue: 10_000,
+            executions_flush_ms: 100,
+            executions_max_recorded_bytes: 4096,
+            executions_kept_per_channel: 1000,
+            executions_retention_days: 7,
+            redact_patterns: Vec::new(),
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
@@ -498,6 +518,24 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be above 0"));
+        }
+        if self.executions_queue == 0
+            || self.executions_flush_ms == 0
+            || self.executions_kept_per_channel == 0
+            || self.executions_retention_days == 0
+        {
+            return Err(invalid(
+                "executions_queue",
+                "executions_queue, executions_flush_ms, executions_kept_per_channel and executions_retention_days must be above 0",
+            ));
+        }
+        for p in &self.redact_patterns {
+            if let Err(e) = regex::Regex::new(p) {
+                return Err(invalid(
+                    "redact_patterns",
+                    &format!("{p:?} is not a valid regular expression: {e}"),
+                ));
+            }
         }
         if self.channel_versions_kept == 0 {
             return Err(invalid("channel_versions_kept", "must be above 0"));

@@ -41,9 +41,12 @@ pub struct ChannelHandle {
     /// Open websocket sessions; shared by every version of the channel.
     pub sessions: Arc<SessionTable>,
     pub actor: Addr<ChannelActor>,
+    /// Which runs go to the execution history (the channel's `history`).
+    pub history: crate::executions::History,
     channel_json: OnceLock<Arc<str>>,
     logger: OnceLock<slog::Logger>,
     host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
+    recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
 }
@@ -57,6 +60,7 @@ impl ChannelHandle {
         precompiled: Precompiled,
     ) -> ChannelHandle {
         let handle = ChannelHandle {
+            history: crate::executions::History::of(&channel),
             channel,
             stats,
             sessions,
@@ -64,6 +68,7 @@ impl ChannelHandle {
             channel_json: OnceLock::new(),
             logger: OnceLock::new(),
             host: OnceLock::new(),
+            recording_host: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
         };
@@ -94,6 +99,23 @@ impl ChannelHandle {
                     sessions: self.sessions.clone(),
                     events: events.clone(),
                 })
+            })
+            .clone()
+    }
+
+    /// The host of runs recorded in the execution history: [`Self::host`], noting
+    /// log lines and outgoing calls; made once per version (texts cut at `max_bytes`).
+    pub fn recording_host(
+        &self,
+        events: &crate::events::EventService,
+        max_bytes: usize,
+    ) -> Arc<crate::executions::capture::RecordingHost> {
+        self.recording_host
+            .get_or_init(|| {
+                Arc::new(crate::executions::capture::RecordingHost::new(
+                    self.host(events),
+                    crate::scenario::record::Masker::new(self.channel.clone(), max_bytes),
+                ))
             })
             .clone()
     }

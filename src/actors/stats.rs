@@ -37,6 +37,8 @@ pub struct ChannelStats {
     pub ws_errors: AtomicU64,
     /// Websocket messages put back because the scenario queue or channel was full.
     pub ws_retries: AtomicU64,
+    /// Runs not recorded in the execution history: its queue was full.
+    pub executions_dropped: AtomicU64,
     /// The channel's queue of scenario runs (served round-robin with other channels').
     pub lane: std::sync::Arc<crate::scenario::pool::Lane>,
 }

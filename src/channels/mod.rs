@@ -2,6 +2,7 @@
 //! and the service that stores changes and applies them live to this node.
 
 pub mod authoring;
+mod executions;
 pub mod service;
 mod validate;
 
@@ -39,6 +40,8 @@ pub struct ChannelView {
     pub updated_at: String,
     pub ws_hello: bool,
     pub event_types: Vec<String>,
+    /// Which runs are recorded in the execution history: `off`, `errors`, `all`.
+    pub history: String,
 }
 
 /// The channel's event type patterns (empty: all types).
@@ -109,6 +112,7 @@ impl ChannelView {
             updated_at: rfc3339_millis(c.updated_at),
             ws_hello: c.ws_hello,
             event_types: event_types_of(c),
+            history: crate::executions::History::of(c).as_str().to_string(),
         }
     }
 }

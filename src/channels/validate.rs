@@ -25,6 +25,9 @@ pub struct ChannelInput {
     pub ws_hello: Option<bool>,
     /// Eventing channels: the event type patterns exposed (`call.*`, `*`, exact); empty: all.
     pub event_types: Option<Vec<String>>,
+    /// Which runs of the channel's scenario are recorded in its execution history
+    /// (`GET /admin/v1/channels/{id}/executions`): `off`, `errors` (the default) or `all`.
+    pub history: Option<String>,
     /// Why this save was made, kept with the version it creates
     /// (`GET /admin/v1/channels/{id}/versions`); not a channel setting.
     pub note: Option<String>,
@@ -108,6 +111,22 @@ pub fn validate_kind(kind: &str) -> Result<(), ValidationError> {
         Err(ValidationError::new(
             "kind",
             format!("must be \"{KIND_PUBLIC}\" or \"{KIND_EVENTING}\""),
+        ))
+    }
+}
+
+pub fn validate_history(history: &str) -> Result<(), ValidationError> {
+    if crate::executions::History::parse(history).is_some() {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "history",
+            format!(
+                "must be one of {}",
+                crate::executions::History::NAMES
+                    .map(|n| format!("\"{n}\""))
+                    .join(", ")
+            ),
         ))
     }
 }
@@ -273,6 +292,10 @@ impl ChannelInput {
             } else {
                 serde_json::to_string(patterns).unwrap_or_default()
             };
+        }
+        if let Some(history) = &self.history {
+            validate_history(history)?;
+            channel.history = history.clone();
         }
         // Checks that need the whole channel, after the fields are merged.
         validate_code(&channel.code)?;

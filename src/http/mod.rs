@@ -6,6 +6,7 @@ pub mod authoring;
 pub mod body_guard;
 pub mod error;
 pub mod events;
+pub mod executions;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;
@@ -28,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(events::routes)
         .configure(subscriptions_admin::routes)
         .configure(authoring::routes)
+        .configure(executions::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)

@@ -11,6 +11,7 @@ mod cluster;
 mod deliveries;
 mod deploy;
 mod events;
+mod executions;
 mod helpers;
 mod log_hygiene;
 mod ops;

@@ -73,7 +73,9 @@ pub struct ExecutionPage {
     pub dropped: u64,
 }
 
-fn view(row: Execution, whole: bool) -> ExecutionView {
+/// A stored execution as the API (and the CLI) shows it; `whole` adds its inputs,
+/// reply, logs and calls.
+pub fn view(row: Execution, whole: bool) -> ExecutionView {
     let detail: Option<Detail> = serde_json::from_str(&row.detail).ok();
     let ms = |us: i64| us as f64 / 1000.0;
     let (error, inputs, reply, logs, calls) = match detail {
@@ -124,7 +126,19 @@ const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 
 impl ListQuery {
-    fn filter(self) -> Result<ExecutionFilter, ValidationError> {
+    /// A query of the CLI (no time filter, first page).
+    pub fn new(outcome: Option<String>, trigger: Option<String>, limit: i64) -> ListQuery {
+        ListQuery {
+            outcome,
+            trigger,
+            since: None,
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+
+    /// The checked filter.
+    pub fn filter(self) -> Result<ExecutionFilter, ValidationError> {
         let one_of = |field: &str, value: &Option<String>, allowed: &[&str]| match value {
             Some(v) if !allowed.contains(&v.as_str()) => Err(ValidationError::new(
                 field,

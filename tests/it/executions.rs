@@ -422,3 +422,38 @@ async fn a_full_queue_drops_records_and_counts_them() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn the_cli_lists_and_shows_executions() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app.public_channel("cli-runs", true, FAIL_ON_DEMAND).await;
+    let (id, token) = (id_of(&c), token_of(&c));
+    assert_eq!(post(&app, &token, "fail").await, 500);
+    let eid = wait_for(&app, &id, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cli = |args: &[&str]| {
+        let config = &app.state.config;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oktell-gateway"))
+            .args(["--database-url", &config.database_url])
+            .args(["--data-dir", &config.data_dir.display().to_string()])
+            .args(args)
+            .env_remove("OKTELL_ADMIN_TOKEN")
+            .output()
+            .expect("binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["channel", "executions", "cli-runs", "--outcome", "error"]);
+    assert!(listed.contains(&eid), "{listed}");
+    assert!(listed.contains("scenario_error (line 2"), "{listed}");
+    let shown: Value =
+        serde_json::from_str(&cli(&["channel", "execution", "cli-runs", &eid])).expect("JSON");
+    assert_eq!(shown["inputs"]["body"]["text"], "fail", "{shown}");
+    assert!(cli(&["channel", "executions", "cli-runs", "--outcome", "ok"]).is_empty());
+}

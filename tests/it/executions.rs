@@ -457,3 +457,41 @@ async fn the_cli_lists_and_shows_executions() {
     assert_eq!(shown["inputs"]["body"]["text"], "fail", "{shown}");
     assert!(cli(&["channel", "executions", "cli-runs", "--outcome", "ok"]).is_empty());
 }
+
+#[actix_web::test]
+async fn websocket_messages_are_recorded_too() {
+    use futures_util::SinkExt;
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "ws-runs", "kind": "public", "history": "all",
+            "websocket_scenario": "log(\"from \" + startparam(1)); response_content = \"echo \" + startparam(2);",
+        }))
+        .await;
+    let (id, token) = (id_of(&c), token_of(&c));
+    let mut ws = crate::websocket::connect(&app, &token).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi there"))
+        .await
+        .unwrap();
+    assert_eq!(crate::websocket::next_text(&mut ws).await, "echo hi there");
+    let seen = wait_for(&app, &id, 1).await;
+    assert_eq!(seen[0]["trigger"], "websocket", "{seen:?}");
+    assert_eq!(seen[0]["outcome"], "ok");
+    let whole = execution(&app, &id, seen[0]["id"].as_str().unwrap()).await;
+    assert_eq!(whole["inputs"]["kind"], "websocket", "{whole}");
+    assert_eq!(whole["inputs"]["text"]["text"], "hi there");
+    let session = whole["inputs"]["session"].as_str().unwrap().to_string();
+    assert_eq!(whole["logs"][0]["message"], format!("from {session}"));
+    let only_ws = executions(&app, &id, "?trigger=websocket").await;
+    assert_eq!(only_ws["items"].as_array().unwrap().len(), 1);
+    // Replayed as a websocket dry run, with a draft.
+    let replayed = replay(
+        &app,
+        &id,
+        seen[0]["id"].as_str().unwrap(),
+        Some(json!({ "script": "response_content = \"again \" + startparam(2);" })),
+    )
+    .await;
+    assert_eq!(replayed["trigger"], "websocket", "{replayed}");
+    assert_eq!(replayed["reply"]["body"]["text"], "again hi there");
+}

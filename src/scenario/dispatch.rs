@@ -226,10 +226,9 @@ impl Dispatcher {
                 return;
             }
             let logger = handle.logger(&base_logger);
-            let started_at = recording.as_ref().map(|(_, recorder)| {
+            if let Some((_, recorder)) = &recording {
                 capture::begin(recorder.masker().scan_bytes());
-                crate::db::now_millis()
-            });
+            }
             let started = Instant::now();
             let outcome = match handle.script(kind, runtime.as_ref()) {
                 Ok(script) => runtime.run(
@@ -258,7 +257,8 @@ impl Dispatcher {
                     Finished {
                         host: recorder,
                         kind,
-                        started_at: started_at.unwrap_or_default(),
+                        started_at: crate::db::now_millis()
+                            .saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(0)),
                         duration,
                         waited: super::pool::waited(),
                         outcome: kept,

@@ -288,20 +288,7 @@ async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     let (id, eid) = path.into_inner();
     let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
-    let input: ReplayInput = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayInput::default()
-    } else {
-        let mut de = serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." {
-                "body"
-            } else {
-                path.as_str()
-            };
-            ValidationError::new(field, e.inner().to_string())
-        })?
-    };
+    let input: ReplayInput = super::optional_json(&body)?;
     // The draft and mocks are checked as a dry run's are; the sample is the recording.
     let (_, draft, live, mocks) = DryRunInput {
         script: input.script,

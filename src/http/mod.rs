@@ -65,3 +65,23 @@ pub async fn read_body(
     }
     Ok(body.freeze())
 }
+
+/// An optional JSON body: empty (or blank) is `T::default()`; otherwise parsed, a field
+/// that does not fit named (`mocks[0].status`).
+pub fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, crate::channels::ValidationError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." {
+            "body"
+        } else {
+            path.as_str()
+        };
+        crate::channels::ValidationError::new(field, e.inner().to_string())
+    })
+}

@@ -196,3 +196,24 @@ create_channel_json() { # port, json
         -d "$2")" || die "creating a channel failed: $2"
     python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
 }
+
+# --- gateway metrics (history_run.sh) -------------------------------------------------------
+
+# The sum of a metric's samples (every label set) on the gateway at PORT; 0 when absent.
+metric_sum() { # port, name
+    curl -fsS --max-time 10 "http://127.0.0.1:$1/metrics" -H "Authorization: Bearer $ADMIN_TOKEN" \
+        | awk -v n="$2" '($1 == n || index($1, n "{") == 1) { s += $NF } END { printf "%.0f\n", s + 0 }'
+}
+
+# Polls until metric A + metric B reaches metric C on the gateway at PORT (e.g. records
+# written + dropped = recorded), at most SECONDS; returns 1 on the deadline.
+wait_metrics_settle() { # port, a, b, c, seconds
+    local deadline=$(( SECONDS + $5 ))
+    while (( SECONDS < deadline )); do
+        local a b c
+        a="$(metric_sum "$1" "$2")"; b="$(metric_sum "$1" "$3")"; c="$(metric_sum "$1" "$4")"
+        (( a + b >= c )) && return 0
+        sleep 0.2
+    done
+    return 1
+}

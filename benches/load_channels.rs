@@ -49,6 +49,7 @@ fn fill(db: &Database, n: usize) {
                 ws_hello: false,
                 event_types: String::new(),
                 guards: String::new(),
+                history: "errors".into(),
             };
             channels::insert(
                 c,

@@ -69,6 +69,9 @@ impl Application {
         {
             crate::redact::redactor().add_secret(password);
         }
+        crate::redact::redactor()
+            .add_patterns(&config.redact_patterns)
+            .map_err(|e| StartError::Io(std::io::Error::other(format!("redact_patterns: {e}"))))?;
 
         let db = Database::connect(&config.database_url, config.db_pool_size)?;
         let migrator = db.clone();
@@ -104,15 +107,36 @@ impl Application {
             config.channel_state_sweep_batch,
             logger.clone(),
         ));
-        let dispatcher = Arc::new(build_dispatcher(
-            &config,
-            node_memory.clone(),
-            (
-                eventing.iter().map(|d| d.events.clone()).collect(),
-                state_store,
-            ),
-            &logger,
-        )?);
+        // The execution history: runs queue records, a writer of its own stores them.
+        let executions = Arc::new(crate::executions::ExecutionLog::new(
+            config.executions_queue,
+            config.executions_max_recorded_bytes,
+        ));
+        let executions_writer = crate::executions::writer::start(
+            executions.clone(),
+            db.clone(),
+            crate::executions::writer::WriterSettings {
+                flush: Duration::from_millis(config.executions_flush_ms),
+                keep_per_channel: i64::try_from(config.executions_kept_per_channel)
+                    .unwrap_or(i64::MAX),
+                retention: Duration::from_secs(
+                    config.executions_retention_days.saturating_mul(24 * 3600),
+                ),
+            },
+            logger.clone(),
+        );
+        let dispatcher = Arc::new(
+            build_dispatcher(
+                &config,
+                node_memory.clone(),
+                (
+                    eventing.iter().map(|d| d.events.clone()).collect(),
+                    state_store,
+                ),
+                &logger,
+            )?
+            .with_executions(executions),
+        );
         let registry = Arc::new(ChannelRegistry::new());
         let outbound = Arc::new(crate::actors::ws_backlog::OutboundBudget::with_limit(
             config.ws_node_max_outbound_bytes,
@@ -206,6 +230,7 @@ impl Application {
             default_domain,
             more_domains,
             arbiters: std::iter::once(eventing_arbiter.clone())
+                .chain(std::iter::once(executions_writer))
                 .chain(channel_arbiters.handles().iter().cloned())
                 .collect(),
             node_memory,

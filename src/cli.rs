@@ -180,6 +180,21 @@ pub enum ChannelCommand {
     },
     /// Delete a channel, by id or code.
     Delete { channel: String },
+    /// List a channel's recorded runs (execution history), newest first: id, time,
+    /// trigger, outcome, version, duration, and the error's position.
+    Executions {
+        channel: String,
+        /// ok or error
+        #[arg(long)]
+        outcome: Option<String>,
+        /// webhook or websocket
+        #[arg(long)]
+        trigger: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one recorded run whole (JSON, secrets masked).
+    Execution { channel: String, id: String },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -212,6 +227,9 @@ pub struct ChannelFlags {
     /// Greet each new websocket with its session code.
     #[arg(long)]
     ws_hello: Option<bool>,
+    /// Which runs are recorded in the execution history: off, errors (default), all.
+    #[arg(long)]
+    history: Option<String>,
     /// Why this save is made, kept with the version it creates.
     #[arg(long)]
     note: Option<String>,
@@ -279,6 +297,7 @@ impl ChannelFlags {
             rate_limit: json_flag("rate-limit", self.rate_limit)?,
             verify: json_flag("verify", self.verify)?,
             cors: json_flag("cors", self.cors)?,
+            history: self.history,
             note: self.note,
             token: None,
         })
@@ -501,6 +520,42 @@ async fn channel(config: Config, cmd: ChannelCommand) -> Result<(), String> {
             let c = find(&service, &channel).await?;
             service.delete(&c.id).await.map_err(describe)?;
             println!("deleted {}", c.code);
+        }
+        ChannelCommand::Executions {
+            channel,
+            outcome,
+            trigger,
+            limit,
+        } => {
+            let c = find(&service, &channel).await?;
+            let filter = crate::http::executions::ListQuery::new(outcome, trigger, limit)
+                .filter()
+                .map_err(|v| format!("{}: {}", v.field, v.message))?;
+            let (rows, _) = service.executions(&c.id, filter).await.map_err(describe)?;
+            for row in rows {
+                let v = crate::http::executions::view(row, false);
+                let at = v
+                    .error
+                    .as_ref()
+                    .map(|e| match (e.line, e.column) {
+                        (Some(l), Some(c)) => format!("\t{} (line {l}, column {c})", e.code),
+                        _ => format!("\t{}", e.code),
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\t{}\tv{}\t{:.1} ms{at}",
+                    v.id, v.time, v.trigger, v.outcome, v.version, v.duration_ms
+                );
+            }
+        }
+        ChannelCommand::Execution { channel, id } => {
+            let c = find(&service, &channel).await?;
+            let row = service.execution(&c.id, &id).await.map_err(describe)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::http::executions::view(row, true))
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(())

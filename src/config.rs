@@ -105,6 +105,20 @@ pub struct Config {
     /// How often each node deletes expired state rows, and at most how many a pass.
     pub channel_state_sweep_s: u64,
     pub channel_state_sweep_batch: u64,
+    /// Execution history (`executions`): records waiting for the writer, at most;
+    /// beyond, records are dropped and counted (`oktell_executions_dropped_total`).
+    pub executions_queue: usize,
+    /// How often the writer stores what is queued (one transaction per batch).
+    pub executions_flush_ms: u64,
+    /// Bytes of each recorded text (a body, a log line, a header); longer is cut.
+    pub executions_max_recorded_bytes: usize,
+    /// Executions kept per channel (the newest); older are trimmed on each write.
+    pub executions_kept_per_channel: usize,
+    /// Executions older than this are purged.
+    pub executions_retention_days: u64,
+    /// Regular expressions whose matches are masked in logs and execution records
+    /// (the first capture group when there is one, else the whole match).
+    pub redact_patterns: Vec<String>,
     pub ws_heartbeat_interval_ms: u64,
     pub ws_heartbeat_timeout_ms: u64,
     pub ws_max_message_bytes: usize,
@@ -228,6 +242,12 @@ impl Default for Config {
             channel_state_max_keys: 10_000,
             channel_state_sweep_s: 60,
             channel_state_sweep_batch: 1000,
+            executions_queue: 10_000,
+            executions_flush_ms: 100,
+            executions_max_recorded_bytes: 4096,
+            executions_kept_per_channel: 1000,
+            executions_retention_days: 7,
+            redact_patterns: Vec::new(),
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
             ws_max_message_bytes: 64 * 1024,
@@ -521,6 +541,24 @@ impl Config {
                 "rate_limit_max_clients_per_channel",
                 "must be above 0",
             ));
+        }
+        if self.executions_queue == 0
+            || self.executions_flush_ms == 0
+            || self.executions_kept_per_channel == 0
+            || self.executions_retention_days == 0
+        {
+            return Err(invalid(
+                "executions_queue",
+                "executions_queue, executions_flush_ms, executions_kept_per_channel and executions_retention_days must be above 0",
+            ));
+        }
+        for p in &self.redact_patterns {
+            if let Err(e) = regex::Regex::new(p) {
+                return Err(invalid(
+                    "redact_patterns",
+                    &format!("{p:?} is not a valid regular expression: {e}"),
+                ));
+            }
         }
         if self.channel_versions_kept == 0 {
             return Err(invalid("channel_versions_kept", "must be above 0"));

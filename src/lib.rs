@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod executions;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -164,6 +164,52 @@ fn cluster(f: &mut Families, state: &AppState) {
     }
 }
 
+/// The execution history's queue and writer (`crate::executions`).
+fn executions(f: &mut Families, state: &AppState) {
+    let Some(log) = state.dispatcher.executions() else {
+        return;
+    };
+    let st = &log.stats;
+    for (name, help, value) in [
+        (
+            "oktell_executions_queued_total",
+            "Scenario runs recorded and queued for the executions writer.",
+            load(&st.queued),
+        ),
+        (
+            "oktell_executions_dropped_total",
+            "Scenario runs not recorded because the executions queue was full (the writer could not keep up).",
+            load(&st.dropped),
+        ),
+        (
+            "oktell_executions_written_total",
+            "Execution records stored.",
+            load(&st.written),
+        ),
+        (
+            "oktell_executions_write_failed_total",
+            "Execution records lost because storing their batch failed.",
+            load(&st.write_errors),
+        ),
+        (
+            "oktell_executions_trimmed_total",
+            "Execution records deleted by the per-channel count bound, age, or a channel's deletion.",
+            load(&st.trimmed),
+        ),
+    ] {
+        counter(f.family(name, help, MetricType::COUNTER), &[], value);
+    }
+    gauge(
+        f.family(
+            "oktell_executions_queue",
+            "Execution records waiting for the writer (bounded by executions_queue).",
+            MetricType::GAUGE,
+        ),
+        &[],
+        log.len() as f64,
+    );
+}
+
 /// Renders the node's metrics; the per-channel series (they name every channel) only
 /// with `per_channel` (see `http::ops`: who may see them).
 pub fn render(
@@ -715,6 +761,7 @@ pub fn render(
         db.max as f64,
     );
     cluster(&mut f, state);
+    executions(&mut f, state);
     gauge(
         f.family(
             "oktell_build_info",

@@ -12,7 +12,10 @@
 //! - every logged value passes [`Redactor::clean`]: the process-wide secrets (admin
 //!   tokens) are replaced, any token-shaped run that is a live channel token of a node
 //!   in this process is masked, and control characters are escaped so that a value
-//!   cannot forge a line.
+//!   cannot forge a line;
+//! - what matches a configured secret pattern (`redact_patterns`: regular expressions;
+//!   the first capture group when the pattern has one, else the whole match) is masked
+//!   too, in logs and execution records alike.
 
 use std::borrow::Cow;
 use std::sync::{OnceLock, RwLock, Weak};
@@ -41,6 +44,7 @@ pub trait TokenIndex: Send + Sync {
 pub struct Redactor {
     secrets: RwLock<Vec<String>>,
     indexes: RwLock<Vec<Weak<dyn TokenIndex>>>,
+    patterns: RwLock<Vec<regex::Regex>>,
 }
 
 /// The process's redactor: one per process, since log drains are built before the
@@ -62,6 +66,24 @@ impl Redactor {
         {
             secrets.push(secret.to_string());
         }
+    }
+
+    /// Secret patterns (regular expressions) to mask wherever they match; a pattern
+    /// with a capture group masks the first group only (`password=(\S+)`). An invalid
+    /// pattern is refused, naming it.
+    pub fn add_patterns(&self, patterns: &[String]) -> Result<(), String> {
+        let compiled = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p).map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Ok(mut known) = self.patterns.write() {
+            for re in compiled {
+                if !known.iter().any(|k| k.as_str() == re.as_str()) {
+                    known.push(re);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A node's channel registry: its tokens are masked wherever they appear. Held
@@ -86,10 +108,44 @@ impl Redactor {
     /// Like [`Redactor::clean`] without the escaping: for JSON, which escapes itself.
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let text = self.mask_secrets(text);
-        match self.mask_live_tokens(&text) {
+        let text = match self.mask_live_tokens(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(s) => Cow::Owned(s),
+        };
+        match self.mask_patterns(&text) {
             Cow::Borrowed(_) => text,
             Cow::Owned(s) => Cow::Owned(s),
         }
+    }
+
+    fn mask_patterns<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let Ok(patterns) = self.patterns.read() else {
+            return Cow::Borrowed(text);
+        };
+        let mut out = Cow::Borrowed(text);
+        for re in patterns.iter() {
+            let mut hits: Vec<(usize, usize)> = Vec::new();
+            for caps in re.captures_iter(&out) {
+                if let Some(m) = caps.get(1).or_else(|| caps.get(0))
+                    && !m.is_empty()
+                {
+                    hits.push((m.start(), m.end()));
+                }
+            }
+            if hits.is_empty() {
+                continue;
+            }
+            let mut masked = String::with_capacity(out.len());
+            let mut last = 0;
+            for (from, to) in hits {
+                masked.push_str(&out[last..from]);
+                masked.push_str(MASK);
+                last = to;
+            }
+            masked.push_str(&out[last..]);
+            out = Cow::Owned(masked);
+        }
+        out
     }
 
     fn mask_secrets<'a>(&self, text: &'a str) -> Cow<'a, str> {
@@ -196,6 +252,17 @@ impl Secrets {
                 .map(str::to_string)
                 .collect(),
         )
+    }
+
+    /// These secrets and `more` (those long enough to mask).
+    pub fn with<'s>(&self, more: impl IntoIterator<Item = &'s str>) -> Secrets {
+        let mut all = self.0.clone();
+        all.extend(
+            more.into_iter()
+                .filter(|s| s.len() >= 8)
+                .map(str::to_string),
+        );
+        Secrets(all)
     }
 
     pub fn hide<'a>(&self, text: &'a str) -> Cow<'a, str> {
@@ -311,6 +378,20 @@ mod tests {
         assert_eq!(redactor.clean(other), other);
         drop(index);
         assert_eq!(redactor.clean(TOKEN), TOKEN);
+    }
+
+    #[test]
+    fn configured_patterns_are_masked() {
+        let redactor = Redactor::default();
+        redactor
+            .add_patterns(&["sk_live_[0-9a-z]+".into(), "pin=([0-9]+)".into()])
+            .unwrap();
+        assert_eq!(
+            redactor.mask("key sk_live_abc123 and pin=4321&x=1"),
+            "key *** and pin=***&x=1"
+        );
+        assert_eq!(redactor.mask("nothing here"), Cow::Borrowed("nothing here"));
+        assert!(redactor.add_patterns(&["(unclosed".into()]).is_err());
     }
 
     #[test]

@@ -44,9 +44,12 @@ pub struct ChannelHandle {
     /// Checks before any scenario (`channels::guards`), built when this version was
     /// published; `None` for a channel without any: the webhook pays one branch.
     pub guards: Option<Box<crate::channels::guards::Guards>>,
+    /// Which runs go to the execution history (the channel's `history`).
+    pub history: crate::executions::History,
     channel_json: OnceLock<Arc<str>>,
     logger: OnceLock<slog::Logger>,
     host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
+    recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
 }
@@ -61,6 +64,7 @@ impl ChannelHandle {
         guards: Option<Box<crate::channels::guards::Guards>>,
     ) -> ChannelHandle {
         let handle = ChannelHandle {
+            history: crate::executions::History::of(&channel),
             channel,
             stats,
             sessions,
@@ -69,6 +73,7 @@ impl ChannelHandle {
             channel_json: OnceLock::new(),
             logger: OnceLock::new(),
             host: OnceLock::new(),
+            recording_host: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
         };
@@ -102,6 +107,24 @@ impl ChannelHandle {
                     events: events.clone(),
                     state: state.cloned(),
                 })
+            })
+            .clone()
+    }
+
+    /// The host of runs recorded in the execution history: [`Self::host`], noting
+    /// log lines and outgoing calls; made once per version (texts cut at `max_bytes`).
+    pub fn recording_host(
+        &self,
+        events: &crate::events::EventService,
+        state: Option<&Arc<crate::scenario::channel_state::StateStore>>,
+        max_bytes: usize,
+    ) -> Arc<crate::executions::capture::RecordingHost> {
+        self.recording_host
+            .get_or_init(|| {
+                Arc::new(crate::executions::capture::RecordingHost::new(
+                    self.host(events, state),
+                    crate::scenario::record::Masker::new(self.channel.clone(), max_bytes),
+                ))
             })
             .clone()
     }

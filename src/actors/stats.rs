@@ -42,6 +42,8 @@ pub struct ChannelStats {
     /// Client IPs forgotten by the per-client rate-limit table to stay within
     /// `rate_limit_max_clients_per_channel`.
     pub rate_clients_evicted: AtomicU64,
+    /// Runs not recorded in the execution history: its queue was full.
+    pub executions_dropped: AtomicU64,
     /// The channel's queue of scenario runs (served round-robin with other channels').
     pub lane: std::sync::Arc<crate::scenario::pool::Lane>,
 }

@@ -2,6 +2,7 @@
 //! and the service that stores changes and applies them live to this node.
 
 pub mod authoring;
+mod executions;
 pub mod guards;
 pub mod service;
 pub(crate) mod validate;
@@ -46,6 +47,8 @@ pub struct ChannelView {
     /// The secret is masked unless asked.
     pub verify: Option<guards::VerifySettings>,
     pub cors: Option<guards::CorsSettings>,
+    /// Which runs are recorded in the execution history: `off`, `errors`, `all`.
+    pub history: String,
 }
 
 /// The channel's event type patterns (empty: all types).
@@ -127,6 +130,7 @@ impl ChannelView {
             rate_limit: guards.rate_limit,
             verify,
             cors: guards.cors,
+            history: crate::executions::History::of(c).as_str().to_string(),
         }
     }
 }

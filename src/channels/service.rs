@@ -24,6 +24,8 @@ pub enum ServiceError {
     NotFound,
     #[error("this channel has no kept version {0}")]
     VersionNotFound(i64),
+    #[error("this channel has no recorded execution with this id")]
+    ExecutionNotFound,
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
@@ -108,6 +110,10 @@ impl ChannelService {
         &self.config
     }
 
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher
     }
@@ -169,6 +175,7 @@ impl ChannelService {
             ws_hello: false,
             event_types: String::new(),
             guards: String::new(),
+            history: crate::executions::History::Errors.as_str().to_string(),
         };
         input.apply(&mut channel)?;
         let compiled = self.compile(&channel).await?;

@@ -40,6 +40,9 @@ pub struct ChannelInput {
     /// removes it.
     #[schema(value_type = Option<super::guards::CorsSettings>)]
     pub cors: Option<serde_json::Value>,
+    /// Which runs of the channel's scenario are recorded in its execution history
+    /// (`GET /admin/v1/channels/{id}/executions`): `off`, `errors` (the default) or `all`.
+    pub history: Option<String>,
     /// Why this save was made, kept with the version it creates
     /// (`GET /admin/v1/channels/{id}/versions`); not a channel setting.
     pub note: Option<String>,
@@ -123,6 +126,22 @@ pub fn validate_kind(kind: &str) -> Result<(), ValidationError> {
         Err(ValidationError::new(
             "kind",
             format!("must be \"{KIND_PUBLIC}\" or \"{KIND_EVENTING}\""),
+        ))
+    }
+}
+
+pub fn validate_history(history: &str) -> Result<(), ValidationError> {
+    if crate::executions::History::parse(history).is_some() {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "history",
+            format!(
+                "must be one of {}",
+                crate::executions::History::NAMES
+                    .map(|n| format!("\"{n}\""))
+                    .join(", ")
+            ),
         ))
     }
 }
@@ -297,6 +316,10 @@ impl ChannelInput {
         };
         if !guards.is_empty() {
             channel.guards = super::guards::GuardSettings::apply(&channel.guards, &guards)?;
+        }
+        if let Some(history) = &self.history {
+            validate_history(history)?;
+            channel.history = history.clone();
         }
         // Checks that need the whole channel, after the fields are merged.
         validate_code(&channel.code)?;

@@ -83,6 +83,7 @@ pub fn delete(conn: &mut AnyConnection, domain: &str, id: &str) -> Result<bool, 
         if n == 1 {
             super::subscriptions::delete_for_channel(c, domain, id)?;
             channel_versions::delete_for_channel(c, domain, id)?;
+            super::executions::delete_for_channel(c, domain, id)?;
             notify(
                 c,
                 domain,

@@ -7,6 +7,7 @@ pub mod channel_versions;
 pub mod channels;
 pub mod directory;
 pub mod events;
+pub mod executions;
 pub mod models;
 pub mod nodes;
 pub mod notify;

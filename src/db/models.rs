@@ -32,6 +32,31 @@ pub struct Channel {
     /// The checks before any scenario runs (`channels::guards::GuardSettings` as JSON);
     /// empty: none.
     pub guards: String,
+    /// Which runs are recorded in the execution history: `off`, `errors`, `all`.
+    pub history: String,
+}
+
+/// One recorded run of a channel's scenario (`executions`), secrets masked.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::executions)]
+pub struct Execution {
+    /// A UUIDv7 (ordered by time).
+    pub id: String,
+    pub domain: String,
+    pub channel_id: String,
+    /// Unix ms.
+    pub started_at: i64,
+    /// `webhook` or `websocket`.
+    pub trigger_kind: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    /// The channel version whose script ran.
+    pub version: i64,
+    pub duration_us: i64,
+    /// Of which waiting on the outside world (outgoing calls, lookups, writes).
+    pub wait_us: i64,
+    /// JSON of `executions::Detail`.
+    pub detail: String,
 }
 
 /// The scripts of one saved version of a channel (`channel_versions`).

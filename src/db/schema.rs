@@ -22,6 +22,22 @@ diesel::table! {
         ws_hello -> Bool,
         event_types -> Text,
         guards -> Text,
+        history -> Text,
+    }
+}
+
+diesel::table! {
+    executions (id) {
+        id -> Text,
+        domain -> Text,
+        channel_id -> Text,
+        started_at -> BigInt,
+        trigger_kind -> Text,
+        outcome -> Text,
+        version -> BigInt,
+        duration_us -> BigInt,
+        wait_us -> BigInt,
+        detail -> Text,
     }
 }
 

@@ -183,20 +183,7 @@ async fn restore(
     let (id, v) = path.into_inner();
     let v = version_number(&v)?;
     let body = read_body(&req, payload, state.config.admin_max_body_bytes).await?;
-    let input: RestoreInput = if body.iter().all(u8::is_ascii_whitespace) {
-        RestoreInput::default()
-    } else {
-        let mut de = serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." {
-                "body"
-            } else {
-                path.as_str()
-            };
-            ValidationError::new(field, e.inner().to_string())
-        })?
-    };
+    let input: RestoreInput = super::optional_json(&body)?;
     let channel = domain.channels.restore(&id, v, input.note).await?;
     slog::info!(state.logger, "channel restored"; "channel" => &channel.code, "id" => &channel.id, "from_version" => v, "version" => channel.version);
     Ok(HttpResponse::Ok().json(super::admin::view(&state, &channel, false)))

@@ -195,6 +195,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => {
                 ApiError::not_found("channel_not_found", "no channel with this id")
             }
+            ServiceError::ExecutionNotFound => ApiError::not_found(
+                "execution_not_found",
+                "this channel has no recorded execution with this id",
+            ),
             ServiceError::VersionNotFound(v) => ApiError::not_found(
                 "version_not_found",
                 format!("this channel has no kept version {v}"),

@@ -7,6 +7,7 @@ pub mod body_guard;
 pub mod channel_guards;
 pub mod error;
 pub mod events;
+pub mod executions;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;
@@ -29,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(events::routes)
         .configure(subscriptions_admin::routes)
         .configure(authoring::routes)
+        .configure(executions::routes)
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)
@@ -63,4 +65,24 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// An optional JSON body: empty (or blank) is `T::default()`; otherwise parsed, a field
+/// that does not fit named (`mocks[0].status`).
+pub fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, crate::channels::ValidationError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." {
+            "body"
+        } else {
+            path.as_str()
+        };
+        crate::channels::ValidationError::new(field, e.inner().to_string())
+    })
 }

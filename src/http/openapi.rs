@@ -46,7 +46,7 @@ impl Modify for AdminToken {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "oktell-gateway", description = "Integration gateway of Oktell Studio: channels, webhooks, websockets, events, scenario authoring (dry runs, versions)."),
+    info(title = "oktell-gateway", description = "Integration gateway of Oktell Studio: channels, webhooks, websockets, events, scenario authoring (dry runs, versions, execution history with replay)."),
     paths(
         super::admin::create_channel,
         super::admin::list_channels,
@@ -62,6 +62,9 @@ impl Modify for AdminToken {
         super::authoring::versions,
         super::authoring::version,
         super::authoring::restore,
+        super::executions::list,
+        super::executions::get,
+        super::executions::replay,
         super::events::publish,
         super::events::list,
         super::webhook::webhook,
@@ -85,7 +88,9 @@ impl Modify for AdminToken {
         crate::channels::DryRunInput, crate::channels::authoring::SampleRequest, crate::channels::authoring::SampleMessage, crate::channels::authoring::MockInput,
         crate::scenario::dry_run::Report, crate::scenario::dry_run::ReplyRecord, crate::scenario::dry_run::ErrorRecord, crate::scenario::dry_run::LogLine,
         crate::scenario::dry_run::CallRecord, crate::scenario::dry_run::WsRecord, crate::scenario::dry_run::EventRecord, crate::scenario::dry_run::StateRecord, crate::scenario::dry_run::Text,
-        super::authoring::VersionView, super::authoring::VersionPage, super::authoring::RestoreInput)),
+        super::authoring::VersionView, super::authoring::VersionPage, super::authoring::RestoreInput,
+        super::executions::ExecutionView, super::executions::ExecutionPage, super::executions::ReplayInput, super::executions::ReplayReport,
+        crate::executions::Inputs)),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

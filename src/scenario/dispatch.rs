@@ -17,6 +17,8 @@ use super::{
 };
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
 use crate::db::models::Channel;
+use crate::executions::capture::{self, Finished};
+use crate::executions::{ExecutionLog, History};
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
@@ -30,6 +32,8 @@ pub struct Dispatcher {
     timeout: Duration,
     max_in_flight: usize,
     logger: slog::Logger,
+    /// Where recorded runs go (the execution history); None: nothing is recorded.
+    executions: Option<Arc<ExecutionLog>>,
 }
 
 /// Holds one in-flight slot of a channel; gives it back however the run ends (also
@@ -60,7 +64,19 @@ impl Dispatcher {
             timeout,
             max_in_flight,
             logger,
+            executions: None,
         }
+    }
+
+    /// Records runs in `log` according to each channel's `history`.
+    pub fn with_executions(mut self, log: Arc<ExecutionLog>) -> Dispatcher {
+        self.executions = Some(log);
+        self
+    }
+
+    /// The execution history's queue, when runs are recorded.
+    pub fn executions(&self) -> Option<&Arc<ExecutionLog>> {
+        self.executions.as_ref()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -187,7 +203,20 @@ impl Dispatcher {
                 "no event log for the channel's domain".into(),
             ));
         };
-        let host: Arc<dyn ChannelHost> = handle.host(events, self.state.as_ref());
+        // A channel with history records its runs: its recording host notes what they
+        // do. Without, this is the one branch a run pays.
+        let history = handle.history;
+        let recording = match &self.executions {
+            Some(log) if history != History::Off => Some((
+                log.clone(),
+                handle.recording_host(events, self.state.as_ref(), log.max_recorded_bytes),
+            )),
+            _ => None,
+        };
+        let host: Arc<dyn ChannelHost> = match &recording {
+            Some((_, recorder)) => recorder.clone(),
+            None => handle.host(events, self.state.as_ref()),
+        };
         let handle_stats = handle.stats.clone();
         let job = move |start: Start| {
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
@@ -207,6 +236,9 @@ impl Dispatcher {
                 return;
             }
             let logger = handle.logger(&base_logger);
+            if let Some((_, recorder)) = &recording {
+                capture::begin(recorder.masker().scan_bytes());
+            }
             let started = Instant::now();
             let outcome = match handle.script(kind, runtime.as_ref()) {
                 Ok(script) => runtime.run(
@@ -221,8 +253,29 @@ impl Dispatcher {
                 ),
                 Err(e) => Err(ScenarioError::Compile(e.clone())),
             };
-            handle.stats.record_duration(started.elapsed());
+            let duration = started.elapsed();
+            handle.stats.record_duration(duration);
             count_outcome(&handle.stats, &outcome);
+            // A run kept in the history: what its record needs of the outcome is copied
+            // before the reply goes out; the record is made after.
+            let finished = recording.and_then(|(log, recorder)| {
+                let wanted = history == History::All || outcome.is_err();
+                let captured = capture::end(wanted && log.has_room(&handle.stats))?;
+                let kept = Finished::keep_outcome(&recorder, &outcome);
+                Some((
+                    log,
+                    Finished {
+                        host: recorder,
+                        kind,
+                        started_at: crate::db::now_millis()
+                            .saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(0)),
+                        duration,
+                        waited: super::pool::waited(),
+                        outcome: kept,
+                        captured,
+                    },
+                ))
+            });
             if let Err(err) = &outcome {
                 slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => tx.is_some());
             }
@@ -231,6 +284,11 @@ impl Dispatcher {
             drop(slot);
             if let Some(tx) = tx {
                 let _ = tx.send(outcome);
+            }
+            if let Some((log, finished)) = finished
+                && let Some(row) = finished.into_row(params.as_ref())
+            {
+                log.push(&handle.stats, row);
             }
         };
         // A refused job is dropped unrun; its slot is given back on drop.

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::channel_state::{self, StateError, StateStore};
-use super::outgoing::{OutgoingResponse, paths};
+use super::outgoing::OutgoingResponse;
+use super::record::Masker;
+pub use super::record::{CallRecord, ErrorRecord, LogLine, ReplyRecord, Text};
 use super::{ChannelHost, OutgoingCall, ScenarioError, ScenarioReply, StartParams};
 use crate::db::models::Channel;
-use crate::redact::{MASK, Secrets, redactor};
 
 /// What a dry run is run on.
 #[derive(Debug, Clone)]
@@ -153,44 +154,6 @@ impl Sample {
     }
 }
 
-/// A text as a dry run reports it: secrets masked, cut at the node's bound.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Text {
-    pub text: String,
-    /// Bytes of the whole text (before any cut).
-    pub bytes: usize,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-}
-
-/// A log line of the script.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct LogLine {
-    pub level: String,
-    pub message: String,
-}
-
-/// An outgoing call the script made or would have made.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct CallRecord {
-    pub method: String,
-    /// Where it goes, secrets (URL password, token-like query values, the channel's
-    /// tokens) masked.
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Text,
-    /// `performed` (live), `mock`, or `not_performed` (answered 200 with an empty body).
-    pub answered_by: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<Text>,
-    /// Why the call failed (the script sees it as an error).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub duration_ms: f64,
-}
-
 /// A websocket push, broadcast or close the script made or would have made.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WsRecord {
@@ -234,30 +197,6 @@ pub struct StateRecord {
     pub result: Option<bool>,
     /// Always false: a dry run never writes channel state.
     pub performed: bool,
-}
-
-/// The reply the run would give.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ReplyRecord {
-    pub code: u16,
-    /// As they would be sent (a webhook reply without a content type gets
-    /// `application/octet-stream`).
-    pub headers: Vec<(String, String)>,
-    pub body: Text,
-}
-
-/// Why the run did not end correctly.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ErrorRecord {
-    /// As callers of the real run would see it (`scenario_error`, `scenario_timeout`...);
-    /// `scenario_syntax_error` when the script does not compile.
-    pub code: &'static str,
-    /// The full message (the caller of a real run gets a generic one).
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
 }
 
 /// Everything a dry run did.
@@ -308,13 +247,11 @@ struct Pending {
 
 /// The host of a dry run: records what the script does, performs it when live.
 pub struct DryHost {
-    channel: Arc<Channel>,
     /// The channel's real host: performs effects when live, answers reads always.
     real: Arc<dyn ChannelHost>,
     live: bool,
     mocks: Vec<Mock>,
-    secrets: Secrets,
-    max_recorded: usize,
+    masker: Masker,
     recorded: Mutex<Recorded>,
     /// Where state reads not answered by this run's own writes go.
     state: Option<Arc<StateStore>>,
@@ -328,14 +265,11 @@ impl DryHost {
         mocks: Vec<Mock>,
         max_recorded: usize,
     ) -> DryHost {
-        let secrets = crate::channels::run_secrets(&channel);
         DryHost {
-            channel,
             real,
             live,
             mocks,
-            secrets,
-            max_recorded,
+            masker: Masker::new(channel, max_recorded),
             recorded: Mutex::new(Recorded::default()),
             state: None,
         }
@@ -377,70 +311,12 @@ impl DryHost {
         f(&mut recorded)
     }
 
-    /// A text as reported: the channel's secrets and the process's known secrets
-    /// masked, cut at `max_recorded` bytes (on a character boundary).
     fn text(&self, raw: &str) -> Text {
-        let hidden = self.secrets.hide(raw);
-        let masked = redactor().mask(&hidden);
-        let bytes = raw.len();
-        let mut cut = masked.len().min(self.max_recorded);
-        while !masked.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        Text {
-            text: masked[..cut].to_string(),
-            bytes,
-            truncated: cut < masked.len(),
-        }
+        self.masker.text(raw)
     }
 
     fn text_bytes(&self, raw: &[u8]) -> Text {
-        self.text(&String::from_utf8_lossy(raw))
-    }
-
-    /// Where a call goes, as reported (secrets masked), or why it cannot go anywhere
-    /// (the same refusals as the real client's).
-    fn target(&self, path: &str) -> Result<String, String> {
-        let base = self.channel.outgoing_url.as_str();
-        if base.is_empty() {
-            return Err("the channel has no outgoing_url".into());
-        }
-        let lower = base.to_ascii_lowercase();
-        let joined = if lower.starts_with("ftp://") || lower.starts_with("ftps://") {
-            let file = paths::join_path("", path)?;
-            format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                file.trim_start_matches('/')
-            )
-        } else {
-            paths::join_url(base, path)?
-        };
-        Ok(self.masked_url(&joined))
-    }
-
-    fn masked_url(&self, raw: &str) -> String {
-        let Ok(mut url) = url::Url::parse(raw) else {
-            return self.text(raw).text;
-        };
-        if url.password().is_some() {
-            let _ = url.set_password(Some(MASK));
-        }
-        if url.query().is_some() {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if secret_name(&k) {
-                        MASK.to_string()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        self.text(url.as_str()).text
+        self.masker.text_bytes(raw)
     }
 
     /// The report of a finished run.
@@ -448,8 +324,14 @@ impl DryHost {
         let recorded =
             std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|e| e.into_inner()));
         let (reply, error) = match ended.outcome {
-            Ok(reply) => (Some(self.reply(reply, sample)), None),
-            Err(e) => (None, Some(self.error(&e))),
+            Ok(reply) => (
+                Some(
+                    self.masker
+                        .reply(&reply, matches!(sample, Sample::Webhook(_))),
+                ),
+                None,
+            ),
+            Err(e) => (None, Some(self.masker.error(&e))),
         };
         Report {
             trigger: sample.trigger(),
@@ -468,64 +350,6 @@ impl DryHost {
             operations: ended.operations,
         }
     }
-
-    fn reply(&self, reply: ScenarioReply, sample: &Sample) -> ReplyRecord {
-        let mut headers: Vec<(String, String)> = reply
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), self.text(v).text))
-            .collect();
-        if matches!(sample, Sample::Webhook(_))
-            && !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            headers.push((
-                "content-type".to_string(),
-                "application/octet-stream".to_string(),
-            ));
-        }
-        ReplyRecord {
-            code: reply.code,
-            headers,
-            body: self.text_bytes(&reply.content),
-        }
-    }
-
-    fn error(&self, e: &ScenarioError) -> ErrorRecord {
-        let (code, line, column) = match e {
-            ScenarioError::Compile(c) => ("scenario_syntax_error", c.line, c.column),
-            ScenarioError::Script(f) => (e.code(), f.line, f.column),
-            _ => (e.code(), None, None),
-        };
-        let message = match e {
-            ScenarioError::Compile(c) => c.message.clone(),
-            other => other.to_string(),
-        };
-        ErrorRecord {
-            code,
-            message: self.text(&message).text,
-            line,
-            column,
-        }
-    }
-}
-
-/// Query parameter names whose values are masked in reported URLs.
-fn secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "key",
-        "signature",
-        "sig",
-        "auth",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
 }
 
 /// How a dry run's script run ended.
@@ -634,7 +458,7 @@ impl ChannelHost for DryHost {
         perform: &mut dyn FnMut() -> Result<OutgoingResponse, String>,
     ) -> Result<OutgoingResponse, String> {
         let started = Instant::now();
-        let target = self.target(call.path);
+        let target = self.masker.target(call.path);
         let mock = self
             .mocks
             .iter()
@@ -665,10 +489,10 @@ impl ChannelHost for DryHost {
             headers: call
                 .headers
                 .iter()
-                .map(|(k, v)| (k.clone(), self.text(v).text))
+                .map(|(k, v)| self.masker.header(k, v))
                 .collect(),
             body: self.text_bytes(call.body),
-            answered_by,
+            answered_by: answered_by.to_string(),
             status: outcome.as_ref().ok().map(|r| r.status),
             response: outcome.as_ref().ok().map(|r| self.text_bytes(&r.body)),
             error: outcome.as_ref().err().map(|e| self.text(e).text),
@@ -774,10 +598,7 @@ impl ChannelHost for DryHost {
     }
 
     fn capture_log(&self, level: &str, text: &str) -> bool {
-        let line = LogLine {
-            level: level.to_ascii_lowercase(),
-            message: self.text(text).text,
-        };
+        let line = self.masker.log_line(level, text);
         self.record(|r| r.logs.push(line));
         true
     }
@@ -824,7 +645,7 @@ mod tests {
                 max,
             )
         };
-        let url = host(1024).target("orders?api_key=k1&x=1").unwrap();
+        let url = host(1024).masker.target("orders?api_key=k1&x=1").unwrap();
         assert!(!url.contains("pw-secret") && !url.contains("k1"), "{url}");
         assert!(
             url.contains("example.com/api/orders?") && url.contains("x=1"),
@@ -835,6 +656,6 @@ mod tests {
         assert_eq!(t.text, "say ***");
         assert!(t.truncated);
         assert_eq!(t.bytes, 26);
-        assert!(host.target("../up").is_err());
+        assert!(host.masker.target("../up").is_err());
     }
 }

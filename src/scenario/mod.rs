@@ -9,6 +9,7 @@ pub mod dry_run;
 pub mod http_runtime;
 pub mod outgoing;
 pub mod pool;
+pub mod record;
 pub mod reply;
 pub mod rhai_json;
 pub mod rhai_runtime;

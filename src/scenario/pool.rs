@@ -246,8 +246,11 @@ struct WorkerCtx {
     shared: Arc<Shared>,
     grant: Arc<Grant>,
     role: Option<usize>,
-    /// Time spent in waits during the current job.
+    /// Time spent in waits during the current job that gave the slot away.
     waited: Duration,
+    /// Time spent in all waits during the current job (also those that kept the slot:
+    /// no spare thread), as execution records report it.
+    waited_all: Duration,
 }
 
 thread_local! {
@@ -694,6 +697,7 @@ fn work(shared: Arc<Shared>, role: usize) {
             grant: grant.clone(),
             role: Some(role),
             waited: Duration::ZERO,
+            waited_all: Duration::ZERO,
         })
     });
     let mut idle_since: Option<Instant> = None;
@@ -766,6 +770,7 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.waited = Duration::ZERO;
+            w.waited_all = Duration::ZERO;
         }
     });
     let job = queued.job;
@@ -778,6 +783,12 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
     shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
     shared.stats.completed.fetch_add(1, Ordering::Relaxed);
     shared.shed_hopeless(lane, cost, Instant::now());
+}
+
+/// Time the job running on this thread has spent in waits so far ([`blocking`]):
+/// zero off pool threads.
+pub fn waited() -> Duration {
+    WORKER.with(|w| w.borrow().as_ref().map_or(Duration::ZERO, |w| w.waited_all))
 }
 
 /// Runs `wait` without holding a compute slot: on a pool thread holding one, the slot
@@ -794,7 +805,15 @@ pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
         return wait();
     };
     if !shared.hand_off(role) {
-        return wait();
+        let started = Instant::now();
+        let out = wait();
+        let waited = started.elapsed();
+        WORKER.with(|w| {
+            if let Some(w) = w.borrow_mut().as_mut() {
+                w.waited_all += waited;
+            }
+        });
+        return out;
     }
     set_role(None);
     shared.stats.handoffs.fetch_add(1, Ordering::Relaxed);
@@ -813,6 +832,7 @@ pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.role = role;
             w.waited += waited;
+            w.waited_all += waited;
         }
     });
     out

@@ -15,6 +15,7 @@ mod deliveries;
 mod deploy;
 mod doc_examples;
 mod events;
+mod executions;
 mod helpers;
 mod log_hygiene;
 mod ops;

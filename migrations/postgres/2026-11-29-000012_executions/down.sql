@@ -1,0 +1,2 @@
+DROP TABLE executions;
+ALTER TABLE channels DROP COLUMN history;

@@ -1,0 +1,136 @@
+//! Queries on `executions`: the recorded runs of channels' scenarios. Written in
+//! batches by the node's executions writer (`executions::writer`), which trims each
+//! channel it wrote to its count bound in the same transaction; read by the admin API.
+
+use std::collections::BTreeSet;
+
+use diesel::prelude::*;
+
+use super::models::Execution;
+use super::schema::executions::dsl;
+use super::{AnyConnection, StoreError, insert_rows};
+
+/// Rows per INSERT statement (SQLite binds at most 32,766 values; a row has 10).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Stores a batch, then keeps the newest `keep` rows of each channel written to; a
+/// channel deleted meanwhile loses the rows just written. One transaction. Returns the
+/// rows trimmed.
+pub fn insert_batch(
+    conn: &mut AnyConnection,
+    rows: &[Execution],
+    keep: i64,
+) -> Result<usize, StoreError> {
+    conn.transaction::<_, StoreError, _>(|c| {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            insert_rows!(c, dsl::executions, chunk)?;
+        }
+        let channels: BTreeSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.domain.as_str(), r.channel_id.as_str()))
+            .collect();
+        let mut trimmed = 0;
+        for (domain, channel_id) in channels {
+            trimmed += if super::channels::find(c, domain, channel_id)?.is_none() {
+                delete_for_channel(c, domain, channel_id)?
+            } else {
+                trim(c, channel_id, keep)?
+            };
+        }
+        Ok(trimmed)
+    })
+}
+
+/// Keeps the newest `keep` executions of a channel (at least one).
+fn trim(conn: &mut AnyConnection, channel_id: &str, keep: i64) -> Result<usize, StoreError> {
+    let oldest_kept: Option<String> = dsl::executions
+        .filter(dsl::channel_id.eq(channel_id))
+        .select(dsl::id)
+        .order(dsl::id.desc())
+        .offset(keep.max(1) - 1)
+        .first(conn)
+        .optional()?;
+    let Some(oldest) = oldest_kept else {
+        return Ok(0);
+    };
+    Ok(diesel::delete(
+        dsl::executions
+            .filter(dsl::channel_id.eq(channel_id))
+            .filter(dsl::id.lt(oldest)),
+    )
+    .execute(conn)?)
+}
+
+/// Deletes the executions that started before `before` (Unix ms); how many.
+pub fn purge(conn: &mut AnyConnection, before: i64) -> Result<usize, StoreError> {
+    Ok(diesel::delete(dsl::executions.filter(dsl::started_at.lt(before))).execute(conn)?)
+}
+
+/// Deletes every execution of a channel (with the channel, in its transaction).
+pub fn delete_for_channel(
+    conn: &mut AnyConnection,
+    domain: &str,
+    channel_id: &str,
+) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        dsl::executions
+            .filter(dsl::domain.eq(domain))
+            .filter(dsl::channel_id.eq(channel_id)),
+    )
+    .execute(conn)?)
+}
+
+/// Filters and page of a listing (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub outcome: Option<String>,
+    pub trigger: Option<String>,
+    /// Started at or after (Unix ms).
+    pub since: Option<i64>,
+    /// Older than this id (the previous page's cursor).
+    pub before_id: Option<String>,
+    pub limit: i64,
+}
+
+pub fn list(
+    conn: &mut AnyConnection,
+    domain: &str,
+    channel_id: &str,
+    filter: &ExecutionFilter,
+) -> Result<Vec<Execution>, StoreError> {
+    let mut q = dsl::executions
+        .filter(dsl::domain.eq(domain))
+        .filter(dsl::channel_id.eq(channel_id))
+        .into_boxed();
+    if let Some(outcome) = &filter.outcome {
+        q = q.filter(dsl::outcome.eq(outcome.clone()));
+    }
+    if let Some(trigger) = &filter.trigger {
+        q = q.filter(dsl::trigger_kind.eq(trigger.clone()));
+    }
+    if let Some(since) = filter.since {
+        q = q.filter(dsl::started_at.ge(since));
+    }
+    if let Some(before) = &filter.before_id {
+        q = q.filter(dsl::id.lt(before.clone()));
+    }
+    Ok(q.order(dsl::id.desc())
+        .limit(filter.limit)
+        .select(Execution::as_select())
+        .load(conn)?)
+}
+
+pub fn find(
+    conn: &mut AnyConnection,
+    domain: &str,
+    channel_id: &str,
+    id: &str,
+) -> Result<Option<Execution>, StoreError> {
+    Ok(dsl::executions
+        .filter(dsl::domain.eq(domain))
+        .filter(dsl::channel_id.eq(channel_id))
+        .filter(dsl::id.eq(id))
+        .select(Execution::as_select())
+        .first(conn)
+        .optional()?)
+}

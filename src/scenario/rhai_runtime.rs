@@ -254,8 +254,9 @@ pub fn reply_headers(headers: &Dynamic) -> Result<Vec<(String, String)>, Scenari
         if s.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let value: serde_json::Value = serde_json::from_str(s.as_str())
-            .map_err(|e| ScenarioError::InvalidReply(format!("response_headers is not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(s.as_str()).map_err(|e| {
+            ScenarioError::InvalidReply(format!("response_headers is not JSON: {e}"))
+        })?;
         ScenarioReply::headers_from_json(&value)
     } else if let Some(map) = headers.read_lock::<Map>() {
         Ok(map

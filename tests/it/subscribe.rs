@@ -187,7 +187,10 @@ async fn not_recovered_and_malformed_frames() {
     for (bad, code) in [
         ("not json", "bad_request"),
         (r#"{"op": "dance"}"#, "bad_request"),
-        (r#"{"op": "subscribe", "types": ["Bad Type"]}"#, "invalid_types"),
+        (
+            r#"{"op": "subscribe", "types": ["Bad Type"]}"#,
+            "invalid_types",
+        ),
         (r#"{"op":"subscribe","since":"x"}"#, "bad_request"),
     ] {
         ws.send(Message::text(bad)).await.unwrap();

@@ -17,6 +17,7 @@ mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;
+mod schema;
 mod script_crypto;
 mod slow_requests;
 mod status_page;

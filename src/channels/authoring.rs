@@ -43,7 +43,7 @@ pub struct SampleRequest {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// A string as it is; any other JSON value as its JSON text.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub body: Option<serde_json::Value>,
     /// `startparam(6)`; default 127.0.0.1.
     pub peer_ip: Option<String>,

@@ -11,19 +11,35 @@ use crate::scenario::CompileError;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelInput {
+    /// Unique in the domain: letters, digits, `_`, `.` and `-`. Required on create.
+    #[schema(pattern = r"^[A-Za-z0-9_.\-]{1,64}$")]
     pub code: Option<String>,
+    /// `public` or `eventing`. Required on create.
+    #[schema(pattern = "^(public|eventing)$")]
     pub kind: Option<String>,
     pub wait_for_completion: Option<bool>,
+    /// One node role (no commas); spaces around it are trimmed.
+    #[schema(pattern = r"^[^,\u0000]*$", max_length = 64)]
     pub ws_role: Option<String>,
+    /// Empty (not set), or an http, https, ftp or ftps URL with a host.
+    #[schema(max_length = 4096)]
     pub outgoing_url: Option<String>,
+    /// Printable ASCII without spaces.
+    #[schema(pattern = "^[!-~]*$", max_length = 4096)]
     pub outgoing_token_primary: Option<String>,
+    #[schema(pattern = "^[!-~]*$", max_length = 4096)]
     pub outgoing_token_secondary: Option<String>,
+    /// A Rhai script; one that does not compile is a 400 with its line and column.
+    #[schema(max_length = 1048576)]
     pub webhook_scenario: Option<String>,
+    #[schema(max_length = 1048576)]
     pub websocket_scenario: Option<String>,
+    #[schema(pattern = r"^[^\u0000]*$", max_length = 4096)]
     pub comment: Option<String>,
     pub enabled: Option<bool>,
     pub ws_hello: Option<bool>,
     /// Eventing channels: the event type patterns exposed (`call.*`, `*`, exact); empty: all.
+    #[schema(max_items = 100, value_type = Option<Vec<crate::events::patterns::Pattern>>)]
     pub event_types: Option<Vec<String>>,
     /// Networks callers must come from (CIDRs or addresses); others get the same 404
     /// as an unknown token. `[]` removes the list.
@@ -45,10 +61,12 @@ pub struct ChannelInput {
     pub history: Option<String>,
     /// Why this save was made, kept with the version it creates
     /// (`GET /admin/v1/channels/{id}/versions`); not a channel setting.
+    #[schema(pattern = r"^[^\u0000]*$", max_length = 4096)]
     pub note: Option<String>,
-    /// Present only to be refused with a clear message: the token is immutable.
+    /// Present only to be refused with a clear message: the token is immutable (so
+    /// not in the schema, which allows no other fields).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(ignore)]
     pub token: Option<serde_json::Value>,
 }
 

@@ -31,16 +31,22 @@ const MAX_KEY_LEN: usize = 256;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
-    /// Dotted name, e.g. `call.started`.
+    /// Dotted lowercase segments, e.g. `call.started`.
     #[serde(rename = "type")]
+    #[schema(pattern = r"^[a-z0-9_\-]+(\.[a-z0-9_\-]+)*$", max_length = 128)]
     pub event_type: String,
-    /// A JSON object.
+    /// A JSON object (null or absent: `{}`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub data: serde_json::Value,
-    /// RFC 3339; default: now.
+    /// RFC 3339 in UTC, from 1970 on; default: now.
+    #[schema(
+        pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$"
+    )]
     pub occurred_at: Option<String>,
     /// Publishing again with the same key within 24 h returns the stored event.
+    /// At most 256 characters, none of them control characters.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$", max_length = 256)]
     pub idempotency_key: Option<String>,
 }
 
@@ -101,6 +107,17 @@ pub fn validate_type(field: &str, t: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// An idempotency key (field or header): 1 to 256 characters, none of them control.
+pub fn validate_idempotency_key(field: &str, key: &str) -> Result<(), ValidationError> {
+    if key.is_empty() || key.chars().count() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1 to {MAX_KEY_LEN} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
 impl EventInput {
     /// Checks and converts; `index` names the item of a batch in errors.
     pub fn validate(self, index: Option<usize>, now: i64) -> Result<NewEvent, ValidationError> {
@@ -131,13 +148,8 @@ impl EventInput {
                     ValidationError::new(&at("occurred_at"), "must be an RFC 3339 time")
                 })?,
         };
-        if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control()))
-        {
-            return Err(ValidationError::new(
-                &at("idempotency_key"),
-                format!("must be 1 to {MAX_KEY_LEN} printable characters"),
-            ));
+        if let Some(key) = &self.idempotency_key {
+            validate_idempotency_key(&at("idempotency_key"), key)?;
         }
         Ok(NewEvent {
             event_type: self.event_type,

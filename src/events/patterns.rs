@@ -3,6 +3,12 @@
 
 use crate::channels::ValidationError;
 
+/// An event type pattern as `/openapi.json` shows it: `*`, `call.*` or `call.started`
+/// (at most 128 characters before the `.*`).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = r"^(\*|[a-z0-9_\-]+(\.[a-z0-9_\-]+)*(\.\*)?)$")]
+pub struct Pattern(#[allow(dead_code)] String);
+
 pub fn validate(field: &str, pattern: &str) -> Result<(), ValidationError> {
     if pattern == "*" {
         return Ok(());

@@ -55,10 +55,16 @@ pub fn signature_header(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
+    /// An http(s) URL whose host resolves to public addresses (unless
+    /// `allow_private_targets`).
+    #[schema(max_length = 2048)]
     pub url: String,
+    /// Event type patterns (`call.*`, `*`, exact); empty: all.
     #[serde(default)]
+    #[schema(max_items = 100, value_type = Vec<crate::events::patterns::Pattern>)]
     pub event_types: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 

@@ -30,7 +30,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::patch().to(update_channel))
                     .route(web::delete().to(delete_channel)),
             )
-            .service(resource("/channels/{id}/fault/panic").route(web::post().to(inject_panic)))
+            // A test hook, not in /openapi.json: its `Allow` is spelled out.
+            .service(
+                web::resource("/channels/{id}/fault/panic")
+                    .route(web::post().to(inject_panic))
+                    .default_service(only("POST")),
+            )
             .service(resource("/channels/{id}/sessions").route(web::get().to(list_sessions)))
             .service(resource("/node").route(web::get().to(node)))
             .service(resource("/nodes").route(web::get().to(nodes)))
@@ -44,12 +49,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this method is not allowed on this path",
-    ))
+/// The default service of every resource: 405 with `Allow` listing the path's methods
+/// as `/openapi.json` documents them (one source of truth: a route added with its
+/// annotation gets a right `Allow` without more code).
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allow = req
+        .match_pattern()
+        .and_then(|pattern| super::openapi::allowed_methods(&pattern))
+        .unwrap_or_default();
+    Err(ApiError::method_not_allowed(allow))
+}
+
+/// The default service of a path `/openapi.json` does not document (a page, a test
+/// hook): 405 with `Allow: {allow}`.
+pub(crate) fn only(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<HttpResponse, _>(ApiError::method_not_allowed(allow)) })
 }
 
 /// Proof that the request carries the admin token (compared in constant time).
@@ -104,9 +118,16 @@ pub struct ViewQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// `public` or `eventing`.
+    #[param(pattern = "^(public|eventing)$")]
     kind: Option<String>,
+    /// Only the channel with this code.
     code: Option<String>,
+    /// At most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Skip this many (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
     #[serde(default)]
     reveal_secrets: bool,

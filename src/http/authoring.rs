@@ -32,7 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// line and column.
 #[utoipa::path(post, path = "/admin/v1/channels/{id}/dry-run", tag = "authoring",
     params(("id" = String, Path, description = "Channel id")),
-    request_body = DryRunInput,
+    request_body(content = Option<DryRunInput>, description = "Optional: without it, an empty POST to the saved script"),
     responses((status = 200, description = "What the run did", body = Report),
         (status = 400, description = "Invalid input, naming the field", body = ErrorResponse),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),
@@ -136,7 +136,7 @@ async fn versions(
 
 /// One kept version, with its scripts.
 #[utoipa::path(get, path = "/admin/v1/channels/{id}/versions/{v}", tag = "authoring",
-    params(("id" = String, Path, description = "Channel id"), ("v" = i64, Path, description = "Version")),
+    params(("id" = String, Path, description = "Channel id"), ("v" = i64, Path, minimum = 1, description = "Version")),
     responses((status = 200, description = "The version", body = VersionView),
         (status = 400, description = "Invalid input, naming the field", body = ErrorResponse),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),
@@ -158,14 +158,15 @@ async fn version(
 #[serde(deny_unknown_fields)]
 pub struct RestoreInput {
     /// Kept with the new version; default "restored from version N".
+    #[schema(pattern = r"^[^\u0000]*$", max_length = 4096)]
     pub note: Option<String>,
 }
 
 /// Save a new version whose scripts are those of version `v` (the other settings stay
 /// as they are). Applied live on every node, like any update.
 #[utoipa::path(post, path = "/admin/v1/channels/{id}/versions/{v}/restore", tag = "authoring",
-    params(("id" = String, Path, description = "Channel id"), ("v" = i64, Path, description = "Version")),
-    request_body(content = RestoreInput, description = "Optional"),
+    params(("id" = String, Path, description = "Channel id"), ("v" = i64, Path, minimum = 1, description = "Version")),
+    request_body(content = Option<RestoreInput>, description = "Optional"),
     responses((status = 200, description = "The channel, at its new version", body = ChannelView),
         (status = 400, description = "Invalid input, naming the field", body = ErrorResponse),
         (status = 401, description = "No or wrong admin token", body = ErrorResponse),

@@ -30,6 +30,8 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// Seconds for `Retry-After` on 429/503.
     pub retry_after: Option<u64>,
+    /// The path's methods for `Allow` on 405 (RFC 9110).
+    pub allow: Option<String>,
     /// What went wrong inside (a storage error, say): logged once at the edge with the
     /// request id (`request_id::tag_requests`), never sent to the caller.
     pub cause: Option<String>,
@@ -59,6 +61,7 @@ impl ApiError {
                 column: None,
             },
             retry_after: None,
+            allow: None,
             cause: None,
         }
     }
@@ -95,6 +98,17 @@ impl ApiError {
     pub fn with_cause(mut self, cause: impl std::fmt::Display) -> ApiError {
         self.cause = Some(cause.to_string());
         self
+    }
+
+    /// 405 for a method the path does not serve; `allow` lists those it does.
+    pub fn method_not_allowed(allow: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed on this path",
+        );
+        e.allow = Some(allow.into());
+        e
     }
 
     pub fn unauthorized() -> ApiError {
@@ -143,6 +157,9 @@ impl ResponseError for ApiError {
         let mut builder = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            builder.insert_header((header::ALLOW, allow.as_str()));
         }
         builder.json(serde_json::json!({ "error": self.body }))
     }

@@ -34,7 +34,7 @@ enum PublishBody {
 /// An `Idempotency-Key` header (one event) or `idempotency_key` field dedupes for 24 h:
 /// the stored event comes back (200 instead of 201).
 #[utoipa::path(post, path = "/admin/v1/events", tag = "events",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Dedupes one event for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\t -~]*[!-~][\t -~]*$", max_length = 256, description = "Dedupes one event for 24 h: visible ASCII (spaces around it are not part of it)")),
     request_body = EventInput,
     responses((status = 201, description = "Stored", body = EventView),
         (status = 200, description = "Already stored under this idempotency key", body = EventView),
@@ -61,6 +61,10 @@ async fn publish(
         .map(|v| v.to_str().map(str::to_string))
         .transpose()
         .map_err(|_| ApiError::from(ValidationError::new("Idempotency-Key", "must be text")))?;
+    // Checked even when the body's key wins: a bad header is refused, not ignored.
+    if let Some(key) = &header_key {
+        crate::events::validate_idempotency_key("Idempotency-Key", key)?;
+    }
     let now = now_millis();
     let (inputs, single) = match parsed {
         PublishBody::One(mut one) => {
@@ -117,6 +121,7 @@ struct ListQuery {
     /// Events with an id above this one (default 0: from the oldest kept).
     after: Option<i64>,
     /// At most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -1,6 +1,8 @@
 //! `/openapi.json` (OpenAPI 3, generated from the handlers' annotations with utoipa) and
 //! `/docs`, a small self-contained page that lists it (no CDN, works offline).
 
+use std::sync::LazyLock;
+
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -95,13 +97,104 @@ impl Modify for AdminToken {
 )]
 pub struct ApiDoc;
 
+/// `/openapi.json`, built once: the annotations' document with what every operation
+/// shares filled in ([`with_common_parts`]).
+pub fn document() -> &'static serde_json::Value {
+    static DOC: LazyLock<serde_json::Value> = LazyLock::new(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        with_common_parts(&mut doc);
+        doc
+    });
+    &DOC
+}
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "patch", "delete", "options", "head", "trace",
+];
+
+/// The answers every operation of a kind can give, so that a handler's annotation
+/// lists only its own: 400 where it takes parameters or a body (an unknown query
+/// field included), 401 where it needs the admin token, 404 where its path names a
+/// resource. And `ChannelCreate`: `ChannelInput` with `code` and `kind` required, the
+/// body of `POST /admin/v1/channels`.
+fn with_common_parts(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+        })
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            for method in METHODS {
+                let Some(op) = item.get_mut(method).and_then(|o| o.as_object_mut()) else {
+                    continue;
+                };
+                let takes_input = op.get("requestBody").is_some()
+                    || op
+                        .get("parameters")
+                        .and_then(|p| p.as_array())
+                        .is_some_and(|p| !p.is_empty());
+                let secured = op.get("security").is_some();
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                if takes_input && !responses.contains_key("400") {
+                    responses.insert("400".into(), error("Invalid input, naming the field"));
+                }
+                if secured && !responses.contains_key("401") {
+                    responses.insert("401".into(), error("No or wrong admin token"));
+                }
+                if path.contains('{') && !responses.contains_key("404") {
+                    responses.insert("404".into(), error("No such resource"));
+                }
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    let mut create = schemas["ChannelInput"].clone();
+    if create.is_object() {
+        create["required"] = json!(["code", "kind"]);
+        create["description"] = json!("A channel to create: `code` and `kind` are required.");
+        for field in ["code", "kind"] {
+            create["properties"][field]["type"] = json!("string");
+        }
+        schemas["ChannelCreate"] = create;
+        doc["paths"]["/admin/v1/channels"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"] = json!({"$ref": "#/components/schemas/ChannelCreate"});
+    }
+}
+
+/// The methods `/openapi.json` documents for a path (as actix spells its pattern, e.g.
+/// `/admin/v1/channels/{id}`), for `Allow` on 405: `"GET, PATCH, DELETE"`.
+pub fn allowed_methods(pattern: &str) -> Option<String> {
+    let item = document()["paths"].get(pattern)?;
+    let allow: Vec<String> = METHODS
+        .iter()
+        .filter(|m| item.get(**m).is_some())
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
+    Some(allow.join(", "))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi_json))
-        .route("/docs", web::get().to(docs));
+    use super::admin::only;
+    cfg.service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi_json))
+            .default_service(only("GET")),
+    )
+    .service(
+        web::resource("/docs")
+            .route(web::get().to(docs))
+            .default_service(only("GET")),
+    );
 }
 
 async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(document())
 }
 
 const DOCS_PAGE: &str = r#"<!doctype html>

@@ -15,9 +15,12 @@ use crate::http::state::AppState;
 pub struct MetricsListener;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    // Resources, so that another method is a 405 with `Allow` rather than a 404.
+    let resource =
+        |path: &str| web::resource(path).default_service(web::to(super::admin::method_not_allowed));
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(resource("/metrics").route(web::get().to(metrics)));
 }
 
 /// Liveness: the process answers.

@@ -6,13 +6,20 @@ use actix_web::{HttpResponse, web};
 const INDEX: &str = include_str!("status/index.html");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/", web::get().to(index)).route(
-        "/admin",
-        web::get().to(|| async {
-            HttpResponse::PermanentRedirect()
-                .insert_header(("Location", "/admin/"))
-                .finish()
-        }),
+    use super::admin::only;
+    cfg.service(
+        web::resource("/admin/")
+            .route(web::get().to(index))
+            .default_service(only("GET")),
+    )
+    .service(
+        web::resource("/admin")
+            .route(web::get().to(|| async {
+                HttpResponse::PermanentRedirect()
+                    .insert_header(("Location", "/admin/"))
+                    .finish()
+            }))
+            .default_service(only("GET")),
     );
 }
 

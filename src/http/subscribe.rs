@@ -41,11 +41,9 @@ pub async fn handle(
         (&Method::GET, [id]) => get(state, domain, channel_id, id).await,
         (&Method::DELETE, [id]) => delete(state, domain, channel_id, id).await,
         (&Method::POST, [id, "rotate-secret"]) => rotate(state, domain, channel_id, id).await,
-        (_, [] | [_] | [_, "rotate-secret"]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this method is not allowed on this path",
-        )),
+        (_, []) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, [_]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, [_, "rotate-secret"]) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found("not_found", "no such route")),
     }
 }

@@ -45,7 +45,7 @@ fn unknown_token() -> ApiError {
 /// the scenario in the URL). Documented here as POST.
 #[utoipa::path(post, path = "/api/token/v1/{token}", tag = "public channels",
     params(("token" = String, Path, description = "The channel's local token")),
-    request_body(content = String, description = "Any body up to max_body_bytes", content_type = "application/octet-stream"),
+    request_body(content = Option<String>, description = "Any body up to max_body_bytes, or none", content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "Accepted (wait off), or the scenario's reply (wait on)"),
         (status = 204, description = "A CORS preflight (OPTIONS) the channel's `cors` allows, answered without the scenario"),

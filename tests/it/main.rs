@@ -22,6 +22,7 @@ mod ops;
 mod outgoing;
 mod receiver;
 mod scenarios;
+mod schema;
 mod script_crypto;
 mod slow_requests;
 mod status_page;

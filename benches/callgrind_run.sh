@@ -21,7 +21,15 @@ STARTUP_TIMEOUT_S=180
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 command -v valgrind >/dev/null || die "valgrind is missing (apt-get install valgrind)"
-build_gateway
+# GATEWAY_BIN=path measures another build (say, an older commit's) instead of building
+# this one; ONLY=regex keeps the setups whose names match (an older build may lack the
+# guard fields).
+if [[ -n "${GATEWAY_BIN:-}" ]]; then
+    [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not executable"
+    COMMAND="GATEWAY_BIN=$GATEWAY_BIN ONLY=${ONLY:-} $COMMAND"
+else
+    build_gateway
+fi
 
 cat >"$TMP/gateway.toml" <<'TOML'
 access_log = false
@@ -79,7 +87,7 @@ declare -A SETUPS=(
     [4-allow-rate]="{\"code\": \"c\", \"kind\": \"public\", $SCRIPT, \"allow_ips\": [\"127.0.0.0/8\"], \"rate_limit\": {\"per_second\": 1000000}}"
 )
 ROWS=""
-for name in $(printf '%s\n' "${!SETUPS[@]}" | sort); do
+for name in $(printf '%s\n' "${!SETUPS[@]}" | sort | grep -E "${ONLY:-.}"); do
     log "$name: $N requests, then 0"
     with="$(instructions "${SETUPS[$name]}" "$N")"
     without="$(instructions "${SETUPS[$name]}" 0)"
@@ -92,7 +100,7 @@ done
     echo
     echo "## $(date -u +%Y-%m-%d) callgrind: instructions per webhook request"
     echo
-    echo "Command: \`$COMMAND\` on $(commit_line); $(machine_line). Release build, one HTTP"
+    echo "Command: \`$COMMAND\` on $(commit_line) ($("$GATEWAY_BIN" --version 2>/dev/null || echo "$GATEWAY_BIN")); $(machine_line). Release build, one HTTP"
     echo "worker, one scenario thread; instructions of (start + channel + N requests + stop)"
     echo "minus (start + channel + stop), over N. Repeatable: callgrind counts, it does not time."
     echo

@@ -1,7 +1,7 @@
 //! `/api/token/v1/{token}/subscribe[/{id}[/rotate-secret]]`: webhook subscriptions of an
 //! eventing channel. The token in the path is the credential.
 
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;

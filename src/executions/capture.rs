@@ -216,6 +216,9 @@ impl ChannelHost for RecordingHost {
 /// A kept run: how it ended (the reply's body cut to what is recorded), and what it
 /// captured.
 pub struct Finished {
+    /// Taken before the caller hears back (UUIDv7, in creation order): a caller's next
+    /// request cannot get an earlier id than this one.
+    pub id: uuid::Uuid,
     pub host: Arc<RecordingHost>,
     pub kind: ScriptKind,
     pub started_at: i64,
@@ -325,7 +328,7 @@ impl Finished {
         };
         let detail = serde_json::to_string(&detail).ok()?;
         Some(Execution {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: self.id.to_string(),
             domain: channel.domain.clone(),
             channel_id: channel.id.clone(),
             started_at: self.started_at,

@@ -111,14 +111,23 @@ pub fn view(row: Execution, whole: bool) -> ExecutionView {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `ok` or `error`.
+    #[param(pattern = "^(ok|error)$")]
     outcome: Option<String>,
     /// `webhook` or `websocket`.
+    #[param(pattern = "^(webhook|websocket)$")]
     trigger: Option<String>,
-    /// Runs started at or after this time (RFC 3339).
+    /// Runs started at or after this time (RFC 3339, UTC).
+    #[param(
+        pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$"
+    )]
     since: Option<String>,
     /// Default 50, at most 500.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     cursor: Option<String>,
 }
 

@@ -265,6 +265,7 @@ impl Dispatcher {
                 Some((
                     log,
                     Finished {
+                        id: uuid::Uuid::now_v7(),
                         host: recorder,
                         kind,
                         started_at: crate::db::now_millis()

@@ -111,6 +111,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let compiled = rt.compile(src).map_err(|e| e.message)?;
+        // As a channel handle keeps them: made once, not per run.
+        let secrets = Arc::new(oktell_gateway::channels::run_secrets(&channel));
         let mut best = f64::MAX;
         for _ in 0..3 {
             let started = Instant::now();
@@ -119,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     &compiled,
                     RunContext {
                         channel: &channel,
+                        secrets: &secrets,
                         params: &params,
                         deadline: Instant::now() + Duration::from_secs(5),
                         logger: &logger,

@@ -47,6 +47,7 @@ pub struct ChannelHandle {
     /// Which runs go to the execution history (the channel's `history`).
     pub history: crate::executions::History,
     channel_json: OnceLock<Arc<str>>,
+    secrets: OnceLock<Arc<crate::redact::Secrets>>,
     logger: OnceLock<slog::Logger>,
     host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
     recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
@@ -71,6 +72,7 @@ impl ChannelHandle {
             actor,
             guards,
             channel_json: OnceLock::new(),
+            secrets: OnceLock::new(),
             logger: OnceLock::new(),
             host: OnceLock::new(),
             recording_host: OnceLock::new(),
@@ -91,6 +93,13 @@ impl ChannelHandle {
         self.channel_json
             .get_or_init(|| crate::channels::scenario_json(&self.channel).into())
             .clone()
+    }
+
+    /// What its runs keep out of what they write down (`channels::run_secrets`), made
+    /// once per version rather than on every run.
+    pub fn secrets(&self) -> &Arc<crate::redact::Secrets> {
+        self.secrets
+            .get_or_init(|| Arc::new(crate::channels::run_secrets(&self.channel)))
     }
 
     /// What this channel's scenarios reach (sessions, event log, channel state), made

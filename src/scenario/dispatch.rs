@@ -119,6 +119,7 @@ impl Dispatcher {
     ) -> Result<oneshot::Receiver<Ended>, ScenarioError> {
         let deadline = Instant::now() + self.timeout;
         let runtime = self.runtime.clone();
+        let secrets = Arc::new(crate::channels::run_secrets(&channel));
         let logger = self
             .logger
             .new(slog::o!("channel" => channel.code.clone(), "dry_run" => true));
@@ -144,6 +145,7 @@ impl Dispatcher {
                             &script,
                             RunContext {
                                 channel: &channel,
+                                secrets: &secrets,
                                 params: &params,
                                 deadline,
                                 logger: &logger,
@@ -245,6 +247,7 @@ impl Dispatcher {
                     script,
                     RunContext {
                         channel: &handle.channel,
+                        secrets: handle.secrets(),
                         params: &params,
                         deadline,
                         logger,

@@ -162,16 +162,14 @@ pub trait ChannelHost: Send + Sync {
     }
     /// `state_get`: the JSON stored under `key` in the channel's state, None when
     /// absent or expired. A database wait bounded by `deadline` (the runtime calls it
-    /// without holding a compute slot), as are the three below.
+    /// without holding a compute slot), as are the three below. No default bodies: a
+    /// host that wraps another must pass these on, not answer "unavailable".
     fn state_get(
         &self,
         channel_id: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<String>, channel_state::StateError> {
-        let _ = (channel_id, key, deadline);
-        Err(channel_state::StateError::Unavailable)
-    }
+    ) -> Result<Option<String>, channel_state::StateError>;
     /// `state_set`: stores `json` under `key` for `ttl_s` seconds (0: no expiry).
     fn state_set(
         &self,
@@ -180,20 +178,14 @@ pub trait ChannelHost: Send + Sync {
         json: &str,
         ttl_s: i64,
         deadline: Instant,
-    ) -> Result<(), channel_state::StateError> {
-        let _ = (channel_id, key, json, ttl_s, deadline);
-        Err(channel_state::StateError::Unavailable)
-    }
+    ) -> Result<(), channel_state::StateError>;
     /// `state_del`: whether the key was there.
     fn state_del(
         &self,
         channel_id: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<bool, channel_state::StateError> {
-        let _ = (channel_id, key, deadline);
-        Err(channel_state::StateError::Unavailable)
-    }
+    ) -> Result<bool, channel_state::StateError>;
     /// `seen_before`: whether `key` was seen within its ttl; if not, records it
     /// (atomically: of concurrent calls with one key, exactly one is told false).
     fn seen_before(
@@ -202,10 +194,7 @@ pub trait ChannelHost: Send + Sync {
         key: &str,
         ttl_s: i64,
         deadline: Instant,
-    ) -> Result<bool, channel_state::StateError> {
-        let _ = (channel_id, key, ttl_s, deadline);
-        Err(channel_state::StateError::Unavailable)
-    }
+    ) -> Result<bool, channel_state::StateError>;
     /// A line the script logs (its channel's secrets already hidden): true when the
     /// host took it (a dry run reports it), false to write it to the node's log.
     fn capture_log(&self, level: &str, text: &str) -> bool {
@@ -244,6 +233,36 @@ impl ChannelHost for NoHost {
     fn emit_event(&self, _: &str, _: serde_json::Value, _: Instant) -> Result<i64, String> {
         Err("no event log here".into())
     }
+    fn state_get(
+        &self,
+        _: &str,
+        _: &str,
+        _: Instant,
+    ) -> Result<Option<String>, channel_state::StateError> {
+        Err(channel_state::StateError::Unavailable)
+    }
+    fn state_set(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i64,
+        _: Instant,
+    ) -> Result<(), channel_state::StateError> {
+        Err(channel_state::StateError::Unavailable)
+    }
+    fn state_del(&self, _: &str, _: &str, _: Instant) -> Result<bool, channel_state::StateError> {
+        Err(channel_state::StateError::Unavailable)
+    }
+    fn seen_before(
+        &self,
+        _: &str,
+        _: &str,
+        _: i64,
+        _: Instant,
+    ) -> Result<bool, channel_state::StateError> {
+        Err(channel_state::StateError::Unavailable)
+    }
 }
 
 impl ScenarioError {
@@ -279,6 +298,8 @@ impl ScenarioError {
 /// Everything one run needs besides the script.
 pub struct RunContext<'a> {
     pub channel: &'a Arc<Channel>,
+    /// What the run keeps out of its log lines and errors (`channels::run_secrets`).
+    pub secrets: &'a Arc<crate::redact::Secrets>,
     pub params: &'a Arc<dyn StartParams>,
     pub deadline: Instant,
     pub logger: &'a slog::Logger,

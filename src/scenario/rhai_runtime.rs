@@ -38,7 +38,7 @@ struct RunState {
     host: Arc<dyn super::ChannelHost>,
     spent: Spent,
     /// The channel's own secrets, kept out of what the script logs.
-    secrets: Secrets,
+    secrets: Arc<Secrets>,
 }
 
 thread_local! {
@@ -579,8 +579,7 @@ impl RhaiRuntime {
         // A run that unwound left its state behind: ended before this one starts
         // counting (its end would stop this run's memory count).
         drop(CURRENT.with(|c| c.borrow_mut().take()));
-        let channel = ctx.channel;
-        let secrets = crate::channels::run_secrets(channel);
+        let secrets = ctx.secrets.clone();
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
                 params: ctx.params.clone(),
@@ -698,6 +697,7 @@ mod tests {
             &compiled,
             RunContext {
                 channel: &channel(),
+                secrets: &Arc::default(),
                 params: &params,
                 deadline: Instant::now() + timeout,
                 logger: &logger,
@@ -760,6 +760,7 @@ mod tests {
             &compiled,
             RunContext {
                 channel: &channel(),
+                secrets: &Arc::default(),
                 params: &(Arc::new(Vec::<String>::new()) as Arc<dyn super::super::StartParams>),
                 deadline: Instant::now() + Duration::from_millis(50),
                 logger: &logger,

@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             timeout: Duration::from_secs(1),
             max_response_bytes: 1024,
             max_connections_per_host: 1,
+            idle_timeout: Duration::from_secs(15),
         },
         oktell_gateway::net::tls::client_config(None)?,
     ));

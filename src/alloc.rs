@@ -203,6 +203,14 @@ pub fn give_back_thread_heap() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Frees pages of ended threads' heaps that have no live block left: mimalloc leaves
+/// an ended thread's memory to whichever thread collects or allocates from it next, and
+/// blocks freed there after the thread ended (by other threads) stay in use until then.
+pub fn collect_abandoned() {
+    // SAFETY: mi_collect only frees memory no longer in use.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 /// Runs that held more than this at once have their thread's free memory handed back
 /// to the system when they are over ([`give_back_after_big_run`]).
 pub const GIVE_BACK_ABOVE: i64 = 4 * 1024 * 1024;

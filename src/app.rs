@@ -125,10 +125,20 @@ impl Application {
             },
             logger.clone(),
         );
+        // Scenarios' outgoing calls; idle connections are closed and their memory given
+        // back on the eventing arbiter.
+        let outgoing = outgoing_client(&config)?;
+        eventing_arbiter.spawn(
+            outgoing.clone().tidy_forever(
+                (Duration::from_secs(config.outgoing_idle_timeout_s) / 3)
+                    .clamp(Duration::from_millis(200), OUTGOING_TIDY_EVERY),
+            ),
+        );
         let dispatcher = Arc::new(
             build_dispatcher(
                 &config,
                 node_memory.clone(),
+                outgoing.clone(),
                 (
                     eventing.iter().map(|d| d.events.clone()).collect(),
                     state_store,
@@ -222,6 +232,7 @@ impl Application {
             db,
             registry,
             dispatcher,
+            outgoing: outgoing.stats().clone(),
             admin_token,
             logger: logger.clone(),
             started: Instant::now(),
@@ -384,6 +395,7 @@ impl Application {
 pub fn scenario_runtime(
     config: &Config,
     node: Arc<crate::alloc::NodeMemory>,
+    outgoing: Arc<OutgoingClient>,
 ) -> Result<Arc<dyn ScenarioRuntime>, StartError> {
     Ok(match config.scenario_runtime {
         RuntimeKind::Rhai => Arc::new(RhaiRuntime::new(
@@ -395,7 +407,7 @@ pub fn scenario_runtime(
                 max_map_len: config.scenario_max_map_len,
                 budgets: crate::scenario::budget::Budgets::of_node(config, node),
             },
-            outgoing_client(config)?,
+            outgoing,
         )),
         RuntimeKind::Http => Arc::new(HttpRuntime::new(
             config.scenario_http_url.clone().unwrap_or_default(),
@@ -624,13 +636,14 @@ async fn wait_for_stop_signal() {
 fn build_dispatcher(
     config: &Config,
     node_memory: Arc<crate::alloc::NodeMemory>,
+    outgoing: Arc<OutgoingClient>,
     (events, state): (
         Vec<EventService>,
         Arc<crate::scenario::channel_state::StateStore>,
     ),
     logger: &slog::Logger,
 ) -> Result<Dispatcher, StartError> {
-    let runtime = scenario_runtime(config, node_memory)?;
+    let runtime = scenario_runtime(config, node_memory, outgoing)?;
     let pool = ScenarioPool::start(
         config.effective_scenario_threads(),
         config.scenario_max_admitted,
@@ -674,12 +687,17 @@ fn spawn_event_purge(events: EventService, config: &Config, logger: &slog::Logge
     });
 }
 
+/// How often idle outgoing connections are looked for at most (they close after
+/// `outgoing_idle_timeout_s`, give or take this; a third of it when that is shorter).
+const OUTGOING_TIDY_EVERY: Duration = Duration::from_secs(5);
+
 /// The client scenarios use for `outgoing_request`.
 pub fn outgoing_client(config: &Config) -> Result<Arc<OutgoingClient>, StartError> {
     let settings = OutgoingSettings {
         timeout: Duration::from_millis(config.outgoing_timeout_ms),
         max_response_bytes: config.outgoing_max_response_bytes,
         max_connections_per_host: config.outgoing_max_connections_per_host,
+        idle_timeout: Duration::from_secs(config.outgoing_idle_timeout_s),
     };
     Ok(Arc::new(OutgoingClient::new(
         &settings,

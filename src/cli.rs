@@ -366,6 +366,7 @@ async fn offline_service(config: Config) -> Result<ChannelService, String> {
     let runtime = crate::app::scenario_runtime(
         &config,
         crate::alloc::NodeMemory::new(config.scenario_node_memory_bytes),
+        crate::app::outgoing_client(&config).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let pool = ScenarioPool::start(1, 1, logger.clone()).map_err(|e| e.to_string())?;

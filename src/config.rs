@@ -91,6 +91,7 @@ pub struct Config {
     pub outgoing_timeout_ms: u64,
     pub outgoing_max_response_bytes: usize,
     pub outgoing_max_connections_per_host: usize,
+    pub outgoing_idle_timeout_s: u64,
     /// Saved versions of a channel's scripts kept (`GET /admin/v1/channels/{id}/versions`);
     /// the oldest beyond are deleted on the next save.
     pub channel_versions_kept: usize,
@@ -235,6 +236,7 @@ impl Default for Config {
             outgoing_timeout_ms: 15_000,
             outgoing_max_response_bytes: 4 * 1024 * 1024,
             outgoing_max_connections_per_host: 512,
+            outgoing_idle_timeout_s: 15,
             channel_versions_kept: 50,
             dry_run_max_recorded_bytes: 64 * 1024,
             channel_state_max_key_bytes: 256,
@@ -575,6 +577,7 @@ impl Config {
             ("channel_state_max_keys", self.channel_state_max_keys),
             ("channel_state_sweep_s", self.channel_state_sweep_s),
             ("channel_state_sweep_batch", self.channel_state_sweep_batch),
+            ("outgoing_idle_timeout_s", self.outgoing_idle_timeout_s),
         ] {
             if value == 0 {
                 return Err(invalid(name, "must be above 0"));

@@ -479,6 +479,16 @@ pub fn render(
             state.ws_sessions.load(Ordering::Relaxed) as f64,
         ),
         (
+            "oktell_outgoing_in_flight",
+            "Outgoing HTTP calls of scenarios under way.",
+            state.outgoing.in_flight.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "oktell_outgoing_origins",
+            "Host:ports keeping idle outgoing connections (at most 1,024; closed after outgoing_idle_timeout_s).",
+            state.outgoing.origins.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "oktell_ws_subscribers_node_open",
             "Open event subscriber websockets on this node (limit: ws_max_subscribers_per_node).",
             state.event_sockets.load(Ordering::Relaxed) as f64,
@@ -697,6 +707,21 @@ pub fn render(
             "oktell_scenario_pool_wakeups_total",
             "Times a producer had to wake a sleeping scenario thread.",
             load(&stats.wakeups),
+        ),
+        (
+            "oktell_outgoing_requests_total",
+            "Outgoing HTTP calls of scenarios made.",
+            load(&state.outgoing.requests),
+        ),
+        (
+            "oktell_outgoing_failed_total",
+            "Outgoing HTTP calls that failed (connect, TLS, timeout, size cap).",
+            load(&state.outgoing.failed),
+        ),
+        (
+            "oktell_outgoing_waited_for_connection_total",
+            "Outgoing HTTP calls that waited for a connection (outgoing_max_connections_per_host in use).",
+            load(&state.outgoing.waited_for_connection),
         ),
     ];
     for (name, help, value) in node_counters {

@@ -43,6 +43,8 @@ pub struct AppState {
     /// (`ws_node_max_inbound_bytes`).
     pub ws_inbound: Arc<crate::actors::ws_session::InboundBudget>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Counters of scenarios' outgoing HTTP calls (metrics).
+    pub outgoing: Arc<crate::scenario::outgoing::OutgoingStats>,
     pub admin_token: String,
     pub logger: slog::Logger,
     pub started: Instant,

@@ -654,6 +654,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 max_response_bytes: 1024,
                 max_connections_per_host: 4,
+                idle_timeout: Duration::from_secs(15),
             },
             crate::net::tls::client_config(None).unwrap(),
         ))

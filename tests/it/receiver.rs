@@ -426,6 +426,7 @@ struct HoldState {
     held: usize,
     served: usize,
     connections: usize,
+    closed: usize,
 }
 
 impl HoldingUpstream {
@@ -440,6 +441,7 @@ impl HoldingUpstream {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     let _ = serve_held(conn, &s);
+                    s.0.lock().unwrap().closed += 1;
                 });
             }
         });
@@ -461,6 +463,11 @@ impl HoldingUpstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.0.lock().unwrap().connections
+    }
+
+    /// Connections the client has closed (or that failed) so far.
+    pub fn closed(&self) -> usize {
+        self.state.0.lock().unwrap().closed
     }
 
     /// Lets every held and later request through.

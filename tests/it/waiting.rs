@@ -123,6 +123,58 @@ async fn outgoing_connections_are_capped_per_host_and_reused() {
 }
 
 #[actix_web::test]
+async fn idle_outgoing_connections_are_closed_after_the_idle_timeout() {
+    let upstream = HoldingUpstream::start();
+    upstream.release();
+    let app = spawn_app_with(Backend::Sqlite, |c| c.outgoing_idle_timeout_s = 1)
+        .await
+        .unwrap();
+    let a = app
+        .create_channel(json!({
+            "code": "fwd", "kind": "public", "wait_for_completion": true,
+            "outgoing_url": upstream.url, "webhook_scenario": FORWARD,
+        }))
+        .await;
+    // Back to back: the second call reuses the first one's connection.
+    for _ in 0..2 {
+        let r = app.webhook(&token_of(&a), "POST", "", "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(upstream.connections(), 1);
+    assert!(
+        app.metrics()
+            .await
+            .text()
+            .contains("oktell_outgoing_origins 1")
+    );
+    // Idle past the timeout: the gateway closes it and forgets the origin.
+    eventually(
+        "the idle connection is closed",
+        Duration::from_secs(15),
+        || async { upstream.closed() == 1 },
+    )
+    .await;
+    eventually(
+        "the origin is forgotten",
+        Duration::from_secs(15),
+        || async {
+            app.metrics()
+                .await
+                .text()
+                .contains("oktell_outgoing_origins 0")
+        },
+    )
+    .await;
+    // The next call opens a new one.
+    let r = app.webhook(&token_of(&a), "POST", "", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.connections(), 2);
+    let text = app.metrics().await.text();
+    assert!(text.contains("oktell_outgoing_requests_total 3"), "{text}");
+    assert!(text.contains("oktell_outgoing_failed_total 0"), "{text}");
+}
+
+#[actix_web::test]
 async fn sleeps_end_within_the_time_budget_and_free_the_thread() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.scenario_threads = 1;

@@ -1,6 +1,7 @@
-//! Outgoing HTTP(S) calls: one keep-alive agent for the node, at most
+//! Outgoing HTTP(S) calls: keep-alive agents per origin ([`super::agents`]), at most
 //! `max_per_host` connections to one host:port at once (callers over the cap wait for
-//! one, within their deadline), the idle ones kept for reuse; redirects are not followed.
+//! one, within their deadline), the idle ones kept for reuse until `idle_timeout`;
+//! redirects are not followed.
 //!
 //! ureq 2 (already used by the remote scenario runtime) was kept over an async client:
 //! calls run on scenario threads that wait anyway (the compute slot is given away
@@ -15,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::OutgoingResponse;
+use super::agents::Agents;
 use crate::net::dns;
 
 /// Counters of outgoing HTTP calls, for metrics.
@@ -25,6 +27,8 @@ pub struct OutgoingStats {
     /// Calls that had to wait for a connection (the host was at its cap).
     pub waited_for_connection: AtomicU64,
     pub failed: AtomicU64,
+    /// Origins keeping an agent (and its idle connections) now.
+    pub origins: AtomicUsize,
 }
 
 /// Bounds the connections in use per host:port.
@@ -101,7 +105,7 @@ thread_local! {
 }
 
 pub struct HttpCaller {
-    agent: ureq::Agent,
+    agents: Agents,
     limiter: HostLimiter,
     max_response_bytes: usize,
     pub stats: Arc<OutgoingStats>,
@@ -111,24 +115,28 @@ impl HttpCaller {
     pub fn new(
         max_per_host: usize,
         max_response_bytes: usize,
+        idle_timeout: Duration,
         tls: Arc<rustls::ClientConfig>,
     ) -> HttpCaller {
         let max_per_host = max_per_host.max(1);
         HttpCaller {
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5))
-                .redirects(0)
-                .max_idle_connections_per_host(max_per_host)
-                .max_idle_connections(max_per_host.saturating_mul(16).max(100))
-                .tls_config(tls)
-                // ureq's own timeouts do not cover name resolution.
-                .resolver(|netloc: &str| {
-                    let left = CALL_DEADLINE.get().map_or(dns::DNS_TIMEOUT, |d| {
-                        d.saturating_duration_since(Instant::now())
-                    });
-                    dns::resolve(netloc, left)
-                })
-                .build(),
+            agents: Agents::new(idle_timeout, move || {
+                ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(5))
+                    .redirects(0)
+                    // One origin per agent: its pool holds that origin's idle connections.
+                    .max_idle_connections_per_host(max_per_host)
+                    .max_idle_connections(max_per_host)
+                    .tls_config(tls.clone())
+                    // ureq's own timeouts do not cover name resolution.
+                    .resolver(|netloc: &str| {
+                        let left = CALL_DEADLINE.get().map_or(dns::DNS_TIMEOUT, |d| {
+                            d.saturating_duration_since(Instant::now())
+                        });
+                        dns::resolve(netloc, left)
+                    })
+                    .build()
+            }),
             limiter: HostLimiter {
                 cap: max_per_host,
                 in_use: Mutex::new(HashMap::new()),
@@ -137,6 +145,16 @@ impl HttpCaller {
             max_response_bytes,
             stats: Arc::new(OutgoingStats::default()),
         }
+    }
+
+    /// Drops the agents (and idle connections) of origins not called for the idle
+    /// timeout; returns how many went.
+    pub fn sweep_idle(&self) -> usize {
+        let gone = self.agents.sweep(Instant::now());
+        self.stats
+            .origins
+            .store(self.agents.len(), Ordering::Relaxed);
+        gone
     }
 
     /// One request; `deadline` bounds the whole call (waiting for a connection included).
@@ -157,8 +175,11 @@ impl HttpCaller {
             parsed.port_or_known_default().unwrap_or(0)
         );
         let _permit = self.limiter.acquire(&key, deadline, &self.stats)?;
-        let mut req = self
-            .agent
+        let agent = self.agents.get(&key);
+        self.stats
+            .origins
+            .store(self.agents.len(), Ordering::Relaxed);
+        let mut req = agent
             .request(&method.to_ascii_uppercase(), url)
             .timeout(super::time_left(deadline)?);
         for (name, value) in headers {
@@ -178,6 +199,7 @@ impl HttpCaller {
         CALL_DEADLINE.set(Some(deadline));
         let out = self.send(req, body);
         CALL_DEADLINE.set(None);
+        self.agents.touch(&key);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if out.is_err() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);

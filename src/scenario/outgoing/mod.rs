@@ -8,6 +8,7 @@
 //! Everything here blocks and runs on scenario threads inside `pool::blocking` (the run
 //! gives its compute slot away while it waits), bounded by the run's deadline.
 
+pub mod agents;
 pub mod ftp;
 pub mod http;
 pub mod paths;
@@ -36,6 +37,8 @@ pub struct OutgoingSettings {
     pub max_response_bytes: usize,
     /// Connections in use to one host:port at most; as many idle ones are kept.
     pub max_connections_per_host: usize,
+    /// An origin not called for this long closes its idle connections.
+    pub idle_timeout: Duration,
 }
 
 pub struct OutgoingClient {
@@ -61,6 +64,7 @@ impl OutgoingClient {
             http: http::HttpCaller::new(
                 settings.max_connections_per_host,
                 settings.max_response_bytes,
+                settings.idle_timeout,
                 tls.clone(),
             ),
             ftp: ftp::FtpCaller {
@@ -72,6 +76,21 @@ impl OutgoingClient {
 
     pub fn stats(&self) -> &Arc<OutgoingStats> {
         &self.http.stats
+    }
+
+    /// Every few seconds, forever: origins idle past the idle timeout close their
+    /// connections, and what those connections held goes back to the system (their
+    /// memory was often allocated by scenario threads that have retired since, and
+    /// mimalloc returns such pages only when some thread collects).
+    pub async fn tidy_forever(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.http.sweep_idle() > 0 {
+                crate::alloc::collect_abandoned();
+            }
+        }
     }
 
     /// One call to the channel's outside system.

@@ -218,6 +218,12 @@ impl Application {
             }
             crate::db::Backend::Sqlite => crate::cluster::Freshness::single_node(),
         });
+        let stats_history = Arc::new(crate::actors::stats_history::StatsHistory::new());
+        eventing_arbiter.spawn(crate::actors::stats_history::sample_forever(
+            stats_history.clone(),
+            registry.clone(),
+            Duration::from_millis(config.status_sample_ms),
+        ));
         start_cluster(
             &eventing_arbiter,
             &config,
@@ -253,6 +259,7 @@ impl Application {
             node_id,
             freshness,
             cluster_stats,
+            stats_history,
         });
 
         let app_state = state.clone();

@@ -117,6 +117,9 @@ pub struct Config {
     pub executions_kept_per_channel: usize,
     /// Executions older than this are purged.
     pub executions_retention_days: u64,
+    /// How often each channel's requests and errors are sampled for the status page's
+    /// sparklines (90 samples kept: 15 minutes at the default 10 s).
+    pub status_sample_ms: u64,
     /// Regular expressions whose matches are masked in logs and execution records
     /// (the first capture group when there is one, else the whole match).
     pub redact_patterns: Vec<String>,
@@ -249,6 +252,7 @@ impl Default for Config {
             executions_max_recorded_bytes: 4096,
             executions_kept_per_channel: 1000,
             executions_retention_days: 7,
+            status_sample_ms: 10_000,
             redact_patterns: Vec::new(),
             ws_heartbeat_interval_ms: 10_000,
             ws_heartbeat_timeout_ms: 30_000,
@@ -561,6 +565,9 @@ impl Config {
                     &format!("{p:?} is not a valid regular expression: {e}"),
                 ));
             }
+        }
+        if self.status_sample_ms < 100 {
+            return Err(invalid("status_sample_ms", "must be at least 100"));
         }
         if self.channel_versions_kept == 0 {
             return Err(invalid("channel_versions_kept", "must be above 0"));

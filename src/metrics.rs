@@ -789,6 +789,15 @@ pub fn render(
     executions(&mut f, state);
     gauge(
         f.family(
+            "oktell_status_history_channels",
+            "Channels whose recent requests and errors the status page's sampler keeps (90 samples each; bounded by the channels served here).",
+            MetricType::GAUGE,
+        ),
+        &[],
+        state.stats_history.len() as f64,
+    );
+    gauge(
+        f.family(
             "oktell_build_info",
             "Build of this node.",
             MetricType::GAUGE,

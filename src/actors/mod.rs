@@ -7,6 +7,7 @@ pub mod event_session;
 pub mod registry;
 pub mod sessions;
 pub mod stats;
+pub mod stats_history;
 pub mod ws_backlog;
 pub mod ws_session;
 

@@ -14,6 +14,7 @@ pub mod request_id;
 pub mod request_log;
 pub mod state;
 pub mod status;
+pub mod status_api;
 pub mod subscribe;
 pub mod subscriptions_admin;
 pub mod webhook;
@@ -34,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(ops::routes)
         .configure(openapi::routes)
         .configure(status::routes)
+        .configure(status_api::routes)
         .configure(admin::routes);
 }
 

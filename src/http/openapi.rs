@@ -60,6 +60,8 @@ impl Modify for AdminToken {
         super::admin::close_session,
         super::admin::node,
         super::admin::nodes,
+        super::status_api::history,
+        super::status_api::eventing,
         super::authoring::dry_run,
         super::authoring::versions,
         super::authoring::version,
@@ -92,7 +94,9 @@ impl Modify for AdminToken {
         crate::scenario::dry_run::CallRecord, crate::scenario::dry_run::WsRecord, crate::scenario::dry_run::EventRecord, crate::scenario::dry_run::StateRecord, crate::scenario::dry_run::Text,
         super::authoring::VersionView, super::authoring::VersionPage, super::authoring::RestoreInput,
         super::executions::ExecutionView, super::executions::ExecutionPage, super::executions::ReplayInput, super::executions::ReplayReport,
-        crate::executions::Inputs)),
+        crate::executions::Inputs,
+        super::status_api::TrafficHistory, super::status_api::ChannelTraffic, super::status_api::EventingSummary, super::status_api::OutboxView,
+        super::status_api::DeliveryCounts, super::status_api::SubscriptionCounts, super::status_api::SubscriptionAttention)),
     modifiers(&AdminToken)
 )]
 pub struct ApiDoc;

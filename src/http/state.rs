@@ -67,6 +67,9 @@ pub struct AppState {
     pub cluster_stats: Arc<crate::cluster::ClusterStats>,
     /// Body timeouts, connections closed for unread bodies, websocket frames refused.
     pub conn_stats: Arc<super::body_guard::ConnStats>,
+    /// Each channel's recent requests and errors, sampled (the status page's
+    /// sparklines).
+    pub stats_history: Arc<crate::actors::stats_history::StatsHistory>,
 }
 
 /// The domain an admin call names is not served here (404).

@@ -14,7 +14,7 @@
 #
 #   bash benches/forward_run.sh
 #
-# Knobs (environment): DURATION (wrk -d, 10s), ROUNDS (5), WARMUP (2s), THREADS (wrk -t,
+# Knobs (environment): DURATION (wrk -d, 10s), ROUNDS (5; 0 runs the burst rows only), WARMUP (2s), THREADS (wrk -t,
 # 1), DELAY_MS (upstream delay, 50), NODERED_VERSION (4.1.8), BURSTS (1; 0 skips the
 # burst rows), PORT_BASE (18090: upstream, +1 TLS upstream, +2 gateway, +3 Node-RED,
 # +4 2 s upstream). Raw output and logs stay in benches/out/<run id>/ (git-ignored);
@@ -63,7 +63,7 @@ done
 build_gateway
 UPSTREAM_BIN="$(bench_exe bare_actix)"
 NR_DIR="$ROOT/benches/out/node-red-$NODERED_VERSION"
-if [[ ! -f "$NR_DIR/node_modules/node-red/red.js" ]]; then
+if (( ROUNDS > 0 )) && [[ ! -f "$NR_DIR/node_modules/node-red/red.js" ]]; then
     log "installing node-red@$NODERED_VERSION from the npm registry into $NR_DIR"
     mkdir -p "$NR_DIR"
     (cd "$NR_DIR" && timeout 600 npm install --no-audit --no-fund --omit=dev "node-red@$NODERED_VERSION" >"$OUT/npm.log" 2>&1) \
@@ -141,17 +141,21 @@ flows = [
 ]
 json.dump(flows, open(path, "w"))
 PY
+# ROUNDS=0: the burst rows only, no Node-RED.
+NR_UP=1
+if (( ROUNDS > 0 )); then
+NR_UP=0
 node "$NR_DIR/node_modules/node-red/red.js" --settings "$TMP/nr/settings.js" --userDir "$TMP/nr" \
     >>"$OUT/node-red.log" 2>&1 &
 NR_PID=$!
 PIDS+=("$NR_PID")
-NR_UP=0
 for _ in $(seq 1 300); do
     alive "$NR_PID" || die "Node-RED exited (log: $OUT/node-red.log)"
     code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' -d '{"id":1,"items":[]}' "http://127.0.0.1:$NR_PORT/order" || true)"
     [[ "$code" == 200 ]] && { NR_UP=1; break; }
     sleep 0.2
 done
+fi
 (( NR_UP )) || die "Node-RED did not answer (log: $OUT/node-red.log)"
 NR="http://127.0.0.1:$NR_PORT"
 
@@ -178,7 +182,9 @@ request = function()
     return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[n])
 end
 LUA
-for probe in "$GW/$T_FWD" "$GW/$T_FWD_TLS" "$GW/$T_ORDER" "$NR/fwd"; do
+probes=("$GW/$T_FWD" "$GW/$T_FWD_TLS" "$GW/$T_ORDER")
+(( ROUNDS > 0 )) && probes+=("$NR/fwd")
+for probe in "${probes[@]}"; do
     code="$(curl -s -o "$TMP/probe.txt" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
         -d '{"id":1,"items":[{"price":1.5,"qty":2}]}' "$probe")"
     [[ "$code" == 200 ]] || die "probe $probe answered $code: $(head -c 300 "$TMP/probe.txt")"
@@ -245,9 +251,9 @@ rows = [("forward, 64 conns, http", "gw-fwd-64", "nr-fwd-64", 1150, 90),
         ("forward, 64 conns, https", "gw-fwd-tls-64", None, 1000, None),
         ("forward, 512 conns, http (cap 512/host)", "gw-fwd-512", "nr-fwd-512", min(5000, 512 * 1000 // delay), None),
         ("JSON order (2 KiB, 35 items), 64 conns", "gw-order-64", "nr-order-64", 30000, None)]
-lines = ["| workload | gateway req/s | p50 ms | p99 ms | Node-RED req/s | p50 ms | p99 ms | gateway / Node-RED | target | |",
+lines = [] if rounds == 0 else ["| workload | gateway req/s | p50 ms | p99 ms | Node-RED req/s | p50 ms | p99 ms | gateway / Node-RED | target | |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-for name, gw, nr, target, p99_target in rows:
+for name, gw, nr, target, p99_target in (rows if rounds else []):
     g = med(gw)
     n = med(nr) if nr else None
     ok = g["rps"] >= target and (p99_target is None or g["p99"] <= p99_target)
@@ -255,7 +261,7 @@ for name, gw, nr, target, p99_target in rows:
     nr_cols = (f'{n["rps"]:,.0f} | {n["p50"]:.1f} | {n["p99"]:.1f} | {g["rps"] / n["rps"]:.2f}x' if n else "— | — | — | —")
     lines.append(f'| {name} | {g["rps"]:,.0f} | {g["p50"]:.1f} | {g["p99"]:.1f} | {nr_cols} | {tgt} | {"ok" if ok else "BELOW TARGET"} |')
 lines.append("")
-lines.append("Per round (req/s): " + "; ".join(
+if rounds: lines.append("Per round (req/s): " + "; ".join(
     f"{k} " + ", ".join(f"{x:,.0f}" for x in med(k)["runs"])
     for k in ["gw-fwd-64", "nr-fwd-64", "gw-fwd-tls-64", "gw-fwd-512", "nr-fwd-512", "gw-order-64", "nr-order-64"]))
 # medians() appended each problem once per call: keep unique ones.

@@ -123,6 +123,16 @@ wait_http() { # url, pid, [seconds per try]: poll until the URL answers 2xx, the
     return 1
 }
 
+wait_listening() { # port, pid: poll until the port accepts, the process dies, or the deadline
+    local port="$1" pid="$2" deadline=$(( SECONDS + ${STARTUP_TIMEOUT_S:-30} ))
+    while (( SECONDS < deadline )); do
+        alive "$pid" || return 1
+        port_in_use "$port" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 ensure_wrk() { # installs Debian's wrk when missing; checks the other tools
     local sudo=""
     [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo="sudo"

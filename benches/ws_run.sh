@@ -54,16 +54,6 @@ raise_fd_limit "$SESSIONS" sessions
 
 # --- helpers --------------------------------------------------------------------------
 
-wait_listening() { # port, pid: poll until the port accepts, the process dies, or the deadline
-    local port="$1" pid="$2" deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
-    while (( SECONDS < deadline )); do
-        alive "$pid" || return 1
-        port_in_use "$port" && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 for tool in curl python3 cargo timeout; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done

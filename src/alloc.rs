@@ -18,12 +18,18 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use mimalloc::MiMalloc;
+// The allocator underneath the counting: mimalloc, or the system's for heap profiles
+// (feature `system-allocator`, see Cargo.toml).
+#[cfg(not(feature = "system-allocator"))]
+use mimalloc::MiMalloc as Inner;
+#[cfg(feature = "system-allocator")]
+use std::alloc::System as Inner;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// mimalloc, counting allocations of threads that run a scenario.
+/// mimalloc (or the system allocator), counting allocations of threads that run a
+/// scenario.
 pub struct Counting;
 
 /// Node budget is reserved in steps of this many bytes.
@@ -118,28 +124,28 @@ fn shrank(bytes: usize) {
     });
 }
 
-// SAFETY: every call is forwarded to mimalloc unchanged; the counting touches only
+// SAFETY: every call is forwarded to the inner allocator unchanged; the counting touches only
 // `const` thread-locals and an atomic, and never allocates.
 unsafe impl GlobalAlloc for Counting {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         grew(layout.size());
         // SAFETY: the caller's contract is passed on as is.
-        unsafe { MiMalloc.alloc(layout) }
+        unsafe { Inner.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         grew(layout.size());
         // SAFETY: as above.
-        unsafe { MiMalloc.alloc_zeroed(layout) }
+        unsafe { Inner.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         shrank(layout.size());
         // SAFETY: as above.
-        unsafe { MiMalloc.dealloc(ptr, layout) }
+        unsafe { Inner.dealloc(ptr, layout) }
     }
 
     #[inline]
@@ -150,7 +156,7 @@ unsafe impl GlobalAlloc for Counting {
             shrank(layout.size() - new_size);
         }
         // SAFETY: as above.
-        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { Inner.realloc(ptr, layout, new_size) }
     }
 }
 

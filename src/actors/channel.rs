@@ -13,7 +13,7 @@
 //! then restarts the actor with fresh settings. One bad channel never disturbs another.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
@@ -53,6 +53,10 @@ pub struct ChannelHandle {
     recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
+    /// Set by the registry when this handle stops being the one its token finds (a
+    /// newer version was published, or the channel was removed): holders that kept it
+    /// look the token up again.
+    superseded: AtomicBool,
 }
 
 impl ChannelHandle {
@@ -78,6 +82,7 @@ impl ChannelHandle {
             recording_host: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
+            superseded: AtomicBool::new(false),
         };
         if let Some(c) = precompiled.webhook {
             let _ = handle.webhook.set(Ok(c));
@@ -86,6 +91,15 @@ impl ChannelHandle {
             let _ = handle.websocket.set(Ok(c));
         }
         handle
+    }
+
+    /// Whether the registry no longer hands this handle out for its token.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
+    }
+
+    pub(super) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
     }
 
     /// `startparam(1)`: the channel as JSON, secrets left out.
@@ -400,10 +414,10 @@ impl Handler<InjectPanic> for ChannelActor {
 /// A websocket message's start parameters: `startparam(1)` the session code, `(2)` the
 /// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
 pub struct WsParams {
-    pub code: String,
+    pub code: Arc<str>,
     pub text: bytestring::ByteString,
     pub channel_json: Arc<str>,
-    pub peer_ip: String,
+    pub peer_ip: Arc<str>,
 }
 
 impl crate::scenario::StartParams for WsParams {
@@ -413,10 +427,11 @@ impl crate::scenario::StartParams for WsParams {
 
     fn get(&self, n: usize) -> Option<String> {
         Some(match n {
-            1 => self.code.clone(),
-            2 => self.text.to_string(),
-            3 => self.channel_json.to_string(),
-            4 => self.peer_ip.clone(),
+            // Copies of the text (`to_string` on these types goes through formatting).
+            1 => String::from(&*self.code),
+            2 => String::from(&*self.text),
+            3 => String::from(&*self.channel_json),
+            4 => String::from(&*self.peer_ip),
             _ => return None,
         })
     }

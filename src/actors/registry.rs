@@ -28,17 +28,35 @@ impl ChannelRegistry {
         self.get(&token)
     }
 
-    /// Makes a handle (new, or a new version of a channel) the one requests see.
+    /// Makes a handle (new, or a new version of a channel) the one requests see. The
+    /// handle it replaces is marked superseded after (see [`ChannelRegistry::current`]).
     pub fn publish(&self, handle: Arc<ChannelHandle>) {
         self.token_by_id
             .insert(handle.channel.id.clone(), handle.channel.token.clone());
-        self.by_token.insert(handle.channel.token.clone(), handle);
+        if let Some(previous) = self.by_token.insert(handle.channel.token.clone(), handle) {
+            previous.supersede();
+        }
     }
 
-    /// Takes a channel out of service; returns its last handle.
+    /// Takes a channel out of service; returns its last handle (marked superseded).
     pub fn remove(&self, id: &str) -> Option<Arc<ChannelHandle>> {
         let (_, token) = self.token_by_id.remove(id)?;
-        self.by_token.remove(&token).map(|(_, h)| h)
+        let (_, handle) = self.by_token.remove(&token)?;
+        handle.supersede();
+        Some(handle)
+    }
+
+    /// What [`ChannelRegistry::get`] gives for `kept`'s token now, without a lookup
+    /// while `kept` is still the one published: a holder (a websocket session, per
+    /// message) keeps its handle and asks this instead of hashing the token each time.
+    /// Every change of what a token finds goes through `publish` or `remove`, which
+    /// mark the handle they replace, so this answers as `get` would.
+    pub fn current(&self, kept: &Arc<ChannelHandle>) -> Option<Arc<ChannelHandle>> {
+        if kept.is_superseded() {
+            self.get(&kept.channel.token)
+        } else {
+            Some(kept.clone())
+        }
     }
 
     pub fn len(&self) -> usize {

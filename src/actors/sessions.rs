@@ -30,7 +30,8 @@ pub struct SessionCounters {
 
 pub struct SessionEntry {
     pub addr: Addr<WsSession>,
-    pub peer_ip: String,
+    /// Shared with the session (one copy per session).
+    pub peer_ip: Arc<str>,
     pub connected_at: i64,
     pub counters: Arc<SessionCounters>,
 }
@@ -117,7 +118,8 @@ impl LiveTypes {
 
 #[derive(Default)]
 pub struct SessionTable {
-    sessions: DashMap<String, SessionEntry>,
+    /// By session code (the key shared with the session: one copy per session).
+    sessions: DashMap<Arc<str>, SessionEntry>,
     /// Places taken, counted from before the upgrade (the table itself only knows a
     /// session once its actor runs), so that a burst of upgrades cannot pass the limit.
     reserved: Arc<std::sync::atomic::AtomicUsize>,
@@ -211,7 +213,7 @@ impl SessionTable {
         self
     }
 
-    pub fn insert(&self, code: String, entry: SessionEntry) {
+    pub fn insert(&self, code: Arc<str>, entry: SessionEntry) {
         if let Some((elsewhere, channel_id)) = &self.elsewhere {
             elsewhere.opened(channel_id, &code, &entry.peer_ip, entry.connected_at);
         }
@@ -292,8 +294,8 @@ impl SessionTable {
             .iter()
             .map(|e| {
                 (
-                    e.key().clone(),
-                    e.value().peer_ip.clone(),
+                    e.key().to_string(),
+                    e.value().peer_ip.to_string(),
                     e.value().connected_at,
                 )
             })
@@ -314,7 +316,7 @@ impl SessionTable {
     }
 
     pub fn codes(&self) -> Vec<String> {
-        self.sessions.iter().map(|e| e.key().clone()).collect()
+        self.sessions.iter().map(|e| e.key().to_string()).collect()
     }
 
     /// Queues a text frame to one session; false if it is not open here.
@@ -378,9 +380,9 @@ impl SessionTable {
             .map(|e| {
                 let c = &e.value().counters;
                 SessionView {
-                    code: e.key().clone(),
+                    code: e.key().to_string(),
                     node_id: None,
-                    peer_ip: e.value().peer_ip.clone(),
+                    peer_ip: e.value().peer_ip.to_string(),
                     connected_at: crate::channels::rfc3339_millis(e.value().connected_at),
                     messages_in: c.messages_in.load(Ordering::Relaxed),
                     messages_out: c.messages_out.load(Ordering::Relaxed),

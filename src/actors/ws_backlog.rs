@@ -273,6 +273,18 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// The 1008 close once the node budget took this session's queue away.
+    fn evicted(&mut self) -> Option<Poll<Option<Result<Bytes, actix_web::Error>>>> {
+        if !self.backlog.is_evicted() {
+            return None;
+        }
+        self.close_sent = true;
+        Some(Poll::Ready(Some(Ok(close_frame(
+            super::sessions::close_code::POLICY,
+            "the client is not reading its messages",
+        )))))
+    }
+
     fn wrote(&self, bytes: &Bytes) {
         self.backlog
             .written
@@ -300,43 +312,49 @@ impl Stream for Outgoing {
         if self.close_sent {
             return Poll::Ready(None);
         }
-        if self.backlog.is_evicted() {
-            self.close_sent = true;
-            return Poll::Ready(Some(Ok(close_frame(
-                super::sessions::close_code::POLICY,
-                "the client is not reading its messages",
-            ))));
+        if let Some(close) = self.evicted() {
+            return close;
         }
         if let Some(slice) = self.backlog.next_slice() {
             self.wrote(&slice);
             return Poll::Ready(Some(Ok(slice)));
         }
+        let polled = if self.inner_done {
+            None
+        } else {
+            // The actor runs inside this poll: what it queues (a reply) is looked for
+            // below, so its push need not wake this task for one more poll. Without a
+            // waker during the poll, its push wakes nothing.
+            drop(self.backlog.waker.take());
+            let polled = self.inner.as_mut().poll_next(cx);
+            if let Poll::Ready(None) = polled {
+                // The actor is done; what it queued before goes out first.
+                self.inner_done = true;
+            }
+            Some(polled)
+        };
         self.backlog.waker.register(cx.waker());
-        // A frame queued between the look above and the registration.
+        match polled {
+            Some(Poll::Ready(Some(Ok(bytes)))) => {
+                self.wrote(&bytes);
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            Some(Poll::Ready(Some(Err(e)))) => return Poll::Ready(Some(Err(e))),
+            _ => {}
+        }
+        // An eviction or a frame from another thread before the registration (it
+        // woke no one), or a frame the actor queued above.
+        if let Some(close) = self.evicted() {
+            return close;
+        }
         if let Some(slice) = self.backlog.next_slice() {
             self.wrote(&slice);
             return Poll::Ready(Some(Ok(slice)));
         }
         if self.inner_done {
-            return Poll::Ready(None);
-        }
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.wrote(&bytes);
-                Poll::Ready(Some(Ok(bytes)))
-            }
-            Poll::Ready(None) => {
-                // The actor is done; what it queued before goes out first.
-                self.inner_done = true;
-                match self.backlog.next_slice() {
-                    Some(slice) => {
-                        self.wrote(&slice);
-                        Poll::Ready(Some(Ok(slice)))
-                    }
-                    None => Poll::Ready(None),
-                }
-            }
-            other => other,
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -407,6 +425,92 @@ mod tests {
         assert!(budget.bytes() < 20_000, "{}", budget.bytes());
         assert!(!slow.push_text("more"));
         assert_eq!(budget.evicted(), 1);
+    }
+
+    /// Counts the wake-ups of the task that polls.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stands for the session actor inside the context: on each poll it queues the
+    /// next of its replies (or is evicted, as by the node budget from another thread).
+    struct Actor {
+        backlog: Arc<Backlog>,
+        replies: VecDeque<&'static str>,
+        evict: bool,
+    }
+
+    impl Stream for Actor {
+        type Item = Result<Bytes, actix_web::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            if let Some(text) = self.replies.pop_front() {
+                self.backlog.push_text(text);
+            }
+            if self.evict {
+                self.backlog.evict();
+            }
+            Poll::Pending
+        }
+    }
+
+    fn outgoing(backlog: &Arc<Backlog>, replies: &[&'static str], evict: bool) -> Outgoing {
+        Outgoing {
+            inner: Box::pin(Actor {
+                backlog: backlog.clone(),
+                replies: replies.iter().copied().collect(),
+                evict,
+            }),
+            backlog: backlog.clone(),
+            inner_done: false,
+            close_sent: false,
+        }
+    }
+
+    #[test]
+    fn a_reply_queued_while_the_actor_runs_goes_out_in_that_poll_without_a_wake() {
+        let budget = Arc::new(OutboundBudget::default());
+        let backlog = budget.backlog();
+        let mut out = outgoing(&backlog, &["pong"], false);
+        let wakes = Arc::new(Wakes::default());
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut out).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => assert_eq!(&frame[2..], b"pong"),
+            _ => panic!("the reply did not go out in the poll that queued it"),
+        }
+        assert!(Pin::new(&mut out).poll_next(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        // A frame queued from elsewhere (another thread) wakes the task.
+        assert!(backlog.push_text("later"));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            Pin::new(&mut out).poll_next(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+    }
+
+    #[test]
+    fn an_eviction_while_the_actor_runs_closes_in_that_poll() {
+        let budget = Arc::new(OutboundBudget::default());
+        let backlog = budget.backlog();
+        let mut out = outgoing(&backlog, &[], true);
+        let wakes = Arc::new(Wakes::default());
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut out).poll_next(&mut cx) {
+            // A close frame: opcode 8, then the code 1008.
+            Poll::Ready(Some(Ok(frame))) => assert_eq!(&frame[..4], &[0x88, frame[1], 0x03, 0xF0]),
+            _ => panic!("the eviction was not noticed"),
+        }
+        assert!(matches!(
+            Pin::new(&mut out).poll_next(&mut cx),
+            Poll::Ready(None)
+        ));
     }
 
     #[test]

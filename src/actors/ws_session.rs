@@ -19,7 +19,7 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
-use super::channel::{ChannelStats, ScriptKind};
+use super::channel::{ChannelHandle, ChannelStats, ScriptKind};
 use super::registry::ChannelRegistry;
 use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
 use super::ws_backlog::Frame;
@@ -97,12 +97,13 @@ impl Drop for NodeSlot {
 }
 
 pub struct WsSession {
-    code: String,
-    peer_ip: String,
+    code: Arc<str>,
+    peer_ip: Arc<str>,
     hello: bool,
-    /// The channel's token: its current version is looked up per message, so that an
-    /// update applies to the next message.
-    token: String,
+    /// The channel's version its last message ran with; a message runs with the
+    /// version published now (`ChannelRegistry::current`: no lookup while this one is
+    /// still it), so that an update applies to the next message.
+    handle: Arc<ChannelHandle>,
     registry: Arc<ChannelRegistry>,
     dispatcher: Arc<Dispatcher>,
     sessions: Arc<SessionTable>,
@@ -115,7 +116,14 @@ pub struct WsSession {
     /// Bytes of `pending` and of the message running, charged to `inbound` too.
     queued_bytes: u64,
     inbound: Arc<InboundBudget>,
+    /// A message is running, or waits to be tried again.
     busy: bool,
+    /// The message whose run is in flight.
+    running: Option<Running>,
+    /// Set while a timer is armed to end the running message at its bound.
+    watchdog: Option<SpawnHandle>,
+    /// When the heartbeat ticks next (it arms the watchdog of a long run).
+    next_tick: Instant,
     /// The delay before the next try of a refused message (zero: not refused).
     retry_delay: Duration,
     /// A fragmented text message being put together.
@@ -131,11 +139,19 @@ pub struct WsSession {
     _channel_slot: super::sessions::SessionSlot,
 }
 
+/// A message whose run is in flight: its text (its bytes stay counted until it ends),
+/// when it started, and the future that waits for its outcome.
+struct Running {
+    text: ByteString,
+    started: Instant,
+    outcome: SpawnHandle,
+}
+
 /// What a session needs to start.
 pub struct WsSessionParts {
     pub peer_ip: String,
     pub hello: bool,
-    pub token: String,
+    pub handle: Arc<ChannelHandle>,
     pub registry: Arc<ChannelRegistry>,
     pub dispatcher: Arc<Dispatcher>,
     pub sessions: Arc<SessionTable>,
@@ -154,11 +170,11 @@ impl WsSession {
     pub fn new(parts: WsSessionParts) -> WsSession {
         let code = uuid::Uuid::now_v7().to_string();
         WsSession {
-            logger: parts.logger.new(slog::o!("ws_session" => code.clone())),
-            code,
-            peer_ip: parts.peer_ip,
+            logger: parts.logger,
+            code: code.into(),
+            peer_ip: parts.peer_ip.into(),
             hello: parts.hello,
-            token: parts.token,
+            handle: parts.handle,
             registry: parts.registry,
             dispatcher: parts.dispatcher,
             sessions: parts.sessions,
@@ -170,6 +186,9 @@ impl WsSession {
             queued_bytes: 0,
             inbound: parts.inbound,
             busy: false,
+            running: None,
+            watchdog: None,
+            next_tick: Instant::now(),
             retry_delay: Duration::ZERO,
             fragment: None,
             closed_with: None,
@@ -215,7 +234,8 @@ impl WsSession {
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
         self.closed_with.get_or_insert(code);
-        slog::debug!(self.logger, "closing websocket"; "code" => code, "reason" => reason);
+        slog::debug!(self.logger, "closing websocket";
+            "ws_session" => &*self.code, "code" => code, "reason" => reason);
         ctx.close(Some(CloseReason {
             code: CloseCode::from(code),
             description: (!reason.is_empty()).then(|| reason.to_string()),
@@ -257,11 +277,11 @@ impl WsSession {
         // Like a webhook, a message goes from here straight to the scenario pool, with
         // the channel's current published version: one cross-thread hop before its
         // scenario starts, and its outcome comes straight back to this session.
-        let submitted = self
-            .registry
-            .get(&self.token)
-            .ok_or(ScenarioError::Unavailable("the channel is gone".into()))
-            .and_then(|handle| {
+        let submitted = match self.registry.current(&self.handle) {
+            Some(handle) => {
+                if !Arc::ptr_eq(&handle, &self.handle) {
+                    self.handle = handle.clone();
+                }
                 let params: Arc<dyn crate::scenario::StartParams> =
                     Arc::new(super::channel::WsParams {
                         code: self.code.clone(),
@@ -271,61 +291,110 @@ impl WsSession {
                     });
                 self.dispatcher
                     .submit(handle, ScriptKind::Websocket, params, true)
-            });
-        let bound = self.limits.run_timeout;
+            }
+            None => Err(ScenarioError::Unavailable("the channel is gone".into())),
+        };
+        // The wait is bounded by the session's watchdog (`watch_run`), not by a timer
+        // per message.
         let outcome = async move {
             match submitted.and_then(|rx| rx.ok_or(ScenarioError::Panicked)) {
-                Ok(rx) => match tokio::time::timeout(bound, rx).await {
-                    Ok(outcome) => outcome.unwrap_or(Err(ScenarioError::Panicked)),
-                    Err(_) => Err(ScenarioError::Timeout),
-                },
+                Ok(rx) => rx.await.unwrap_or(Err(ScenarioError::Panicked)),
                 Err(e) => Err(e),
             }
         };
-        ctx.spawn(
+        let outcome = ctx.spawn(
             outcome
                 .into_actor(self)
-                .map(move |outcome: RunResult, act, ctx| {
-                    // A full scenario queue or a busy channel is back-pressure, not a failure:
-                    // the message goes back to the head of this session's queue and is tried
-                    // again after a growing delay (the session's queue limits still bound what
-                    // waits meanwhile).
-                    if matches!(
-                        outcome,
-                        Err(ScenarioError::QueueFull { .. } | ScenarioError::ChannelBusy)
-                    ) {
-                        act.pending.push_front(text);
-                        act.stats.ws_retries.fetch_add(1, Ordering::Relaxed);
-                        act.retry_delay = next_retry_delay(act.retry_delay);
-                        ctx.run_later(jittered(act.retry_delay), |act, ctx| {
-                            act.busy = false;
-                            act.run_next(ctx);
-                        });
-                        return;
+                .map(|outcome: RunResult, act, ctx| {
+                    if let Some(run) = act.running.take() {
+                        act.finished(ctx, run.text, outcome);
                     }
-                    act.retry_delay = Duration::ZERO;
-                    let done = cost(&text);
-                    act.queued_bytes = act.queued_bytes.saturating_sub(done);
-                    act.inbound.give_back(done);
-                    act.busy = false;
-                    match outcome {
-                        Ok(reply) => {
-                            if !reply.content.is_empty() {
-                                act.send_text(ctx, &String::from_utf8_lossy(&reply.content));
-                            }
-                        }
-                        Err(err) => {
-                            act.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            act.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
-                            let frame = serde_json::json!({
-                                "error": { "code": err.code(), "message": err.public_message() }
-                            });
-                            act.send_text(ctx, &frame.to_string());
-                        }
-                    }
-                    act.run_next(ctx);
                 }),
         );
+        self.running = Some(Running {
+            text,
+            started: Instant::now(),
+            outcome,
+        });
+        self.watch_run(ctx);
+    }
+
+    /// Arms the watchdog of the running message when its bound comes before the next
+    /// heartbeat tick (which calls this again): a run that does not end within
+    /// `run_timeout` is answered `timeout` at that bound, and the session goes on.
+    fn watch_run(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(run) = &self.running else {
+            return;
+        };
+        let bound = run.started + self.limits.run_timeout;
+        if self.watchdog.is_some() || bound > self.next_tick {
+            return;
+        }
+        let wait = bound.saturating_duration_since(Instant::now());
+        self.watchdog = Some(ctx.run_later(wait, |act, ctx| {
+            act.watchdog = None;
+            let overdue = act
+                .running
+                .as_ref()
+                .is_some_and(|run| run.started.elapsed() >= act.limits.run_timeout);
+            if !overdue {
+                // Ended; a later message may be running: its own bound.
+                act.watch_run(ctx);
+                return;
+            }
+            if let Some(run) = act.running.take() {
+                ctx.cancel_future(run.outcome);
+                act.finished(ctx, run.text, Err(ScenarioError::Timeout));
+            }
+        }));
+    }
+
+    /// The running message's outcome: its reply (or error frame) goes out and the next
+    /// message starts; a refusal puts it back at the head of the queue for a retry.
+    fn finished(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        text: ByteString,
+        outcome: RunResult,
+    ) {
+        // A full scenario queue or a busy channel is back-pressure, not a failure: the
+        // message goes back to the head of this session's queue and is tried again
+        // after a growing delay (the session's queue limits still bound what waits
+        // meanwhile).
+        if matches!(
+            outcome,
+            Err(ScenarioError::QueueFull { .. } | ScenarioError::ChannelBusy)
+        ) {
+            self.pending.push_front(text);
+            self.stats.ws_retries.fetch_add(1, Ordering::Relaxed);
+            self.retry_delay = next_retry_delay(self.retry_delay);
+            ctx.run_later(jittered(self.retry_delay), |act, ctx| {
+                act.busy = false;
+                act.run_next(ctx);
+            });
+            return;
+        }
+        self.retry_delay = Duration::ZERO;
+        let done = cost(&text);
+        self.queued_bytes = self.queued_bytes.saturating_sub(done);
+        self.inbound.give_back(done);
+        self.busy = false;
+        match outcome {
+            Ok(reply) => {
+                if !reply.content.is_empty() {
+                    self.send_text(ctx, &String::from_utf8_lossy(&reply.content));
+                }
+            }
+            Err(err) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+                let frame = serde_json::json!({
+                    "error": { "code": err.code(), "message": err.public_message() }
+                });
+                self.send_text(ctx, &frame.to_string());
+            }
+        }
+        self.run_next(ctx);
     }
 
     fn fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
@@ -395,14 +464,17 @@ impl Actor for WsSession {
         );
         self.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
         if self.hello {
-            let hello = serde_json::json!({ "type": "hello", "code": self.code });
+            let hello = serde_json::json!({ "type": "hello", "code": &*self.code });
             self.send_text(ctx, &hello.to_string());
         }
+        self.next_tick = Instant::now() + self.limits.heartbeat_interval;
         ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
+            act.next_tick = Instant::now() + act.limits.heartbeat_interval;
             if act.last_pong.elapsed() > act.limits.heartbeat_timeout {
                 act.close(ctx, close_code::GOING_AWAY, "heartbeat timeout");
             } else {
                 ctx.ping(b"");
+                act.watch_run(ctx);
             }
         });
     }
@@ -446,7 +518,8 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
                 self.close(ctx, close_code::TOO_BIG, "message too big")
             }
             Err(e) => {
-                slog::debug!(self.logger, "websocket protocol error"; "error" => %e);
+                slog::debug!(self.logger, "websocket protocol error";
+                    "ws_session" => &*self.code, "error" => %e);
                 self.close(ctx, close_code::PROTOCOL, "protocol error");
             }
         }
@@ -478,5 +551,25 @@ impl Handler<CloseSession> for WsSession {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a session's actor and its context weigh inline (docs/design-notes.md,
+    /// "Memory per websocket session"): kept small, since 10,000 sessions hold 10,000.
+    #[test]
+    fn a_session_stays_small() {
+        let actor = std::mem::size_of::<WsSession>();
+        let context = std::mem::size_of::<ws::WebsocketContext<WsSession>>();
+        println!(
+            "WsSession {actor} B, WebsocketContext<WsSession> {context} B, Running {} B, SessionEntry {} B",
+            std::mem::size_of::<Running>(),
+            std::mem::size_of::<SessionEntry>(),
+        );
+        assert!(actor <= 448, "WsSession is {actor} bytes");
+        assert!(context <= 256, "WebsocketContext is {context} bytes");
     }
 }

@@ -84,7 +84,7 @@ async fn websocket(
             .map(|ip| ip.to_string())
             .unwrap_or_default(),
         hello: handle.channel.ws_hello,
-        token: token.to_string(),
+        handle: handle.clone(),
         registry: state.registry.clone(),
         dispatcher: state.dispatcher.clone(),
         sessions: handle.sessions.clone(),

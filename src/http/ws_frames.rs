@@ -133,8 +133,10 @@ impl Tracker {
 pub struct FrameGuard<S> {
     inner: S,
     tracker: Tracker,
-    /// The rest of a chunk after a frame's end, passed at the next read batch.
-    rest: Option<Bytes>,
+    /// What comes after a frame's end, passed at the next read batch: the rest of its
+    /// chunk, or what the payload gave when asked right after (a chunk, its end or an
+    /// error: the frame before it is decoded first).
+    held: Option<Option<Result<Bytes, PayloadError>>>,
     /// A frame ended in what was just passed: end this read batch.
     frame_ended: bool,
     done: bool,
@@ -152,7 +154,7 @@ impl<S> FrameGuard<S> {
                 frame: NEW_FRAME,
                 limit: limit as u64,
             },
-            rest: None,
+            held: None,
             frame_ended: false,
             done: false,
             refused,
@@ -173,23 +175,36 @@ where
             return Poll::Ready(None);
         }
         if this.frame_ended {
-            // The codec decodes the frame it has before it reads on; wake so that the
-            // next batch is not waiting on the socket when a chunk's rest is here.
+            // The codec decodes the frame it has before it reads on. When nothing of
+            // the next one is here, the payload's waker is registered by asking it:
+            // the usual case (a message, then its reply) costs no extra poll. When
+            // something is, it waits for the next batch, and this task wakes itself so
+            // that the batch does not wait on the socket.
             this.frame_ended = false;
+            if this.held.is_none() {
+                match Pin::new(&mut this.inner).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(next) => this.held = Some(next),
+                }
+            }
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let mut chunk = match this.rest.take() {
-            Some(rest) => rest,
+        let next = match this.held.take() {
+            Some(next) => next,
             None => match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => chunk,
-                other => return other,
+                Poll::Ready(next) => next,
+                Poll::Pending => return Poll::Pending,
             },
+        };
+        let mut chunk = match next {
+            Some(Ok(chunk)) => chunk,
+            other => return Poll::Ready(other),
         };
         match this.tracker.scan(&chunk) {
             Scan::Pass(n, ended) => {
                 if n < chunk.len() {
-                    this.rest = Some(chunk.split_off(n));
+                    this.held = Some(Some(Ok(chunk.split_off(n))));
                 }
                 this.frame_ended = ended;
                 Poll::Ready(Some(Ok(chunk)))
@@ -262,6 +277,86 @@ mod tests {
         assert_eq!(t.scan(&header(65_536)), Scan::Pass(14, false));
         let mut t = tracker(65_536);
         assert_eq!(t.scan(&header(65_537)), Scan::Refuse);
+    }
+
+    /// A masked text frame with `len` payload bytes.
+    fn frame(len: usize) -> Vec<u8> {
+        let mut f = header(len as u64);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    /// Counts the wake-ups of the task that polls.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The guard over `chunks`, then a payload that waits.
+    fn guard(
+        chunks: Vec<Result<Bytes, PayloadError>>,
+    ) -> FrameGuard<impl Stream<Item = Result<Bytes, PayloadError>> + Unpin> {
+        use futures_util::StreamExt;
+        let inner = futures_util::stream::iter(chunks).chain(futures_util::stream::pending());
+        FrameGuard::new(
+            inner,
+            1000,
+            Refused::default(),
+            Arc::new(ConnStats::default()),
+        )
+    }
+
+    fn poll(
+        g: &mut FrameGuard<impl Stream<Item = Result<Bytes, PayloadError>> + Unpin>,
+        wakes: &Arc<Wakes>,
+    ) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        let waker = futures_util::task::waker(wakes.clone());
+        Pin::new(g).poll_next(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn one_frame_per_read_batch_and_no_extra_wake_when_nothing_follows() {
+        let wakes = Arc::new(Wakes::default());
+        // A frame alone in its chunk: passed, then the batch ends waiting on the
+        // payload, with no wake-up of its own.
+        let mut g = guard(vec![Ok(Bytes::from(frame(5)))]);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Ok(b))) if b.len() == 11));
+        assert!(poll(&mut g, &wakes).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+        assert!(poll(&mut g, &wakes).is_pending());
+
+        // Two frames in one chunk, then a third chunk: one frame per batch, each
+        // batch ended with a wake-up so that the next is not left waiting.
+        let mut two = frame(3);
+        two.extend(frame(4));
+        let mut g = guard(vec![Ok(Bytes::from(two)), Ok(Bytes::from(frame(2)))]);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Ok(b))) if b.len() == 9));
+        assert!(poll(&mut g, &wakes).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Ok(b))) if b.len() == 10));
+        assert!(poll(&mut g, &wakes).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Ok(b))) if b.len() == 8));
+        assert!(poll(&mut g, &wakes).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_error_after_a_frame_comes_after_that_frame() {
+        let wakes = Arc::new(Wakes::default());
+        let mut g = guard(vec![
+            Ok(Bytes::from(frame(5))),
+            Err(PayloadError::Incomplete(None)),
+        ]);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Ok(_)))));
+        // The codec decodes the frame before it hears of the error.
+        assert!(poll(&mut g, &wakes).is_pending());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        assert!(matches!(poll(&mut g, &wakes), Poll::Ready(Some(Err(_)))));
     }
 
     #[test]

@@ -53,12 +53,7 @@ fn main() {
     };
     let (rate, duration) = (load.rate, load.duration);
     let out = fixed_rate::block_on(fixed_rate::run(load));
-    let ok: u64 = out
-        .statuses
-        .iter()
-        .filter(|(s, _)| (200..300).contains(*s))
-        .map(|(_, n)| n)
-        .sum();
+    let ok = out.ok();
     let line = serde_json::json!({
         "label": arg(&args, "--label").unwrap_or_default(),
         "offered_rate": rate,

@@ -69,6 +69,17 @@ pub fn split_url(url: &str) -> (String, String) {
     }
 }
 
+impl Outcome {
+    /// Requests answered 2xx.
+    pub fn ok(&self) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 struct Shared {
     next: AtomicU64,
     late: AtomicU64,

@@ -40,6 +40,11 @@
 #[path = "shared/ws_client.rs"]
 mod ws_client;
 use ws_client::{error_kind, percentile_ms};
+// Only the server's RSS: its descriptors are not reported here.
+#[allow(dead_code)]
+#[path = "shared/proc_stats.rs"]
+mod proc_stats;
+use proc_stats::rss_kib;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,15 +132,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--base must be http://host:port".into());
     }
     Ok(a)
-}
-
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// What the subscriber tasks tell the main task.

@@ -50,11 +50,7 @@ for tool in curl python3 cargo awk; do
 done
 port_in_use "$PORT" && die "port $PORT is in use (set PORT)"
 
-if [[ -n "$GATEWAY_BIN" ]]; then
-    [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
-else
-    build_gateway
-fi
+given_or_built_gateway
 log "building the load client (cargo bench --no-run --bench webhook_rate)"
 CLIENT="$(bench_exe webhook_rate)"
 
@@ -90,7 +86,7 @@ r = json.load(open(path))
 r.update(history=history, queued=queued, dropped=dropped, written=written, write_failed=failed)
 json.dump(r, open(path, "w"))
 PY
-    log "$label: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"offered {r[\"offered_rate\"]:.0f}/s, ok {r[\"ok\"]}/{r[\"sent\"]}, p50 {r[\"p50_ms\"]} ms, p99 {r[\"p99_ms\"]} ms, late {r[\"late\"]}, errors {r[\"errors\"]}; recorded {r[\"written\"]}, dropped {r[\"dropped\"]}")' "$OUT/$label.json")"
+    log "$label: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("offered %(offered_rate).0f/s, ok %(ok)s/%(sent)s, p50 %(p50_ms)s ms, p99 %(p99_ms)s ms, late %(late)s, errors %(errors)s; recorded %(written)s, dropped %(dropped)s" % r)' "$OUT/$label.json")"
     stop_pid "$GATEWAY_PID"
 }
 

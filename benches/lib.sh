@@ -186,6 +186,14 @@ build_gateway() {
     GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
     [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 }
+# GATEWAY_BIN when the caller set it (another build to measure), else this tree's release.
+given_or_built_gateway() {
+    if [[ -n "${GATEWAY_BIN:-}" ]]; then
+        [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
+    else
+        build_gateway
+    fi
+}
 start_gateway_at() {
     local port="$1" config="$2" data="$3" logf="$4"
     shift 4
@@ -198,13 +206,43 @@ start_gateway_at() {
         || die "gateway did not become healthy (log: $logf)"
 }
 
+# A top-level field of a JSON object: json_field JSON NAME
+json_field() {
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+
 # Creates a channel from a JSON body on the gateway at PORT and prints its token.
 create_channel_json() { # port, json
     local response
     response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$1/admin/v1/channels" \
         -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
         -d "$2")" || die "creating a channel failed: $2"
-    python3 -c 'import json, sys; print(json.loads(sys.argv[1])["token"])' "$response"
+    json_field "$response" token
+}
+
+# --- the webhook receiver (webhooks_run.sh, soak_run.sh) -----------------------------------
+# SINK_BIN is webhook_sink (bench_exe webhook_sink).
+
+# Starts the receiver on PORT, logging to LOG -> sets SINK_PID.
+start_sink_at() { # port, log
+    port_in_use "$1" && die "port $1 is in use (set SINK_PORT)"
+    "$SINK_BIN" --listen "127.0.0.1:$1" >>"$2" 2>&1 &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    wait_http "http://127.0.0.1:$1/stats" "$SINK_PID" || die "the receiver did not come up (log: $2)"
+}
+
+# Subscribes the receiver's /hook/NAME to the eventing channel TOKEN on the gateway at
+# PORT and gives the receiver that subscription's secret (it verifies every signature).
+subscribe_sink() { # gateway port, channel token, sink port, name
+    local response
+    response="$(curl -fsS --max-time 10 -X POST "http://127.0.0.1:$1/api/token/v1/$2/subscribe" \
+        -H 'Content-Type: application/json' \
+        -d "{\"url\":\"http://127.0.0.1:$3/hook/$4\",\"description\":\"bench $4\"}")" \
+        || die "subscribing the receiver's /hook/$4 failed"
+    curl -fsS --max-time 10 -X PUT "http://127.0.0.1:$3/secret/$4" \
+        --data-binary "$(json_field "$response" secret)" >/dev/null \
+        || die "giving the receiver the secret of /hook/$4 failed"
 }
 
 # --- gateway metrics (history_run.sh) -------------------------------------------------------

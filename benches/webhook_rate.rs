@@ -39,15 +39,12 @@ fn main() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(default)
     };
-    let rest = url.strip_prefix("http://").unwrap_or(&url);
-    let (addr, path) = match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
-    };
+    let (addr, path) = fixed_rate::split_url(&url);
     let load = fixed_rate::Load {
         addr,
         method: "POST".into(),
         path,
+        headers: Vec::new(),
         body: br#"{"order":42,"items":[{"sku":"A-1","qty":2}]}"#.to_vec(),
         rate: num("--rate", 10_000.0),
         duration: Duration::from_secs_f64(num("--duration-s", 10.0)),
@@ -55,24 +52,8 @@ fn main() {
         timeout: Duration::from_millis(num("--timeout-ms", 5000.0) as u64),
     };
     let (rate, duration) = (load.rate, load.duration);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    let out = local.block_on(&runtime, fixed_rate::run(load));
-    let ok: u64 = out
-        .statuses
-        .iter()
-        .filter(|(s, _)| (200..300).contains(*s))
-        .map(|(_, n)| n)
-        .sum();
+    let out = fixed_rate::block_on(fixed_rate::run(load));
+    let ok = out.ok();
     let line = serde_json::json!({
         "label": arg(&args, "--label").unwrap_or_default(),
         "offered_rate": rate,

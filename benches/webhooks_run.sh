@@ -329,11 +329,7 @@ wait_healthy() { # name, pid, url, log
 
 SINK_PID=""
 start_sink() { # backend
-    port_in_use "$SINK_PORT" && die "port $SINK_PORT is in use (set SINK_PORT)"
-    "$SINK_BIN" --listen "127.0.0.1:$SINK_PORT" >>"$OUT/sink-$1.log" 2>&1 &
-    SINK_PID=$!
-    PIDS+=("$SINK_PID")
-    wait_healthy "the receiver ($1)" "$SINK_PID" "http://127.0.0.1:$SINK_PORT/stats" "$OUT/sink-$1.log"
+    start_sink_at "$SINK_PORT" "$OUT/sink-$1.log"
 }
 
 GATEWAY_PID=""

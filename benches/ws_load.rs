@@ -21,6 +21,9 @@
 #[path = "shared/ws_client.rs"]
 mod ws_client;
 use ws_client::{error_kind, percentile_ms};
+#[path = "shared/proc_stats.rs"]
+mod proc_stats;
+use proc_stats::{fd_count, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,24 +85,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--url is required".into());
     }
     Ok(a)
-}
-
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Open file descriptors of a process (its sockets included).
-fn fd_count(pid: Option<u32>) -> Option<usize> {
-    Some(
-        std::fs::read_dir(format!("/proc/{}/fd", pid?))
-            .ok()?
-            .count(),
-    )
 }
 
 enum Event {

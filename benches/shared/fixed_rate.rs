@@ -1,5 +1,5 @@
 //! An open-loop HTTP/1.1 load at a fixed offered rate, for the load clients that need
-//! one (`webhook_rate`): request i is due at start + i / rate whatever happened to the
+//! one (`webhook_rate`, `soak_load`): request i is due at start + i / rate whatever happened to the
 //! ones before, and its latency is counted from when it was due (a request that waited
 //! for a free connection counts that wait: no coordinated omission). Keep-alive
 //! connections, one request in flight on each; plain HTTP on loopback.
@@ -18,6 +18,9 @@ pub struct Load {
     pub addr: String,
     pub method: String,
     pub path: String,
+    /// More request headers (e.g. `Authorization`), besides Host, Content-Type and
+    /// Content-Length.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub rate: f64,
     pub duration: Duration,
@@ -38,6 +41,43 @@ pub struct Outcome {
     /// Requests that left more than 10 ms after they were due (the client fell behind).
     pub late: u64,
     pub elapsed: Duration,
+}
+
+/// Runs `work` to its end on a current-thread runtime with a `LocalSet` (`run` spawns
+/// its connections with `spawn_local`): the load clients are one thread each. Exits the
+/// process when no runtime can be made.
+pub fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    tokio::task::LocalSet::new().block_on(&runtime, work)
+}
+
+/// `host:port` and path of an `http://host:port/path` URL (the path `/` when none).
+pub fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    }
+}
+
+impl Outcome {
+    /// Requests answered 2xx.
+    pub fn ok(&self) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 struct Shared {
@@ -83,13 +123,17 @@ pub async fn run(load: Load) -> Outcome {
 async fn connection(load: &Load, shared: &Shared, start: Instant, total: u64) -> Outcome {
     let mut out = Outcome::default();
     let mut stream: Option<TcpStream> = None;
-    let head = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         load.method,
         load.path,
         load.addr,
         load.body.len()
     );
+    for (name, value) in &load.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     let mut request = head.into_bytes();
     request.extend_from_slice(&load.body);
     let mut buf = Vec::with_capacity(4096);

@@ -59,10 +59,8 @@ for tool in curl python3 cargo timeout; do
 done
 
 # --- build --------------------------------------------------------------------------------
-log "building the gateway (cargo build --release)"
-cargo build --release
-GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
-[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+# GATEWAY_BIN runs that binary instead of building this tree's (an A/B of two builds).
+given_or_built_gateway
 log "building the baseline and the load client (cargo bench --no-run --bench bare_ws --bench ws_load)"
 BARE_BIN="$(bench_exe bare_ws)"
 LOAD_BIN="$(bench_exe ws_load)"

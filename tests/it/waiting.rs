@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Backend, eventually, spawn_app_with, token_of};
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with, token_of};
 use crate::receiver::{HoldingUpstream, Receiver};
 
 /// Sends one webhook from its own task: (status, Retry-After).
@@ -28,6 +28,14 @@ fn fire(url: String) -> actix_web::rt::task::JoinHandle<(u16, Option<String>)> {
             Err(_) => (0, None),
         }
     })
+}
+
+/// Polls `/metrics` (15 s at most) until it has `line`.
+async fn until_metrics_show(app: &TestApp, what: &str, line: &str) {
+    eventually(what, Duration::from_secs(15), || async {
+        app.metrics().await.text().contains(line)
+    })
+    .await;
 }
 
 const FORWARD: &str = r#"
@@ -95,15 +103,10 @@ async fn outgoing_connections_are_capped_per_host_and_reused() {
     )
     .await;
     // The other sixty wait for a connection, not on a fifth one.
-    eventually(
+    until_metrics_show(
+        &app,
         "all 64 runs wait (4 on the upstream, 60 for a connection)",
-        Duration::from_secs(10),
-        || async {
-            app.metrics()
-                .await
-                .text()
-                .contains("oktell_scenario_pool_waiting 64")
-        },
+        "oktell_scenario_pool_waiting 64",
     )
     .await;
     assert_eq!(upstream.held(), 4);
@@ -154,17 +157,7 @@ async fn idle_outgoing_connections_are_closed_after_the_idle_timeout() {
         || async { upstream.closed() == 1 },
     )
     .await;
-    eventually(
-        "the origin is forgotten",
-        Duration::from_secs(15),
-        || async {
-            app.metrics()
-                .await
-                .text()
-                .contains("oktell_outgoing_origins 0")
-        },
-    )
-    .await;
+    until_metrics_show(&app, "the origin is forgotten", "oktell_outgoing_origins 0").await;
     // The next call opens a new one.
     let r = app.webhook(&token_of(&a), "POST", "", "").await;
     assert_eq!(r.status, 200, "{}", r.text());

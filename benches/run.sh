@@ -119,7 +119,7 @@ ensure_wrk
 export BENCHES_DIR="$ROOT/benches"
 
 # --- build --------------------------------------------------------------------------------
-build_gateway
+given_or_built_gateway   # GATEWAY_BIN runs a given build (an A/B of two builds)
 log "building the bare actix-web baseline (cargo bench --no-run --bench bare_actix)"
 BARE_BIN="$(bench_exe bare_actix)"
 

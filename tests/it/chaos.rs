@@ -249,6 +249,11 @@ async fn sqlite_busy_is_waited_for_then_refused_never_corrupt() {
         .expect("sqlite app");
     let file = app.state.config.database_url.clone();
     let mut other = diesel::SqliteConnection::establish(&file).expect("a second connection");
+    // The gateway writes too (the outbox cursor after a publish, sweeps): this
+    // connection waits for such a short write instead of failing to take the lock.
+    other
+        .batch_execute("PRAGMA busy_timeout = 10000")
+        .expect("busy_timeout");
     let before = logged(&app.url("")).await.len();
 
     // Held briefly: the publish waits and then goes through.

@@ -38,6 +38,15 @@ async fn until_metrics_show(app: &TestApp, what: &str, line: &str) {
     .await;
 }
 
+/// A public channel (wait on) whose scenario forwards to `upstream` ([`FORWARD`]).
+async fn forward_channel(app: &TestApp, code: &str, upstream: &str) -> serde_json::Value {
+    app.create_channel(json!({
+        "code": code, "kind": "public", "wait_for_completion": true,
+        "outgoing_url": upstream, "webhook_scenario": FORWARD,
+    }))
+    .await
+}
+
 const FORWARD: &str = r#"
     let r = outgoing_request("GET", "/slow");
     response_code = r.status;
@@ -50,12 +59,7 @@ async fn runs_waiting_on_an_upstream_do_not_stall_other_channels() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.scenario_threads = 2)
         .await
         .unwrap();
-    let a = app
-        .create_channel(json!({
-            "code": "a", "kind": "public", "wait_for_completion": true,
-            "outgoing_url": upstream.url, "webhook_scenario": FORWARD,
-        }))
-        .await;
+    let a = forward_channel(&app, "a", &upstream.url).await;
     let b = app
         .public_channel("b", true, r#"response_content = "b answered";"#)
         .await;
@@ -88,12 +92,7 @@ async fn outgoing_connections_are_capped_per_host_and_reused() {
     })
     .await
     .unwrap();
-    let a = app
-        .create_channel(json!({
-            "code": "fwd", "kind": "public", "wait_for_completion": true,
-            "outgoing_url": upstream.url, "webhook_scenario": FORWARD,
-        }))
-        .await;
+    let a = forward_channel(&app, "fwd", &upstream.url).await;
     let url = app.url(&format!("/api/token/v1/{}", token_of(&a)));
     let calls: Vec<_> = (0..64).map(|_| fire(url.clone())).collect();
     eventually(
@@ -132,12 +131,7 @@ async fn idle_outgoing_connections_are_closed_after_the_idle_timeout() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.outgoing_idle_timeout_s = 1)
         .await
         .unwrap();
-    let a = app
-        .create_channel(json!({
-            "code": "fwd", "kind": "public", "wait_for_completion": true,
-            "outgoing_url": upstream.url, "webhook_scenario": FORWARD,
-        }))
-        .await;
+    let a = forward_channel(&app, "fwd", &upstream.url).await;
     // Back to back: the second call reuses the first one's connection.
     for _ in 0..2 {
         let r = app.webhook(&token_of(&a), "POST", "", "").await;

@@ -48,13 +48,14 @@ impl Agents {
         self.by_origin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The agent of `origin` (made when it has none), marked as used now.
-    pub fn get(&self, origin: &str) -> ureq::Agent {
+    /// The agent of `origin` (made when it has none), marked as used now; and the
+    /// number of origins kept when this call added one (None when it was known).
+    pub fn get(&self, origin: &str) -> (ureq::Agent, Option<usize>) {
         let now = Instant::now();
         let mut kept = self.lock();
         if let Some(k) = kept.get_mut(origin) {
             k.last_used = now;
-            return k.agent.clone();
+            return (k.agent.clone(), None);
         }
         let agent = (self.build)();
         // Over MAX_ORIGINS the least recently used origin's agent goes (dropped outside
@@ -66,9 +67,10 @@ impl Agents {
                 last_used: now,
             },
         );
+        let origins = kept.len();
         drop(kept);
         drop(evicted);
-        agent
+        (agent, Some(origins))
     }
 
     /// Marks `origin` as used now (a call that ended: its connection went back idle).

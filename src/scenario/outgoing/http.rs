@@ -175,10 +175,10 @@ impl HttpCaller {
             parsed.port_or_known_default().unwrap_or(0)
         );
         let _permit = self.limiter.acquire(&key, deadline, &self.stats)?;
-        let agent = self.agents.get(&key);
-        self.stats
-            .origins
-            .store(self.agents.len(), Ordering::Relaxed);
+        let (agent, origins) = self.agents.get(&key);
+        if let Some(n) = origins {
+            self.stats.origins.store(n, Ordering::Relaxed);
+        }
         let mut req = agent
             .request(&method.to_ascii_uppercase(), url)
             .timeout(super::time_left(deadline)?);

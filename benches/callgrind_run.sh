@@ -7,7 +7,10 @@
 # MODE=webhook (default): the release gateway on a fresh SQLite, creating the channel
 # and sending N webhooks over one keep-alive connection (then none): accept, route,
 # guards, scenario run, reply. Setups: a channel without guards (wait off and on), with
-# `verify` (a valid GitHub-style signature), with `allow_ips` + `rate_limit`.
+# `verify` (a valid GitHub-style signature), with `allow_ips` + `rate_limit`, and wait on
+# with `history = all` (every run recorded). Threads are counted apart and summed by
+# what they run: the HTTP worker, the scenario thread, everything else (the executions
+# writer, the database threads).
 #
 #   N=2000 bash benches/callgrind_run.sh
 #
@@ -75,8 +78,10 @@ callgrind_start() {
 # callgrind_stop NAME: stops the server; THREADS gets "label instructions" per profile
 # file (label: worker, scenario or other; one line per thread with SEPARATE_THREADS=yes).
 # Not run in a subshell: a failure must reach the cleanup of the processes started.
+LIFE=0
 callgrind_stop() {
     local name="$1" f label
+    LIFE=$(( LIFE + 1 ))
     # Not stop_pid: under callgrind a clean stop takes longer than its 5 s, and a KILL
     # writes no profile.
     kill -TERM "$SERVER_PID"
@@ -94,7 +99,7 @@ callgrind_stop() {
             label=other
         fi
         THREADS+="$label $(awk '/^summary:|^totals:/ {print $2; exit}' "$f")"$'\n'
-        [[ -n "${KEEP:-}" ]] && cp "$f" "$KEEP/$(basename "$f")"
+        [[ -n "${KEEP:-}" ]] && cp "$f" "$KEEP/life$LIFE-$(basename "$f")"
     done
     rm -f "$TMP/$name".cg*
 }
@@ -122,7 +127,7 @@ PY
     # Total instructions (TOTAL) of one gateway life: start, create the channel, send
     # COUNT, stop.
     instructions() { # channel json, count
-        local data="$TMP/data-$RANDOM" token
+        local data="$TMP/data-$RANDOM" token label
         mkdir -p "$data"
         callgrind_start webhook "$GATEWAY_BIN" serve --config "$TMP/gateway.toml" \
             --listen "127.0.0.1:$PORT" --data-dir "$data" --database-url "$data/bench.db" \
@@ -133,23 +138,34 @@ PY
         python3 "$TMP/send.py" "$PORT" "$token" "$2" "$signature" "$body" || die "requests failed"
         callgrind_stop webhook
         TOTAL="$(sum_of <<<"$THREADS")"
+        for label in worker scenario other; do
+            PART[$label]="$(sum_of "$label" <<<"$THREADS")"
+        done
     }
-    local script='"webhook_scenario": "let x = 1;"' name with without per rows=""
+    SEPARATE_THREADS=yes
+    local script='"webhook_scenario": "let x = 1;"' name with without per rows="" label
+    local -A PART=() part_with=()
     declare -A setups=(
         [1-none-wait-off]="{\"code\": \"c\", \"kind\": \"public\", $script}"
         [2-none-wait-on]="{\"code\": \"c\", \"kind\": \"public\", \"wait_for_completion\": true, $script}"
         [3-verify]="{\"code\": \"c\", \"kind\": \"public\", $script, \"verify\": {\"scheme\": \"hmac-sha256-header\", \"header\": \"X-Hub-Signature-256\", \"prefix\": \"sha256=\", \"secret\": \"$secret\"}}"
         [4-allow-rate]="{\"code\": \"c\", \"kind\": \"public\", $script, \"allow_ips\": [\"127.0.0.0/8\"], \"rate_limit\": {\"per_second\": 1000000}}"
+        [5-history-all]="{\"code\": \"c\", \"kind\": \"public\", \"wait_for_completion\": true, \"history\": \"all\", $script}"
     )
     for name in $(printf '%s\n' "${!setups[@]}" | sort | grep -E "${ONLY:-.}"); do
         log "$name: $N requests, then 0"
         instructions "${setups[$name]}" "$N"
         with="$TOTAL"
+        for label in worker scenario other; do part_with[$label]="${PART[$label]}"; done
         instructions "${setups[$name]}" 0
         without="$TOTAL"
         per=$(( (with - without) / N ))
         log "$name: $with - $without = $per instructions per request"
-        rows+="| ${name#*-} | $per |"$'\n'
+        rows+="| ${name#*-} | $per"
+        for label in worker scenario other; do
+            rows+=" | $(( (part_with[$label] - PART[$label]) / N ))"
+        done
+        rows+=" |"$'\n'
     done
     {
         echo
@@ -159,8 +175,8 @@ PY
         echo "worker, one scenario thread; instructions of (start + channel + N requests + stop)"
         echo "minus (start + channel + stop), over N. Repeatable: callgrind counts, it does not time."
         echo
-        echo "| channel | instructions per request |"
-        echo "|---|---|"
+        echo "| channel | instructions per request | HTTP worker | scenario thread | other threads |"
+        echo "|---|---:|---:|---:|---:|"
         printf '%s' "$rows"
     } | tee -a "$ROOT/benches/RESULTS.md"
 }

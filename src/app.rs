@@ -110,6 +110,7 @@ impl Application {
         // The execution history: runs queue records, a writer of its own stores them.
         let executions = Arc::new(crate::executions::ExecutionLog::new(
             config.executions_queue,
+            config.executions_queue_bytes,
             config.executions_max_recorded_bytes,
         ));
         let executions_writer = crate::executions::writer::start(

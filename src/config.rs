@@ -109,6 +109,9 @@ pub struct Config {
     /// Execution history (`executions`): records waiting for the writer, at most;
     /// beyond, records are dropped and counted (`oktell_executions_dropped_total`).
     pub executions_queue: usize,
+    /// ... and at most this many bytes held by them (a queued record holds its request
+    /// body whole until the writer makes it; beyond, dropped and counted alike).
+    pub executions_queue_bytes: usize,
     /// How often the writer stores what is queued (one transaction per batch).
     pub executions_flush_ms: u64,
     /// Bytes of each recorded text (a body, a log line, a header); longer is cut.
@@ -248,6 +251,7 @@ impl Default for Config {
             channel_state_sweep_s: 60,
             channel_state_sweep_batch: 1000,
             executions_queue: 10_000,
+            executions_queue_bytes: 64 * 1024 * 1024,
             executions_flush_ms: 100,
             executions_max_recorded_bytes: 4096,
             executions_kept_per_channel: 1000,
@@ -549,13 +553,14 @@ impl Config {
             ));
         }
         if self.executions_queue == 0
+            || self.executions_queue_bytes == 0
             || self.executions_flush_ms == 0
             || self.executions_kept_per_channel == 0
             || self.executions_retention_days == 0
         {
             return Err(invalid(
                 "executions_queue",
-                "executions_queue, executions_flush_ms, executions_kept_per_channel and executions_retention_days must be above 0",
+                "executions_queue, executions_queue_bytes, executions_flush_ms, executions_kept_per_channel and executions_retention_days must be above 0",
             ));
         }
         for p in &self.redact_patterns {

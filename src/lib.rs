@@ -13,7 +13,8 @@
 //! - [`db`]: diesel over SQLite or PostgreSQL, embedded migrations;
 //! - [`net`]: what outgoing connections share: DNS with timeouts, client TLS trust.
 //! - [`redact`]: what keeps secrets and control characters out of logs and error bodies;
-//! - [`signatures`]: webhook signatures (Standard Webhooks, HMAC headers) as pure functions.
+//! - [`signatures`]: webhook signatures (Standard Webhooks, HMAC headers) as pure functions;
+//! - [`threads`]: background threads at idle CPU priority, below request threads.
 
 pub mod actors;
 pub mod alloc;
@@ -32,3 +33,4 @@ pub mod net;
 pub mod redact;
 pub mod scenario;
 pub mod signatures;
+pub mod threads;

@@ -208,6 +208,15 @@ fn executions(f: &mut Families, state: &AppState) {
         &[],
         log.len() as f64,
     );
+    gauge(
+        f.family(
+            "oktell_executions_queue_bytes",
+            "Bytes the execution records waiting for the writer hold (bounded by executions_queue_bytes).",
+            MetricType::GAUGE,
+        ),
+        &[],
+        log.bytes() as f64,
+    );
 }
 
 /// Renders the node's metrics; the per-channel series (they name every channel) only

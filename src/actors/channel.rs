@@ -435,4 +435,8 @@ impl crate::scenario::StartParams for WsParams {
             _ => return None,
         })
     }
+
+    fn held_bytes(&self) -> usize {
+        self.code.len() + self.text.len() + self.peer_ip.len()
+    }
 }

@@ -17,7 +17,9 @@ use crate::db::models::Execution;
 use crate::scenario::channel_state::StateError;
 use crate::scenario::outgoing::OutgoingResponse;
 use crate::scenario::record::{CallRecord, Masker, SECRET_HEADERS, secret_name};
-use crate::scenario::{ChannelHost, OutgoingCall, ScenarioError, ScenarioReply, StartParams};
+use crate::scenario::{
+    ChannelHost, OutgoingCall, RequestParts, ScenarioError, ScenarioReply, StartParams,
+};
 
 /// An outgoing call as it happened, raw (masked when the run is kept).
 struct RawCall {
@@ -252,14 +254,55 @@ impl Finished {
         }
     }
 
+    /// Bytes this holds beyond its size (reply, log lines, calls), roughly.
+    pub fn held_bytes(&self) -> usize {
+        let reply = match &self.outcome {
+            Ok((reply, _)) => reply.content.len(),
+            Err(_) => 0,
+        };
+        let logs: usize = self
+            .captured
+            .logs
+            .iter()
+            .map(|(l, t)| l.len() + t.len())
+            .sum();
+        let calls: usize = self
+            .captured
+            .calls
+            .iter()
+            .map(|c| {
+                c.method.len()
+                    + c.path.len()
+                    + c.body.len()
+                    + c.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                    + match &c.outcome {
+                        Ok((_, body, _)) => body.len(),
+                        Err(e) => e.len(),
+                    }
+            })
+            .sum();
+        reply + logs + calls
+    }
+
     /// The row to store: inputs read from the start parameters, everything masked.
     pub fn into_row(self, params: &dyn StartParams) -> Option<Execution> {
         // The credentials the request came with are hidden wherever the script may
         // have copied them (its log lines, calls, reply), like the channel's tokens.
-        let request_secrets = match self.kind {
-            ScriptKind::Webhook => request_secrets(params),
-            ScriptKind::Websocket => Vec::new(),
+        let rendered;
+        let request = match self.kind {
+            ScriptKind::Webhook => Some(match params.request() {
+                Some(parts) => parts,
+                None => {
+                    rendered = Rendered::of(params);
+                    rendered.parts()
+                }
+            }),
+            ScriptKind::Websocket => None,
         };
+        let request_secrets = request.as_ref().map(request_secrets).unwrap_or_default();
         let masker = self
             .host
             .masker
@@ -276,9 +319,9 @@ impl Finished {
             }
             Err(e) => (None, Some(m.error(e))),
         };
-        let inputs = match self.kind {
-            ScriptKind::Webhook => webhook_inputs(m, params),
-            ScriptKind::Websocket => Inputs::Websocket {
+        let inputs = match &request {
+            Some(request) => webhook_inputs(m, request),
+            None => Inputs::Websocket {
                 session: m.text(&params.get(1).unwrap_or_default()).text,
                 text: m.text(&params.get(2).unwrap_or_default()),
                 peer_ip: params.get(4).unwrap_or_default(),
@@ -350,35 +393,107 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// A webhook request's parts read back from its rendered start parameters, for a
+/// trigger without the borrowed form ([`StartParams::request`]).
+struct Rendered {
+    method: String,
+    secure: bool,
+    host: String,
+    path_and_query: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    peer_ip: Option<std::net::IpAddr>,
+    protocol: String,
+}
+
+impl Rendered {
+    fn of(params: &dyn StartParams) -> Rendered {
+        let url = params.get(3).and_then(|u| url::Url::parse(&u).ok());
+        let (secure, host, path_and_query) = match &url {
+            Some(u) => (
+                u.scheme() == "https",
+                match (u.host_str(), u.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_string(),
+                    _ => String::new(),
+                },
+                match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_string(),
+                },
+            ),
+            None => (false, String::new(), String::new()),
+        };
+        let headers = params
+            .get(5)
+            .and_then(|h| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&h).ok()
+            })
+            .map(|map| {
+                map.into_iter()
+                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().as_bytes().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Rendered {
+            method: params.get(2).unwrap_or_default(),
+            secure,
+            host,
+            path_and_query,
+            headers,
+            body: match params.body_bytes() {
+                Some(bytes) => bytes.to_vec(),
+                None => params.get(4).unwrap_or_default().into_bytes(),
+            },
+            peer_ip: params.get(6).and_then(|ip| ip.parse().ok()),
+            protocol: params.get(7).unwrap_or_default(),
+        }
+    }
+
+    fn parts(&self) -> RequestParts<'_> {
+        RequestParts {
+            method: &self.method,
+            secure: self.secure,
+            host: &self.host,
+            path_and_query: &self.path_and_query,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
+            body: &self.body,
+            peer_ip: self.peer_ip,
+            protocol: &self.protocol,
+        }
+    }
+}
+
+/// Whether a header's value is a credential, masked whole.
+fn secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || secret_name(name)
+}
+
 /// The credentials of a webhook request: its `Authorization`-like and cookie header
 /// values (whole, their parts after a scheme, each cookie's value), secret-named header
 /// values, and secret-named query values.
-fn request_secrets(params: &dyn StartParams) -> Vec<String> {
+fn request_secrets(request: &RequestParts<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(map) = params
-        .get(5)
-        .and_then(|h| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&h).ok())
-    {
-        for (name, value) in &map {
-            let Some(value) = value.as_str() else {
-                continue;
-            };
-            let name = name.to_ascii_lowercase();
-            if !(SECRET_HEADERS.contains(&name.as_str()) || secret_name(&name)) {
-                continue;
-            }
-            out.push(value.to_string());
-            for part in value.split([';', ',', ' ']) {
-                let part = part.trim();
-                out.push(part.to_string());
-                if let Some((_, v)) = part.split_once('=') {
-                    out.push(v.to_string());
-                }
+    for (name, value) in &request.headers {
+        if !secret_header(name) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value);
+        for part in value.split([';', ',', ' ']) {
+            let part = part.trim();
+            out.push(part.to_string());
+            if let Some((_, v)) = part.split_once('=') {
+                out.push(v.to_string());
             }
         }
+        out.push(value.into_owned());
     }
-    if let Some(url) = params.get(3).and_then(|u| url::Url::parse(&u).ok()) {
-        for (k, v) in url.query_pairs() {
+    if let Some((_, query)) = request.path_and_query.split_once('?') {
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             if secret_name(&k) {
                 out.push(v.into_owned());
             }
@@ -390,64 +505,58 @@ fn request_secrets(params: &dyn StartParams) -> Vec<String> {
     out
 }
 
-/// A webhook's inputs from its start parameters: the URL below the channel's token,
-/// headers and body masked.
-fn webhook_inputs(m: &Masker, params: &dyn StartParams) -> Inputs {
-    let url = params.get(3).unwrap_or_default();
-    let (host, secure, path) = match url::Url::parse(&url) {
-        Ok(u) => {
-            let host = match (u.host_str(), u.port()) {
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (Some(h), None) => h.to_string(),
-                _ => String::new(),
-            };
-            let below = below_token(u.path());
-            let query = u.query().map(|_| {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if secret_name(&k) {
-                            crate::redact::MASK.to_string()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                url::form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(pairs)
-                    .finish()
-            });
-            let path = match query {
-                Some(q) => format!("{below}?{q}"),
-                None => below.to_string(),
-            };
-            (host, u.scheme() == "https", m.text(&path).text)
+/// A webhook's inputs: the path below the channel's token, secret-named query values,
+/// credential headers and everything the masker finds masked. Headers sorted by name,
+/// a repeated one joined with ", " as `startparam(5)` has it.
+fn webhook_inputs(m: &Masker, request: &RequestParts<'_>) -> Inputs {
+    let (path, query) = match request.path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (request.path_and_query, None),
+    };
+    let below = below_token(path);
+    let path = match query {
+        // Rewritten only when a value is to be masked.
+        Some(q) if url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| secret_name(&k)) => {
+            let masked = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| {
+                    let v = if secret_name(&k) {
+                        std::borrow::Cow::Borrowed(crate::redact::MASK)
+                    } else {
+                        v
+                    };
+                    (k, v)
+                }))
+                .finish();
+            format!("{below}?{masked}")
         }
-        Err(_) => (String::new(), false, String::new()),
+        Some(q) => format!("{below}?{q}"),
+        None => below.to_string(),
     };
-    let headers = params
-        .get(5)
-        .and_then(|h| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&h).ok())
-        .map(|map| {
-            map.iter()
-                .map(|(k, v)| m.header(k, v.as_str().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = match params.body_bytes() {
-        Some(bytes) => m.text_bytes(bytes),
-        None => m.text(&params.get(4).unwrap_or_default()),
-    };
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(request.headers.len());
+    let mut sorted: Vec<&(&str, &[u8])> = request.headers.iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    for (name, value) in sorted {
+        let value = String::from_utf8_lossy(value);
+        match headers.last_mut() {
+            Some((last, joined)) if last.eq_ignore_ascii_case(name) => {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            }
+            _ => headers.push((name.to_string(), value.into_owned())),
+        }
+    }
     Inputs::Webhook {
-        method: params.get(2).unwrap_or_default(),
-        path,
-        host,
-        secure,
-        headers,
-        body,
-        peer_ip: params.get(6).unwrap_or_default(),
-        protocol: params.get(7).unwrap_or_default(),
+        method: request.method.to_string(),
+        path: m.text(&path).text,
+        host: request.host.to_string(),
+        secure: request.secure,
+        headers: headers
+            .iter()
+            .map(|(name, value)| m.header(name, value))
+            .collect(),
+        body: m.text_bytes(request.body),
+        peer_ip: request.peer_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        protocol: request.protocol.to_string(),
     }
 }
 

@@ -7,21 +7,27 @@
 //! - [`capture`]: what a run does is captured on its scenario thread by a
 //!   [`capture::RecordingHost`]; a run that is not kept pays a branch and a cleared
 //!   buffer, no allocation of its own.
-//! - [`ExecutionLog`]: a bounded queue of records; a full queue drops the record and
-//!   counts it, the run is never slowed.
-//! - [`writer`]: a task of its own arbiter storing the queue in batches, trimming each
-//!   channel to its count bound, purging by age.
+//! - [`ExecutionLog`]: a bounded queue (by count and by bytes held) of kept runs as
+//!   they ended, with their start parameters (shared, not copied); a full queue drops
+//!   the record and counts it, the run is never slowed.
+//! - [`writer`]: a task of its own arbiter, a background thread: it makes the records
+//!   (masking, JSON) of what was queued and stores them in batches, trimming each
+//!   channel to its count bound, purging by age. Making a record costs several times
+//!   what a trivial run costs (measured with callgrind), so it stays off the scenario
+//!   threads.
 
 pub mod capture;
 pub mod writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
 use crate::actors::ChannelStats;
 use crate::db::models::{Channel, Execution};
+use crate::scenario::StartParams;
 use crate::scenario::record::{CallRecord, ErrorRecord, LogLine, ReplyRecord, Text};
 
 /// Which runs of a channel are recorded.
@@ -123,19 +129,49 @@ pub struct ExecutionStats {
     pub trimmed: AtomicU64,
 }
 
+/// A kept run waiting for the writer to make its record: how it ended and what it
+/// captured, and its start parameters (shared with the run, not copied).
+pub struct Pending {
+    pub finished: capture::Finished,
+    pub params: Arc<dyn StartParams>,
+    /// Bytes it holds (counted against the queue's byte bound).
+    held: usize,
+}
+
+impl Pending {
+    pub fn new(finished: capture::Finished, params: Arc<dyn StartParams>) -> Pending {
+        let held = finished.held_bytes() + params.held_bytes();
+        Pending {
+            finished,
+            params,
+            held,
+        }
+    }
+
+    /// The row to store (None: it could not be serialised).
+    pub fn into_row(self) -> Option<Execution> {
+        self.finished.into_row(self.params.as_ref())
+    }
+}
+
 /// The records waiting for the writer: a bounded queue the scenario threads push to
-/// without waiting.
+/// without waiting, bounded by count and by the bytes its records hold (a request
+/// body is held whole until its record is made).
 pub struct ExecutionLog {
-    queue: ArrayQueue<Execution>,
+    queue: ArrayQueue<Pending>,
+    bytes: AtomicUsize,
+    max_bytes: usize,
     pub stats: ExecutionStats,
     /// Bytes kept of each recorded text.
     pub max_recorded_bytes: usize,
 }
 
 impl ExecutionLog {
-    pub fn new(capacity: usize, max_recorded_bytes: usize) -> ExecutionLog {
+    pub fn new(capacity: usize, max_bytes: usize, max_recorded_bytes: usize) -> ExecutionLog {
         ExecutionLog {
             queue: ArrayQueue::new(capacity.max(1)),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
             stats: ExecutionStats::default(),
             max_recorded_bytes,
         }
@@ -144,20 +180,31 @@ impl ExecutionLog {
     /// Whether a record would find room now; when not, it is counted as dropped
     /// (node-wide and for the channel) and should not even be built.
     pub fn has_room(&self, channel: &ChannelStats) -> bool {
-        if self.queue.is_full() {
+        if self.queue.is_full() || self.bytes.load(Ordering::Relaxed) >= self.max_bytes {
             self.dropped(channel);
             return false;
         }
         true
     }
 
-    /// Queues a record; a full queue (filled since [`Self::has_room`]) drops it.
-    pub fn push(&self, channel: &ChannelStats, row: Execution) {
-        match self.queue.push(row) {
+    /// Queues a record; a full queue (filled since [`Self::has_room`]) drops it, as
+    /// does one whose bytes would take the queue past its byte bound.
+    pub fn push(&self, channel: &ChannelStats, pending: Pending) {
+        let held = pending.held;
+        let before = self.bytes.fetch_add(held, Ordering::AcqRel);
+        if before.saturating_add(held) > self.max_bytes && before > 0 {
+            self.bytes.fetch_sub(held, Ordering::AcqRel);
+            self.dropped(channel);
+            return;
+        }
+        match self.queue.push(pending) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => self.dropped(channel),
+            Err(_) => {
+                self.bytes.fetch_sub(held, Ordering::AcqRel);
+                self.dropped(channel)
+            }
         }
     }
 
@@ -179,11 +226,23 @@ impl ExecutionLog {
         self.queue.capacity()
     }
 
+    /// Bytes the waiting records hold, and the bound.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Takes up to `max` waiting records, oldest first.
-    pub fn take(&self, max: usize, into: &mut Vec<Execution>) {
+    pub fn take(&self, max: usize, into: &mut Vec<Pending>) {
         while into.len() < max {
             match self.queue.pop() {
-                Some(row) => into.push(row),
+                Some(pending) => {
+                    self.bytes.fetch_sub(pending.held, Ordering::AcqRel);
+                    into.push(pending)
+                }
                 None => break,
             }
         }

@@ -17,7 +17,7 @@ use super::request_log::ChannelTag;
 use crate::actors::{ChannelHandle, ScriptKind};
 use crate::channels::KIND_PUBLIC;
 use crate::http::state::AppState;
-use crate::scenario::{ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
+use crate::scenario::{RequestParts, ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
 
 /// A prefix scope with the path split by hand: actix's router matches `{token}`-style
 /// segments with a regex, which was ~10% of the worker's CPU on this path.
@@ -209,6 +209,34 @@ impl StartParams for WebhookParams {
 
     fn body_bytes(&self) -> Option<&[u8]> {
         Some(&self.body)
+    }
+
+    fn request(&self) -> Option<RequestParts<'_>> {
+        Some(RequestParts {
+            method: self.method.as_str(),
+            secure: self.secure,
+            host: &self.host,
+            path_and_query: self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect(),
+            body: &self.body,
+            peer_ip: self.sender,
+            protocol: protocol(self.version),
+        })
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.body.len()
+            + self.host.len()
+            + self.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum::<usize>()
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
 use crate::db::models::Channel;
 use crate::executions::capture::{self, Finished};
-use crate::executions::{ExecutionLog, History};
+use crate::executions::{ExecutionLog, History, Pending};
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
@@ -289,10 +289,9 @@ impl Dispatcher {
             if let Some(tx) = tx {
                 let _ = tx.send(outcome);
             }
-            if let Some((log, finished)) = finished
-                && let Some(row) = finished.into_row(params.as_ref())
-            {
-                log.push(&handle.stats, row);
+            // The record is made by the writer, off this thread.
+            if let Some((log, finished)) = finished {
+                log.push(&handle.stats, Pending::new(finished, params));
             }
         };
         // A refused job is dropped unrun; its slot is given back on drop.

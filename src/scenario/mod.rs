@@ -111,6 +111,34 @@ pub trait StartParams: Send + Sync {
     fn to_vec(&self) -> Vec<String> {
         (1..=self.count()).filter_map(|n| self.get(n)).collect()
     }
+    /// The webhook request as it arrived, borrowed, for its execution record: what
+    /// `startparam(2..=7)` render, without rendering them (no JSON of the headers, no
+    /// URL to parse back). None for other triggers (and for parameters that only have
+    /// their rendered form, which the record then reads back).
+    fn request(&self) -> Option<RequestParts<'_>> {
+        None
+    }
+    /// Bytes these parameters hold of their own (what a queued execution record keeps
+    /// alive until it is made), roughly.
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// A webhook request's parts, borrowed from it ([`StartParams::request`]).
+#[derive(Debug)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub secure: bool,
+    /// The host the request was sent to (`Host`), port included when given.
+    pub host: &'a str,
+    /// The path (below it the channel's token) and the query, as sent.
+    pub path_and_query: &'a str,
+    /// Names lower-cased, in arrival order, a repeated header once per value.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: &'a [u8],
+    pub peer_ip: Option<std::net::IpAddr>,
+    pub protocol: &'a str,
 }
 
 impl StartParams for Vec<String> {

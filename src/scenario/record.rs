@@ -4,8 +4,9 @@
 //! and secret patterns masked through [`crate::redact`] (the same redaction as the
 //! logs), each text cut at a bound — so both report the same things the same way.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 
 use super::outgoing::paths;
@@ -151,12 +152,12 @@ impl Masker {
     /// A header as recorded: credentials and cookies (and any header named like a
     /// secret) masked whole, any other value masked like a text.
     pub fn header(&self, name: &str, value: &str) -> (String, String) {
-        let lower = name.to_ascii_lowercase();
-        let value = if SECRET_HEADERS.contains(&lower.as_str()) || secret_name(&lower) {
-            MASK.to_string()
-        } else {
-            self.text(value).text
-        };
+        let value =
+            if SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || secret_name(name) {
+                MASK.to_string()
+            } else {
+                self.text(value).text
+            };
         (name.to_string(), value)
     }
 
@@ -269,19 +270,26 @@ fn cut(raw: &str, max: usize) -> &str {
 
 /// Query parameter and header names whose values are masked.
 pub fn secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "key",
-        "signature",
-        "sig",
-        "auth",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
+    static NAMES: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "token",
+                "secret",
+                "password",
+                "passwd",
+                "key",
+                "signature",
+                "sig",
+                "auth",
+            ])
+            .ok()
+    });
+    match &*NAMES {
+        Some(names) => names.is_match(name),
+        // Unreachable (the patterns are fixed); masking more is the safe side.
+        None => true,
+    }
 }
 
 #[cfg(test)]

@@ -424,6 +424,41 @@ async fn a_full_queue_drops_records_and_counts_them() {
 }
 
 #[actix_web::test]
+async fn the_queue_is_bounded_by_the_bytes_its_records_hold() {
+    // A queued record holds its request body (and here its reply, the echoed body)
+    // until the writer makes it: 4 KiB take one such record (into an empty queue, a
+    // record goes whatever its size); the writer looks every hour (first at start).
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.executions_queue_bytes = 4096;
+        c.executions_flush_ms = 3_600_000;
+    })
+    .await
+    .unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "heavy", "kind": "public", "wait_for_completion": true,
+            "history": "all", "webhook_scenario": FAIL_ON_DEMAND,
+        }))
+        .await;
+    let (id, token) = (id_of(&c), token_of(&c));
+    let body = "b".repeat(3072);
+    for _ in 0..3 {
+        assert_eq!(post(&app, &token, &body).await, 200);
+    }
+    let queued = process_metric(&app.address, "oktell_executions_queued_total", &[]).await;
+    let dropped = process_metric(&app.address, "oktell_executions_dropped_total", &[]).await;
+    assert_eq!(
+        (queued, dropped),
+        (1.0, 2.0),
+        "one body fits, the next two do not"
+    );
+    let held = process_metric(&app.address, "oktell_executions_queue_bytes", &[]).await;
+    assert!(held >= 3072.0, "held {held}: the body is counted");
+    let page = executions(&app, &id, "").await;
+    assert_eq!(page["dropped"], 2, "{page}");
+}
+
+#[actix_web::test]
 async fn the_cli_lists_and_shows_executions() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
     let c = app.public_channel("cli-runs", true, FAIL_ON_DEMAND).await;

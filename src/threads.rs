@@ -3,22 +3,37 @@
 //! left over instead of adding to the requests' latency. The work is bounded by a queue
 //! that drops and counts when it falls behind (`executions`).
 //!
-//! [`idle`] is Linux's `SCHED_IDLE`: the thread runs when no other thread wants the
-//! core, and a request thread that wakes takes the core from it at once. Measured
-//! (`benches/history_run.sh`, 10,000 webhooks/s, every run recorded): webhook p99 1.08×
-//! that without history; 1.33× with the writer at nice 19 and 1.39× at nice 10 (the
-//! kernel lets a niced thread finish its slice before a woken one runs). Taken once
-//! for the thread's life (an unprivileged thread cannot raise its priority back:
-//! `RLIMIT_NICE`) and inherited by the threads it starts (the blocking threads of its
-//! runtime). Where the kernel refuses, the thread keeps its priority: a cost in latency
-//! under load, never an error.
+//! Two levels, each taken once for the thread's life (an unprivileged thread cannot
+//! raise its priority back: `RLIMIT_NICE`) and inherited by the threads it starts
+//! (the blocking threads of its runtime). Where the kernel refuses, the thread keeps
+//! its priority: a cost in latency under load, never an error.
+//! - [`idle`], Linux's `SCHED_IDLE`: the thread runs when no other thread wants the
+//!   core, and a request thread that wakes takes the core from it at once. Under full
+//!   load it runs only in slivers, so it must hold nothing others wait for: pure
+//!   computing (making execution records).
+//! - [`background`], `SCHED_OTHER` at nice [`BACKGROUND_NICE`]: below request threads
+//!   yet never starved, for a thread that holds what others wait for while it works
+//!   (SQLite's write lock, a pooled connection: storing the records).
 //!
-//! The price: such a thread may hold what others wait for — SQLite's write gate and a
-//! pooled connection during one of its transactions — and on a node whose cores are
-//! saturated by request threads it runs only in slivers, so a writer that comes
-//! meanwhile waits longer. Its transactions are kept small for that (200 records, about
-//! 2 ms of CPU), the gate lets waiting callers go before it takes its next turn, and
-//! the waits of scenario writes are bounded by their run's deadline.
+//! Measured (`benches/history_run.sh`, 10,000 webhooks/s, every run recorded, p99 over
+//! p99 without history): see docs/design-notes.md ("Execution history").
+
+/// The niceness of a [`background`] thread (0 is normal, 19 the lowest): about a tenth
+/// of a request thread's share of a busy core.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Makes the calling thread a background thread (see the module).
+pub fn background() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain integers; touches only the calling thread's niceness.
+    unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            BACKGROUND_NICE,
+        );
+    }
+}
 
 /// Makes the calling thread an idle-priority thread (see the module).
 pub fn idle() {
@@ -41,7 +56,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_priority_is_per_thread_and_inherited() {
+    fn priorities_are_per_thread_and_inherited() {
         let before = policy();
         std::thread::spawn(|| {
             idle();
@@ -50,6 +65,15 @@ mod tests {
             std::thread::spawn(|| assert_eq!(policy(), libc::SCHED_IDLE))
                 .join()
                 .unwrap();
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            background();
+            // SAFETY: reads the calling thread's niceness.
+            let nice =
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+            assert_eq!((policy(), nice), (libc::SCHED_OTHER, BACKGROUND_NICE));
         })
         .join()
         .unwrap();

@@ -25,7 +25,7 @@ pub fn insert_batch(
         match c {
             // A row at a time with one prepared statement (cached): SQLite has no round
             // trip to save, and a statement of many rows is built and prepared anew
-            // for each batch size (measured: ~half the writer's instructions).
+            // for each batch size.
             AnyConnection::Sqlite(c) => {
                 for row in rows {
                     diesel::insert_into(dsl::executions)
@@ -57,39 +57,60 @@ pub fn insert_batch(
     })
 }
 
-/// Keeps the newest `keep` executions of a channel (at least one).
-fn trim(conn: &mut AnyConnection, channel_id: &str, keep: i64) -> Result<usize, StoreError> {
-    let oldest_kept: Option<String> = dsl::executions
+/// Rows one trim or purge deletes at most (one short transaction; the rest goes with
+/// the next batch or pass).
+pub const DELETE_CHUNK: i64 = 1000;
+
+/// The id of a channel's execution `skip` places below its newest, if there is one.
+fn nth_newest(
+    conn: &mut AnyConnection,
+    channel_id: &str,
+    skip: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(dsl::executions
         .filter(dsl::channel_id.eq(channel_id))
         .select(dsl::id)
         .order(dsl::id.desc())
-        .offset(keep.max(1) - 1)
+        .offset(skip)
         .first(conn)
-        .optional()?;
-    let Some(oldest) = oldest_kept else {
-        return Ok(0);
-    };
-    Ok(diesel::delete(
-        dsl::executions
-            .filter(dsl::channel_id.eq(channel_id))
-            .filter(dsl::id.lt(oldest)),
-    )
-    .execute(conn)?)
+        .optional()?)
 }
 
-/// Deletes up to `limit` of the executions that started before `before` (Unix ms), the
-/// oldest first; how many.
-pub fn purge(conn: &mut AnyConnection, before: i64, limit: i64) -> Result<usize, StoreError> {
+/// Keeps the newest `keep` executions of a channel (at least one), deleting at most
+/// [`DELETE_CHUNK`] older ones now (after `keep` was lowered, the next batches take
+/// the rest).
+fn trim(conn: &mut AnyConnection, channel_id: &str, keep: i64) -> Result<usize, StoreError> {
+    let Some(oldest_kept) = nth_newest(conn, channel_id, keep.max(1) - 1)? else {
+        return Ok(0);
+    };
+    let older = dsl::executions
+        .filter(dsl::channel_id.eq(channel_id))
+        .filter(dsl::id.lt(oldest_kept));
+    Ok(
+        match nth_newest(conn, channel_id, keep.max(1) - 1 + DELETE_CHUNK)? {
+            // More than a chunk to delete: the chunk next to what is kept.
+            Some(bound) => diesel::delete(older.filter(dsl::id.gt(bound))).execute(conn)?,
+            None => diesel::delete(older).execute(conn)?,
+        },
+    )
+}
+
+/// Deletes up to [`DELETE_CHUNK`] of the executions that started before `before` (Unix
+/// ms), the oldest first: how many were deleted, and whether there may be more (a
+/// full chunk was found).
+pub fn purge(conn: &mut AnyConnection, before: i64) -> Result<(usize, bool), StoreError> {
     let oldest: Vec<String> = dsl::executions
         .filter(dsl::started_at.lt(before))
         .order(dsl::started_at.asc())
         .select(dsl::id)
-        .limit(limit)
+        .limit(DELETE_CHUNK)
         .load(conn)?;
+    let more = oldest.len() as i64 == DELETE_CHUNK;
     if oldest.is_empty() {
-        return Ok(0);
+        return Ok((0, false));
     }
-    Ok(diesel::delete(dsl::executions.filter(dsl::id.eq_any(&oldest))).execute(conn)?)
+    let deleted = diesel::delete(dsl::executions.filter(dsl::id.eq_any(&oldest))).execute(conn)?;
+    Ok((deleted, more))
 }
 
 /// Deletes every execution of a channel (with the channel, in its transaction).

@@ -492,6 +492,13 @@ fn request_secrets(request: &RequestParts<'_>) -> Vec<String> {
         }
         out.push(value.into_owned());
     }
+    // Credentials in the authority (`user:password@host`, an absolute-form request).
+    if let Some((userinfo, _)) = request.host.rsplit_once('@') {
+        out.push(userinfo.to_string());
+        if let Some((_, password)) = userinfo.split_once(':') {
+            out.push(password.to_string());
+        }
+    }
     if let Some((_, query)) = request.path_and_query.split_once('?') {
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             if secret_name(&k) {
@@ -548,7 +555,12 @@ fn webhook_inputs(m: &Masker, request: &RequestParts<'_>) -> Inputs {
     Inputs::Webhook {
         method: request.method.to_string(),
         path: m.text(&path).text,
-        host: request.host.to_string(),
+        // Without credentials in the authority (`user:password@`), if any.
+        host: request
+            .host
+            .rsplit_once('@')
+            .map_or(request.host, |(_, host)| host)
+            .to_string(),
         secure: request.secure,
         headers: headers
             .iter()
@@ -573,7 +585,61 @@ fn below_token(path: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::below_token;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::db::models::Channel;
+
+    #[test]
+    fn a_webhook_is_recorded_without_its_token_or_credentials() {
+        let masker = Masker::new(
+            Arc::new(Channel {
+                token: "tok-0123456789abcdef".into(),
+                ..Channel::default()
+            }),
+            4096,
+        );
+        let request = RequestParts {
+            method: "POST",
+            secure: false,
+            host: "user:hunter2-password@gw.example:8080",
+            path_and_query: "/api/token/v1/tok-0123456789abcdef/orders?Api_Key=k-123456789&x=1",
+            headers: vec![
+                ("x-b", b"2".as_slice()),
+                ("authorization", b"Bearer sk-live-abcdefgh".as_slice()),
+                ("x-b", b"3".as_slice()),
+                ("x-a", b"1".as_slice()),
+            ],
+            body: b"{\"n\":1}",
+            peer_ip: Some("10.0.0.1".parse().unwrap()),
+            protocol: "HTTP/1.1",
+        };
+        let secrets = request_secrets(&request);
+        for s in ["hunter2-password", "sk-live-abcdefgh", "k-123456789"] {
+            assert!(secrets.iter().any(|x| x == s), "{s} in {secrets:?}");
+        }
+        let Inputs::Webhook {
+            host,
+            path,
+            headers,
+            body,
+            ..
+        } = webhook_inputs(&masker, &request)
+        else {
+            panic!("a webhook");
+        };
+        assert_eq!(host, "gw.example:8080");
+        assert_eq!(path, "/orders?Api_Key=***&x=1");
+        assert_eq!(
+            headers,
+            vec![
+                ("authorization".to_string(), "***".to_string()),
+                ("x-a".to_string(), "1".to_string()),
+                ("x-b".to_string(), "2, 3".to_string()),
+            ]
+        );
+        assert_eq!(body.text, "{\"n\":1}");
+    }
 
     #[test]
     fn the_token_is_left_out_of_the_path() {

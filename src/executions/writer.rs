@@ -3,24 +3,28 @@
 //! (masked, serialised) and stores them in batches, one transaction each (on SQLite behind the node's other writers, as
 //! background work). Each batch trims the channels it wrote to their count bound
 //! (`executions_kept_per_channel`); hourly, executions older than
-//! `executions_retention_days` are purged. The arbiter stops with the node. Records are
-//! made on a thread of idle priority, stored from background ones ([`crate::threads`]).
+//! `executions_retention_days` are purged (in chunks). The arbiter stops with the node.
+//! Records are made on a thread of idle priority, stored from background ones
+//! ([`crate::threads`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::{ExecutionLog, Pending};
 use crate::db::models::Execution;
 use crate::db::{Database, Urgency, executions as rows, now_millis};
 
 /// Records stored in one transaction, at most; a fuller queue is drained in several
-/// batches without waiting for the next tick. Small: this idle-priority thread holds
-/// SQLite's write gate for one transaction, and a request-side writer that comes
-/// meanwhile waits behind it (see [`crate::threads`]).
-pub const BATCH_MAX: usize = 200;
-/// Rows deleted by age in one transaction, at most (the same reason).
-const PURGE_CHUNK: i64 = 1000;
+/// batches without waiting for the next tick. Small: a transaction holds SQLite's write
+/// lock, which request-side writers (`emit_event`, `state_set`) wait for, and the
+/// kernel lets a niced thread finish its slice before a woken request thread runs, so
+/// short bursts delay requests less (measured: p99 1.21x that without history with
+/// 200, 1.05x with 50; docs/design-notes.md).
+pub const BATCH_MAX: usize = 50;
+
 /// How often executions past their age are purged (the first a minute after start).
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 const FIRST_PURGE_AFTER: Duration = Duration::from_secs(60);
@@ -41,14 +45,69 @@ pub fn start(
 ) -> actix::ArbiterHandle {
     let arbiter = actix::Arbiter::new().handle();
     arbiter.spawn(async move {
-        // The blocking threads its writes run on are started from here: idle too.
-        crate::threads::idle();
-        run(log, db, settings, logger).await
+        // The blocking threads its writes run on are started from here: background too.
+        crate::threads::background();
+        let maker = Maker::start(&logger);
+        run(log, db, maker, settings, logger).await
     });
     arbiter
 }
 
-async fn run(log: Arc<ExecutionLog>, db: Database, settings: WriterSettings, logger: slog::Logger) {
+/// One record-making job: the runs taken, and where their rows go.
+type MakeJob = (Vec<Pending>, oneshot::Sender<Vec<Option<Execution>>>);
+
+/// The thread that makes the records (masking, JSON) at idle priority: it holds
+/// nothing other threads wait for, so it may wait for a free core. The writer's own
+/// threads, which hold SQLite's write lock and a pooled connection while they store,
+/// are background ones (see [`crate::threads`]).
+struct Maker {
+    jobs: Option<std::sync::mpsc::SyncSender<MakeJob>>,
+}
+
+impl Maker {
+    fn start(logger: &slog::Logger) -> Maker {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<MakeJob>(1);
+        let started = std::thread::Builder::new()
+            .name("executions-maker".into())
+            .spawn(move || {
+                crate::threads::idle();
+                // Ends when the writer (the sender) is gone.
+                while let Ok((pending, rows)) = rx.recv() {
+                    let _ = rows.send(pending.into_iter().map(Pending::into_row).collect());
+                }
+            });
+        match started {
+            Ok(_) => Maker { jobs: Some(tx) },
+            Err(e) => {
+                slog::warn!(logger, "no thread for making execution records; the writer makes them"; "error" => %e);
+                Maker { jobs: None }
+            }
+        }
+    }
+
+    /// The rows of `pending` (None for a record that could not be serialised; all None
+    /// when the maker is gone).
+    async fn make(&self, pending: Vec<Pending>) -> Vec<Option<Execution>> {
+        let Some(jobs) = &self.jobs else {
+            return pending.into_iter().map(Pending::into_row).collect();
+        };
+        let taken = pending.len();
+        let (tx, rx) = oneshot::channel();
+        // One job at a time (the writer awaits each): the channel never blocks.
+        if jobs.send((pending, tx)).is_err() {
+            return vec![None; taken];
+        }
+        rx.await.unwrap_or_else(|_| vec![None; taken])
+    }
+}
+
+async fn run(
+    log: Arc<ExecutionLog>,
+    db: Database,
+    maker: Maker,
+    settings: WriterSettings,
+    logger: slog::Logger,
+) {
     let mut tick = tokio::time::interval(settings.flush);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_purge = Instant::now() + FIRST_PURGE_AFTER;
@@ -60,9 +119,9 @@ async fn run(log: Arc<ExecutionLog>, db: Database, settings: WriterSettings, log
             if pending.is_empty() {
                 break;
             }
-            // Made here, at idle priority, not on the scenario threads.
+            // Made on the maker thread, not on the scenario threads.
             let taken = pending.len();
-            let batch: Vec<Execution> = pending.into_iter().filter_map(Pending::into_row).collect();
+            let batch: Vec<Execution> = maker.make(pending).await.into_iter().flatten().collect();
             if batch.len() < taken {
                 let lost = (taken - batch.len()) as u64;
                 log.stats.write_errors.fetch_add(lost, Ordering::Relaxed);
@@ -98,15 +157,13 @@ async fn run(log: Arc<ExecutionLog>, db: Database, settings: WriterSettings, log
             let mut purged = 0;
             loop {
                 match db
-                    .write(Urgency::Background, move |c| {
-                        rows::purge(c, before, PURGE_CHUNK)
-                    })
+                    .write(Urgency::Background, move |c| rows::purge(c, before))
                     .await
                 {
-                    Ok(n) => {
+                    Ok((n, more)) => {
                         purged += n;
                         log.stats.trimmed.fetch_add(n as u64, Ordering::Relaxed);
-                        if (n as i64) < PURGE_CHUNK {
+                        if !more {
                             break;
                         }
                     }

@@ -229,7 +229,11 @@ impl StartParams for WebhookParams {
     }
 
     fn held_bytes(&self) -> usize {
-        self.body.len()
+        // The header values are slices of the connection's read buffer, which they
+        // keep alive (at least 8 KiB): counted as that much.
+        const READ_BUFFER: usize = 8 * 1024;
+        READ_BUFFER
+            + self.body.len()
             + self.host.len()
             + self.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + self

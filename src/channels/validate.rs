@@ -50,7 +50,7 @@ pub struct ChannelInput {
     pub rate_limit: Option<serde_json::Value>,
     /// The signature every webhook request must carry; otherwise 401 before any
     /// scenario. `{}` removes it; a masked secret (`********`) keeps the stored one.
-    #[schema(value_type = Option<super::guards::VerifySettings>)]
+    #[schema(value_type = Option<VerifyInput>)]
     pub verify: Option<serde_json::Value>,
     /// Browser calls from other origins; preflights answered by the gateway. `{}`
     /// removes it.
@@ -69,6 +69,21 @@ pub struct ChannelInput {
     #[schema(ignore)]
     pub token: Option<serde_json::Value>,
 }
+
+/// `verify` as written (schema only): the settings, or `{}` to remove them.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum VerifyInput {
+    Set(super::guards::VerifySettings),
+    Remove(Removal),
+}
+
+/// `{}`: removes a setting (schema only).
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Removal {}
 
 /// A field that failed validation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -66,7 +66,8 @@ async fn load(
     request_body = SubscriptionInput,
     responses((status = 201, description = "Subscribed", body = SubscriptionView),
         (status = 400, description = "Invalid input, naming the field", body = super::openapi::ErrorResponse),
-        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse)))]
+        (status = 404, description = "No eventing channel with this token here", body = super::openapi::ErrorResponse),
+        (status = 409, description = "The channel has as many subscriptions as it may (`too_many_subscriptions`)", body = super::openapi::ErrorResponse)))]
 async fn create(
     req: &HttpRequest,
     payload: web::Payload,

@@ -46,7 +46,7 @@ pub struct ChannelInput {
     pub allow_ips: Option<Vec<String>>,
     /// Token bucket for the webhook, per node; beyond: 429 with Retry-After. `{}`
     /// removes it.
-    #[schema(value_type = Option<super::guards::RateLimitSettings>)]
+    #[schema(value_type = Option<RateLimitInput>)]
     pub rate_limit: Option<serde_json::Value>,
     /// The signature every webhook request must carry; otherwise 401 before any
     /// scenario. `{}` removes it; a masked secret (`********`) keeps the stored one.
@@ -54,7 +54,7 @@ pub struct ChannelInput {
     pub verify: Option<serde_json::Value>,
     /// Browser calls from other origins; preflights answered by the gateway. `{}`
     /// removes it.
-    #[schema(value_type = Option<super::guards::CorsSettings>)]
+    #[schema(value_type = Option<CorsInput>)]
     pub cors: Option<serde_json::Value>,
     /// Which runs of the channel's scenario are recorded in its execution history
     /// (`GET /admin/v1/channels/{id}/executions`): `off`, `errors` (the default) or `all`.
@@ -76,6 +76,24 @@ pub struct ChannelInput {
 #[allow(dead_code)]
 enum VerifyInput {
     Set(super::guards::VerifySettings),
+    Remove(Removal),
+}
+
+/// `rate_limit` as written (schema only): the settings, or `{}` to remove them.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RateLimitInput {
+    Set(super::guards::RateLimitSettings),
+    Remove(Removal),
+}
+
+/// `cors` as written (schema only): the settings, or `{}` to remove them.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum CorsInput {
+    Set(super::guards::CorsSettings),
     Remove(Removal),
 }
 

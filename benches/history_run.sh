@@ -104,9 +104,11 @@ for rate in $SEARCH_RATES; do
 done
 
 status=0
-python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(machine_line)" \
+BENCHES_DIR="$ROOT/benches" python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(machine_line)" \
     "$COMMAND" "$(commit_line)" "$RATE" "$ROUNDS" "$DURATION_S" "$CONNECTIONS" "$WORKERS" "$SCENARIO_THREADS" <<'PY' || status=$?
 import glob, json, os, statistics, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from wrk_parse import append_section
 out, results, date, machine, command, commit, rate, rounds, duration, conns, workers, threads = sys.argv[1:13]
 runs = {os.path.basename(p)[:-5]: json.load(open(p)) for p in glob.glob(os.path.join(out, "*.json"))}
 def med(prefix, key):
@@ -151,8 +153,7 @@ section = f"""
 if problems:
     section += "\n**Run failed** (errors seen):\n\n" + "\n".join("- " + p for p in problems) + "\n"
     print("PROBLEMS:\n" + "\n".join("  - " + p for p in problems))
-existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
-open(results, "w").write(existing + section)
+append_section(results, "# Benchmark results\n", section)
 sys.exit(1 if problems else 0)
 PY
 log "raw JSON and logs: $OUT; appended to benches/RESULTS.md"

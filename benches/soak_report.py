@@ -7,6 +7,8 @@ section to RESULTS. Exit status 1 on FAIL or on errors during the run.
       WARMUP_S FD_SLOPE_MAX EXPECTED_DELIVERIES SUBSCRIPTIONS WORKERS SCENARIO_THREADS
 """
 import json, os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wrk_parse import append_section
 out, results, date, machine, command, commit = sys.argv[1:7]
 duration_s, warmup_s, fd_slope_max = float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
 expected, subs = int(sys.argv[10]), int(sys.argv[11])
@@ -93,6 +95,5 @@ section = f"""
 if problems:
     section += "\n**Errors during the run** (marked failed):\n\n" + "\n".join("- " + p for p in problems) + "\n"
     print("PROBLEMS:\n" + "\n".join("  - " + p for p in problems))
-existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
-open(results, "w").write(existing + section)
+append_section(results, "# Benchmark results\n", section)
 sys.exit(0 if verdict == "PASS" and not problems else 1)

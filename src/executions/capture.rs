@@ -16,7 +16,7 @@ use crate::actors::ScriptKind;
 use crate::db::models::Execution;
 use crate::scenario::channel_state::StateError;
 use crate::scenario::outgoing::OutgoingResponse;
-use crate::scenario::record::{CallRecord, Masker, SECRET_HEADERS, secret_name};
+use crate::scenario::record::{CallRecord, Masker, secret_header, secret_name};
 use crate::scenario::{
     ChannelHost, OutgoingCall, RequestParts, ScenarioError, ScenarioReply, StartParams,
 };
@@ -287,19 +287,14 @@ impl Finished {
         reply + logs + calls
     }
 
-    /// The row to store: inputs read from the start parameters, everything masked.
+    /// The row to store: inputs read from the start parameters, everything masked
+    /// (None: it could not be serialised, or a webhook's parameters lack its request).
     pub fn into_row(self, params: &dyn StartParams) -> Option<Execution> {
         // The credentials the request came with are hidden wherever the script may
         // have copied them (its log lines, calls, reply), like the channel's tokens.
-        let rendered;
         let request = match self.kind {
-            ScriptKind::Webhook => Some(match params.request() {
-                Some(parts) => parts,
-                None => {
-                    rendered = Rendered::of(params);
-                    rendered.parts()
-                }
-            }),
+            // A webhook's parameters carry its request (`WebhookParams::request`).
+            ScriptKind::Webhook => Some(params.request()?),
             ScriptKind::Websocket => None,
         };
         let request_secrets = request.as_ref().map(request_secrets).unwrap_or_default();
@@ -391,86 +386,6 @@ impl Finished {
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// A webhook request's parts read back from its rendered start parameters, for a
-/// trigger without the borrowed form ([`StartParams::request`]).
-struct Rendered {
-    method: String,
-    secure: bool,
-    host: String,
-    path_and_query: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
-    peer_ip: Option<std::net::IpAddr>,
-    protocol: String,
-}
-
-impl Rendered {
-    fn of(params: &dyn StartParams) -> Rendered {
-        let url = params.get(3).and_then(|u| url::Url::parse(&u).ok());
-        let (secure, host, path_and_query) = match &url {
-            Some(u) => (
-                u.scheme() == "https",
-                match (u.host_str(), u.port()) {
-                    (Some(h), Some(p)) => format!("{h}:{p}"),
-                    (Some(h), None) => h.to_string(),
-                    _ => String::new(),
-                },
-                match u.query() {
-                    Some(q) => format!("{}?{q}", u.path()),
-                    None => u.path().to_string(),
-                },
-            ),
-            None => (false, String::new(), String::new()),
-        };
-        let headers = params
-            .get(5)
-            .and_then(|h| {
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&h).ok()
-            })
-            .map(|map| {
-                map.into_iter()
-                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().as_bytes().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Rendered {
-            method: params.get(2).unwrap_or_default(),
-            secure,
-            host,
-            path_and_query,
-            headers,
-            body: match params.body_bytes() {
-                Some(bytes) => bytes.to_vec(),
-                None => params.get(4).unwrap_or_default().into_bytes(),
-            },
-            peer_ip: params.get(6).and_then(|ip| ip.parse().ok()),
-            protocol: params.get(7).unwrap_or_default(),
-        }
-    }
-
-    fn parts(&self) -> RequestParts<'_> {
-        RequestParts {
-            method: &self.method,
-            secure: self.secure,
-            host: &self.host,
-            path_and_query: &self.path_and_query,
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect(),
-            body: &self.body,
-            peer_ip: self.peer_ip,
-            protocol: &self.protocol,
-        }
-    }
-}
-
-/// Whether a header's value is a credential, masked whole.
-fn secret_header(name: &str) -> bool {
-    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || secret_name(name)
 }
 
 /// The credentials of a webhook request: its `Authorization`-like and cookie header

@@ -148,7 +148,7 @@ impl Pending {
         }
     }
 
-    /// The row to store (None: it could not be serialised).
+    /// The row to store (None: it could not be made, see `Finished::into_row`).
     pub fn into_row(self) -> Option<Execution> {
         self.finished.into_row(self.params.as_ref())
     }

@@ -85,7 +85,7 @@ impl Maker {
         }
     }
 
-    /// The rows of `pending` (None for a record that could not be serialised; all None
+    /// The rows of `pending` (None for a record that could not be made; all None
     /// when the maker is gone).
     async fn make(&self, pending: Vec<Pending>) -> Vec<Option<Execution>> {
         let Some(jobs) = &self.jobs else {
@@ -125,7 +125,7 @@ async fn run(
             if batch.len() < taken {
                 let lost = (taken - batch.len()) as u64;
                 log.stats.write_errors.fetch_add(lost, Ordering::Relaxed);
-                slog::warn!(logger, "execution records could not be serialised; they are lost"; "records" => lost);
+                slog::warn!(logger, "execution records could not be made; they are lost"; "records" => lost);
             }
             let n = batch.len() as u64;
             let keep = settings.keep_per_channel;

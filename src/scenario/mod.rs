@@ -113,8 +113,8 @@ pub trait StartParams: Send + Sync {
     }
     /// The webhook request as it arrived, borrowed, for its execution record: what
     /// `startparam(2..=7)` render, without rendering them (no JSON of the headers, no
-    /// URL to parse back). None for other triggers (and for parameters that only have
-    /// their rendered form, which the record then reads back).
+    /// URL to parse back). None for other triggers; a webhook run whose parameters
+    /// lack it gets no record.
     fn request(&self) -> Option<RequestParts<'_>> {
         None
     }

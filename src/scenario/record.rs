@@ -152,12 +152,11 @@ impl Masker {
     /// A header as recorded: credentials and cookies (and any header named like a
     /// secret) masked whole, any other value masked like a text.
     pub fn header(&self, name: &str, value: &str) -> (String, String) {
-        let value =
-            if SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || secret_name(name) {
-                MASK.to_string()
-            } else {
-                self.text(value).text
-            };
+        let value = if secret_header(name) {
+            MASK.to_string()
+        } else {
+            self.text(value).text
+        };
         (name.to_string(), value)
     }
 
@@ -266,6 +265,12 @@ fn cut(raw: &str, max: usize) -> &str {
         at -= 1;
     }
     &raw[..at]
+}
+
+/// Whether a header's value is a credential, masked whole: credentials, cookies, and
+/// any header named like a secret (any case).
+pub fn secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) || secret_name(name)
 }
 
 /// Query parameter and header names whose values are masked.

@@ -194,9 +194,15 @@ given_or_built_gateway() {
         build_gateway
     fi
 }
+# EXTRA_SETTINGS (any benchmark): lines added to the gateway's config, for an A/B of a
+# setting in the same script (e.g. EXTRA_SETTINGS='scenario_inline_us = 0').
 start_gateway_at() {
     local port="$1" config="$2" data="$3" logf="$4"
     shift 4
+    if [[ -n "${EXTRA_SETTINGS:-}" ]]; then
+        { cat "$config"; printf '\n%s\n' "$EXTRA_SETTINGS"; } >"$config.settings.toml"
+        config="$config.settings.toml"
+    fi
     "$GATEWAY_BIN" serve --config "$config" --listen "127.0.0.1:$port" --data-dir "$data" \
         --database-url "${GATEWAY_DB_URL:-$data/bench.db}" --admin-token "$ADMIN_TOKEN" --log-level warn "$@" \
         >>"$logf" 2>&1 &

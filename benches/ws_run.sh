@@ -36,7 +36,7 @@ STARTUP_TIMEOUT_S=30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="SESSIONS=$SESSIONS MESSAGES=$MESSAGES ROUNDS=$ROUNDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS GATEWAY_IN_FLIGHT=$GATEWAY_IN_FLIGHT bash benches/ws_run.sh"
+COMMAND="${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }SESSIONS=$SESSIONS MESSAGES=$MESSAGES ROUNDS=$ROUNDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS GATEWAY_IN_FLIGHT=$GATEWAY_IN_FLIGHT bash benches/ws_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/ws-$RUN_ID"
 mkdir -p "$OUT"
@@ -91,28 +91,13 @@ TOML
 if [[ "$GATEWAY_IN_FLIGHT" != default ]]; then
     printf 'channel_max_in_flight = %s\nscenario_queue = %s\n' "$GATEWAY_IN_FLIGHT" "$GATEWAY_IN_FLIGHT" >>"$GATEWAY_CONFIG"
 fi
+[[ -n "${EXTRA_SETTINGS:-}" ]] && printf '%s\n' "$EXTRA_SETTINGS" >>"$GATEWAY_CONFIG"
+EXTRA_SETTINGS=""  # in the config now: start_gateway_at need not add it again
 GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
 GATEWAY_PID=""
 start_gateway() {
-    "$GATEWAY_BIN" serve \
-        --config "$GATEWAY_CONFIG" \
-        --listen "127.0.0.1:$GATEWAY_PORT" \
-        --data-dir "$TMP" \
-        --database-url "$TMP/bench.db" \
-        --admin-token "$ADMIN_TOKEN" \
-        --workers "$WORKERS" \
-        --scenario-threads "$SCENARIO_THREADS" \
-        --log-level warn \
-        >>"$OUT/gateway.log" 2>&1 &
-    GATEWAY_PID=$!
-    PIDS+=("$GATEWAY_PID")
-    local deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
-    while (( SECONDS < deadline )); do
-        alive "$GATEWAY_PID" || break
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$GATEWAY_PORT/healthz" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "gateway did not become healthy (log: $OUT/gateway.log)"
+    start_gateway_at "$GATEWAY_PORT" "$GATEWAY_CONFIG" "$TMP" "$OUT/gateway.log" \
+        --workers "$WORKERS" --scenario-threads "$SCENARIO_THREADS"
 }
 
 create_channel() { # -> prints the token

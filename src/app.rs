@@ -665,7 +665,8 @@ fn build_dispatcher(
         Duration::from_millis(config.scenario_timeout_ms),
         config.channel_max_in_flight,
         logger.clone(),
-    ))
+    )
+    .with_inline(config.effective_inline()))
 }
 
 /// Purges events and ended webhook deliveries (with their attempts) past their

@@ -72,6 +72,9 @@ pub struct Config {
     #[serde(alias = "scenario_queue")]
     pub scenario_max_admitted: usize,
     pub channel_max_in_flight: usize,
+    /// How long a run may compute inline on the HTTP worker that received it, µs
+    /// (`scenario::inline`); 0: every run goes to the scenario pool.
+    pub scenario_inline_us: u64,
     pub scenario_max_operations: u64,
     pub scenario_max_call_depth: usize,
     pub scenario_max_string_bytes: usize,
@@ -224,6 +227,7 @@ impl Default for Config {
             scenario_threads: 0,
             scenario_max_admitted: 1024,
             channel_max_in_flight: 512,
+            scenario_inline_us: 200,
             scenario_max_operations: 10_000_000,
             scenario_max_call_depth: 64,
             scenario_max_string_bytes: 4 * 1024 * 1024,
@@ -615,6 +619,12 @@ impl Config {
                 "websocket message size and queue must be above 0, ws_session_queue_bytes at least ws_max_message_bytes",
             ));
         }
+        if self.scenario_inline_us > 10_000 {
+            return Err(invalid(
+                "scenario_inline_us",
+                "at most 10000 (10 ms): an inline run holds up the HTTP worker's other connections",
+            ));
+        }
         if self.scenario_max_admitted == 0 || self.channel_max_in_flight == 0 {
             return Err(invalid(
                 "scenario_max_admitted",
@@ -683,6 +693,20 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2)
         }
+    }
+
+    /// How long a run may compute inline on the HTTP worker (`scenario::inline`):
+    /// `scenario_inline_us`, except with fewer HTTP workers than cores. Then a scenario
+    /// thread has a core of its own, and the hop to it buys parallelism rather than
+    /// costing the worker (measured: benches/RESULTS.md, 2026-11-29 #8/#11).
+    pub fn effective_inline(&self) -> std::time::Duration {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        if self.workers > 0 && self.workers < cores {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_micros(self.scenario_inline_us)
     }
 
     /// This node's id in the node registry: `node_id`, or `<hostname>:<listen port>`

@@ -713,6 +713,16 @@ pub fn render(
             load(&stats.panicked),
         ),
         (
+            "oktell_scenario_inline_runs_total",
+            "Runs that ran inline on the HTTP worker that received them (short, touching nothing outside themselves; scenario_inline_us).",
+            load(&stats.inline),
+        ),
+        (
+            "oktell_scenario_inline_stopped_total",
+            "Inline runs stopped (an effect or a wait, or past scenario_inline_us) and run on the pool from their start instead.",
+            load(&stats.inline_stopped),
+        ),
+        (
             "oktell_scenario_pool_wakeups_total",
             "Times a producer had to wake a sleeping scenario thread.",
             load(&stats.wakeups),

@@ -53,6 +53,9 @@ pub struct ChannelHandle {
     recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
     webhook: OnceLock<Result<Compiled, CompileError>>,
     websocket: OnceLock<Result<Compiled, CompileError>>,
+    /// Whether each script may still be tried inline (`scenario::inline`).
+    webhook_inline: crate::scenario::inline::Strikes,
+    websocket_inline: crate::scenario::inline::Strikes,
     /// Set by the registry when this handle stops being the one its token finds (a
     /// newer version was published, or the channel was removed): holders that kept it
     /// look the token up again.
@@ -82,6 +85,8 @@ impl ChannelHandle {
             recording_host: OnceLock::new(),
             webhook: OnceLock::new(),
             websocket: OnceLock::new(),
+            webhook_inline: Default::default(),
+            websocket_inline: Default::default(),
             superseded: AtomicBool::new(false),
         };
         if let Some(c) = precompiled.webhook {
@@ -169,6 +174,22 @@ impl ChannelHandle {
             ScriptKind::Websocket => (&self.websocket, &self.channel.websocket_scenario),
         };
         cell.get_or_init(|| runtime.compile(source))
+    }
+
+    /// One of the channel's scripts if it is compiled already.
+    pub fn compiled(&self, kind: ScriptKind) -> Option<&Result<Compiled, CompileError>> {
+        match kind {
+            ScriptKind::Webhook => self.webhook.get(),
+            ScriptKind::Websocket => self.websocket.get(),
+        }
+    }
+
+    /// Whether one of the channel's scripts may still be tried inline.
+    pub fn inline_strikes(&self, kind: ScriptKind) -> &crate::scenario::inline::Strikes {
+        match kind {
+            ScriptKind::Webhook => &self.webhook_inline,
+            ScriptKind::Websocket => &self.websocket_inline,
+        }
     }
 }
 
@@ -438,5 +459,9 @@ impl crate::scenario::StartParams for WsParams {
 
     fn held_bytes(&self) -> usize {
         self.code.len() + self.text.len() + self.peer_ip.len()
+    }
+
+    fn input_bytes(&self) -> usize {
+        self.text.len()
     }
 }

@@ -24,8 +24,8 @@ use super::registry::ChannelRegistry;
 use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
-use crate::scenario::dispatch::Dispatcher;
 use crate::scenario::dispatch::RunResult;
+use crate::scenario::dispatch::{Dispatcher, Submitted};
 
 /// How long a session waits before trying a refused message again: the first time,
 /// then doubling per refusal (with jitter, so that sessions refused together do not
@@ -267,56 +267,66 @@ impl WsSession {
     }
 
     fn run_next(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.busy {
-            return;
-        }
-        let Some(text) = self.pending.pop_front() else {
-            return;
-        };
-        self.busy = true;
-        // Like a webhook, a message goes from here straight to the scenario pool, with
-        // the channel's current published version: one cross-thread hop before its
-        // scenario starts, and its outcome comes straight back to this session.
-        let submitted = match self.registry.current(&self.handle) {
-            Some(handle) => {
-                if !Arc::ptr_eq(&handle, &self.handle) {
-                    self.handle = handle.clone();
+        // Runs that end inline are answered here and the next message starts; a loop,
+        // not recursion, so that a pipelined burst does not grow the stack.
+        while !self.busy {
+            let Some(text) = self.pending.pop_front() else {
+                return;
+            };
+            self.busy = true;
+            // Like a webhook, a message goes from here straight to its run (inline, or
+            // the scenario pool), with the channel's current published version: at
+            // most one cross-thread hop before its scenario starts, and its outcome
+            // comes straight back to this session.
+            let submitted = match self.registry.current(&self.handle) {
+                Some(handle) => {
+                    if !Arc::ptr_eq(&handle, &self.handle) {
+                        self.handle = handle.clone();
+                    }
+                    let params: Arc<dyn crate::scenario::StartParams> =
+                        Arc::new(super::channel::WsParams {
+                            code: self.code.clone(),
+                            text: text.clone(),
+                            channel_json: handle.channel_json(),
+                            peer_ip: self.peer_ip.clone(),
+                        });
+                    self.dispatcher
+                        .submit(handle, ScriptKind::Websocket, params, true)
                 }
-                let params: Arc<dyn crate::scenario::StartParams> =
-                    Arc::new(super::channel::WsParams {
-                        code: self.code.clone(),
-                        text: text.clone(),
-                        channel_json: handle.channel_json(),
-                        peer_ip: self.peer_ip.clone(),
-                    });
-                self.dispatcher
-                    .submit(handle, ScriptKind::Websocket, params, true)
-            }
-            None => Err(ScenarioError::Unavailable("the channel is gone".into())),
-        };
-        // The wait is bounded by the session's watchdog (`watch_run`), not by a timer
-        // per message.
-        let outcome = async move {
-            match submitted.and_then(|rx| rx.ok_or(ScenarioError::Panicked)) {
-                Ok(rx) => rx.await.unwrap_or(Err(ScenarioError::Panicked)),
-                Err(e) => Err(e),
-            }
-        };
-        let outcome = ctx.spawn(
-            outcome
-                .into_actor(self)
-                .map(|outcome: RunResult, act, ctx| {
+                None => Err(ScenarioError::Unavailable("the channel is gone".into())),
+            };
+            let rx = match submitted {
+                Ok(Submitted::Queued(rx)) => rx,
+                Ok(Submitted::Ran(outcome)) => {
+                    self.settle(ctx, text, outcome);
+                    continue;
+                }
+                Ok(Submitted::Background) => {
+                    self.settle(ctx, text, Err(ScenarioError::Panicked));
+                    continue;
+                }
+                Err(e) => {
+                    self.settle(ctx, text, Err(e));
+                    continue;
+                }
+            };
+            // The wait is bounded by the session's watchdog (`watch_run`), not by a
+            // timer per message.
+            let outcome = async move { rx.await.unwrap_or(Err(ScenarioError::Panicked)) };
+            let outcome = ctx.spawn(outcome.into_actor(self).map(
+                |outcome: RunResult, act, ctx| {
                     if let Some(run) = act.running.take() {
                         act.finished(ctx, run.text, outcome);
                     }
-                }),
-        );
-        self.running = Some(Running {
-            text,
-            started: Instant::now(),
-            outcome,
-        });
-        self.watch_run(ctx);
+                },
+            ));
+            self.running = Some(Running {
+                text,
+                started: Instant::now(),
+                outcome,
+            });
+            self.watch_run(ctx);
+        }
     }
 
     /// Arms the watchdog of the running message when its bound comes before the next
@@ -352,6 +362,18 @@ impl WsSession {
     /// The running message's outcome: its reply (or error frame) goes out and the next
     /// message starts; a refusal puts it back at the head of the queue for a retry.
     fn finished(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        text: ByteString,
+        outcome: RunResult,
+    ) {
+        self.settle(ctx, text, outcome);
+        self.run_next(ctx);
+    }
+
+    /// A message's outcome: its reply (or error frame) goes out; a refusal puts it back
+    /// at the head of the queue and schedules a retry (the session stays busy).
+    fn settle(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         text: ByteString,
@@ -394,7 +416,6 @@ impl WsSession {
                 self.send_text(ctx, &frame.to_string());
             }
         }
-        self.run_next(ctx);
     }
 
     fn fragment(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {

@@ -17,6 +17,7 @@ use super::request_log::ChannelTag;
 use crate::actors::{ChannelHandle, ScriptKind};
 use crate::channels::KIND_PUBLIC;
 use crate::http::state::AppState;
+use crate::scenario::dispatch::Submitted;
 use crate::scenario::{RequestParts, ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
 
 /// A prefix scope with the path split by hand: actix's router matches `{token}`-style
@@ -131,16 +132,20 @@ pub(super) async fn run_scenario(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let wait = handle.channel.wait_for_completion;
-    let pending = state
+    let outcome = match state
         .dispatcher
-        .submit(handle, ScriptKind::Webhook, params, wait)?;
-    let Some(reply) = pending else {
-        return Ok(HttpResponse::Ok().finish());
+        .submit(handle, ScriptKind::Webhook, params, wait)?
+    {
+        Submitted::Background => return Ok(HttpResponse::Ok().finish()),
+        Submitted::Ran(_) if !wait => return Ok(HttpResponse::Ok().finish()),
+        Submitted::Ran(outcome) => outcome?,
+        Submitted::Queued(reply) => {
+            tokio::time::timeout(state.dispatcher.timeout() + REPLY_GRACE, reply)
+                .await
+                .map_err(|_| ScenarioError::Timeout)?
+                .map_err(|_| ScenarioError::Panicked)??
+        }
     };
-    let outcome = tokio::time::timeout(state.dispatcher.timeout() + REPLY_GRACE, reply)
-        .await
-        .map_err(|_| ScenarioError::Timeout)?
-        .map_err(|_| ScenarioError::Panicked)??;
     Ok(respond(outcome))
 }
 
@@ -226,6 +231,10 @@ impl StartParams for WebhookParams {
             peer_ip: self.sender,
             protocol: protocol(self.version),
         })
+    }
+
+    fn input_bytes(&self) -> usize {
+        self.body.len()
     }
 
     fn held_bytes(&self) -> usize {

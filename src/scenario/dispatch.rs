@@ -2,6 +2,7 @@
 //! scenario thread, enforcing the per-channel in-flight limit and the pool's queue
 //! bound, and hands the reply back through a oneshot channel.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::channel_state::StateStore;
 use super::dry_run::Ended;
+use super::inline;
 use super::pool::{Lane, ScenarioPool, Start};
 use super::{
     ChannelHost, CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime,
@@ -17,7 +19,7 @@ use super::{
 };
 use crate::actors::{ChannelHandle, ChannelStats, ScriptKind};
 use crate::db::models::Channel;
-use crate::executions::capture::{self, Finished};
+use crate::executions::capture::{self, Finished, RecordingHost};
 use crate::executions::{ExecutionLog, History, Pending};
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
@@ -34,6 +36,9 @@ pub struct Dispatcher {
     logger: slog::Logger,
     /// Where recorded runs go (the execution history); None: nothing is recorded.
     executions: Option<Arc<ExecutionLog>>,
+    /// How long a run may compute inline on the calling thread (`scenario::inline`);
+    /// None: every run goes to the pool.
+    inline: Option<Duration>,
 }
 
 /// Holds one in-flight slot of a channel; gives it back however the run ends (also
@@ -65,7 +70,15 @@ impl Dispatcher {
             max_in_flight,
             logger,
             executions: None,
+            inline: None,
         }
+    }
+
+    /// Lets runs that touch nothing outside themselves run inline for up to `bound`
+    /// (zero: never).
+    pub fn with_inline(mut self, bound: Duration) -> Dispatcher {
+        self.inline = (!bound.is_zero()).then_some(bound);
+        self
     }
 
     /// Records runs in `log` according to each channel's `history`.
@@ -175,31 +188,24 @@ impl Dispatcher {
         self.runtime.compile(source)
     }
 
-    /// Queues a run of one of the channel's scripts. With `wait`, the returned receiver
-    /// gets the outcome; without, the run goes on in the background and its failure is
-    /// only logged. Refusals (queue full, channel busy) come back at once.
+    /// Starts a run of one of the channel's scripts: inline on this thread when it can
+    /// (`scenario::inline`), else queued on the pool. With `wait`, a queued run's
+    /// outcome comes through the returned receiver; without, it goes on in the
+    /// background and its failure is only logged. Refusals (queue full, channel busy)
+    /// come back at once.
     pub fn submit(
         &self,
         handle: Arc<ChannelHandle>,
         kind: ScriptKind,
         params: Arc<dyn StartParams>,
         wait: bool,
-    ) -> Result<Option<oneshot::Receiver<RunResult>>, ScenarioError> {
+    ) -> Result<Submitted, ScenarioError> {
         let before = handle.stats.in_flight.fetch_add(1, Ordering::AcqRel);
         let slot = InFlight(handle.stats.clone());
         if before >= self.max_in_flight {
             handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(ScenarioError::ChannelBusy);
         }
-        let (tx, rx) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let deadline = Instant::now() + self.timeout;
-        let runtime = self.runtime.clone();
-        let base_logger = self.logger.clone();
         let Some(events) = self.events_for(&handle.channel.domain) else {
             return Err(ScenarioError::Unavailable(
                 "no event log for the channel's domain".into(),
@@ -219,7 +225,29 @@ impl Dispatcher {
             Some((_, recorder)) => recorder.clone(),
             None => handle.host(events, self.state.as_ref()),
         };
-        let handle_stats = handle.stats.clone();
+        let run = Run {
+            deadline: Instant::now() + self.timeout,
+            handle,
+            kind,
+            params,
+            host,
+            recording,
+            slot,
+        };
+        let run = match self.try_inline(run) {
+            Ok(outcome) => return Ok(Submitted::Ran(outcome)),
+            Err(run) => run,
+        };
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let runtime = self.runtime.clone();
+        let base_logger = self.logger.clone();
+        let stats = run.handle.stats.clone();
+        let deadline = run.deadline;
         let job = move |start: Start| {
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
@@ -228,8 +256,8 @@ impl Dispatcher {
             // Refused in the queue (past its deadline, or its channel's runs cost more
             // than the queue left it time for): answered 503, not run.
             if let Start::Refused(refused) = start {
-                handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                drop(slot);
+                run.handle.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                drop(run);
                 if let Some(tx) = tx {
                     let _ = tx.send(Err(ScenarioError::QueueFull {
                         retry_after_secs: retry_secs(refused.retry_after),
@@ -237,65 +265,18 @@ impl Dispatcher {
                 }
                 return;
             }
-            let logger = handle.logger(&base_logger);
-            if let Some((_, recorder)) = &recording {
-                capture::begin(recorder.masker().scan_bytes());
-            }
-            let started = Instant::now();
-            let outcome = match handle.script(kind, runtime.as_ref()) {
-                Ok(script) => runtime.run(
-                    script,
-                    RunContext {
-                        channel: &handle.channel,
-                        secrets: handle.secrets(),
-                        params: &params,
-                        deadline,
-                        logger,
-                        host: &host,
-                    },
-                ),
-                Err(e) => Err(ScenarioError::Compile(e.clone())),
+            let logger = run.handle.logger(&base_logger);
+            let (outcome, duration) = match run.handle.script(run.kind, runtime.as_ref()) {
+                Ok(script) => run.execute(runtime.as_ref(), script, logger),
+                Err(e) => (Err(ScenarioError::Compile(e.clone())), Duration::ZERO),
             };
-            let duration = started.elapsed();
-            handle.stats.record_duration(duration);
-            count_outcome(&handle.stats, &outcome);
-            // A run kept in the history: what its record needs of the outcome is copied
-            // before the reply goes out; the record is made after.
-            let finished = recording.and_then(|(log, recorder)| {
-                let wanted = history == History::All || outcome.is_err();
-                let captured = capture::end(wanted && log.has_room(&handle.stats))?;
-                let kept = Finished::keep_outcome(&recorder, &outcome);
-                Some((
-                    log,
-                    Finished {
-                        id: uuid::Uuid::now_v7(),
-                        host: recorder,
-                        kind,
-                        started_at: crate::db::now_millis()
-                            .saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(0)),
-                        duration,
-                        waited: super::pool::waited(),
-                        outcome: kept,
-                        captured,
-                    },
-                ))
+            run.finish(outcome, duration, &base_logger, tx.is_some(), |outcome| {
+                if let Some(tx) = tx {
+                    let _ = tx.send(outcome);
+                }
             });
-            if let Err(err) = &outcome {
-                slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => tx.is_some());
-            }
-            // The in-flight slot is free before the caller hears back, so that a caller
-            // sending its next request at once is not refused as channel_busy.
-            drop(slot);
-            if let Some(tx) = tx {
-                let _ = tx.send(outcome);
-            }
-            // The record is made by the writer, off this thread.
-            if let Some((log, finished)) = finished {
-                log.push(&handle.stats, Pending::new(finished, params));
-            }
         };
         // A refused job is dropped unrun; its slot is given back on drop.
-        let stats = handle_stats;
         self.pool
             .submit(&stats.lane, deadline, job)
             .map_err(|refused| {
@@ -304,7 +285,183 @@ impl Dispatcher {
                     retry_after_secs: retry_secs(refused.retry_after),
                 }
             })?;
-        Ok(rx)
+        Ok(match rx {
+            Some(rx) => Submitted::Queued(rx),
+            None => Submitted::Background,
+        })
+    }
+
+    /// Runs `run` here when its script may run inline and ends so; gives it back
+    /// untouched (nothing it did was seen) when it must go to the pool.
+    fn try_inline(&self, run: Run) -> Result<RunResult, Run> {
+        let Some(bound) = self.inline else {
+            return Err(run);
+        };
+        let strikes = run.handle.inline_strikes(run.kind);
+        if !strikes.allowed() || run.params.input_bytes() > inline::INLINE_MAX_INPUT_BYTES {
+            return Err(run);
+        }
+        // Compiling is left to the pool (a long script compiles for a while).
+        let Some(Ok(script)) = run.handle.compiled(run.kind) else {
+            return Err(run);
+        };
+        let logger = run.handle.logger(&self.logger);
+        let stats = self.pool.stats();
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            run.execute_inline(self.runtime.as_ref(), script, logger, bound)
+        }));
+        let (outcome, duration) = match ran {
+            Ok(Ok(ran)) => ran,
+            Ok(Err(stop)) => {
+                strikes.note(stop);
+                stats.inline_stopped.fetch_add(1, Ordering::Relaxed);
+                return Err(run);
+            }
+            Err(_) => {
+                stats.panicked.fetch_add(1, Ordering::Relaxed);
+                slog::error!(
+                    logger,
+                    "an inline scenario run panicked; the thread goes on"
+                );
+                (Err(ScenarioError::Panicked), Duration::ZERO)
+            }
+        };
+        stats.inline.fetch_add(1, Ordering::Relaxed);
+        let mut reply = None;
+        run.finish(outcome, duration, &self.logger, true, |outcome| {
+            reply = Some(outcome)
+        });
+        Ok(reply.unwrap_or(Err(ScenarioError::Panicked)))
+    }
+}
+
+/// How a run was started.
+pub enum Submitted {
+    /// It ran inline, on the calling thread, and this is its outcome.
+    Ran(RunResult),
+    /// It is queued; its outcome will come through this.
+    Queued(oneshot::Receiver<RunResult>),
+    /// It is queued and nobody waits for it.
+    Background,
+}
+
+/// A run about to start, wherever it runs.
+struct Run {
+    handle: Arc<ChannelHandle>,
+    kind: ScriptKind,
+    params: Arc<dyn StartParams>,
+    deadline: Instant,
+    host: Arc<dyn ChannelHost>,
+    /// Where its record goes, when its channel keeps history.
+    recording: Option<(Arc<ExecutionLog>, Arc<RecordingHost>)>,
+    /// Its place in its channel's in-flight runs (given back when dropped).
+    slot: InFlight,
+}
+
+impl Run {
+    /// Runs the script on the pool's thread.
+    fn execute(
+        &self,
+        runtime: &dyn ScenarioRuntime,
+        script: &Compiled,
+        logger: &slog::Logger,
+    ) -> (RunResult, Duration) {
+        self.begin_capture();
+        let started = Instant::now();
+        let outcome = runtime.run(script, self.context(logger));
+        (outcome, started.elapsed())
+    }
+
+    /// Runs the script here within `bound`; `Err` when it was stopped, with nothing
+    /// it did kept.
+    fn execute_inline(
+        &self,
+        runtime: &dyn ScenarioRuntime,
+        script: &Compiled,
+        logger: &slog::Logger,
+        bound: Duration,
+    ) -> Result<(RunResult, Duration), inline::Stop> {
+        self.begin_capture();
+        let started = Instant::now();
+        match runtime.run_inline(script, self.context(logger), bound) {
+            Ok(outcome) => Ok((outcome, started.elapsed())),
+            Err(stop) => {
+                capture::end(false);
+                Err(stop)
+            }
+        }
+    }
+
+    fn begin_capture(&self) {
+        if let Some((_, recorder)) = &self.recording {
+            capture::begin(recorder.masker().scan_bytes());
+        }
+    }
+
+    fn context<'a>(&'a self, logger: &'a slog::Logger) -> RunContext<'a> {
+        RunContext {
+            channel: &self.handle.channel,
+            secrets: self.handle.secrets(),
+            params: &self.params,
+            deadline: self.deadline,
+            logger,
+            host: &self.host,
+        }
+    }
+
+    /// Counts the run, hands its outcome to `reply`, then queues its record.
+    fn finish(
+        self,
+        outcome: RunResult,
+        duration: Duration,
+        base_logger: &slog::Logger,
+        waiting: bool,
+        reply: impl FnOnce(RunResult),
+    ) {
+        let Run {
+            handle,
+            kind,
+            params,
+            recording,
+            slot,
+            ..
+        } = self;
+        handle.stats.record_duration(duration);
+        count_outcome(&handle.stats, &outcome);
+        // A run kept in the history: what its record needs of the outcome is copied
+        // before the reply goes out; the record is made after.
+        let history = handle.history;
+        let finished = recording.and_then(|(log, recorder)| {
+            let wanted = history == History::All || outcome.is_err();
+            let captured = capture::end(wanted && log.has_room(&handle.stats))?;
+            let kept = Finished::keep_outcome(&recorder, &outcome);
+            Some((
+                log,
+                Finished {
+                    id: uuid::Uuid::now_v7(),
+                    host: recorder,
+                    kind,
+                    started_at: crate::db::now_millis()
+                        .saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(0)),
+                    duration,
+                    waited: super::pool::waited(),
+                    outcome: kept,
+                    captured,
+                },
+            ))
+        });
+        if let Err(err) = &outcome {
+            let logger = handle.logger(base_logger);
+            slog::warn!(logger, "scenario did not end correctly"; "error" => %err, "waiting" => waiting);
+        }
+        // The in-flight slot is free before the caller hears back, so that a caller
+        // sending its next request at once is not refused as channel_busy.
+        drop(slot);
+        reply(outcome);
+        // The record is made by the writer, off this thread.
+        if let Some((log, finished)) = finished {
+            log.push(&handle.stats, Pending::new(finished, params));
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod channel_state;
 pub mod dispatch;
 pub mod dry_run;
 pub mod http_runtime;
+pub mod inline;
 pub mod outgoing;
 pub mod pool;
 pub mod record;
@@ -121,6 +122,11 @@ pub trait StartParams: Send + Sync {
     /// Bytes these parameters hold of their own (what a queued execution record keeps
     /// alive until it is made), roughly.
     fn held_bytes(&self) -> usize {
+        0
+    }
+    /// The biggest input a script can take in one operation (a body, a message), to
+    /// decide whether it may run inline (`scenario::inline`).
+    fn input_bytes(&self) -> usize {
         0
     }
 }
@@ -341,6 +347,17 @@ pub trait ScenarioRuntime: Send + Sync + 'static {
     fn compile(&self, source: &str) -> Result<Compiled, CompileError>;
     /// Runs a compiled script to its end, within the deadline and the runtime's limits.
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError>;
+    /// Runs a script on the calling thread if it ends within `bound` touching nothing
+    /// outside itself (`scenario::inline`); `Err` when it was stopped before any effect
+    /// (it is then run on the pool). A runtime that cannot stop a run says `Effect`.
+    fn run_inline(
+        &self,
+        _script: &Compiled,
+        _ctx: RunContext<'_>,
+        _bound: std::time::Duration,
+    ) -> Result<Result<ScenarioReply, ScenarioError>, inline::Stop> {
+        Err(inline::Stop::Effect)
+    }
     /// Operations counted by the last run on this thread, when the runtime counts them
     /// (dry runs report it).
     fn last_operations(&self) -> Option<u64> {

@@ -87,6 +87,10 @@ pub struct PoolStats {
     /// Runs refused at admission (too many admitted, or could not start in time).
     pub rejected: AtomicU64,
     pub panicked: AtomicU64,
+    /// Runs that ran inline on the thread that received them (`scenario::inline`),
+    /// and inline runs stopped (then run here from their start).
+    pub inline: AtomicU64,
+    pub inline_stopped: AtomicU64,
     /// Wake-ups producers had to make (a measure of how often the pool went idle).
     pub wakeups: AtomicU64,
     /// Waits that gave their slot away.

@@ -11,6 +11,7 @@ use std::time::Instant;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
 use super::budget::{self, BudgetKind, Budgets, Spent};
+use super::inline::{self, Inline, Stop};
 use super::outgoing::OutgoingClient;
 use super::pool::blocking;
 use super::{CompileError, Compiled, RunContext, ScenarioError, ScenarioReply, ScenarioRuntime};
@@ -55,6 +56,21 @@ const TIMEOUT_MARK: &str = "oktell:timeout";
 #[derive(Debug, Clone, Copy)]
 struct BudgetMark(BudgetKind);
 
+/// The mark an inline run is stopped with (`scenario::inline`): it is then run on the
+/// pool from its start. Like the others, it cannot be caught by the script.
+#[derive(Debug, Clone, Copy)]
+struct InlineMark;
+
+/// Asked first by every function with an effect or a wait: stops an inline run.
+fn no_inline() -> FnResult<()> {
+    inline::effect().map_err(|_| {
+        Box::new(EvalAltResult::ErrorTerminated(
+            Dynamic::from(InlineMark),
+            Position::NONE,
+        ))
+    })
+}
+
 fn over_budget(kind: BudgetKind) -> Box<EvalAltResult> {
     Box::new(EvalAltResult::ErrorTerminated(
         Dynamic::from(BudgetMark(kind)),
@@ -97,10 +113,17 @@ fn log_line(level: &str, text: &str) {
             return;
         }
         let text = run.secrets.hide(text);
-        if !run.host.capture_log(level, &text) {
-            log_to(run, level, &text)
+        if !inline::hold_log(level, &text) {
+            write_log(run, level, &text);
         }
     });
+}
+
+/// A line the script logged, into its run's record (when recorded) or the log.
+fn write_log(run: &RunState, level: &str, text: &str) {
+    if !run.host.capture_log(level, text) {
+        log_to(run, level, text)
+    }
 }
 
 fn log_to(run: &RunState, level: &str, text: &str) {
@@ -135,6 +158,9 @@ impl RhaiRuntime {
             OPERATIONS.set(ops);
             if let Some(kind) = budget::broken() {
                 return Some(Dynamic::from(BudgetMark(kind)));
+            }
+            if inline::progress(ops).is_err() {
+                return Some(Dynamic::from(InlineMark));
             }
             if ops & 0x3ff != 0 {
                 return None;
@@ -280,6 +306,7 @@ pub fn reply_headers(headers: &Dynamic) -> Result<Vec<(String, String)>, Scenari
 /// `sleep_ms(ms)`: waits without computing; a sleep that would outlast the run's
 /// deadline waits until the deadline and then times the run out.
 fn sleep_within_deadline(ms: i64) -> FnResult<()> {
+    no_inline()?;
     let deadline =
         with_run(|run| run.deadline).ok_or_else(|| script_error("sleep outside a run"))?;
     if ms <= 0 {
@@ -300,6 +327,7 @@ fn sleep_within_deadline(ms: i64) -> FnResult<()> {
 /// `outgoing_request(method, path[, body[, headers]])` → `#{status, body, headers}`.
 fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
     let call = move |method: &str, path: &str, body: Dynamic, headers: Dynamic| -> FnResult<Map> {
+        no_inline()?;
         charge(Spent::outgoing_call)?;
         let body = dynamic_bytes(&body)?;
         let headers = dynamic_headers(&headers)?;
@@ -349,16 +377,19 @@ fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
 fn register_websocket(engine: &mut Engine) {
     /// The run's host and deadline (sessions on other nodes are a database wait).
     fn host() -> FnResult<(Arc<dyn super::ChannelHost>, Instant)> {
+        no_inline()?;
         with_run(|run| (run.host.clone(), run.deadline))
             .ok_or_else(|| script_error("no run in progress"))
     }
     engine.register_fn("ws_send", |code: &str, text: &str| -> FnResult<bool> {
+        no_inline()?;
         charge(|spent| spent.push(text.len()))?;
         let (host, deadline) = host()?;
         host.ws_send(code, text, deadline)
             .map_err(|e| script_error(format!("ws_send: {e}")))
     });
     engine.register_fn("ws_broadcast", |text: &str| -> FnResult<i64> {
+        no_inline()?;
         charge(|spent| spent.push(text.len()))?;
         let (host, deadline) = host()?;
         host.ws_broadcast(text, deadline)
@@ -377,6 +408,7 @@ fn register_websocket(engine: &mut Engine) {
         close(code, "")
     });
     fn emit(event_type: &str, data: serde_json::Value) -> FnResult<i64> {
+        no_inline()?;
         let bytes = event_type.len() + serde_json::to_string(&data).map_or(0, |s| s.len());
         charge(|spent| spent.event(bytes))?;
         let (host, deadline) = with_run(|run| (run.host.clone(), run.deadline))
@@ -414,6 +446,7 @@ fn register_websocket(engine: &mut Engine) {
 /// catch.
 fn register_state(engine: &mut Engine) {
     fn run_of(func: &str) -> FnResult<(Arc<dyn super::ChannelHost>, Arc<Channel>, Instant)> {
+        no_inline()?;
         with_run(|run| (run.host.clone(), run.channel.clone(), run.deadline))
             .ok_or_else(|| script_error(format!("{func} outside a run")))
     }
@@ -543,6 +576,24 @@ impl ScenarioRuntime for RhaiRuntime {
         outcome
     }
 
+    fn run_inline(
+        &self,
+        script: &Compiled,
+        ctx: RunContext<'_>,
+        bound: std::time::Duration,
+    ) -> Result<Result<ScenarioReply, ScenarioError>, Stop> {
+        let run = Inline::begin(bound);
+        OPERATIONS.set(0);
+        let outcome = self.run_counted(script, ctx);
+        let stopped = run.stopped();
+        drop(run);
+        crate::alloc::give_back_after_big_run();
+        match stopped {
+            Some(stop) => Err(stop),
+            None => Ok(outcome),
+        }
+    }
+
     fn last_operations(&self) -> Option<u64> {
         Some(OPERATIONS.get())
     }
@@ -596,6 +647,17 @@ impl RhaiRuntime {
         scope.push("response_content", "");
         scope.push("response_headers", Map::new());
         let outcome = self.engine.run_ast_with_scope(&mut scope, ast);
+        // An inline run that ended writes the lines it held back.
+        if inline::active() && !inline::stopped() {
+            let held = inline::take_held_log();
+            if !held.is_empty() {
+                with_run(|run| {
+                    for (level, text) in &held {
+                        write_log(run, level, text);
+                    }
+                });
+            }
+        }
         // A budget broken where the script could not be stopped at once (a print on
         // its last line) fails the run all the same.
         let broken = budget::broken();

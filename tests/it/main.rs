@@ -17,6 +17,7 @@ mod doc_examples;
 mod events;
 mod executions;
 mod helpers;
+mod inline;
 mod log_hygiene;
 mod ops;
 mod outgoing;

@@ -179,16 +179,16 @@ async fn metrics_count_traffic() {
         Some(1.0)
     );
     assert_eq!(sample(&text, "oktell_channels_served", &[]), Some(1.0));
-    // The pool counts a job done after it has answered: poll.
+    // The pool counts a job done after it has answered: poll. Runs that ran inline
+    // on the worker (`scenario::inline`) are counted apart.
     eventually(
-        "the pool counted four jobs",
+        "the pool and the workers counted four runs",
         Duration::from_secs(10),
         || async {
-            sample(
-                &scrape(&app).await,
-                "oktell_scenario_pool_completed_total",
-                &[],
-            ) == Some(4.0)
+            let text = scrape(&app).await;
+            let pool = sample(&text, "oktell_scenario_pool_completed_total", &[]);
+            let inline = sample(&text, "oktell_scenario_inline_runs_total", &[]);
+            pool.zip(inline).map(|(p, i)| p + i) == Some(4.0)
         },
     )
     .await;

@@ -1,0 +1,217 @@
+//! Inline runs: a short run that touches nothing outside itself runs on the thread that
+//! received its request (the HTTP worker) instead of hopping to the scenario pool and
+//! back.
+//!
+//! The hop is the cost of a trivial run: a job box, a wake-up of a scenario thread, a
+//! oneshot and a wake-up back. A run is tried inline when its script is compiled, its
+//! input is small (`INLINE_MAX_INPUT_BYTES`) and its script has not been struck off
+//! (`Strikes`). It is stopped, before anything it did could be seen, when it
+//! - reaches anything with an effect or a wait (an outgoing call, channel state, events,
+//!   websocket pushes, `sleep_ms`): the runtime asks [`effect`] first;
+//! - runs past its bound (`scenario_inline_us`, checked every 16 operations) or uses
+//!   more than [`INLINE_MAX_STACK_BYTES`] of the worker's stack (checked every
+//!   operation; workers have the default 2 MiB stack, pool threads 16 MiB).
+//!
+//! A stopped run is then run from its start on the pool, exactly as without this: what
+//! it did inline was computing only, its log lines were held back
+//! ([`hold_log`]), its record was not kept. So an inline run is never observable except
+//! by being faster. A script stopped for an effect is sent to the pool for good (for
+//! this version of the channel); one stopped by its bound, after [`MAX_STRIKES`] such
+//! stops, so that a script that computes long costs the workers little.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// Requests with more input than this (body and headers) go to the pool: one
+/// operation on a big input (`parse_json`, a hash) can take long between two checks.
+pub const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
+/// Stack an inline run may use on the worker's thread.
+pub const INLINE_MAX_STACK_BYTES: usize = 256 * 1024;
+/// Stops by the bound after which a script runs on the pool only.
+pub const MAX_STRIKES: u8 = 3;
+/// A script that had an effect: never inline again (for this version).
+const STRUCK_OFF: u8 = u8::MAX;
+
+/// Why an inline run was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It reached an effect or a wait.
+    Effect,
+    /// It ran past its time or stack bound.
+    Bound,
+}
+
+/// Whether a script of one channel version may be tried inline.
+#[derive(Debug, Default)]
+pub struct Strikes(AtomicU8);
+
+impl Strikes {
+    pub fn allowed(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < MAX_STRIKES
+    }
+
+    pub fn note(&self, stop: Stop) {
+        match stop {
+            Stop::Effect => self.0.store(STRUCK_OFF, Ordering::Relaxed),
+            Stop::Bound => {
+                let _ = self
+                    .0
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_add(1))
+                    });
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bound {
+    until: Instant,
+    /// Lowest stack address the run may reach (stacks grow down).
+    stack_floor: usize,
+}
+
+thread_local! {
+    static ACTIVE: Cell<Option<Bound>> = const { Cell::new(None) };
+    static STOPPED: Cell<Option<Stop>> = const { Cell::new(None) };
+    /// Log lines of the inline run, written when it ends (dropped when it is stopped).
+    static HELD_LOG: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The address of a local of the caller's frame: where its stack is now.
+#[inline(always)]
+fn stack_here() -> usize {
+    let probe = 0u8;
+    std::hint::black_box(&probe) as *const u8 as usize
+}
+
+/// An inline run on this thread, for as long as it lives.
+pub struct Inline(());
+
+impl Inline {
+    pub fn begin(bound: Duration) -> Inline {
+        ACTIVE.set(Some(Bound {
+            until: Instant::now() + bound,
+            stack_floor: stack_here().saturating_sub(INLINE_MAX_STACK_BYTES),
+        }));
+        STOPPED.set(None);
+        HELD_LOG.with(|l| l.borrow_mut().clear());
+        Inline(())
+    }
+
+    /// Why the run was stopped, if it was.
+    pub fn stopped(&self) -> Option<Stop> {
+        STOPPED.get()
+    }
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        ACTIVE.set(None);
+        HELD_LOG.with(|l| l.borrow_mut().clear());
+    }
+}
+
+/// Whether the run on this thread is inline.
+#[inline]
+pub fn active() -> bool {
+    ACTIVE.get().is_some()
+}
+
+/// Whether the inline run on this thread was stopped.
+#[inline]
+pub fn stopped() -> bool {
+    STOPPED.get().is_some()
+}
+
+/// Asked before anything with an effect or a wait: `Err` stops an inline run (which is
+/// then run on the pool); elsewhere, go on.
+#[inline]
+pub fn effect() -> Result<(), Stop> {
+    if active() {
+        STOPPED.set(Some(Stop::Effect));
+        return Err(Stop::Effect);
+    }
+    Ok(())
+}
+
+/// Checked between operations: `Err` when an inline run is past its bound.
+#[inline]
+pub fn progress(ops: u64) -> Result<(), Stop> {
+    let Some(bound) = ACTIVE.get() else {
+        return Ok(());
+    };
+    if stack_here() < bound.stack_floor || (ops & 0xf == 0 && Instant::now() >= bound.until) {
+        STOPPED.set(Some(Stop::Bound));
+        return Err(Stop::Bound);
+    }
+    Ok(())
+}
+
+/// Holds a log line of an inline run back until the run ends; false (the caller
+/// writes it) when no inline run is on.
+pub fn hold_log(level: &str, text: &str) -> bool {
+    if !active() {
+        return false;
+    }
+    HELD_LOG.with(|l| l.borrow_mut().push((level.to_string(), text.to_string())));
+    true
+}
+
+/// The held log lines of an inline run that ended, to be written now.
+pub fn take_held_log() -> Vec<(String, String)> {
+    HELD_LOG.with(|l| std::mem::take(&mut *l.borrow_mut()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strikes_send_a_script_to_the_pool() {
+        let s = Strikes::default();
+        for _ in 0..MAX_STRIKES {
+            assert!(s.allowed());
+            s.note(Stop::Bound);
+        }
+        assert!(!s.allowed());
+        let s = Strikes::default();
+        s.note(Stop::Effect);
+        assert!(!s.allowed());
+        s.note(Stop::Bound);
+        assert!(!s.allowed(), "a struck-off script stays off");
+    }
+
+    #[test]
+    fn effects_and_bounds_stop_only_inline_runs() {
+        assert_eq!(effect(), Ok(()));
+        assert_eq!(progress(16), Ok(()));
+        let run = Inline::begin(Duration::ZERO);
+        assert_eq!(progress(1), Ok(()), "time is looked at every 16 operations");
+        assert_eq!(progress(16), Err(Stop::Bound));
+        assert_eq!(effect(), Err(Stop::Effect));
+        assert_eq!(run.stopped(), Some(Stop::Effect));
+        assert!(hold_log("info", "x"));
+        drop(run);
+        assert!(!active());
+        assert!(!hold_log("info", "x"));
+        assert!(take_held_log().is_empty());
+    }
+
+    #[test]
+    fn deep_recursion_stops_an_inline_run() {
+        fn dive(n: usize) -> Result<(), Stop> {
+            let pad = std::hint::black_box([0u8; 1024]);
+            progress(1)?;
+            if n == 0 {
+                return Ok(());
+            }
+            dive(n - 1).map(|_| {
+                std::hint::black_box(&pad);
+            })
+        }
+        let _run = Inline::begin(Duration::from_secs(60));
+        assert_eq!(dive(1024), Err(Stop::Bound));
+    }
+}

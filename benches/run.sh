@@ -6,14 +6,15 @@
 #   bash benches/run.sh
 #
 # Knobs (environment): DURATION (wrk -d, default 10s), ROUNDS (3), WORKERS (HTTP workers
-# of both servers, 1), SCENARIO_THREADS (gateway, = WORKERS), CONNECTIONS (wrk -c, 64), THREADS (wrk -t, 1), WARMUP (unmeasured
+# of both servers, one per core as the gateway ships; 1 was the default until 2026-11-29),
+# SCENARIO_THREADS (gateway, = WORKERS), CONNECTIONS (wrk -c, 64), THREADS (wrk -t, 1), WARMUP (unmeasured
 # wrk run before each measured one, 1s; 0 to skip), BARE_PORT (18081), GATEWAY_PORT (18082).
 # Raw wrk output and server logs stay in benches/out/<run id>/ (git-ignored).
 set -euo pipefail
 
 DURATION="${DURATION:-10s}"
 ROUNDS="${ROUNDS:-3}"
-WORKERS="${WORKERS:-1}"
+WORKERS="${WORKERS:-$(nproc)}"
 # Scenario threads of the gateway: as many as the HTTP workers, so that the gateway gets
 # the same threads as the baseline plus its scenario pool at the same size.
 SCENARIO_THREADS="${SCENARIO_THREADS:-$WORKERS}"

@@ -11,7 +11,8 @@
 # Knobs (environment): SESSIONS (10000), MESSAGES (10, per session, sequential),
 # ROUNDS (1; >1 interleaves bare, gateway, bare, ... and reports medians),
 # CONNECT_CONCURRENCY (500 handshakes in flight at most), WORKERS (HTTP workers of both
-# servers, 1), SCENARIO_THREADS (gateway, = WORKERS), TIMEOUT_S (per load run, 120),
+# servers, one per core as the gateway ships; 1 was the default until 2026-11-29),
+# SCENARIO_THREADS (gateway, = WORKERS), TIMEOUT_S (per load run, 120),
 # NOFILE (ulimit -n to set, 65536), BARE_PORT (18091), GATEWAY_PORT (18092).
 # Raw JSON results and server logs stay in benches/out/ws-<run id>/ (git-ignored).
 set -euo pipefail
@@ -20,7 +21,7 @@ SESSIONS="${SESSIONS:-10000}"
 MESSAGES="${MESSAGES:-10}"
 ROUNDS="${ROUNDS:-1}"
 CONNECT_CONCURRENCY="${CONNECT_CONCURRENCY:-500}"
-WORKERS="${WORKERS:-1}"
+WORKERS="${WORKERS:-$(nproc)}"
 SCENARIO_THREADS="${SCENARIO_THREADS:-$WORKERS}"
 TIMEOUT_S="${TIMEOUT_S:-120}"
 # Every session may have one message in flight on the one channel: the gateway's per-channel

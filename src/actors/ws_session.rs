@@ -27,6 +27,9 @@ use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
 use crate::scenario::dispatch::{Dispatcher, Submitted};
 
+/// Messages a session runs inline in one turn of its actor before it yields.
+const INLINE_PER_TURN: usize = 16;
+
 /// How long a session waits before trying a refused message again: the first time,
 /// then doubling per refusal (with jitter, so that sessions refused together do not
 /// come back together) up to the most.
@@ -268,8 +271,26 @@ impl WsSession {
 
     fn run_next(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         // Runs that end inline are answered here and the next message starts; a loop,
-        // not recursion, so that a pipelined burst does not grow the stack.
+        // not recursion, so that a pipelined burst does not grow the stack, and at most
+        // INLINE_PER_TURN of them before the session yields to the worker's other
+        // connections.
+        let mut inline = 0;
         while !self.busy {
+            if self.closed_with.is_some() {
+                return;
+            }
+            if inline == INLINE_PER_TURN {
+                self.busy = true;
+                ctx.spawn(
+                    tokio::task::yield_now()
+                        .into_actor(self)
+                        .map(|(), act, ctx| {
+                            act.busy = false;
+                            act.run_next(ctx);
+                        }),
+                );
+                return;
+            }
             let Some(text) = self.pending.pop_front() else {
                 return;
             };
@@ -299,6 +320,7 @@ impl WsSession {
                 Ok(Submitted::Queued(rx)) => rx,
                 Ok(Submitted::Ran(outcome)) => {
                     self.settle(ctx, text, outcome);
+                    inline += 1;
                     continue;
                 }
                 Ok(Submitted::Background) => {

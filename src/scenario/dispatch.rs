@@ -234,7 +234,7 @@ impl Dispatcher {
             recording,
             slot,
         };
-        let run = match self.try_inline(run) {
+        let run = match self.try_inline(run, wait) {
             Ok(outcome) => return Ok(Submitted::Ran(outcome)),
             Err(run) => run,
         };
@@ -293,7 +293,7 @@ impl Dispatcher {
 
     /// Runs `run` here when its script may run inline and ends so; gives it back
     /// untouched (nothing it did was seen) when it must go to the pool.
-    fn try_inline(&self, run: Run) -> Result<RunResult, Run> {
+    fn try_inline(&self, run: Run, waiting: bool) -> Result<RunResult, Run> {
         let Some(bound) = self.inline else {
             return Err(run);
         };
@@ -318,6 +318,11 @@ impl Dispatcher {
                 return Err(run);
             }
             Err(_) => {
+                // What the run left on this worker thread goes (the runtime's run
+                // state is dropped by its own guard); the script runs on the pool from
+                // now on.
+                capture::end(false);
+                strikes.note(inline::Stop::Effect);
                 stats.panicked.fetch_add(1, Ordering::Relaxed);
                 slog::error!(
                     logger,
@@ -326,9 +331,14 @@ impl Dispatcher {
                 (Err(ScenarioError::Panicked), Duration::ZERO)
             }
         };
+        // A run that ended well past its bound (its last operations were long ones)
+        // counts as a stop by the bound: such a script soon goes to the pool.
+        if duration > bound * 2 {
+            strikes.note(inline::Stop::Bound);
+        }
         stats.inline.fetch_add(1, Ordering::Relaxed);
         let mut reply = None;
-        run.finish(outcome, duration, &self.logger, true, |outcome| {
+        run.finish(outcome, duration, &self.logger, waiting, |outcome| {
             reply = Some(outcome)
         });
         Ok(reply.unwrap_or(Err(ScenarioError::Panicked)))

@@ -8,9 +8,12 @@
 //! (`Strikes`). It is stopped, before anything it did could be seen, when it
 //! - reaches anything with an effect or a wait (an outgoing call, channel state, events,
 //!   websocket pushes, `sleep_ms`): the runtime asks [`effect`] first;
-//! - runs past its bound (`scenario_inline_us`, checked every 16 operations) or uses
+//! - runs past its bound (`scenario_inline_us`, checked every 4 operations) or uses
 //!   more than [`INLINE_MAX_STACK_BYTES`] of the worker's stack (checked every
 //!   operation; workers have the default 2 MiB stack, pool threads 16 MiB).
+//!
+//! Once stopped, every further operation stops it again: a `try`/`catch` around a
+//! callback (`map`, `filter`...) can catch the mark, but not go on computing.
 //!
 //! A stopped run is then run from its start on the pool, exactly as without this: what
 //! it did inline was computing only, its log lines were held back
@@ -23,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-/// Requests with more input than this (body and headers) go to the pool: one
+/// Requests with more input than this (a body, a message) go to the pool: one
 /// operation on a big input (`parse_json`, a hash) can take long between two checks.
 pub const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
 /// Stack an inline run may use on the worker's thread.
@@ -109,7 +112,9 @@ impl Inline {
 impl Drop for Inline {
     fn drop(&mut self) {
         ACTIVE.set(None);
-        HELD_LOG.with(|l| l.borrow_mut().clear());
+        STOPPED.set(None);
+        // Freed, not kept: a worker thread should not keep a run's log budget.
+        HELD_LOG.with(|l| drop(std::mem::take(&mut *l.borrow_mut())));
     }
 }
 
@@ -142,7 +147,10 @@ pub fn progress(ops: u64) -> Result<(), Stop> {
     let Some(bound) = ACTIVE.get() else {
         return Ok(());
     };
-    if stack_here() < bound.stack_floor || (ops & 0xf == 0 && Instant::now() >= bound.until) {
+    if let Some(stop) = STOPPED.get() {
+        return Err(stop);
+    }
+    if stack_here() < bound.stack_floor || (ops & 0x3 == 0 && Instant::now() >= bound.until) {
         STOPPED.set(Some(Stop::Bound));
         return Err(Stop::Bound);
     }
@@ -188,9 +196,17 @@ mod tests {
         assert_eq!(effect(), Ok(()));
         assert_eq!(progress(16), Ok(()));
         let run = Inline::begin(Duration::ZERO);
-        assert_eq!(progress(1), Ok(()), "time is looked at every 16 operations");
-        assert_eq!(progress(16), Err(Stop::Bound));
+        assert_eq!(progress(1), Ok(()), "time is looked at every 4 operations");
+        assert_eq!(progress(4), Err(Stop::Bound));
+        assert_eq!(progress(5), Err(Stop::Bound), "stopped for good");
+        drop(run);
+        let run = Inline::begin(Duration::from_secs(60));
         assert_eq!(effect(), Err(Stop::Effect));
+        assert_eq!(
+            progress(1),
+            Err(Stop::Effect),
+            "a caught stop stops the next operation"
+        );
         assert_eq!(run.stopped(), Some(Stop::Effect));
         assert!(hold_log("info", "x"));
         drop(run);

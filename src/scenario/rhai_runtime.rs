@@ -419,6 +419,7 @@ fn register_websocket(engine: &mut Engine) {
     engine.register_fn(
         "emit_event",
         |event_type: &str, data: Dynamic| -> FnResult<i64> {
+            no_inline()?;
             let data = serde_json::to_value(&data)
                 .map_err(|e| script_error(format!("emit_event: {e}")))?;
             emit(event_type, data)
@@ -454,6 +455,7 @@ fn register_state(engine: &mut Engine) {
         move |e| script_error(format!("{func}: {e}"))
     }
     fn set(key: &str, value: &Dynamic, ttl_s: i64) -> FnResult<()> {
+        no_inline()?;
         if value.is_unit() {
             return Err(script_error(
                 "state_set: the value is (); state_del(key) removes a key",
@@ -582,6 +584,16 @@ impl ScenarioRuntime for RhaiRuntime {
         ctx: RunContext<'_>,
         bound: std::time::Duration,
     ) -> Result<Result<ScenarioReply, ScenarioError>, Stop> {
+        /// A panic on the worker leaves no run state behind (its memory counting
+        /// would go on counting the worker's own allocations).
+        struct ClearRun;
+        impl Drop for ClearRun {
+            fn drop(&mut self) {
+                let state = CURRENT.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()));
+                drop(state);
+            }
+        }
+        let _clear = ClearRun;
         let run = Inline::begin(bound);
         OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);

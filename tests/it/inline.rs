@@ -17,6 +17,13 @@ fn one_worker_per_core(c: &mut oktell_gateway::config::Config) {
     c.workers = 0;
 }
 
+/// A bound a debug build's trivial run keeps to even on a busy machine (the tests are
+/// about what an inline run does, not how fast).
+fn roomy_bound(c: &mut oktell_gateway::config::Config) {
+    one_worker_per_core(c);
+    c.scenario_inline_us = 10_000;
+}
+
 async fn counter(app: &TestApp, name: &str) -> f64 {
     sample(&app.metrics().await.text(), name, &[]).unwrap_or(-1.0)
 }
@@ -28,7 +35,7 @@ fn logged(logs: &LogCapture, message: &str) -> usize {
 
 #[actix_web::test]
 async fn a_pure_run_is_inline_and_a_run_with_an_effect_is_not_done_twice() {
-    let (app, logs) = spawn_app_logged(Backend::Sqlite, one_worker_per_core)
+    let (app, logs) = spawn_app_logged(Backend::Sqlite, roomy_bound)
         .await
         .unwrap();
     let upstream = Receiver::start(|_| (200, "from upstream".into()));
@@ -70,6 +77,24 @@ async fn a_pure_run_is_inline_and_a_run_with_an_effect_is_not_done_twice() {
     assert_eq!(
         counter(&app, "oktell_scenario_inline_runs_total").await,
         3.0
+    );
+
+    // A script that catches the stop (Rhai lets a try/catch around a callback catch
+    // it) is stopped again at its next operation and answers as on the pool.
+    let catching = app
+        .public_channel(
+            "catching",
+            true,
+            r#"let caught = false;
+               try { [1].map(|x| state_get("k")); } catch { caught = true; }
+               response_content = if caught { "caught" } else { "pool" };"#,
+        )
+        .await;
+    let r = app.webhook(&token_of(&catching), "POST", "", "").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "pool"));
+    assert_eq!(
+        counter(&app, "oktell_scenario_inline_stopped_total").await,
+        2.0
     );
 }
 

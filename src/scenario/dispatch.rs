@@ -335,6 +335,8 @@ impl Dispatcher {
         // counts as a stop by the bound: such a script soon goes to the pool.
         if duration > bound * 2 {
             strikes.note(inline::Stop::Bound);
+        } else {
+            strikes.ended_in_time();
         }
         stats.inline.fetch_add(1, Ordering::Relaxed);
         let mut reply = None;

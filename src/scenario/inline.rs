@@ -20,10 +20,11 @@
 //! ([`hold_log`]), its record was not kept. So an inline run is never observable except
 //! by being faster. A script stopped for an effect is sent to the pool for good (for
 //! this version of the channel); one stopped by its bound, after [`MAX_STRIKES`] such
-//! stops, so that a script that computes long costs the workers little.
+//! stops in a row (see [`Strikes`]), so that a script that computes long costs the
+//! workers little.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Requests with more input than this (a body, a message) go to the pool: one
@@ -31,10 +32,9 @@ use std::time::{Duration, Instant};
 pub const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
 /// Stack an inline run may use on the worker's thread.
 pub const INLINE_MAX_STACK_BYTES: usize = 256 * 1024;
-/// Stops by the bound after which a script runs on the pool only.
+/// Stops by the bound in a row after which a script runs on the pool (but for a try
+/// every [`RETRY_EVERY`] runs).
 pub const MAX_STRIKES: u8 = 3;
-/// A script that had an effect: never inline again (for this version).
-const STRUCK_OFF: u8 = u8::MAX;
 
 /// Why an inline run was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,24 +46,51 @@ pub enum Stop {
 }
 
 /// Whether a script of one channel version may be tried inline.
+///
+/// An effect strikes it off for good. Stops by the bound count only in a row (a run that
+/// ends inline in time clears them): the bound is wall time, and a worker preempted
+/// mid-run by the kernel overruns it now and then (measured: permanent strikes sent a
+/// trivial echo script to the pool within seconds of a websocket benchmark). After
+/// [`MAX_STRIKES`] in a row the script goes to the pool, and is tried inline again
+/// once every [`RETRY_EVERY`] runs, so a script that only had bad luck comes back.
 #[derive(Debug, Default)]
-pub struct Strikes(AtomicU8);
+pub struct Strikes {
+    in_a_row: AtomicU8,
+    effect: AtomicBool,
+    skipped: AtomicU32,
+}
+
+/// Runs of a script struck off by the bound between two inline tries.
+pub const RETRY_EVERY: u32 = 256;
 
 impl Strikes {
     pub fn allowed(&self) -> bool {
-        self.0.load(Ordering::Relaxed) < MAX_STRIKES
+        if self.effect.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.in_a_row.load(Ordering::Relaxed) < MAX_STRIKES {
+            return true;
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed) % RETRY_EVERY == RETRY_EVERY - 1
     }
 
     pub fn note(&self, stop: Stop) {
         match stop {
-            Stop::Effect => self.0.store(STRUCK_OFF, Ordering::Relaxed),
+            Stop::Effect => self.effect.store(true, Ordering::Relaxed),
             Stop::Bound => {
                 let _ = self
-                    .0
+                    .in_a_row
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                         Some(n.saturating_add(1))
                     });
             }
+        }
+    }
+
+    /// An inline run ended within its bound.
+    pub fn ended_in_time(&self) {
+        if self.in_a_row.load(Ordering::Relaxed) != 0 {
+            self.in_a_row.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -184,11 +211,19 @@ mod tests {
             s.note(Stop::Bound);
         }
         assert!(!s.allowed());
+        let tries = (0..RETRY_EVERY * 2).filter(|_| s.allowed()).count();
+        assert_eq!(tries, 2, "tried again once every RETRY_EVERY runs");
+        s.ended_in_time();
+        assert!(s.allowed(), "a run in time clears the strikes");
+        s.note(Stop::Bound);
+        s.ended_in_time();
+        s.note(Stop::Bound);
+        s.note(Stop::Bound);
+        assert!(s.allowed(), "only stops in a row count");
         let s = Strikes::default();
         s.note(Stop::Effect);
         assert!(!s.allowed());
-        s.note(Stop::Bound);
-        assert!(!s.allowed(), "a struck-off script stays off");
+        assert_eq!((0..RETRY_EVERY * 2).filter(|_| s.allowed()).count(), 0);
     }
 
     #[test]

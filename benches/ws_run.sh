@@ -92,9 +92,8 @@ TOML
 if [[ "$GATEWAY_IN_FLIGHT" != default ]]; then
     printf 'channel_max_in_flight = %s\nscenario_queue = %s\n' "$GATEWAY_IN_FLIGHT" "$GATEWAY_IN_FLIGHT" >>"$GATEWAY_CONFIG"
 fi
-[[ -n "${EXTRA_SETTINGS:-}" ]] && printf '%s\n' "$EXTRA_SETTINGS" >>"$GATEWAY_CONFIG"
-EXTRA_SETTINGS=""  # in the config now: start_gateway_at need not add it again
-GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
+# The settings as the gateway gets them (start_gateway_at adds EXTRA_SETTINGS).
+GATEWAY_SETTINGS="$({ cat "$GATEWAY_CONFIG"; printf '%s\n' "${EXTRA_SETTINGS:-}"; } | grep -v '^#' | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
 GATEWAY_PID=""
 start_gateway() {
     start_gateway_at "$GATEWAY_PORT" "$GATEWAY_CONFIG" "$TMP" "$OUT/gateway.log" \

@@ -85,9 +85,7 @@ impl Application {
         // that websocket messages of different channels do not queue behind each other
         // or behind eventing. Arbiters live as long as the process.
         let eventing_arbiter = Arbiter::new().handle();
-        let channel_arbiters = crate::channels::ChannelArbiters::start(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        );
+        let channel_arbiters = crate::channels::ChannelArbiters::start(crate::config::cores());
         let mut eventing = Vec::new();
         for domain in config.domains() {
             eventing.push(start_eventing(&db, &config, &domain, &eventing_arbiter, &logger).await?);

@@ -689,9 +689,7 @@ impl Config {
         if self.scenario_threads > 0 {
             self.scenario_threads
         } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
+            cores()
         }
     }
 
@@ -700,10 +698,7 @@ impl Config {
     /// thread has a core of its own, and the hop to it buys parallelism rather than
     /// costing the worker (measured: benches/RESULTS.md, 2026-11-29 #8/#11).
     pub fn effective_inline(&self) -> std::time::Duration {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        if self.workers > 0 && self.workers < cores {
+        if self.workers > 0 && self.workers < cores() {
             return std::time::Duration::ZERO;
         }
         std::time::Duration::from_micros(self.scenario_inline_us)
@@ -732,6 +727,11 @@ impl Config {
     pub fn serves_role(&self, role: &str) -> bool {
         role.is_empty() || self.roles.is_empty() || self.roles.iter().any(|r| r == role)
     }
+}
+
+/// Cores this process may use (2 when the system does not say).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 #[cfg(test)]

@@ -46,15 +46,15 @@ pub struct ChannelInput {
     pub allow_ips: Option<Vec<String>>,
     /// Token bucket for the webhook, per node; beyond: 429 with Retry-After. `{}`
     /// removes it.
-    #[schema(value_type = Option<RateLimitInput>)]
+    #[schema(value_type = Option<SetOrRemove<super::guards::RateLimitSettings>>)]
     pub rate_limit: Option<serde_json::Value>,
     /// The signature every webhook request must carry; otherwise 401 before any
     /// scenario. `{}` removes it; a masked secret (`********`) keeps the stored one.
-    #[schema(value_type = Option<VerifyInput>)]
+    #[schema(value_type = Option<SetOrRemove<super::guards::VerifySettings>>)]
     pub verify: Option<serde_json::Value>,
     /// Browser calls from other origins; preflights answered by the gateway. `{}`
     /// removes it.
-    #[schema(value_type = Option<CorsInput>)]
+    #[schema(value_type = Option<SetOrRemove<super::guards::CorsSettings>>)]
     pub cors: Option<serde_json::Value>,
     /// Which runs of the channel's scenario are recorded in its execution history
     /// (`GET /admin/v1/channels/{id}/executions`): `off`, `errors` (the default) or `all`.
@@ -70,30 +70,12 @@ pub struct ChannelInput {
     pub token: Option<serde_json::Value>,
 }
 
-/// `verify` as written (schema only): the settings, or `{}` to remove them.
+/// A guard's settings as written (schema only): the settings, or `{}` to remove them.
 #[derive(utoipa::ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum VerifyInput {
-    Set(super::guards::VerifySettings),
-    Remove(Removal),
-}
-
-/// `rate_limit` as written (schema only): the settings, or `{}` to remove them.
-#[derive(utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-enum RateLimitInput {
-    Set(super::guards::RateLimitSettings),
-    Remove(Removal),
-}
-
-/// `cors` as written (schema only): the settings, or `{}` to remove them.
-#[derive(utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-enum CorsInput {
-    Set(super::guards::CorsSettings),
+enum SetOrRemove<T> {
+    Set(T),
     Remove(Removal),
 }
 

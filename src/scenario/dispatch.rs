@@ -270,11 +270,11 @@ impl Dispatcher {
                 Ok(script) => run.execute(runtime.as_ref(), script, logger),
                 Err(e) => (Err(ScenarioError::Compile(e.clone())), Duration::ZERO),
             };
-            run.finish(outcome, duration, &base_logger, tx.is_some(), |outcome| {
-                if let Some(tx) = tx {
-                    let _ = tx.send(outcome);
-                }
-            });
+            let (outcome, record) = run.finish(outcome, duration, &base_logger, tx.is_some());
+            if let Some(tx) = tx {
+                let _ = tx.send(outcome);
+            }
+            record.queue();
         };
         // A refused job is dropped unrun; its slot is given back on drop.
         self.pool
@@ -339,11 +339,9 @@ impl Dispatcher {
             strikes.ended_in_time();
         }
         stats.inline.fetch_add(1, Ordering::Relaxed);
-        let mut reply = None;
-        run.finish(outcome, duration, &self.logger, waiting, |outcome| {
-            reply = Some(outcome)
-        });
-        Ok(reply.unwrap_or(Err(ScenarioError::Panicked)))
+        let (outcome, record) = run.finish(outcome, duration, &self.logger, waiting);
+        record.queue();
+        Ok(outcome)
     }
 }
 
@@ -421,15 +419,15 @@ impl Run {
         }
     }
 
-    /// Counts the run, hands its outcome to `reply`, then queues its record.
+    /// Counts the run and gives its in-flight slot back; its outcome goes to the caller
+    /// first, then its record to the writer (`Record::queue`).
     fn finish(
         self,
         outcome: RunResult,
         duration: Duration,
         base_logger: &slog::Logger,
         waiting: bool,
-        reply: impl FnOnce(RunResult),
-    ) {
+    ) -> (RunResult, Record) {
         let Run {
             handle,
             kind,
@@ -469,10 +467,19 @@ impl Run {
         // The in-flight slot is free before the caller hears back, so that a caller
         // sending its next request at once is not refused as channel_busy.
         drop(slot);
-        reply(outcome);
-        // The record is made by the writer, off this thread.
-        if let Some((log, finished)) = finished {
-            log.push(&handle.stats, Pending::new(finished, params));
+        let record = finished.map(|(log, finished)| (log, handle, Pending::new(finished, params)));
+        (outcome, Record(record))
+    }
+}
+
+/// A kept run's record, queued once its caller has the outcome.
+struct Record(Option<(Arc<ExecutionLog>, Arc<ChannelHandle>, Pending)>);
+
+impl Record {
+    /// The record is made by the writer, off this thread.
+    fn queue(self) {
+        if let Some((log, handle, pending)) = self.0 {
+            log.push(&handle.stats, pending);
         }
     }
 }

@@ -129,11 +129,6 @@ impl Inline {
         HELD_LOG.with(|l| l.borrow_mut().clear());
         Inline(())
     }
-
-    /// Why the run was stopped, if it was.
-    pub fn stopped(&self) -> Option<Stop> {
-        STOPPED.get()
-    }
 }
 
 impl Drop for Inline {
@@ -151,10 +146,10 @@ pub fn active() -> bool {
     ACTIVE.get().is_some()
 }
 
-/// Whether the inline run on this thread was stopped.
+/// Why the inline run on this thread was stopped, if it was.
 #[inline]
-pub fn stopped() -> bool {
-    STOPPED.get().is_some()
+pub fn stopped() -> Option<Stop> {
+    STOPPED.get()
 }
 
 /// Asked before anything with an effect or a wait: `Err` stops an inline run (which is
@@ -242,7 +237,7 @@ mod tests {
             Err(Stop::Effect),
             "a caught stop stops the next operation"
         );
-        assert_eq!(run.stopped(), Some(Stop::Effect));
+        assert_eq!(stopped(), Some(Stop::Effect));
         assert!(hold_log("info", "x"));
         drop(run);
         assert!(!active());

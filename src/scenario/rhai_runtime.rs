@@ -584,20 +584,10 @@ impl ScenarioRuntime for RhaiRuntime {
         ctx: RunContext<'_>,
         bound: std::time::Duration,
     ) -> Result<Result<ScenarioReply, ScenarioError>, Stop> {
-        /// A panic on the worker leaves no run state behind (its memory counting
-        /// would go on counting the worker's own allocations).
-        struct ClearRun;
-        impl Drop for ClearRun {
-            fn drop(&mut self) {
-                let state = CURRENT.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()));
-                drop(state);
-            }
-        }
-        let _clear = ClearRun;
         let run = Inline::begin(bound);
         OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);
-        let stopped = run.stopped();
+        let stopped = inline::stopped();
         drop(run);
         crate::alloc::give_back_after_big_run();
         match stopped {
@@ -626,6 +616,16 @@ fn fault_position(err: &EvalAltResult) -> Position {
     }
 }
 
+/// Drops the run state of this thread when dropped.
+struct ClearRun;
+
+impl Drop for ClearRun {
+    fn drop(&mut self) {
+        let state = CURRENT.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()));
+        drop(state);
+    }
+}
+
 impl RhaiRuntime {
     /// One run, its memory and other spending counted (`scenario::budget`).
     fn run_counted(
@@ -639,9 +639,10 @@ impl RhaiRuntime {
         if Instant::now() >= ctx.deadline {
             return Err(ScenarioError::Timeout);
         }
-        // A run that unwound left its state behind: ended before this one starts
-        // counting (its end would stop this run's memory count).
-        drop(CURRENT.with(|c| c.borrow_mut().take()));
+        // However the run ends (a panic too), its state does not outlive it: its
+        // memory counting would go on counting the thread's own allocations (an HTTP
+        // worker's, for an inline run).
+        let _clear = ClearRun;
         let secrets = ctx.secrets.clone();
         CURRENT.with(|c| {
             *c.borrow_mut() = Some(RunState {
@@ -660,7 +661,7 @@ impl RhaiRuntime {
         scope.push("response_headers", Map::new());
         let outcome = self.engine.run_ast_with_scope(&mut scope, ast);
         // An inline run that ended writes the lines it held back.
-        if inline::active() && !inline::stopped() {
+        if inline::active() && inline::stopped().is_none() {
             let held = inline::take_held_log();
             if !held.is_empty() {
                 with_run(|run| {

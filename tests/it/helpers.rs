@@ -479,59 +479,107 @@ impl GatewayProcess {
         log: bool,
     ) -> GatewayProcess {
         let dir = dir.to_path_buf();
-        let stderr = if log {
-            std::fs::create_dir_all(&dir).expect("data folder");
-            std::process::Stdio::from(
-                std::fs::File::create(dir.join("stderr.log")).expect("stderr.log"),
-            )
-        } else {
-            std::process::Stdio::null()
+        // The port is picked by binding :0 and letting it go, so another test may take
+        // it before the child binds it. The child is known by its node id: a gateway
+        // that answers with another id is someone else's, and a child that could not
+        // bind exits; either way the start is tried again on a new port.
+        let node_id = match extra.iter().position(|a| a == "--node-id") {
+            Some(i) => extra.get(i + 1).cloned().unwrap_or_default(),
+            None => format!("test-{}", uuid::Uuid::new_v4().simple()),
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let own_id = !extra.iter().any(|a| a == "--node-id");
         let binary = env!("CARGO_BIN_EXE_oktell-gateway");
-        let mut command = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = std::process::Command::new(first);
-                c.args(rest).arg(binary);
-                c
-            }
-            None => std::process::Command::new(binary),
-        };
-        let child = command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--data-dir", &dir.display().to_string()])
-            .args(["--admin-token", ADMIN_TOKEN])
-            .args(if extra.iter().any(|a| a == "--log-level") {
-                &[][..]
-            } else {
-                &["--log-level", "warn"][..]
-            })
-            .args(extra)
-            .stderr(stderr)
-            .spawn()
-            .expect("gateway starts");
-        let process = GatewayProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            port,
-            dir,
-        };
-        let mut process = process;
         let client = Client::default();
-        eventually("the gateway answers", Duration::from_secs(30), || {
-            // A gateway that refused its flags is not waited for.
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("the gateway exited at start ({status}); args: {extra:?}");
+        for attempt in 1..=3 {
+            let stderr = if log {
+                std::fs::create_dir_all(&dir).expect("data folder");
+                std::process::Stdio::from(
+                    std::fs::File::create(dir.join("stderr.log")).expect("stderr.log"),
+                )
+            } else {
+                std::process::Stdio::null()
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut command = match wrapper.split_first() {
+                Some((first, rest)) => {
+                    let mut c = std::process::Command::new(first);
+                    c.args(rest).arg(binary);
+                    c
+                }
+                None => std::process::Command::new(binary),
+            };
+            let child = command
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--data-dir", &dir.display().to_string()])
+                .args(["--admin-token", ADMIN_TOKEN])
+                .args(if own_id {
+                    vec!["--node-id".to_string(), node_id.clone()]
+                } else {
+                    vec![]
+                })
+                .args(if extra.iter().any(|a| a == "--log-level") {
+                    &[][..]
+                } else {
+                    &["--log-level", "warn"][..]
+                })
+                .args(extra)
+                .stderr(stderr)
+                .spawn()
+                .expect("gateway starts");
+            let mut child = child;
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    if attempt < 3 {
+                        eprintln!("gateway exited at start ({status}), trying another port");
+                        break;
+                    }
+                    panic!("the gateway exited at start ({status}); args: {extra:?}");
+                }
+                if GatewayProcess::answers_as(&client, &base, &node_id).await {
+                    return GatewayProcess {
+                        child,
+                        base,
+                        port,
+                        dir,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for: the gateway answers"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let req = client.get(format!("{}/healthz", process.base));
-            async move { req.send().await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
-        process
+        }
+        unreachable!("three starts tried")
+    }
+
+    /// Answers `/healthz` and names itself `node_id` (not another test's gateway that
+    /// took the port first).
+    async fn answers_as(client: &Client, base: &str, node_id: &str) -> bool {
+        let healthy = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if !healthy {
+            return false;
+        }
+        let Ok(mut res) = client
+            .get(format!("{base}/admin/v1/node"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let node: Value = res.json().limit(1 << 20).await.unwrap_or_default();
+        node["node_id"] == node_id
     }
 
     /// Creates a channel through the admin API; returns its JSON.

@@ -532,8 +532,8 @@ async fn start_eventing(
         })
     };
     let events = events
-        .with_broker(broker.clone())
-        .with_delivery(delivery.clone());
+        .with_broker(broker.clone().recipient())
+        .with_delivery(delivery.clone().recipient());
     delivery.do_send(UseEvents(events.clone()));
     Ok(Eventing {
         name: domain.to_string(),

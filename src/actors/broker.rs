@@ -15,6 +15,7 @@ use actix::prelude::*;
 
 use crate::db::models::Event;
 use crate::db::{Database, events as log};
+use crate::events::Published;
 
 /// Events read per round from the log.
 const PAGE: i64 = 1000;
@@ -144,11 +145,6 @@ impl EventBroker {
 impl Actor for EventBroker {
     type Context = Context<Self>;
 }
-
-/// Something was published: read the log.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Published;
 
 impl Handler<Published> for EventBroker {
     type Result = ();

@@ -27,6 +27,7 @@ use crate::db::subscriptions::{
     self as rows, AttemptResult, DELIVERED, FAILED, PENDING, Recorded, SubscriptionChange,
 };
 use crate::db::{Database, Urgency, events as log, now_millis};
+use crate::events::DeliveriesDue;
 use crate::events::webhooks::signature_header;
 use crate::net::targets::{CheckedResolver, check_literal};
 
@@ -309,7 +310,7 @@ impl DeliveryWorker {
                     }
                     if more {
                         // There may be more due rows: look again right away.
-                        ctx.notify(Wake);
+                        ctx.notify(DeliveriesDue);
                     }
                 }
                 Err(e) => {
@@ -787,18 +788,13 @@ impl Actor for DeliveryWorker {
             act.fan_out_next = true;
             act.claim(ctx);
         });
-        ctx.notify(Wake);
+        ctx.notify(DeliveriesDue);
     }
 }
 
-/// New deliveries may be due: look now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Wake;
-
-impl Handler<Wake> for DeliveryWorker {
+impl Handler<DeliveriesDue> for DeliveryWorker {
     type Result = ();
-    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: DeliveriesDue, ctx: &mut Context<Self>) {
         self.nothing_due = false;
         self.claim(ctx);
     }

@@ -255,7 +255,7 @@ impl EventSession {
                 Ok(Some(head)) if since <= head.last_id => {
                     act.last_sent = since;
                     act.send_text(act.subscribed_frame(&types, since));
-                    act.parts.broker.do_send(super::broker::Published);
+                    act.parts.broker.do_send(crate::events::Published);
                     act.go_live(ctx);
                 }
                 Ok(_) => act.not_an_id(),

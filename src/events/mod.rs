@@ -172,15 +172,27 @@ pub struct EventStats {
     pub subscribers_refused: std::sync::atomic::AtomicU64,
 }
 
+/// Something was stored in the event log: its reader (the broker) reads on. The log
+/// tells its readers through these messages, not through their actor types, so that
+/// `events` does not depend on `actors`.
+#[derive(actix::Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Published;
+
+/// Deliveries may be due now: the delivery worker looks.
+#[derive(actix::Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct DeliveriesDue;
+
 /// The domain's event log on this node.
 #[derive(Clone)]
 pub struct EventService {
     db: Database,
     domain: Arc<str>,
-    /// Told after each write that stored something new.
-    broker: Option<actix::Addr<crate::actors::broker::EventBroker>>,
-    /// Told too: new events may have outbox rows due now.
-    delivery: Option<actix::Addr<crate::actors::delivery::DeliveryWorker>>,
+    /// Told after each write that stored something new (the domain's event broker).
+    broker: Option<actix::Recipient<Published>>,
+    /// Told too: new events may have outbox rows due now (the delivery worker).
+    delivery: Option<actix::Recipient<DeliveriesDue>>,
     pub stats: Arc<EventStats>,
 }
 
@@ -196,19 +208,13 @@ impl EventService {
     }
 
     /// The same service, waking this broker after each write.
-    pub fn with_broker(
-        mut self,
-        broker: actix::Addr<crate::actors::broker::EventBroker>,
-    ) -> EventService {
+    pub fn with_broker(mut self, broker: actix::Recipient<Published>) -> EventService {
         self.broker = Some(broker);
         self
     }
 
     /// The same service, waking this delivery worker after each write.
-    pub fn with_delivery(
-        mut self,
-        worker: actix::Addr<crate::actors::delivery::DeliveryWorker>,
-    ) -> EventService {
+    pub fn with_delivery(mut self, worker: actix::Recipient<DeliveriesDue>) -> EventService {
         self.delivery = Some(worker);
         self
     }
@@ -217,7 +223,7 @@ impl EventService {
     /// published through another node, or this node caught up after a reconnect).
     pub fn wake_readers(&self) {
         if let Some(broker) = &self.broker {
-            broker.do_send(crate::actors::broker::Published);
+            broker.do_send(Published);
         }
         self.wake_delivery();
     }
@@ -225,7 +231,7 @@ impl EventService {
     /// Tells the delivery worker that rows may be due now.
     pub fn wake_delivery(&self) {
         if let Some(worker) = &self.delivery {
-            worker.do_send(crate::actors::delivery::Wake);
+            worker.do_send(DeliveriesDue);
         }
     }
 

@@ -14,9 +14,13 @@
 #
 #   N=2000 bash benches/callgrind_run.sh
 #
+# WORKERS (both modes, default 1): HTTP workers, and scenario threads of the gateway;
+# `WORKERS=$(nproc)` measures the shipped default, inline runs included.
+#
 # MODE=ws: websocket echo round trips, bare actix-web (benches/bare_ws.rs) and the
-# gateway's public channel (`response_content = startparam(2);`), both with one HTTP
-# worker (the gateway with one scenario thread). The load client is ws_load (not under
+# gateway's public channel (`response_content = startparam(2);`), both with WORKERS HTTP
+# workers (default 1; the gateway with as many scenario threads; inline runs are on only
+# when WORKERS is the number of cores, as shipped). The load client is ws_load (not under
 # callgrind): SESSIONS sessions held, then each does MESSAGES sequential round trips
 # (then none); the sessions' connects and closes cancel out. Threads are counted apart
 # (`--separate-threads=yes`) and summed by what they run: the HTTP worker (the one that
@@ -32,6 +36,7 @@ set -euo pipefail
 MODE="${MODE:-webhook}"
 N="${N:-2000}"
 SESSIONS="${SESSIONS:-1000}"
+WORKERS="${WORKERS:-1}"
 MESSAGES="${MESSAGES:-10}"
 PORT="${PORT:-18095}"
 NOFILE="${NOFILE:-65536}"
@@ -39,8 +44,8 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 case "$MODE" in
-    webhook) COMMAND="N=$N bash benches/callgrind_run.sh" ;;
-    ws) COMMAND="MODE=ws SESSIONS=$SESSIONS MESSAGES=$MESSAGES bash benches/callgrind_run.sh" ;;
+    webhook) COMMAND="N=$N WORKERS=$WORKERS bash benches/callgrind_run.sh" ;;
+    ws) COMMAND="MODE=ws SESSIONS=$SESSIONS MESSAGES=$MESSAGES WORKERS=$WORKERS bash benches/callgrind_run.sh" ;;
     *) echo "MODE is webhook or ws" >&2; exit 2 ;;
 esac
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-callgrind.XXXXXX")"
@@ -57,11 +62,11 @@ elif [[ "$MODE" == webhook || "gateway" =~ ${ONLY:-.} ]]; then
 fi
 [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP"
 
-cat >"$TMP/gateway.toml" <<'TOML'
+cat >"$TMP/gateway.toml" <<TOML
 access_log = false
 log_level = "warn"
-workers = 1
-scenario_threads = 1
+workers = $WORKERS
+scenario_threads = $WORKERS
 TOML
 
 # --- one server life under callgrind ------------------------------------------------------
@@ -171,8 +176,8 @@ PY
         echo
         echo "## $(date -u +%Y-%m-%d) callgrind: instructions per webhook request"
         echo
-        echo "Command: \`$COMMAND\` on $(commit_line) ($("$GATEWAY_BIN" --version 2>/dev/null || echo "$GATEWAY_BIN")); $(machine_line). Release build, one HTTP"
-        echo "worker, one scenario thread; instructions of (start + channel + N requests + stop)"
+        echo "Command: \`$COMMAND\` on $(commit_line) ($("$GATEWAY_BIN" --version 2>/dev/null || echo "$GATEWAY_BIN")); $(machine_line). Release build, $WORKERS HTTP"
+        echo "worker(s), as many scenario threads; instructions of (start + channel + N requests + stop)"
         echo "minus (start + channel + stop), over N. Repeatable: callgrind counts, it does not time."
         echo
         echo "| channel | instructions per request | HTTP worker | scenario thread | other threads |"
@@ -210,7 +215,7 @@ TOML
         local server="$1" count="$2" url data="$TMP/data-$RANDOM" token result
         mkdir -p "$data"
         if [[ "$server" == bare ]]; then
-            callgrind_start "ws-$server-$count" "$bare_bin" "127.0.0.1:$PORT" 1
+            callgrind_start "ws-$server-$count" "$bare_bin" "127.0.0.1:$PORT" "$WORKERS"
             wait_listening "$PORT" "$SERVER_PID" || die "bare_ws under callgrind did not start"
             url="ws://127.0.0.1:$PORT/ws/token/v1/bench"
         else
@@ -267,7 +272,7 @@ PY
         echo "## $(date -u +%Y-%m-%d) callgrind: instructions per websocket round trip"
         echo
         echo "Command: \`$COMMAND\` on $(commit_line); $(machine_line). Release builds,"
-        echo "one HTTP worker each, the gateway with one scenario thread, no heartbeat; ws_load"
+        echo "$WORKERS HTTP worker(s) each, the gateway with as many scenario threads, no heartbeat; ws_load"
         echo "(not counted) holds $SESSIONS sessions, then each does $MESSAGES sequential round trips."
         echo "Instructions of the server's life with the round trips minus its life without,"
         echo "over the round trips, by thread (worker: actix-http's dispatcher; scenario: the"

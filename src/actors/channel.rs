@@ -130,7 +130,7 @@ impl ChannelHandle {
     ) -> Arc<dyn crate::scenario::ChannelHost> {
         self.host
             .get_or_init(|| {
-                Arc::new(super::sessions::ScenarioHost {
+                Arc::new(super::scenario_host::ScenarioHost {
                     sessions: self.sessions.clone(),
                     events: events.clone(),
                     state: state.cloned(),
@@ -252,7 +252,7 @@ impl ChannelActor {
             return;
         };
         let channel = &self.channel;
-        let going_away = super::sessions::close_code::GOING_AWAY;
+        let going_away = super::close_code::GOING_AWAY;
         if !channel.enabled || channel.kind != crate::channels::KIND_PUBLIC {
             self.sessions.close_sessions(going_away, "channel disabled");
         }
@@ -343,7 +343,7 @@ impl Supervised for ChannelActor {
                     // Deleted behind our back (e.g. by the CLI): retire for good.
                     act.retired = true;
                     act.sessions
-                        .close_all(super::sessions::close_code::GOING_AWAY, "channel removed");
+                        .close_all(super::close_code::GOING_AWAY, "channel removed");
                     registry.remove(&act.id);
                     ctx.stop();
                 }
@@ -402,7 +402,7 @@ impl Handler<Retire> for ChannelActor {
             registry.remove(&self.id);
         }
         self.sessions
-            .close_all(super::sessions::close_code::GOING_AWAY, "channel removed");
+            .close_all(super::close_code::GOING_AWAY, "channel removed");
         ctx.stop();
     }
 }

@@ -2,9 +2,11 @@
 
 pub mod broker;
 pub mod channel;
+pub mod close_code;
 pub mod delivery;
 pub mod event_session;
 pub mod registry;
+pub mod scenario_host;
 pub mod sessions;
 pub mod stats;
 pub mod stats_history;

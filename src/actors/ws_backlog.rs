@@ -280,7 +280,7 @@ impl Outgoing {
         }
         self.close_sent = true;
         Some(Poll::Ready(Some(Ok(close_frame(
-            super::sessions::close_code::POLICY,
+            super::close_code::POLICY,
             "the client is not reading its messages",
         )))))
     }

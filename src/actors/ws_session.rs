@@ -20,8 +20,9 @@ use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
 use super::channel::{ChannelHandle, ChannelStats, ScriptKind};
+use super::close_code;
 use super::registry::ChannelRegistry;
-use super::sessions::{SessionCounters, SessionEntry, SessionTable, close_code};
+use super::sessions::{SessionCounters, SessionEntry, SessionTable};
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;

@@ -269,7 +269,7 @@ impl ChannelService {
                 ),
                 (None, Some(live)) => (
                     Arc::default(),
-                    Arc::new(crate::actors::sessions::ScenarioHost {
+                    Arc::new(crate::actors::scenario_host::ScenarioHost {
                         sessions: Arc::new(crate::actors::sessions::SessionTable::new(
                             live.outbound.clone(),
                         )),

@@ -7,7 +7,8 @@ use actix::prelude::*;
 
 use super::validate::{ChannelInput, ValidationError, generate_token};
 use crate::actors::channel::{Apply, Ping, Precompiled, Retire};
-use crate::actors::sessions::{SessionTable, close_code};
+use crate::actors::close_code;
+use crate::actors::sessions::SessionTable;
 use crate::actors::{ChannelActor, ChannelRegistry, ChannelStats};
 use crate::config::Config;
 use crate::db::channel_versions::{self as versions, Save};

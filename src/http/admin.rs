@@ -524,7 +524,7 @@ async fn close_session(
     let closed = everywhere(sessions, move |s, deadline| {
         s.close_anywhere(
             &code,
-            crate::actors::sessions::close_code::NORMAL,
+            crate::actors::close_code::NORMAL,
             "closed by the operator",
             deadline,
         )

@@ -187,7 +187,7 @@ pub fn close_all_sessions(state: &AppState, reason: &str) {
     for handle in state.registry.handles() {
         handle
             .sessions
-            .close_all(crate::actors::sessions::close_code::GOING_AWAY, reason);
+            .close_all(crate::actors::close_code::GOING_AWAY, reason);
     }
 }
 

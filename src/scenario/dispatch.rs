@@ -473,6 +473,7 @@ impl Run {
 }
 
 /// A kept run's record, queued once its caller has the outcome.
+#[must_use = "a run's record is lost unless queued"]
 struct Record(Option<(Arc<ExecutionLog>, Arc<ChannelHandle>, Pending)>);
 
 impl Record {

@@ -439,6 +439,29 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A child process being started: killed and reaped when dropped, unless taken.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Its exit status, once it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("the child is there until taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl GatewayProcess {
     pub async fn start() -> GatewayProcess {
         let dir =
@@ -481,24 +504,35 @@ impl GatewayProcess {
         let dir = dir.to_path_buf();
         // The port is picked by binding :0 and letting it go, so another test may take
         // it before the child binds it. The child is known by its node id: a gateway
-        // that answers with another id is someone else's, and a child that could not
-        // bind exits; either way the start is tried again on a new port.
+        // that answers with another id is someone else's. A child that exits at start
+        // because the port was taken is started again on a new port; any other exit
+        // fails the test with what the child wrote.
         let node_id = match extra.iter().position(|a| a == "--node-id") {
             Some(i) => extra.get(i + 1).cloned().unwrap_or_default(),
             None => format!("test-{}", uuid::Uuid::new_v4().simple()),
         };
+        assert!(
+            !extra.iter().any(|a| a.starts_with("--node-id=")),
+            "pass --node-id and its value as two arguments (the start checks the id)"
+        );
         let own_id = !extra.iter().any(|a| a == "--node-id");
         let binary = env!("CARGO_BIN_EXE_oktell-gateway");
         let client = Client::default();
+        // What the child writes to stderr: its log when asked for, else a temp file
+        // that is removed once it runs.
+        let stderr_path = if log {
+            std::fs::create_dir_all(&dir).expect("data folder");
+            dir.join("stderr.log")
+        } else {
+            std::env::temp_dir().join(format!(
+                "oktell-start-{}.log",
+                uuid::Uuid::new_v4().simple()
+            ))
+        };
         for attempt in 1..=3 {
-            let stderr = if log {
-                std::fs::create_dir_all(&dir).expect("data folder");
-                std::process::Stdio::from(
-                    std::fs::File::create(dir.join("stderr.log")).expect("stderr.log"),
-                )
-            } else {
-                std::process::Stdio::null()
-            };
+            let stderr = std::process::Stdio::from(
+                std::fs::File::create(&stderr_path).expect("stderr file"),
+            );
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -530,20 +564,30 @@ impl GatewayProcess {
                 .stderr(stderr)
                 .spawn()
                 .expect("gateway starts");
-            let mut child = child;
+            // Killed if the start fails or is cancelled (say, a cluster start whose
+            // other node failed): no gateway outlives its test.
+            let mut child = KillOnDrop(Some(child));
             let base = format!("http://127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    if attempt < 3 {
-                        eprintln!("gateway exited at start ({status}), trying another port");
+                if let Some(status) = child.exited() {
+                    let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    if attempt < 3 && said.contains("Address already in use") {
+                        eprintln!(
+                            "port {port} was taken before the gateway bound it: trying another"
+                        );
                         break;
                     }
-                    panic!("the gateway exited at start ({status}); args: {extra:?}");
+                    panic!(
+                        "the gateway exited at start ({status}); args: {extra:?}; stderr:\n{said}"
+                    );
                 }
                 if GatewayProcess::answers_as(&client, &base, &node_id).await {
+                    if !log {
+                        let _ = std::fs::remove_file(&stderr_path);
+                    }
                     return GatewayProcess {
-                        child,
+                        child: child.take(),
                         base,
                         port,
                         dir,

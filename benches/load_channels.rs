@@ -84,7 +84,11 @@ fn start(dir: &std::path::Path, name: &str) -> (f64, u64, usize) {
         // Let the channel arbiter start every actor before reading memory.
         let probe = app.state.registry.handles().into_iter().last();
         if let Some(h) = probe {
-            let _ = h.actor.send(oktell_gateway::actors::channel::Ping).await;
+            let _ = h
+                .actor
+                .ping
+                .send(oktell_gateway::actors::handle::Ping)
+                .await;
         }
         let grown = rss_kib().saturating_sub(before);
         drop(app);

@@ -13,192 +13,19 @@
 //! then restarts the actor with fresh settings. One bad channel never disturbs another.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use actix::prelude::*;
 
+use super::handle::{
+    Apply, ChannelHandle, ChannelMailbox, ChannelStats, CurrentVersion, InjectPanic, Ping,
+    Precompiled, Retire,
+};
 use super::registry::ChannelRegistry;
 use super::sessions::SessionTable;
 use crate::db::models::Channel;
 use crate::db::{Database, channels as channel_rows};
-use crate::scenario::{CompileError, Compiled, ScenarioRuntime};
-
-/// Which of a channel's scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScriptKind {
-    Webhook,
-    Websocket,
-}
-
-pub use super::stats::ChannelStats;
-
-/// One version of a live channel, as requests see it. Immutable: a change publishes a
-/// new handle. Scripts compile on first use (or come precompiled from the save).
-pub struct ChannelHandle {
-    pub channel: Arc<Channel>,
-    pub stats: Arc<ChannelStats>,
-    /// Open websocket sessions; shared by every version of the channel.
-    pub sessions: Arc<SessionTable>,
-    pub actor: Addr<ChannelActor>,
-    /// Checks before any scenario (`channels::guards`), built when this version was
-    /// published; `None` for a channel without any: the webhook pays one branch.
-    pub guards: Option<Box<crate::channels::guards::Guards>>,
-    /// Which runs go to the execution history (the channel's `history`).
-    pub history: crate::executions::History,
-    channel_json: OnceLock<Arc<str>>,
-    secrets: OnceLock<Arc<crate::redact::Secrets>>,
-    logger: OnceLock<slog::Logger>,
-    host: OnceLock<Arc<dyn crate::scenario::ChannelHost>>,
-    recording_host: OnceLock<Arc<crate::executions::capture::RecordingHost>>,
-    webhook: OnceLock<Result<Compiled, CompileError>>,
-    websocket: OnceLock<Result<Compiled, CompileError>>,
-    /// Whether each script may still be tried inline (`scenario::inline`).
-    webhook_inline: crate::scenario::inline::Strikes,
-    websocket_inline: crate::scenario::inline::Strikes,
-    /// Set by the registry when this handle stops being the one its token finds (a
-    /// newer version was published, or the channel was removed): holders that kept it
-    /// look the token up again.
-    superseded: AtomicBool,
-}
-
-impl ChannelHandle {
-    pub fn new(
-        channel: Arc<Channel>,
-        stats: Arc<ChannelStats>,
-        sessions: Arc<SessionTable>,
-        actor: Addr<ChannelActor>,
-        precompiled: Precompiled,
-        guards: Option<Box<crate::channels::guards::Guards>>,
-    ) -> ChannelHandle {
-        let handle = ChannelHandle {
-            history: crate::executions::History::of(&channel),
-            channel,
-            stats,
-            sessions,
-            actor,
-            guards,
-            channel_json: OnceLock::new(),
-            secrets: OnceLock::new(),
-            logger: OnceLock::new(),
-            host: OnceLock::new(),
-            recording_host: OnceLock::new(),
-            webhook: OnceLock::new(),
-            websocket: OnceLock::new(),
-            webhook_inline: Default::default(),
-            websocket_inline: Default::default(),
-            superseded: AtomicBool::new(false),
-        };
-        if let Some(c) = precompiled.webhook {
-            let _ = handle.webhook.set(Ok(c));
-        }
-        if let Some(c) = precompiled.websocket {
-            let _ = handle.websocket.set(Ok(c));
-        }
-        handle
-    }
-
-    /// Whether the registry no longer hands this handle out for its token.
-    pub fn is_superseded(&self) -> bool {
-        self.superseded.load(Ordering::Acquire)
-    }
-
-    pub(super) fn supersede(&self) {
-        self.superseded.store(true, Ordering::Release);
-    }
-
-    /// `startparam(1)`: the channel as JSON, secrets left out.
-    pub fn channel_json(&self) -> Arc<str> {
-        self.channel_json
-            .get_or_init(|| crate::channels::scenario_json(&self.channel).into())
-            .clone()
-    }
-
-    /// What its runs keep out of what they write down (`channels::run_secrets`), made
-    /// once per version rather than on every run.
-    pub fn secrets(&self) -> &Arc<crate::redact::Secrets> {
-        self.secrets
-            .get_or_init(|| Arc::new(crate::channels::run_secrets(&self.channel)))
-    }
-
-    /// What this channel's scenarios reach (sessions, event log, channel state), made
-    /// once per version.
-    pub fn host(
-        &self,
-        events: &crate::events::EventService,
-        state: Option<&Arc<crate::scenario::channel_state::StateStore>>,
-    ) -> Arc<dyn crate::scenario::ChannelHost> {
-        self.host
-            .get_or_init(|| {
-                Arc::new(super::scenario_host::ScenarioHost {
-                    sessions: self.sessions.clone(),
-                    events: events.clone(),
-                    state: state.cloned(),
-                })
-            })
-            .clone()
-    }
-
-    /// The host of runs recorded in the execution history: [`Self::host`], noting
-    /// log lines and outgoing calls; made once per version (texts cut at `max_bytes`).
-    pub fn recording_host(
-        &self,
-        events: &crate::events::EventService,
-        state: Option<&Arc<crate::scenario::channel_state::StateStore>>,
-        max_bytes: usize,
-    ) -> Arc<crate::executions::capture::RecordingHost> {
-        self.recording_host
-            .get_or_init(|| {
-                Arc::new(crate::executions::capture::RecordingHost::new(
-                    self.host(events, state),
-                    crate::scenario::record::Masker::new(self.channel.clone(), max_bytes),
-                ))
-            })
-            .clone()
-    }
-
-    /// The node's logger tagged with this channel, made once per channel version.
-    pub fn logger(&self, base: &slog::Logger) -> &slog::Logger {
-        self.logger
-            .get_or_init(|| base.new(slog::o!("channel" => self.channel.code.clone())))
-    }
-
-    /// The compiled script, compiling it on first use. Call on a scenario thread.
-    pub fn script(
-        &self,
-        kind: ScriptKind,
-        runtime: &dyn ScenarioRuntime,
-    ) -> &Result<Compiled, CompileError> {
-        let (cell, source) = match kind {
-            ScriptKind::Webhook => (&self.webhook, &self.channel.webhook_scenario),
-            ScriptKind::Websocket => (&self.websocket, &self.channel.websocket_scenario),
-        };
-        cell.get_or_init(|| runtime.compile(source))
-    }
-
-    /// One of the channel's scripts if it is compiled already.
-    pub fn compiled(&self, kind: ScriptKind) -> Option<&Result<Compiled, CompileError>> {
-        match kind {
-            ScriptKind::Webhook => self.webhook.get(),
-            ScriptKind::Websocket => self.websocket.get(),
-        }
-    }
-
-    /// Whether one of the channel's scripts may still be tried inline.
-    pub fn inline_strikes(&self, kind: ScriptKind) -> &crate::scenario::inline::Strikes {
-        match kind {
-            ScriptKind::Webhook => &self.webhook_inline,
-            ScriptKind::Websocket => &self.websocket_inline,
-        }
-    }
-}
-
-/// Scripts already compiled when the channel was saved.
-#[derive(Default)]
-pub struct Precompiled {
-    pub webhook: Option<Compiled>,
-    pub websocket: Option<Compiled>,
-}
 
 pub struct ChannelActor {
     id: String,
@@ -273,7 +100,7 @@ impl ChannelActor {
             channel.clone(),
             self.stats.clone(),
             self.sessions.clone(),
-            ctx.address(),
+            mailbox(ctx.address()),
             compiled,
             guards,
         );
@@ -356,15 +183,6 @@ impl Supervised for ChannelActor {
     }
 }
 
-/// A new version of the channel (saved by the admin API): the actor takes it and
-/// publishes it. An older version than the actor's is ignored.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Apply {
-    pub channel: Channel,
-    pub compiled: Precompiled,
-}
-
 impl Handler<Apply> for ChannelActor {
     type Result = ();
     fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) {
@@ -376,23 +194,12 @@ impl Handler<Apply> for ChannelActor {
     }
 }
 
-/// The version of the channel the actor serves (admin view, tests).
-#[derive(Message)]
-#[rtype(result = "i64")]
-pub struct CurrentVersion;
-
 impl Handler<CurrentVersion> for ChannelActor {
     type Result = i64;
     fn handle(&mut self, _: CurrentVersion, _: &mut Context<Self>) -> i64 {
         self.channel.version
     }
 }
-
-/// The channel was deleted or left this node: taken out of service, its websockets
-/// closed (1001), the actor stopped for good.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Retire;
 
 impl Handler<Retire> for ChannelActor {
     type Result = ();
@@ -407,20 +214,10 @@ impl Handler<Retire> for ChannelActor {
     }
 }
 
-/// Answers once the actor runs (start-up probes and benchmarks).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Ping;
-
 impl Handler<Ping> for ChannelActor {
     type Result = ();
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
 }
-
-/// Test hook (only with `fault_injection`): panic inside the actor.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct InjectPanic;
 
 impl Handler<InjectPanic> for ChannelActor {
     type Result = bool;
@@ -432,36 +229,13 @@ impl Handler<InjectPanic> for ChannelActor {
     }
 }
 
-/// A websocket message's start parameters: `startparam(1)` the session code, `(2)` the
-/// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
-pub struct WsParams {
-    pub code: Arc<str>,
-    pub text: bytestring::ByteString,
-    pub channel_json: Arc<str>,
-    pub peer_ip: Arc<str>,
-}
-
-impl crate::scenario::StartParams for WsParams {
-    fn count(&self) -> usize {
-        4
-    }
-
-    fn get(&self, n: usize) -> Option<String> {
-        Some(match n {
-            // Copies of the text (`to_string` on these types goes through formatting).
-            1 => String::from(&*self.code),
-            2 => String::from(&*self.text),
-            3 => String::from(&*self.channel_json),
-            4 => String::from(&*self.peer_ip),
-            _ => return None,
-        })
-    }
-
-    fn held_bytes(&self) -> usize {
-        self.code.len() + self.text.len() + self.peer_ip.len()
-    }
-
-    fn input_bytes(&self) -> usize {
-        self.text.len()
+/// What a handle keeps of the actor's address: the messages others send it.
+fn mailbox(actor: Addr<ChannelActor>) -> ChannelMailbox {
+    ChannelMailbox {
+        apply: actor.clone().recipient(),
+        retire: actor.clone().recipient(),
+        current_version: actor.clone().recipient(),
+        ping: actor.clone().recipient(),
+        inject_panic: actor.recipient(),
     }
 }

@@ -5,6 +5,7 @@ pub mod channel;
 pub mod close_code;
 pub mod delivery;
 pub mod event_session;
+pub mod handle;
 pub mod registry;
 pub mod scenario_host;
 pub mod sessions;
@@ -13,5 +14,6 @@ pub mod stats_history;
 pub mod ws_backlog;
 pub mod ws_session;
 
-pub use channel::{ChannelActor, ChannelHandle, ChannelStats, ScriptKind};
+pub use channel::ChannelActor;
+pub use handle::{ChannelHandle, ChannelStats, ScriptKind};
 pub use registry::ChannelRegistry;

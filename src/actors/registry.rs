@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::channel::ChannelHandle;
+use super::handle::ChannelHandle;
 
 #[derive(Default)]
 pub struct ChannelRegistry {

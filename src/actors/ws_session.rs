@@ -19,8 +19,8 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
-use super::channel::{ChannelHandle, ChannelStats, ScriptKind};
 use super::close_code;
+use super::handle::{ChannelHandle, ChannelStats, ScriptKind};
 use super::registry::ChannelRegistry;
 use super::sessions::{SessionCounters, SessionEntry, SessionTable};
 use super::ws_backlog::Frame;
@@ -305,13 +305,12 @@ impl WsSession {
                     if !Arc::ptr_eq(&handle, &self.handle) {
                         self.handle = handle.clone();
                     }
-                    let params: Arc<dyn crate::scenario::StartParams> =
-                        Arc::new(super::channel::WsParams {
-                            code: self.code.clone(),
-                            text: text.clone(),
-                            channel_json: handle.channel_json(),
-                            peer_ip: self.peer_ip.clone(),
-                        });
+                    let params: Arc<dyn crate::scenario::StartParams> = Arc::new(WsParams {
+                        code: self.code.clone(),
+                        text: text.clone(),
+                        channel_json: handle.channel_json(),
+                        peer_ip: self.peer_ip.clone(),
+                    });
                     self.dispatcher
                         .submit(handle, ScriptKind::Websocket, params, true)
                 }
@@ -595,6 +594,40 @@ impl Handler<CloseSession> for WsSession {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+/// A websocket message's start parameters: `startparam(1)` the session code, `(2)` the
+/// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
+pub struct WsParams {
+    pub code: Arc<str>,
+    pub text: bytestring::ByteString,
+    pub channel_json: Arc<str>,
+    pub peer_ip: Arc<str>,
+}
+
+impl crate::scenario::StartParams for WsParams {
+    fn count(&self) -> usize {
+        4
+    }
+
+    fn get(&self, n: usize) -> Option<String> {
+        Some(match n {
+            // Copies of the text (`to_string` on these types goes through formatting).
+            1 => String::from(&*self.code),
+            2 => String::from(&*self.text),
+            3 => String::from(&*self.channel_json),
+            4 => String::from(&*self.peer_ip),
+            _ => return None,
+        })
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.code.len() + self.text.len() + self.peer_ip.len()
+    }
+
+    fn input_bytes(&self) -> usize {
+        self.text.len()
     }
 }
 

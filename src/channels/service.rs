@@ -6,8 +6,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::validate::{ChannelInput, ValidationError, generate_token};
-use crate::actors::channel::{Apply, Ping, Precompiled, Retire};
 use crate::actors::close_code;
+use crate::actors::handle::{Apply, Ping, Precompiled, Retire};
 use crate::actors::sessions::SessionTable;
 use crate::actors::{ChannelActor, ChannelRegistry, ChannelStats};
 use crate::config::Config;
@@ -402,7 +402,7 @@ impl ChannelService {
         }
         match live.registry.get_by_id(&channel.id) {
             Some(current) => {
-                let _ = current.actor.send(Apply { channel, compiled }).await;
+                let _ = current.actor.apply.send(Apply { channel, compiled }).await;
             }
             None => {
                 let actor = self.start_actor(live, channel, compiled);
@@ -450,7 +450,7 @@ impl ChannelService {
         let Some(handle) = live.registry.get_by_id(id) else {
             return;
         };
-        if handle.actor.send(Retire).await.is_err() {
+        if handle.actor.retire.send(Retire).await.is_err() {
             // The actor is gone: do what it would have done.
             live.registry.remove(id);
             handle

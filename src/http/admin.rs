@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::openapi::{ChannelPage, ErrorResponse, SessionPage};
 use super::read_body;
-use crate::actors::channel::InjectPanic;
+use crate::actors::handle::InjectPanic;
 use crate::channels::{ChannelInput, ChannelView, KIND_EVENTING, KIND_PUBLIC};
 use crate::db::channels::ChannelFilter;
 use crate::http::state::{AppState, DomainState, InDomain};
@@ -310,7 +310,7 @@ async fn inject_panic(
     let handle = state.registry.get_by_id(&id).ok_or_else(|| {
         ApiError::not_found("channel_not_found", "channel is not served on this node")
     })?;
-    let _ = handle.actor.send(InjectPanic).await;
+    let _ = handle.actor.inject_panic.send(InjectPanic).await;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "panicked": true })))
 }
 

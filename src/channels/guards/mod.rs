@@ -1,7 +1,7 @@
 //! A channel's checks before any scenario runs: `allow_ips`, `rate_limit`, `verify`
 //! and `cors` (docs/design-notes.md "Channel guards"). [`settings`] is what the admin
 //! API takes and stores; [`Guards`] is what requests use, built once when the channel
-//! is applied (`actors::channel::ChannelHandle`), so that a channel without guards pays
+//! is applied (`actors::handle::ChannelHandle`), so that a channel without guards pays
 //! one branch on an `Option` per request. The HTTP side is `http::channel_guards`.
 
 pub mod allow;

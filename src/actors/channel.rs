@@ -19,8 +19,7 @@ use std::sync::{Arc, Weak};
 use actix::prelude::*;
 
 use super::handle::{
-    Apply, ChannelHandle, ChannelMailbox, ChannelStats, CurrentVersion, InjectPanic, Ping,
-    Precompiled, Retire,
+    Apply, ChannelHandle, ChannelMailbox, ChannelStats, InjectPanic, Ping, Precompiled, Retire,
 };
 use super::registry::ChannelRegistry;
 use super::sessions::SessionTable;
@@ -194,13 +193,6 @@ impl Handler<Apply> for ChannelActor {
     }
 }
 
-impl Handler<CurrentVersion> for ChannelActor {
-    type Result = i64;
-    fn handle(&mut self, _: CurrentVersion, _: &mut Context<Self>) -> i64 {
-        self.channel.version
-    }
-}
-
 impl Handler<Retire> for ChannelActor {
     type Result = ();
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
@@ -234,7 +226,6 @@ fn mailbox(actor: Addr<ChannelActor>) -> ChannelMailbox {
     ChannelMailbox {
         apply: actor.clone().recipient(),
         retire: actor.clone().recipient(),
-        current_version: actor.clone().recipient(),
         ping: actor.clone().recipient(),
         inject_panic: actor.recipient(),
     }

@@ -195,7 +195,6 @@ pub struct Precompiled {
 pub struct ChannelMailbox {
     pub apply: Recipient<Apply>,
     pub retire: Recipient<Retire>,
-    pub current_version: Recipient<CurrentVersion>,
     pub ping: Recipient<Ping>,
     pub inject_panic: Recipient<InjectPanic>,
 }
@@ -208,11 +207,6 @@ pub struct Apply {
     pub channel: Channel,
     pub compiled: Precompiled,
 }
-
-/// The version of the channel the actor serves (admin view, tests).
-#[derive(Message)]
-#[rtype(result = "i64")]
-pub struct CurrentVersion;
 
 /// The channel was deleted or left this node: taken out of service, its websockets
 /// closed (1001), the actor stopped for good.

@@ -419,8 +419,9 @@ impl Run {
         }
     }
 
-    /// Counts the run and gives its in-flight slot back; its outcome goes to the caller
-    /// first, then its record to the writer (`Record::queue`).
+    /// Counts the run and gives its in-flight slot back. Returns its outcome and its
+    /// record, which the caller queues (`Record::queue`): a pool job after sending the
+    /// outcome to the waiting thread, an inline run before returning it.
     fn finish(
         self,
         outcome: RunResult,

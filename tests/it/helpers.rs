@@ -507,15 +507,16 @@ impl GatewayProcess {
         // that answers with another id is someone else's. A child that exits at start
         // because the port was taken is started again on a new port; any other exit
         // fails the test with what the child wrote.
-        let node_id = match extra.iter().position(|a| a == "--node-id") {
-            Some(i) => extra.get(i + 1).cloned().unwrap_or_default(),
-            None => format!("test-{}", uuid::Uuid::new_v4().simple()),
-        };
+        let given_id = extra
+            .iter()
+            .position(|a| a == "--node-id")
+            .map(|i| extra.get(i + 1).cloned().unwrap_or_default());
+        let own_id = given_id.is_none();
+        let node_id = given_id.unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple()));
         assert!(
             !extra.iter().any(|a| a.starts_with("--node-id=")),
             "pass --node-id and its value as two arguments (the start checks the id)"
         );
-        let own_id = !extra.iter().any(|a| a == "--node-id");
         let binary = env!("CARGO_BIN_EXE_oktell-gateway");
         let client = Client::default();
         // What the child writes to stderr: its log when asked for, else a temp file

@@ -13,7 +13,10 @@
 //! computing or waiting at once, and the thread count is bounded by `threads +
 //! max_admitted`, so a run that starts waiting never blocks on a permit mid-run. A run
 //! whose estimated end (queue ahead of it × recent compute time ÷ slots, plus its own)
-//! is past its budget is refused at once with that estimate (the caller answers 503 + Retry-After).
+//! is past its budget is refused at once with that estimate (the caller answers 503 +
+//! Retry-After). Only runs that run teach a lane its cost, so a lane that refused for
+//! a while lets one run through on its start time alone (a *probe*, [`misses`]):
+//! otherwise a channel whose runs once timed out would be refused for good.
 //!
 //! Fairness: every channel has a [`Lane`]; lanes with work sit in a ring and each turn
 //! takes one run from the lane at the head, so one channel's flood delays another
@@ -57,7 +60,28 @@ struct Queued {
     deadline: Instant,
     /// The compute it was expected to take (µs), counted in `Shared::queued_cost`.
     cost: u64,
+    /// Admitted on its start time alone, to learn its lane's cost again.
+    probe: bool,
 }
+
+/// Whether a run expected to start in `start` and compute for `cost` misses a deadline
+/// `remaining` away. A probe misses only when it cannot even start in time.
+///
+/// Why probes: a lane's cost is learnt only from runs that run. After runs that timed
+/// out, the estimate can fill the whole budget, and every later run would be refused on
+/// it, for good (seen: a websocket session retried its message for as long as a test
+/// waited, after one run of its channel had timed out). So a lane that has not started
+/// a run for [`Lane::claim_probe`]'s period admits one on its start time alone.
+fn misses(start: Duration, cost: Duration, remaining: Duration, probe: bool) -> bool {
+    if probe {
+        start > remaining
+    } else {
+        start.saturating_add(cost) > remaining
+    }
+}
+
+/// The shortest time between two probes of one lane.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Scripts recurse on the native stack: give them room.
 const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
@@ -114,6 +138,9 @@ pub struct Lane {
     /// Deadline of the newest queued run, µs since [`epoch`] (a lock-free look at whether
     /// shedding could refuse anything).
     tail_deadline: AtomicU64,
+    /// When a run of this lane last started (or a probe was admitted), µs since
+    /// [`epoch`].
+    last_start: AtomicU64,
 }
 
 /// A fixed instant that deadlines are counted from in atomics.
@@ -150,6 +177,20 @@ impl Lane {
     /// Recent compute time of one run of this channel (zero until one was measured).
     pub fn recent_compute(&self) -> Duration {
         Duration::from_micros(self.cost_micros.load(Ordering::Relaxed))
+    }
+
+    /// Whether a run that its cost estimate would refuse may go as a probe: no run of
+    /// this lane started for the longer of its cost and [`PROBE_EVERY`]. One claim per
+    /// period, however many callers ask at once.
+    fn claim_probe(&self, cost: Duration, now: Instant) -> bool {
+        let now = micros_since_epoch(now);
+        let last = self.last_start.load(Ordering::Relaxed);
+        let period = cost.max(PROBE_EVERY).as_micros() as u64;
+        now.saturating_sub(last) >= period
+            && self
+                .last_start
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -318,13 +359,18 @@ impl ScenarioPool {
         let before = shared.admitted.fetch_add(1, Ordering::AcqRel);
         let admission = Admission(shared.clone());
         let cost = shared.lane_cost(lane);
-        let finish = shared.finish_estimate(lane.len(), cost);
-        let budget = deadline.saturating_duration_since(Instant::now());
-        if before >= shared.max_admitted || finish > budget {
+        let start = shared.start_estimate(lane.len(), cost);
+        let own = Duration::from_micros(cost);
+        let now = Instant::now();
+        let budget = deadline.saturating_duration_since(now);
+        let probe = misses(start, own, budget, false)
+            && !misses(start, own, budget, true)
+            && lane.claim_probe(own, now);
+        if before >= shared.max_admitted || misses(start, own, budget, probe) {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
             drop(admission);
             return Err(Refused {
-                retry_after: finish.max(Duration::from_secs(1)),
+                retry_after: (start + own).max(Duration::from_secs(1)),
             });
         }
         let job: Job = Box::new(move |start| {
@@ -337,6 +383,7 @@ impl ScenarioPool {
                 job,
                 deadline,
                 cost,
+                probe,
             });
             lane.len.fetch_add(1, Ordering::Relaxed);
             lane.tail_deadline
@@ -407,11 +454,11 @@ impl Shared {
     }
 
     /// When a run behind `ahead_in_lane` runs of its own lane (each costing `own_cost`)
-    /// would end. The lanes are served round-robin, so before it also run at most
+    /// would start. The lanes are served round-robin, so before it also run at most
     /// (ahead_in_lane + 1) runs of each other active lane (at the queue's average cost),
     /// and at most the whole queue; plus what the runs holding the slots have left (half
-    /// a run on average), plus its own compute.
-    fn finish_estimate(&self, ahead_in_lane: usize, own_cost: u64) -> Duration {
+    /// a run on average).
+    fn start_estimate(&self, ahead_in_lane: usize, own_cost: u64) -> Duration {
         let ahead = ahead_in_lane as u64;
         let queued = self.queued.load(Ordering::Relaxed) as u64;
         let queued_cost = self.queued_cost.load(Ordering::Relaxed);
@@ -429,8 +476,7 @@ impl Shared {
         } else {
             0
         };
-        let start = own_lane.saturating_add(other_lanes) / slots + residual;
-        Duration::from_micros(start.saturating_add(own_cost))
+        Duration::from_micros(own_lane.saturating_add(other_lanes) / slots + residual)
     }
 
     /// Refuses the runs at the end of `lane` that can no longer finish by their
@@ -442,7 +488,8 @@ impl Shared {
         if len == 0 {
             return;
         }
-        let finish = self.finish_estimate(len - 1, cost);
+        let own = Duration::from_micros(cost);
+        let finish = self.start_estimate(len - 1, cost) + own;
         if micros_since_epoch(now + finish) <= lane.tail_deadline.load(Ordering::Relaxed) {
             return;
         }
@@ -450,10 +497,12 @@ impl Shared {
         {
             let mut q = lock(&lane.queue);
             while let Some(last) = q.jobs.back() {
-                let finish = self.finish_estimate(q.jobs.len() - 1, cost);
-                if now + finish <= last.deadline {
+                let start = self.start_estimate(q.jobs.len() - 1, cost);
+                let remaining = last.deadline.saturating_duration_since(now);
+                if !misses(start, own, remaining, last.probe) {
                     break;
                 }
+                let finish = start + own;
                 if let Some(last) = q.jobs.pop_back() {
                     lane.len.fetch_sub(1, Ordering::Relaxed);
                     self.queued_cost.fetch_sub(last.cost, Ordering::Relaxed);
@@ -636,11 +685,13 @@ impl Shared {
         }
     }
 
-    fn record_compute(&self, lane: &Lane, took: Duration) -> u64 {
+    /// Adds a run's compute time to the node's and its lane's estimates; a probe's
+    /// replaces its lane's (the estimate it was admitted against was in doubt).
+    fn record_compute(&self, lane: &Lane, took: Duration, probe: bool) -> u64 {
         let sample = took.as_micros().min(u128::from(u32::MAX)) as i64;
         let smooth = |cell: &AtomicU64, weight: i64| {
             let old = cell.load(Ordering::Relaxed) as i64;
-            let new = if old == 0 {
+            let new = if old == 0 || weight == 1 {
                 sample
             } else {
                 old + (sample - old) / weight
@@ -650,7 +701,7 @@ impl Shared {
             new
         };
         smooth(&self.compute_micros, NODE_SMOOTHING);
-        smooth(&lane.cost_micros, LANE_SMOOTHING)
+        smooth(&lane.cost_micros, if probe { 1 } else { LANE_SMOOTHING })
     }
 }
 
@@ -759,17 +810,20 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
     // A run past its deadline, or that can no longer finish in time (its channel's runs
     // cost more than the queue left it), is refused now, quickly, not run into a timeout.
     let cost = lane.cost_micros.load(Ordering::Relaxed);
+    let own = Duration::from_micros(cost);
     let now = Instant::now();
-    if now >= queued.deadline || (cost > 0 && now + Duration::from_micros(cost) > queued.deadline) {
+    let remaining = queued.deadline.saturating_duration_since(now);
+    if remaining.is_zero() || misses(Duration::ZERO, own, remaining, queued.probe) {
         shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
         shared.stats.shed.fetch_add(1, Ordering::Relaxed);
         (queued.job)(Start::Refused(Refused {
-            retry_after: shared
-                .finish_estimate(lane.len(), cost)
+            retry_after: (shared.start_estimate(lane.len(), cost) + own)
                 .max(Duration::from_secs(1)),
         }));
         return;
     }
+    lane.last_start
+        .store(micros_since_epoch(now), Ordering::Relaxed);
     shared.stats.busy.fetch_add(1, Ordering::Relaxed);
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
@@ -777,13 +831,13 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
             w.waited_all = Duration::ZERO;
         }
     });
-    let job = queued.job;
+    let (job, probe) = (queued.job, queued.probe);
     if catch_unwind(AssertUnwindSafe(move || job(Start::Run))).is_err() {
         shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
         slog::error!(shared.logger, "a scenario job panicked; the thread goes on");
     }
     let waited = WORKER.with(|w| w.borrow().as_ref().map_or(Duration::ZERO, |w| w.waited));
-    let cost = shared.record_compute(lane, now.elapsed().saturating_sub(waited));
+    let cost = shared.record_compute(lane, now.elapsed().saturating_sub(waited), probe);
     shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
     shared.stats.completed.fetch_add(1, Ordering::Relaxed);
     shared.shed_hopeless(lane, cost, Instant::now());
@@ -1000,6 +1054,69 @@ mod tests {
             pool.stats().shed.load(Ordering::Relaxed),
             refused.len() as u64
         );
+    }
+
+    #[test]
+    fn a_lane_whose_runs_timed_out_is_not_refused_for_good() {
+        // A run that computes past its whole budget teaches its lane a cost no later
+        // run could meet. Later runs are refused on that estimate for a while, then one
+        // goes as a probe, runs, and teaches the lane its cost again.
+        let pool = ScenarioPool::start(1, 64, logger()).unwrap();
+        let lane = Arc::new(Lane::default());
+        let budget = Duration::from_millis(100);
+        let (tx, rx) = mpsc::channel();
+        let job = |tx: mpsc::Sender<Start>, work: Duration| {
+            move |start| {
+                if start == Start::Run {
+                    std::thread::sleep(work);
+                }
+                tx.send(start).unwrap();
+            }
+        };
+        pool.submit(
+            &lane,
+            Instant::now() + budget,
+            job(tx.clone(), Duration::from_millis(150)),
+        )
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Start::Run);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Recorded once the job has returned.
+        while lane.recent_compute() < budget {
+            assert!(Instant::now() < deadline, "the run's cost was recorded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            pool.submit(
+                &lane,
+                Instant::now() + budget,
+                job(tx.clone(), Duration::ZERO)
+            )
+            .is_err(),
+            "refused on the estimate at first"
+        );
+        loop {
+            let admitted = pool
+                .submit(
+                    &lane,
+                    Instant::now() + budget,
+                    job(tx.clone(), Duration::ZERO),
+                )
+                .is_ok();
+            if admitted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no probe was ever admitted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Start::Run);
+        while lane.recent_compute() >= budget {
+            assert!(
+                Instant::now() < deadline,
+                "the probe taught the lane its cost"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

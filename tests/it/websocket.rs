@@ -32,11 +32,15 @@ async fn refused_status(app: &TestApp, token: &str) -> u16 {
     }
 }
 
+/// Reads the next text frame, skipping pings and pongs, within one overall
+/// deadline (the server pings more often than `WAIT`, so a per-frame timeout
+/// would never fire).
 pub async fn next_text(ws: &mut Ws) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .expect("a frame in time")
+            .expect("a text frame in time")
             .expect("stream open")
             .expect("frame reads");
         match msg {
@@ -49,10 +53,11 @@ pub async fn next_text(ws: &mut Ws) -> String {
 
 /// Reads until the server's close frame; returns its code and reason.
 pub async fn next_close(ws: &mut Ws) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .expect("a frame in time");
+            .expect("a close frame in time");
         match msg {
             Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
                 return (u16::from(code), reason.to_string());

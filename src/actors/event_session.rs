@@ -15,8 +15,7 @@ use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
 use super::broker::{Deliver, EventBroker, Overflowed, Subscribe, Unsubscribe};
-use super::sessions::{LiveTypes, SessionSlot, SessionTable};
-use super::ws_session::{CloseSession, NodeSlot};
+use super::sessions::{CloseSession, LiveTypes, NodeSlot, SessionSlot, SessionTable};
 use crate::channels::rfc3339_millis;
 use crate::db::models::Event;
 use crate::db::{Database, events as log};
@@ -387,7 +386,7 @@ impl Actor for EventSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.parts
             .sessions
-            .insert_subscriber(self.id, ctx.address());
+            .insert_subscriber(self.id, ctx.address().recipient());
         ctx.run_interval(self.parts.heartbeat_interval, |act, ctx| {
             if act.last_pong.elapsed() > act.parts.heartbeat_timeout {
                 act.close(ctx, 1001, "heartbeat timeout".into());

@@ -4,15 +4,43 @@
 //! channel, across versions of its settings.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use actix::Addr;
+use actix::{Message, Recipient};
 use dashmap::DashMap;
 use serde::Serialize;
 
-use super::event_session::EventSession;
-use super::ws_backlog::OutboundBudget;
-use super::ws_session::{CloseSession, Push, WsSession};
+use super::ws_backlog::{Frame, OutboundBudget};
+
+/// What the table (for scenarios, the admin API and the channel's lifecycle) sends to a
+/// websocket session. The table holds sessions as recipients of these, not as actors of
+/// a type, so it does not depend on the session actors (which depend on it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A text frame for the client (from `ws_send`, `ws_broadcast` or the admin API),
+    /// encoded once: a broadcast's sessions share it.
+    Push(Frame),
+    Close(CloseSession),
+}
+
+/// Close the session (or event subscriber) with a close code and reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Holds one place in the node's count of sessions (or of event subscribers); gives it
+/// back when the session ends.
+pub struct NodeSlot(pub Arc<AtomicUsize>);
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Counters of one session.
 #[derive(Debug, Default)]
@@ -25,7 +53,7 @@ pub struct SessionCounters {
 }
 
 pub struct SessionEntry {
-    pub addr: Addr<WsSession>,
+    pub addr: Recipient<ToSession>,
     /// Shared with the session (one copy per session).
     pub peer_ip: Arc<str>,
     pub connected_at: i64,
@@ -121,7 +149,7 @@ pub struct SessionTable {
     reserved: Arc<std::sync::atomic::AtomicUsize>,
     /// Open event subscribers (`/ws/token/v1/{token}/subscribe`) of an eventing
     /// channel: closed with the channel, like sessions, and limited the same way.
-    subscribers: DashMap<u64, Addr<EventSession>>,
+    subscribers: DashMap<u64, Recipient<CloseSession>>,
     subscribers_reserved: Arc<std::sync::atomic::AtomicUsize>,
     event_types: Arc<LiveTypes>,
     /// The node's outbound budget: frames pushed to sessions are encoded against it.
@@ -161,7 +189,7 @@ impl SessionTable {
         (before < max).then_some(slot)
     }
 
-    pub fn insert_subscriber(&self, id: u64, addr: Addr<EventSession>) {
+    pub fn insert_subscriber(&self, id: u64, addr: Recipient<CloseSession>) {
         self.subscribers.insert(id, addr);
     }
 
@@ -308,7 +336,9 @@ impl SessionTable {
     pub fn send(&self, code: &str, text: &str) -> bool {
         match self.sessions.get(code) {
             Some(entry) => {
-                entry.addr.do_send(Push(self.outbound.text(text)));
+                entry
+                    .addr
+                    .do_send(ToSession::Push(self.outbound.text(text)));
                 true
             }
             None => false,
@@ -323,7 +353,7 @@ impl SessionTable {
         let frame = self.outbound.text(text);
         let mut n = 0;
         for entry in self.sessions.iter() {
-            entry.addr.do_send(Push(frame.clone()));
+            entry.addr.do_send(ToSession::Push(frame.clone()));
             n += 1;
         }
         n
@@ -332,10 +362,10 @@ impl SessionTable {
     pub fn close(&self, code: &str, close_code: u16, reason: &str) -> bool {
         match self.sessions.get(code) {
             Some(entry) => {
-                entry.addr.do_send(CloseSession {
+                entry.addr.do_send(ToSession::Close(CloseSession {
                     code: close_code,
                     reason: reason.to_string(),
-                });
+                }));
                 true
             }
             None => false,
@@ -345,10 +375,10 @@ impl SessionTable {
     /// Closes the public websocket sessions.
     pub fn close_sessions(&self, close_code: u16, reason: &str) {
         for entry in self.sessions.iter() {
-            entry.addr.do_send(CloseSession {
+            entry.addr.do_send(ToSession::Close(CloseSession {
                 code: close_code,
                 reason: reason.to_string(),
-            });
+            }));
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use bytestring::ByteString;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,7 +22,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use super::close_code;
 use super::handle::{ChannelHandle, ChannelStats, ScriptKind};
 use super::registry::ChannelRegistry;
-use super::sessions::{SessionCounters, SessionEntry, SessionTable};
+use super::sessions::{NodeSlot, SessionCounters, SessionEntry, SessionTable, ToSession};
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
@@ -89,15 +89,6 @@ pub struct WsLimits {
     pub queue_bytes: usize,
     /// A run's own deadline, plus a margin: how long a session waits for a reply.
     pub run_timeout: Duration,
-}
-
-/// Holds one place in the node's session count; gives it back when the session ends.
-pub struct NodeSlot(pub Arc<AtomicUsize>);
-
-impl Drop for NodeSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 pub struct WsSession {
@@ -499,7 +490,7 @@ impl Actor for WsSession {
         self.sessions.insert(
             self.code.clone(),
             SessionEntry {
-                addr: ctx.address(),
+                addr: ctx.address().recipient(),
                 peer_ip: self.peer_ip.clone(),
                 connected_at: crate::db::now_millis(),
                 counters: self.counters.clone(),
@@ -569,31 +560,13 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
     }
 }
 
-/// A text frame for the client (from `ws_send`, `ws_broadcast` or the admin API),
-/// encoded once: a broadcast's sessions share it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Push(pub Frame);
-
-impl Handler<Push> for WsSession {
+impl Handler<ToSession> for WsSession {
     type Result = ();
-    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        self.send_frame(ctx, &msg.0);
-    }
-}
-
-/// Close the session with a close code and reason.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: u16,
-    pub reason: String,
-}
-
-impl Handler<CloseSession> for WsSession {
-    type Result = ();
-    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        self.close(ctx, msg.code, &msg.reason);
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Push(frame) => self.send_frame(ctx, &frame),
+            ToSession::Close(close) => self.close(ctx, close.code, &close.reason),
+        }
     }
 }
 

@@ -13,8 +13,9 @@ use super::webhook::client_ip;
 use super::ws_frames::{FrameGuard, Refused};
 
 use crate::actors::event_session::{EventSession, EventSessionParts};
+use crate::actors::sessions::NodeSlot;
 use crate::actors::ws_backlog;
-use crate::actors::ws_session::{NodeSlot, WsLimits, WsSession, WsSessionParts};
+use crate::actors::ws_session::{WsLimits, WsSession, WsSessionParts};
 use crate::channels::KIND_PUBLIC;
 use crate::http::state::AppState;
 

@@ -44,7 +44,7 @@ use ws_client::{error_kind, percentile_ms};
 #[allow(dead_code)]
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
-use proc_stats::rss_kib;
+use proc_stats::{cpu_ms, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -504,6 +504,9 @@ async fn run(args: Args) -> Value {
     let mut events_incomplete = Vec::new();
     let mut complete_us: Vec<Option<u64>> = Vec::new();
     let phase2_started = Instant::now();
+    // CPU used during the publishing phase, by the server and by this client: on a
+    // machine whose cores both share, which of the two bounds the fan-out.
+    let cpu_before = (cpu_ms(args.pid), cpu_ms(None));
     if !timed_out {
         for k in 0..total_events {
             let t0 = Instant::now();
@@ -563,6 +566,13 @@ async fn run(args: Args) -> Value {
         }
     }
     let phase2_s = phase2_started.elapsed().as_secs_f64();
+    let cpu_after = (cpu_ms(args.pid), cpu_ms(None));
+    let published = st.published.len().max(1) as f64;
+    let per_event = |before: Option<u64>, after: Option<u64>| {
+        Some(after?.saturating_sub(before?) as f64 / published)
+    };
+    let server_cpu_ms_per_event = per_event(cpu_before.0, cpu_after.0);
+    let client_cpu_ms_per_event = per_event(cpu_before.1, cpu_after.1);
     // Late, duplicate or stray frames.
     drain_for(&mut rx, &mut st, Duration::from_millis(500)).await;
     let rss_after = rss_kib(args.pid);
@@ -645,6 +655,8 @@ async fn run(args: Args) -> Value {
         "ack_p99_ms": round(percentile_ms(&acks_us, 99.0)),
         "ack_max_ms": round(acks_us.last().map(|&u| ms(u))),
         "publish_phase_s": round(Some(phase2_s)),
+        "server_cpu_ms_per_event": round(server_cpu_ms_per_event),
+        "client_cpu_ms_per_event": round(client_cpu_ms_per_event),
         "server_pid": args.pid,
         "rss_before_kib": rss_before,
         "rss_held_kib": rss_held,

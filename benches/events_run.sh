@@ -156,7 +156,8 @@ print(f'[events-bench] {r["label"]}: held {r["held_at_end"]}/{r["subscribers"]} 
       f'(connect errors {r["connect_errors"]}, subscribe errors {r["subscribe_errors"]}, lost {r["lost"]}), '
       f'deliveries {r["deliveries"]}/{r["deliveries_expected"]}, fan-out p50 {r["fanout_p50_ms"]} ms, '
       f'p99 {r["fanout_p99_ms"]} ms, max {r["fanout_max_ms"]} ms, complete p50 {r["complete_p50_ms"]} ms, '
-      f'ack p50 {r["ack_p50_ms"]} ms' + (" TIMED OUT" if r["timed_out"] else ""))
+      f'ack p50 {r["ack_p50_ms"]} ms; CPU per event: gateway {r["server_cpu_ms_per_event"]} ms, '
+      f'client {r["client_cpu_ms_per_event"]} ms' + (" TIMED OUT" if r["timed_out"] else ""))
 PY
     stop_pid "$GATEWAY_PID"
 }
@@ -239,7 +240,8 @@ for key in backends.split():
                    f'{r["deliveries_expected"]:,}; fan-out p90 {fmt(r["fanout_p90_ms"])} ms; '
                    f'complete fan-out max {fmt(r["complete_max_ms"])} ms, per event (ms): {per_event}; '
                    f'warm-up event complete (ms): {", ".join(fmt(v) for v in r["warmup_complete_ms"]) or "none"}; '
-                   f'publish ack p99 {fmt(r["ack_p99_ms"])} ms{rss}')
+                   f'publish ack p99 {fmt(r["ack_p99_ms"])} ms; CPU per published event (ms): '
+                   f'gateway {fmt(r["server_cpu_ms_per_event"])}, load client {fmt(r["client_cpu_ms_per_event"])}{rss}')
 table = "\n".join([
     "| backend | subscribers held | events | fan-out p50 ms | p99 ms | max ms | complete fan-out p50 ms | publish ack p50 ms |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -34,6 +34,8 @@ mod fixed_rate;
 #[path = "shared/ws_client.rs"]
 mod ws_client;
 use ws_client::{error_kind, percentile_ms};
+// The server's RSS and descriptors: its CPU is not reported here.
+#[allow(dead_code)]
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
 use proc_stats::{fd_count, rss_kib};

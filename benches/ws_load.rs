@@ -23,7 +23,7 @@ mod ws_client;
 use ws_client::{error_kind, percentile_ms};
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
-use proc_stats::{fd_count, rss_kib};
+use proc_stats::{cpu_ms, fd_count, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -369,6 +369,9 @@ async fn main() {
         "[ws_load {}] {} sessions held; {} round trips each, all at once",
         args.label, held_before_messages, args.messages
     );
+    // CPU of the server and of this client over the round trips: per message, the
+    // figure that decides a ratio when both share the machine's cores.
+    let cpu_before = (cpu_ms(args.pid), cpu_ms(None));
     let _ = start_tx.send(true);
     let messages_started = Instant::now();
     // Every connected session ends phase 2 with Done, Failed, or Lost before the start.
@@ -383,6 +386,7 @@ async fn main() {
         }
     }
     let wall_s = messages_started.elapsed().as_secs_f64();
+    let cpu_after = (cpu_ms(args.pid), cpu_ms(None));
 
     // Sessions still held after the messages (give the server a moment to drop any).
     drain_for(&mut rx, &mut st, Duration::from_millis(500)).await;
@@ -421,6 +425,10 @@ async fn main() {
         _ => None,
     };
     let round = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
+    let us_per_message = |before: Option<u64>, after: Option<u64>| {
+        (total > 0).then_some(())?;
+        Some(after?.saturating_sub(before?) as f64 * 1000.0 / total as f64)
+    };
     let result = json!({
         "label": args.label,
         "url": args.url,
@@ -449,6 +457,8 @@ async fn main() {
         "p99_ms": round(percentile_ms(&latencies, 99.0)),
         "max_ms": round(latencies.last().map(|&u| u as f64 / 1000.0)),
         "server_pid": args.pid,
+        "server_cpu_us_per_message": round(us_per_message(cpu_before.0, cpu_after.0)),
+        "client_cpu_us_per_message": round(us_per_message(cpu_before.1, cpu_after.1)),
         "rss_before_kib": rss_before,
         "rss_held_kib": rss_held,
         "rss_after_messages_kib": rss_after,

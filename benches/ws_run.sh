@@ -131,7 +131,8 @@ print(f'[ws-bench] {r["label"]}: held {r["held_at_end"]}/{r["sessions"]} '
       f'(connect errors {r["connect_errors"]}, lost {r["lost"]}, failed {r["sessions_failed"]}), '
       f'echoes {r["round_trips"]}/{r["round_trips_expected"]}, other replies {r["other_replies"]} {r["other_reply_kinds"] or ""}, '
       f'{r["rss_per_conn_kib"]} KiB/session, {r["msgs_per_s"]:.0f} msgs/s, '
-      f'p50 {r["p50_ms"]} ms, p99 {r["p99_ms"]} ms'
+      f'p50 {r["p50_ms"]} ms, p99 {r["p99_ms"]} ms, CPU per message: server '
+      f'{r["server_cpu_us_per_message"]} us, client {r["client_cpu_us_per_message"]} us'
       + (" TIMED OUT" if r["timed_out"] else ""))
 PY
 }
@@ -186,7 +187,8 @@ for key, _ in labels:
     m = lambda f: statistics.median(r[f] for r in runs[key] if r[f] is not None) \
         if any(r[f] is not None for r in runs[key]) else float("nan")
     med[key] = {f: m(f) for f in ["held_at_end", "rss_per_conn_kib", "rss_per_conn_after_messages_kib",
-                                  "msgs_per_s", "p50_ms", "p99_ms", "connect_s"]}
+                                  "msgs_per_s", "p50_ms", "p99_ms", "connect_s",
+                                  "server_cpu_us_per_message", "client_cpu_us_per_message"]}
     med[key]["runs"] = [r["msgs_per_s"] for r in runs[key]]
     med[key]["rss"] = [(r["rss_before_kib"], r["rss_held_kib"], r["rss_after_messages_kib"]) for r in runs[key]]
 
@@ -206,6 +208,10 @@ table = "\n".join([
     *rows,
     "",
     f"gateway / bare: msgs/s **{ratio:.0%}**, RSS per session {rss_ratio:.1f}x.",
+    "",
+    "CPU per round trip over the round trips (medians, µs): "
+    + "; ".join(f'{name}: server {med[key]["server_cpu_us_per_message"]:.1f}, '
+                f'load client {med[key]["client_cpu_us_per_message"]:.1f}' for key, name in labels) + ".",
 ])
 rss_lines = "\n".join(
     f"  - {key}: RSS before / held / after messages (KiB): "

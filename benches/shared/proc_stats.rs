@@ -18,3 +18,22 @@ pub fn fd_count(pid: Option<u32>) -> Option<usize> {
             .count(),
     )
 }
+
+/// CPU time (user + system) a process has used so far, in ms; `None` as the pid reads
+/// this process.
+pub fn cpu_ms(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces): state is the 3rd field of the
+    // line, utime the 14th and stime the 15th.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    Some((utime + stime) * 1000 / ticks)
+}

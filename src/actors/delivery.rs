@@ -28,7 +28,7 @@ use crate::db::subscriptions::{
 };
 use crate::db::{Database, Urgency, events as log, now_millis};
 use crate::events::DeliveriesDue;
-use crate::events::webhooks::signature_header;
+use crate::events::signing::signature_header;
 use crate::net::targets::{CheckedResolver, check_literal};
 
 /// First bytes of a response kept with an attempt.

@@ -4,6 +4,7 @@
 
 pub mod patterns;
 pub mod protocol;
+pub mod signing;
 pub mod subscriptions;
 pub mod webhooks;
 

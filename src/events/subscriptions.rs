@@ -6,7 +6,8 @@ use crate::channels::ValidationError;
 use crate::db::models::Subscription;
 use crate::db::{Database, StoreError, events as log, now_millis, subscriptions as rows};
 
-use super::webhooks::{SubscriptionInput, new_secret};
+use super::signing::new_secret;
+use super::webhooks::SubscriptionInput;
 
 /// Subscriptions one channel may have.
 pub const MAX_PER_CHANNEL: usize = 100;

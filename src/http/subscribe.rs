@@ -9,8 +9,9 @@ use super::read_body;
 use crate::channels::{KIND_EVENTING, ValidationError};
 use crate::db::models::Subscription;
 use crate::db::{now_millis, subscriptions as rows};
+use crate::events::signing::new_secret;
 use crate::events::subscriptions::{SubscriptionError, SubscriptionService};
-use crate::events::webhooks::{SubscriptionInput, SubscriptionView, new_secret};
+use crate::events::webhooks::{SubscriptionInput, SubscriptionView};
 use crate::http::state::AppState;
 
 /// The old secret keeps signing beside the new one this long after a rotation.

@@ -251,6 +251,9 @@ impl Dispatcher {
         let job = move |start: Start| {
             // A waiting caller that already gave up (timeout, disconnect) needs no run.
             if tx.as_ref().is_some_and(|tx| tx.is_closed()) {
+                if start == Start::Run {
+                    crate::scenario::pool::not_run();
+                }
                 return;
             }
             // Refused in the queue (past its deadline, or its channel's runs cost more

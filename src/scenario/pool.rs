@@ -31,7 +31,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -82,6 +82,10 @@ fn misses(start: Duration, cost: Duration, remaining: Duration, probe: bool) -> 
 
 /// The shortest time between two probes of one lane.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Doublings of the time between probes after probes that ran out of time: a channel
+/// whose runs always time out gets a probe every 8 × max(its cost, 1 s) at most, not a
+/// compute slot for good.
+const MAX_PROBE_BACKOFF: u8 = 3;
 
 /// Scripts recurse on the native stack: give them room.
 const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
@@ -141,6 +145,9 @@ pub struct Lane {
     /// When a run of this lane last started (or a probe was admitted), µs since
     /// [`epoch`].
     last_start: AtomicU64,
+    /// Probes in a row that ran out of their time (each doubles the next probe's wait,
+    /// up to [`MAX_PROBE_BACKOFF`] doublings).
+    probe_misses: AtomicU8,
 }
 
 /// A fixed instant that deadlines are counted from in atomics.
@@ -180,12 +187,17 @@ impl Lane {
     }
 
     /// Whether a run that its cost estimate would refuse may go as a probe: no run of
-    /// this lane started for the longer of its cost and [`PROBE_EVERY`]. One claim per
-    /// period, however many callers ask at once.
+    /// this lane started for the longer of its cost and [`PROBE_EVERY`] (doubled for
+    /// each probe in a row that ran out of time). One claim per period, however many
+    /// callers ask at once.
     fn claim_probe(&self, cost: Duration, now: Instant) -> bool {
         let now = micros_since_epoch(now);
         let last = self.last_start.load(Ordering::Relaxed);
-        let period = cost.max(PROBE_EVERY).as_micros() as u64;
+        let backoff = self
+            .probe_misses
+            .load(Ordering::Relaxed)
+            .min(MAX_PROBE_BACKOFF);
+        let period = (cost.max(PROBE_EVERY).as_micros() as u64) << backoff;
         now.saturating_sub(last) >= period
             && self
                 .last_start
@@ -296,6 +308,8 @@ struct WorkerCtx {
     /// Time spent in all waits during the current job (also those that kept the slot:
     /// no spare thread), as execution records report it.
     waited_all: Duration,
+    /// The current job said it did not run after all ([`not_run`]).
+    not_run: bool,
 }
 
 thread_local! {
@@ -363,10 +377,13 @@ impl ScenarioPool {
         let own = Duration::from_micros(cost);
         let now = Instant::now();
         let budget = deadline.saturating_duration_since(now);
-        let probe = misses(start, own, budget, false)
+        let full = before >= shared.max_admitted;
+        // Claimed only by a run that is then admitted: a refusal must not use it up.
+        let probe = !full
+            && misses(start, own, budget, false)
             && !misses(start, own, budget, true)
             && lane.claim_probe(own, now);
-        if before >= shared.max_admitted || misses(start, own, budget, probe) {
+        if full || misses(start, own, budget, probe) {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
             drop(admission);
             return Err(Refused {
@@ -689,16 +706,21 @@ impl Shared {
     /// replaces its lane's (the estimate it was admitted against was in doubt).
     fn record_compute(&self, lane: &Lane, took: Duration, probe: bool) -> u64 {
         let sample = took.as_micros().min(u128::from(u32::MAX)) as i64;
+        // fetch_update: a run ending at the same moment on another thread does not
+        // overwrite this sample with one computed from the value before it.
         let smooth = |cell: &AtomicU64, weight: i64| {
-            let old = cell.load(Ordering::Relaxed) as i64;
-            let new = if old == 0 || weight == 1 {
-                sample
-            } else {
-                old + (sample - old) / weight
+            let step = |old: u64| {
+                let old = old as i64;
+                let new = if old == 0 || weight == 1 {
+                    sample
+                } else {
+                    old + (sample - old) / weight
+                };
+                new.max(1) as u64
             };
-            let new = new.max(1) as u64;
-            cell.store(new, Ordering::Relaxed);
-            new
+            match cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| Some(step(old))) {
+                Ok(old) | Err(old) => step(old),
+            }
         };
         smooth(&self.compute_micros, NODE_SMOOTHING);
         smooth(&lane.cost_micros, if probe { 1 } else { LANE_SMOOTHING })
@@ -753,6 +775,7 @@ fn work(shared: Arc<Shared>, role: usize) {
             role: Some(role),
             waited: Duration::ZERO,
             waited_all: Duration::ZERO,
+            not_run: false,
         })
     });
     let mut idle_since: Option<Instant> = None;
@@ -822,25 +845,55 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
         }));
         return;
     }
+    // fetch_max: a probe claimed a moment ago keeps its (later) mark.
     lane.last_start
-        .store(micros_since_epoch(now), Ordering::Relaxed);
+        .fetch_max(micros_since_epoch(now), Ordering::Relaxed);
     shared.stats.busy.fetch_add(1, Ordering::Relaxed);
     WORKER.with(|w| {
         if let Some(w) = w.borrow_mut().as_mut() {
             w.waited = Duration::ZERO;
             w.waited_all = Duration::ZERO;
+            w.not_run = false;
         }
     });
-    let (job, probe) = (queued.job, queued.probe);
+    let (job, probe, deadline) = (queued.job, queued.probe, queued.deadline);
     if catch_unwind(AssertUnwindSafe(move || job(Start::Run))).is_err() {
         shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
         slog::error!(shared.logger, "a scenario job panicked; the thread goes on");
     }
-    let waited = WORKER.with(|w| w.borrow().as_ref().map_or(Duration::ZERO, |w| w.waited));
-    let cost = shared.record_compute(lane, now.elapsed().saturating_sub(waited), probe);
+    let (waited, ran) = WORKER.with(|w| {
+        w.borrow()
+            .as_ref()
+            .map_or((Duration::ZERO, true), |w| (w.waited, !w.not_run))
+    });
+    let ended = Instant::now();
+    // A job that did not run (its caller had gone) teaches nothing about its lane.
+    let cost = if ran {
+        if probe {
+            let missed = ended >= deadline;
+            let _ = lane
+                .probe_misses
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(if missed { n.saturating_add(1) } else { 0 })
+                });
+        }
+        shared.record_compute(lane, now.elapsed().saturating_sub(waited), probe)
+    } else {
+        lane.cost_micros.load(Ordering::Relaxed)
+    };
     shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
     shared.stats.completed.fetch_add(1, Ordering::Relaxed);
-    shared.shed_hopeless(lane, cost, Instant::now());
+    shared.shed_hopeless(lane, cost, ended);
+}
+
+/// Called by a job that was told to run but did not (its caller had gone): its time is
+/// not its lane's cost.
+pub fn not_run() {
+    WORKER.with(|w| {
+        if let Some(w) = w.borrow_mut().as_mut() {
+            w.not_run = true;
+        }
+    });
 }
 
 /// Time the job running on this thread has spent in waits so far ([`blocking`]):
@@ -1063,7 +1116,7 @@ mod tests {
         // goes as a probe, runs, and teaches the lane its cost again.
         let pool = ScenarioPool::start(1, 64, logger()).unwrap();
         let lane = Arc::new(Lane::default());
-        let budget = Duration::from_millis(100);
+        let budget = Duration::from_millis(300);
         let (tx, rx) = mpsc::channel();
         let job = |tx: mpsc::Sender<Start>, work: Duration| {
             move |start| {
@@ -1073,29 +1126,34 @@ mod tests {
                 tx.send(start).unwrap();
             }
         };
+        let first = Instant::now();
         pool.submit(
             &lane,
-            Instant::now() + budget,
-            job(tx.clone(), Duration::from_millis(150)),
+            first + budget,
+            job(tx.clone(), Duration::from_millis(400)),
         )
         .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Start::Run);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         // Recorded once the job has returned.
         while lane.recent_compute() < budget {
             assert!(Instant::now() < deadline, "the run's cost was recorded");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(
-            pool.submit(
+        let refused = pool
+            .submit(
                 &lane,
                 Instant::now() + budget,
-                job(tx.clone(), Duration::ZERO)
+                job(tx.clone(), Duration::ZERO),
             )
-            .is_err(),
-            "refused on the estimate at first"
-        );
+            .is_err();
+        // The first probe may go once the first run started a period (1 s) ago.
+        if first.elapsed() < PROBE_EVERY {
+            assert!(refused, "refused on the estimate at first");
+        }
+        // Until a run runs: refused at admission, or (on a slow machine) at its turn.
         loop {
+            assert!(Instant::now() < deadline, "no probe ever ran");
             let admitted = pool
                 .submit(
                     &lane,
@@ -1103,13 +1161,11 @@ mod tests {
                     job(tx.clone(), Duration::ZERO),
                 )
                 .is_ok();
-            if admitted {
+            if admitted && rx.recv_timeout(Duration::from_secs(5)).unwrap() == Start::Run {
                 break;
             }
-            assert!(Instant::now() < deadline, "no probe was ever admitted");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Start::Run);
         while lane.recent_compute() >= budget {
             assert!(
                 Instant::now() < deadline,
@@ -1117,6 +1173,44 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn probes_are_one_per_period_and_back_off_after_misses() {
+        let lane = Lane::default();
+        let ms = Duration::from_millis;
+        let t0 = epoch() + Duration::from_secs(100);
+        lane.last_start
+            .store(micros_since_epoch(t0), Ordering::Relaxed);
+        let cost = ms(1500);
+        assert!(
+            !lane.claim_probe(cost, t0 + ms(1499)),
+            "a period is the cost"
+        );
+        assert!(lane.claim_probe(cost, t0 + ms(1500)));
+        assert!(
+            !lane.claim_probe(cost, t0 + ms(1500)),
+            "one claim per period"
+        );
+        let t1 = t0 + ms(1500);
+        assert!(
+            lane.claim_probe(ms(10), t1 + PROBE_EVERY),
+            "at least PROBE_EVERY apart"
+        );
+        let t2 = t1 + PROBE_EVERY;
+        lane.probe_misses.store(2, Ordering::Relaxed);
+        assert!(
+            !lane.claim_probe(cost, t2 + ms(5999)),
+            "two misses: 4 periods"
+        );
+        assert!(lane.claim_probe(cost, t2 + ms(6000)));
+        let t3 = t2 + ms(6000);
+        lane.probe_misses.store(200, Ordering::Relaxed);
+        assert!(
+            !lane.claim_probe(cost, t3 + ms(11_999)),
+            "at most 8 periods"
+        );
+        assert!(lane.claim_probe(cost, t3 + ms(12_000)));
     }
 
     #[test]

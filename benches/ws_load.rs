@@ -23,7 +23,7 @@ mod ws_client;
 use ws_client::{error_kind, percentile_ms};
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
-use proc_stats::{cpu_ms, fd_count, rss_kib};
+use proc_stats::{cpu_ms, fd_count, own_cpu_ms, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -371,7 +371,7 @@ async fn main() {
     );
     // CPU of the server and of this client over the round trips: per message, the
     // figure that decides a ratio when both share the machine's cores.
-    let cpu_before = (cpu_ms(args.pid), cpu_ms(None));
+    let cpu_before = (cpu_ms(args.pid), own_cpu_ms());
     let _ = start_tx.send(true);
     let messages_started = Instant::now();
     // Every connected session ends phase 2 with Done, Failed, or Lost before the start.
@@ -386,7 +386,7 @@ async fn main() {
         }
     }
     let wall_s = messages_started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_ms(args.pid), cpu_ms(None));
+    let cpu_after = (cpu_ms(args.pid), own_cpu_ms());
 
     // Sessions still held after the messages (give the server a moment to drop any).
     drain_for(&mut rx, &mut st, Duration::from_millis(500)).await;

@@ -19,13 +19,18 @@ pub fn fd_count(pid: Option<u32>) -> Option<usize> {
     )
 }
 
-/// CPU time (user + system) a process has used so far, in ms; `None` as the pid reads
-/// this process.
+/// CPU time (user + system) a process has used so far, in ms (`None` without a pid, as
+/// the other readings).
 pub fn cpu_ms(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/stat"),
-        None => "/proc/self/stat".to_string(),
-    };
+    stat_cpu_ms(&format!("/proc/{}/stat", pid?))
+}
+
+/// CPU time (user + system) this process has used so far, in ms.
+pub fn own_cpu_ms() -> Option<u64> {
+    stat_cpu_ms("/proc/self/stat")
+}
+
+fn stat_cpu_ms(path: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command (which may hold spaces): state is the 3rd field of the
     // line, utime the 14th and stime the 15th.

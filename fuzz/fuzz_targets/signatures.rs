@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oktell_gateway::events::webhooks::sign;
+use oktell_gateway::events::signing::sign;
 use oktell_gateway::scenario::script_crypto;
 use rhai::{Blob, Dynamic, Engine, Map, Scope};
 

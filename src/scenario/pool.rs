@@ -1135,18 +1135,23 @@ mod tests {
         .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Start::Run);
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Recorded once the job has returned.
-        while lane.recent_compute() < budget {
-            assert!(Instant::now() < deadline, "the run's cost was recorded");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let refused = pool
-            .submit(
+        // A run's cost is recorded once its job has returned.
+        let cost_becomes = |what: &str, ok: &dyn Fn(Duration) -> bool| {
+            while !ok(lane.recent_compute()) {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        cost_becomes("the run's cost was recorded", &|c| c >= budget);
+        let submit = || {
+            pool.submit(
                 &lane,
                 Instant::now() + budget,
                 job(tx.clone(), Duration::ZERO),
             )
-            .is_err();
+            .is_ok()
+        };
+        let refused = !submit();
         // The first probe may go once the first run started a period (1 s) ago.
         if first.elapsed() < PROBE_EVERY {
             assert!(refused, "refused on the estimate at first");
@@ -1154,25 +1159,12 @@ mod tests {
         // Until a run runs: refused at admission, or (on a slow machine) at its turn.
         loop {
             assert!(Instant::now() < deadline, "no probe ever ran");
-            let admitted = pool
-                .submit(
-                    &lane,
-                    Instant::now() + budget,
-                    job(tx.clone(), Duration::ZERO),
-                )
-                .is_ok();
-            if admitted && rx.recv_timeout(Duration::from_secs(5)).unwrap() == Start::Run {
+            if submit() && rx.recv_timeout(Duration::from_secs(5)).unwrap() == Start::Run {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        while lane.recent_compute() >= budget {
-            assert!(
-                Instant::now() < deadline,
-                "the probe taught the lane its cost"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        cost_becomes("the probe taught the lane its cost", &|c| c < budget);
     }
 
     #[test]

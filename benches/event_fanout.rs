@@ -44,7 +44,7 @@ use ws_client::{error_kind, percentile_ms};
 #[allow(dead_code)]
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
-use proc_stats::{cpu_ms, own_cpu_ms, rss_kib};
+use proc_stats::{CpuSpan, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -506,7 +506,7 @@ async fn run(args: Args) -> Value {
     let phase2_started = Instant::now();
     // CPU used during the publishing phase, by the server and by this client: on a
     // machine whose cores both share, which of the two bounds the fan-out.
-    let cpu_before = (cpu_ms(args.pid), own_cpu_ms());
+    let cpu = CpuSpan::start(args.pid);
     if !timed_out {
         for k in 0..total_events {
             let t0 = Instant::now();
@@ -566,13 +566,7 @@ async fn run(args: Args) -> Value {
         }
     }
     let phase2_s = phase2_started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_ms(args.pid), own_cpu_ms());
-    let published = st.published.len().max(1) as f64;
-    let per_event = |before: Option<u64>, after: Option<u64>| {
-        Some(after?.saturating_sub(before?) as f64 / published)
-    };
-    let server_cpu_ms_per_event = per_event(cpu_before.0, cpu_after.0);
-    let client_cpu_ms_per_event = per_event(cpu_before.1, cpu_after.1);
+    let (server_cpu_ms_per_event, client_cpu_ms_per_event) = cpu.used().per(st.published.len());
     // Late, duplicate or stray frames.
     drain_for(&mut rx, &mut st, Duration::from_millis(500)).await;
     let rss_after = rss_kib(args.pid);

@@ -23,7 +23,7 @@ mod ws_client;
 use ws_client::{error_kind, percentile_ms};
 #[path = "shared/proc_stats.rs"]
 mod proc_stats;
-use proc_stats::{cpu_ms, fd_count, own_cpu_ms, rss_kib};
+use proc_stats::{CpuSpan, fd_count, rss_kib};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -371,7 +371,7 @@ async fn main() {
     );
     // CPU of the server and of this client over the round trips: per message, the
     // figure that decides a ratio when both share the machine's cores.
-    let cpu_before = (cpu_ms(args.pid), own_cpu_ms());
+    let cpu = CpuSpan::start(args.pid);
     let _ = start_tx.send(true);
     let messages_started = Instant::now();
     // Every connected session ends phase 2 with Done, Failed, or Lost before the start.
@@ -386,7 +386,7 @@ async fn main() {
         }
     }
     let wall_s = messages_started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_ms(args.pid), own_cpu_ms());
+    let cpu_used = cpu.used();
 
     // Sessions still held after the messages (give the server a moment to drop any).
     drain_for(&mut rx, &mut st, Duration::from_millis(500)).await;
@@ -425,10 +425,8 @@ async fn main() {
         _ => None,
     };
     let round = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
-    let us_per_message = |before: Option<u64>, after: Option<u64>| {
-        (total > 0).then_some(())?;
-        Some(after?.saturating_sub(before?) as f64 * 1000.0 / total as f64)
-    };
+    let (server_cpu_ms, client_cpu_ms) = cpu_used.per(total);
+    let us = |ms: Option<f64>| ms.map(|ms| ms * 1000.0);
     let result = json!({
         "label": args.label,
         "url": args.url,
@@ -457,8 +455,8 @@ async fn main() {
         "p99_ms": round(percentile_ms(&latencies, 99.0)),
         "max_ms": round(latencies.last().map(|&u| u as f64 / 1000.0)),
         "server_pid": args.pid,
-        "server_cpu_us_per_message": round(us_per_message(cpu_before.0, cpu_after.0)),
-        "client_cpu_us_per_message": round(us_per_message(cpu_before.1, cpu_after.1)),
+        "server_cpu_us_per_message": round(us(server_cpu_ms)),
+        "client_cpu_us_per_message": round(us(client_cpu_ms)),
         "rss_before_kib": rss_before,
         "rss_held_kib": rss_held,
         "rss_after_messages_kib": rss_after,

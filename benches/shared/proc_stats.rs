@@ -42,3 +42,45 @@ fn stat_cpu_ms(path: &str) -> Option<u64> {
     let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
     Some((utime + stime) * 1000 / ticks)
 }
+
+/// CPU used from a start on, by the server measured (`None` without a pid) and by this
+/// process: per message or per event, which of the two bounds a run when both share
+/// the machine's cores.
+pub struct CpuSpan {
+    pid: Option<u32>,
+    server_ms: Option<u64>,
+    own_ms: Option<u64>,
+}
+
+impl CpuSpan {
+    pub fn start(pid: Option<u32>) -> CpuSpan {
+        CpuSpan {
+            pid,
+            server_ms: cpu_ms(pid),
+            own_ms: own_cpu_ms(),
+        }
+    }
+
+    /// CPU ms used since the start, by the server and by this process.
+    pub fn used(&self) -> CpuUsed {
+        let since = |before: Option<u64>, now: Option<u64>| Some(now?.saturating_sub(before?));
+        CpuUsed {
+            server_ms: since(self.server_ms, cpu_ms(self.pid)),
+            own_ms: since(self.own_ms, own_cpu_ms()),
+        }
+    }
+}
+
+/// CPU ms a [`CpuSpan`] saw used (`None`: a reading failed).
+pub struct CpuUsed {
+    pub server_ms: Option<u64>,
+    pub own_ms: Option<u64>,
+}
+
+impl CpuUsed {
+    /// Server and own CPU ms per one of `units` (`None` for no units).
+    pub fn per(&self, units: usize) -> (Option<f64>, Option<f64>) {
+        let per = |ms: Option<u64>| Some(ms? as f64 / (units > 0).then_some(units)? as f64);
+        (per(self.server_ms), per(self.own_ms))
+    }
+}

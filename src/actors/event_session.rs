@@ -15,7 +15,7 @@ use actix::prelude::*;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 
 use super::broker::{Deliver, EventBroker, Overflowed, Subscribe, Unsubscribe};
-use super::sessions::{CloseSession, LiveTypes, NodeSlot, SessionSlot, SessionTable};
+use super::sessions::{CloseSession, LiveTypes, SessionSlot, SessionTable};
 use crate::channels::rfc3339_millis;
 use crate::db::models::Event;
 use crate::db::{Database, events as log};
@@ -42,7 +42,7 @@ pub struct EventSessionParts {
     /// disabling the channel, or shutting down, closes it.
     pub sessions: Arc<SessionTable>,
     /// Places held in the node's and the channel's subscriber limits.
-    pub node_slot: NodeSlot,
+    pub node_slot: SessionSlot,
     pub channel_slot: SessionSlot,
     pub broker: Addr<EventBroker>,
     pub db: Database,

@@ -32,11 +32,22 @@ pub struct CloseSession {
     pub reason: String,
 }
 
-/// Holds one place in the node's count of sessions (or of event subscribers); gives it
-/// back when the session ends.
-pub struct NodeSlot(pub Arc<AtomicUsize>);
+/// One place under a count limit of sessions or event subscribers (a channel's or the
+/// node's); given back when dropped.
+pub struct SessionSlot(Arc<AtomicUsize>);
 
-impl Drop for NodeSlot {
+impl SessionSlot {
+    /// A place in `count` while it is under `max`, or None. Counted before the upgrade
+    /// (a session's actor registers only once it runs), so that a burst of upgrades
+    /// cannot pass the limit.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<SessionSlot> {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let slot = SessionSlot(count.clone());
+        (before < max).then_some(slot)
+    }
+}
+
+impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -146,25 +157,16 @@ pub struct SessionTable {
     sessions: DashMap<Arc<str>, SessionEntry>,
     /// Places taken, counted from before the upgrade (the table itself only knows a
     /// session once its actor runs), so that a burst of upgrades cannot pass the limit.
-    reserved: Arc<std::sync::atomic::AtomicUsize>,
+    reserved: Arc<AtomicUsize>,
     /// Open event subscribers (`/ws/token/v1/{token}/subscribe`) of an eventing
     /// channel: closed with the channel, like sessions, and limited the same way.
     subscribers: DashMap<u64, Recipient<CloseSession>>,
-    subscribers_reserved: Arc<std::sync::atomic::AtomicUsize>,
+    subscribers_reserved: Arc<AtomicUsize>,
     event_types: Arc<LiveTypes>,
     /// The node's outbound budget: frames pushed to sessions are encoded against it.
     outbound: Arc<OutboundBudget>,
     /// The channel's sessions on other nodes, and the channel's id there.
     elsewhere: Option<(Arc<dyn ElsewhereSessions>, String)>,
-}
-
-/// One reserved place of a channel's session limit; given back on drop.
-pub struct SessionSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl SessionTable {
@@ -177,16 +179,12 @@ impl SessionTable {
 
     /// A place under `max` sessions, or None when the channel is full.
     pub fn reserve(&self, max: usize) -> Option<SessionSlot> {
-        let before = self.reserved.fetch_add(1, Ordering::AcqRel);
-        let slot = SessionSlot(self.reserved.clone());
-        (before < max).then_some(slot)
+        SessionSlot::take(&self.reserved, max)
     }
 
     /// A place under `max` event subscribers, or None when the channel is full.
     pub fn reserve_subscriber(&self, max: usize) -> Option<SessionSlot> {
-        let before = self.subscribers_reserved.fetch_add(1, Ordering::AcqRel);
-        let slot = SessionSlot(self.subscribers_reserved.clone());
-        (before < max).then_some(slot)
+        SessionSlot::take(&self.subscribers_reserved, max)
     }
 
     pub fn insert_subscriber(&self, id: u64, addr: Recipient<CloseSession>) {

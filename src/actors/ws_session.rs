@@ -22,7 +22,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use super::close_code;
 use super::handle::{ChannelHandle, ChannelStats, ScriptKind};
 use super::registry::ChannelRegistry;
-use super::sessions::{NodeSlot, SessionCounters, SessionEntry, SessionTable, ToSession};
+use super::sessions::{SessionCounters, SessionEntry, SessionSlot, SessionTable, ToSession};
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
@@ -130,8 +130,8 @@ pub struct WsSession {
     max_backlog_bytes: u64,
     /// Set when a frame was refused on its declared length (close 1009).
     frame_refused: crate::http::ws_frames::Refused,
-    _slot: NodeSlot,
-    _channel_slot: super::sessions::SessionSlot,
+    _slot: SessionSlot,
+    _channel_slot: SessionSlot,
 }
 
 /// A message whose run is in flight: its text (its bytes stay counted until it ends),
@@ -153,8 +153,8 @@ pub struct WsSessionParts {
     pub stats: Arc<ChannelStats>,
     pub limits: WsLimits,
     pub logger: slog::Logger,
-    pub slot: NodeSlot,
-    pub channel_slot: super::sessions::SessionSlot,
+    pub slot: SessionSlot,
+    pub channel_slot: SessionSlot,
     pub backlog: Arc<super::ws_backlog::Backlog>,
     pub max_backlog_bytes: usize,
     pub inbound: Arc<InboundBudget>,

@@ -13,7 +13,7 @@ use super::webhook::client_ip;
 use super::ws_frames::{FrameGuard, Refused};
 
 use crate::actors::event_session::{EventSession, EventSessionParts};
-use crate::actors::sessions::NodeSlot;
+use crate::actors::sessions::SessionSlot;
 use crate::actors::ws_backlog;
 use crate::actors::ws_session::{WsLimits, WsSession, WsSessionParts};
 use crate::channels::KIND_PUBLIC;
@@ -70,14 +70,12 @@ async fn websocket(
             "this channel has as many websocket sessions as it may",
         ));
     };
-    let taken = state.ws_sessions.fetch_add(1, Ordering::AcqRel);
-    let slot = NodeSlot(state.ws_sessions.clone());
-    if taken >= config.ws_max_sessions_per_node {
+    let Some(slot) = SessionSlot::take(&state.ws_sessions, config.ws_max_sessions_per_node) else {
         return Err(ApiError::overloaded(
             "too_many_sessions",
             "this node has as many websocket sessions as it may",
         ));
-    }
+    };
     let backlog = state.outbound.backlog();
     let refused = Refused::default();
     let session = WsSession::new(WsSessionParts {
@@ -151,15 +149,15 @@ async fn subscribe(
             "this channel has as many event subscribers as it may",
         ));
     };
-    let taken = state.event_sockets.fetch_add(1, Ordering::AcqRel);
-    let node_slot = NodeSlot(state.event_sockets.clone());
-    if taken >= config.ws_max_subscribers_per_node {
+    let Some(node_slot) =
+        SessionSlot::take(&state.event_sockets, config.ws_max_subscribers_per_node)
+    else {
         refused();
         return Err(ApiError::overloaded(
             "too_many_subscribers",
             "this node has as many event subscribers as it may",
         ));
-    }
+    };
     let backlog = state.outbound.backlog();
     let refused = Refused::default();
     let session = EventSession::new(EventSessionParts {

@@ -378,12 +378,13 @@ impl ScenarioPool {
         let now = Instant::now();
         let budget = deadline.saturating_duration_since(now);
         let full = before >= shared.max_admitted;
-        // Claimed only by a run that is then admitted: a refusal must not use it up.
-        let probe = !full
-            && misses(start, own, budget, false)
-            && !misses(start, own, budget, true)
-            && lane.claim_probe(own, now);
-        if full || misses(start, own, budget, probe) {
+        let hopeless = misses(start, own, budget, false);
+        // A run the estimate refuses may go as a probe if it can start in time; the
+        // probe is claimed only by a run that is then admitted (a refusal must not use
+        // it up).
+        let probe =
+            hopeless && !full && !misses(start, own, budget, true) && lane.claim_probe(own, now);
+        if full || (hopeless && !probe) {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
             drop(admission);
             return Err(Refused {

@@ -60,7 +60,7 @@ for port in "$UP_PORT" "$UP_TLS_PORT" "$GATEWAY_PORT" "$NR_PORT" "$UP_SLOW_PORT"
 done
 
 # --- build and install -------------------------------------------------------------------
-build_gateway
+given_or_built_gateway
 UPSTREAM_BIN="$(bench_exe bare_actix)"
 NR_DIR="$ROOT/benches/out/node-red-$NODERED_VERSION"
 if (( ROUNDS > 0 )) && [[ ! -f "$NR_DIR/node_modules/node-red/red.js" ]]; then
@@ -85,6 +85,7 @@ start_upstream() { # port, delay, [cert key]
     "$UPSTREAM_BIN" "127.0.0.1:$1" 1 "$2" "${@:3}" >>"$OUT/upstream-$1.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
+    UPSTREAM_PID=$pid
     local scheme=http
     [[ $# -gt 2 ]] && scheme=https
     wait_http "$scheme://127.0.0.1:$1/ready" "$pid" 5 || die "upstream on $1 did not come up"
@@ -92,6 +93,9 @@ start_upstream() { # port, delay, [cert key]
 start_upstream "$UP_PORT" "$DELAY_MS"
 start_upstream "$UP_TLS_PORT" "$DELAY_MS" "$TMP/cert.pem" "$TMP/key.pem"
 start_upstream "$UP_SLOW_PORT" 2000
+# The peer of the RSS row: bare actix-web serving the same 500 concurrent 2 s requests
+# (the gateway's outgoing calls), its RSS read at the same moments as the gateway's.
+UP_SLOW_PID=$UPSTREAM_PID
 
 # --- the gateway (defaults, but quiet) ----------------------------------------------------
 cat >"$TMP/gateway.toml" <<'TOML'
@@ -203,7 +207,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # --- bursts ------------------------------------------------------------------------------------
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$GATEWAY_PID/status"; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/${1:-$GATEWAY_PID}/status"; }
 # RSS in its two parts: anonymous memory (heap, stacks) and pages of mapped files (the
 # binary's code, paged in as code paths first run, shared and reclaimable).
 rss_parts() { awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "{\"anon_mb\": %.1f, \"file_mb\": %.1f}", a/1024, f/1024}' "/proc/$GATEWAY_PID/status"; }
@@ -215,28 +219,35 @@ if [[ "$BURSTS" != 0 ]]; then
         --tls-ca-file "$TMP/ca.pem"
     curl -fsS -o /dev/null -X POST "$GW/$T_LIGHT" || die "the restarted gateway does not answer"
     RSS_BEFORE="$(rss_mb)"
+    PEER_BEFORE="$(rss_mb "$UP_SLOW_PID")"
     PARTS_BEFORE="$(rss_parts)"
+    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-before.txt" 2>/dev/null || true
     log "burst: 500 callers of a scenario that waits 2 s (RSS ${RSS_BEFORE} MB)"
     timeout 120 python3 "$ROOT/benches/burst.py" --url "$GW/$T_WAIT2S" --count 500 --timeout 60 \
         >"$OUT/burst-wait.json" || die "burst client failed"
     RSS_PEAK="$(rss_mb)"
+    PEER_PEAK="$(rss_mb "$UP_SLOW_PID")"
     PARTS_PEAK="$(rss_parts)"
+    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-peak.txt" 2>/dev/null || true
     THREADS_PEAK="$(threads_of)"
     log "burst-wait: $(cat "$OUT/burst-wait.json"); RSS ${RSS_PEAK} MB, threads ${THREADS_PEAK}"
     # A minute later: spare threads have retired (10 s idle).
     deadline=$(( SECONDS + 60 ))
     while (( SECONDS < deadline )); do sleep 5; done
     RSS_AFTER="$(rss_mb)"
+    PEER_AFTER="$(rss_mb "$UP_SLOW_PID")"
     PARTS_AFTER="$(rss_parts)"
+    # Where the memory is (mapping by mapping), to compare with before and at the peak.
+    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-after.txt" 2>/dev/null || true
     THREADS_AFTER="$(threads_of)"
     log "a minute later: RSS ${RSS_AFTER} MB ($PARTS_AFTER; before $PARTS_BEFORE), threads ${THREADS_AFTER}"
     log "burst: 2,000 callers of a scenario that computes 200 ms, probe on another channel"
     timeout 180 python3 "$ROOT/benches/burst.py" --url "$GW/$T_COMPUTE" --count 2000 --timeout 90 \
         --probe "$GW/$T_LIGHT" --probe-ms 50 >"$OUT/burst-compute.json" || die "burst client failed"
     log "burst-compute: $(cat "$OUT/burst-compute.json")"
-    printf '{"rss_before_mb": %s, "rss_peak_mb": %s, "rss_after_mb": %s, "threads_peak": %s, "threads_after": %s, "parts_before": %s, "parts_peak": %s, "parts_after": %s}\n' \
+    printf '{"rss_before_mb": %s, "rss_peak_mb": %s, "rss_after_mb": %s, "threads_peak": %s, "threads_after": %s, "parts_before": %s, "parts_peak": %s, "parts_after": %s, "peer_before_mb": %s, "peer_peak_mb": %s, "peer_after_mb": %s}\n' \
         "$RSS_BEFORE" "$RSS_PEAK" "$RSS_AFTER" "$THREADS_PEAK" "$THREADS_AFTER" \
-        "$PARTS_BEFORE" "$PARTS_PEAK" "$PARTS_AFTER" >"$OUT/burst-rss.json"
+        "$PARTS_BEFORE" "$PARTS_PEAK" "$PARTS_AFTER" "$PEER_BEFORE" "$PEER_PEAK" "$PEER_AFTER" >"$OUT/burst-rss.json"
 fi
 
 # --- report ------------------------------------------------------------------------------------
@@ -285,6 +296,7 @@ if bursts != "0":
         f'| 500 callers, scenario waits 2 s | statuses {w["statuses"]}, wall {w["wall_s"]} s, slowest 200 {w["ok_max_ms"]} ms | all 200 within ~2-3 s |',
         f'| RSS of the gateway | before {r["rss_before_mb"]} MB, peak {r["rss_peak_mb"]} MB ({r["threads_peak"]} threads), a minute later {r["rss_after_mb"]} MB ({r["threads_after"]} threads) | back to baseline ±20% |',
         f'| the same, anonymous / file pages | before {r["parts_before"]["anon_mb"]} / {r["parts_before"]["file_mb"]} MB, peak {r["parts_peak"]["anon_mb"]} / {r["parts_peak"]["file_mb"]} MB, a minute later {r["parts_after"]["anon_mb"]} / {r["parts_after"]["file_mb"]} MB | (where the difference is) |',
+        f'| peer: bare actix-web (1 worker, system allocator) serving the same 500 concurrent 2 s calls | before {r["peer_before_mb"]} MB, peak {r["peer_peak_mb"]} MB, a minute later {r["peer_after_mb"]} MB | (what actix-web itself keeps) |',
         f'| 2,000 callers, scenario computes 200 ms | statuses {c["statuses"]}, 503 with Retry-After {c["refused_with_retry_after"]}, 503 after p50 {c["refused_p50_ms"]} / p99 {c["refused_p99_ms"]} / max {c["refused_max_ms"]} ms | quick 503 + Retry-After for the excess |',
         f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
 table = "\n".join(lines)

@@ -32,10 +32,12 @@ use std::time::{Duration, Instant};
 pub const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
 /// Stack an inline run may use on the worker's thread.
 pub const INLINE_MAX_STACK_BYTES: usize = 256 * 1024;
-/// The clock is read once every this many operations + 1 (a mask): a read costs ~27 ns
-/// here, about what a simple operation does, and a run overshoots its bound by at most
-/// 16 operations (a few µs of a 200 µs bound).
-const TIME_CHECK_EVERY: u64 = 0xf;
+/// The clock is read once every this many operations: a read costs about what a simple
+/// operation does (benches/RESULTS.md). A run overshoots its bound by at most this many
+/// operations: a few µs for simple ones, more for operations on big values the script
+/// built itself (inputs over [`INLINE_MAX_INPUT_BYTES`] never run inline), and a script
+/// that overshoots twice its bound earns a strike all the same (`Strikes`).
+const TIME_CHECK_EVERY: u64 = 16;
 /// Stops by the bound in a row after which a script runs on the pool (but for a try
 /// every [`RETRY_EVERY`] runs).
 pub const MAX_STRIKES: u8 = 3;
@@ -177,7 +179,7 @@ pub fn progress(ops: u64) -> Result<(), Stop> {
         return Err(stop);
     }
     if stack_here() < bound.stack_floor
-        || (ops & TIME_CHECK_EVERY == 0 && Instant::now() >= bound.until)
+        || (ops.is_multiple_of(TIME_CHECK_EVERY) && Instant::now() >= bound.until)
     {
         STOPPED.set(Some(Stop::Bound));
         return Err(Stop::Bound);
@@ -234,6 +236,8 @@ mod tests {
         let run = Inline::begin(Duration::ZERO);
         assert_eq!(progress(1), Ok(()), "time is looked at every 16 operations");
         assert_eq!(progress(4), Ok(()));
+        assert_eq!(progress(8), Ok(()));
+        assert_eq!(progress(15), Ok(()));
         assert_eq!(progress(16), Err(Stop::Bound));
         assert_eq!(progress(17), Err(Stop::Bound), "stopped for good");
         drop(run);

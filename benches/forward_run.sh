@@ -7,7 +7,9 @@
 #   - JSON order: a webhook that parses a 2 KiB order (35 items, bodies varied per
 #     request), sums price x qty and replies JSON;
 #   - bursts (gateway only): 500 simultaneous callers of a scenario that waits 2 s on
-#     its upstream (all should answer 200 in ~2-3 s; RSS before/after/a minute later),
+#     its upstream (all should answer 200 in ~2-3 s; RSS before/after/a minute later,
+#     next to the 2 s upstream's, a bare actix-web serving the same 500 calls; the
+#     gateway's smaps are kept in the run's folder),
 #     and 2,000 callers of a scenario that computes 200 ms while a probe calls another
 #     channel every 50 ms (quick 503 + Retry-After for the excess; probe p99).
 # Medians over ROUNDS interleaved rounds go to stdout and to benches/RESULTS.md.
@@ -17,7 +19,7 @@
 # Knobs (environment): DURATION (wrk -d, 10s), ROUNDS (5; 0 runs the burst rows only), WARMUP (2s), THREADS (wrk -t,
 # 1), DELAY_MS (upstream delay, 50), NODERED_VERSION (4.1.8), BURSTS (1; 0 skips the
 # burst rows), PORT_BASE (18090: upstream, +1 TLS upstream, +2 gateway, +3 Node-RED,
-# +4 2 s upstream). Raw output and logs stay in benches/out/<run id>/ (git-ignored);
+# +4 2 s upstream), GATEWAY_BIN (measure that binary instead of building). Raw output and logs stay in benches/out/<run id>/ (git-ignored);
 # Node-RED is installed once into benches/out/node-red-<version>/ from the npm registry.
 set -euo pipefail
 
@@ -42,7 +44,7 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS DELAY_MS=$DELAY_MS NODERED_VERSION=$NODERED_VERSION BURSTS=$BURSTS bash benches/forward_run.sh"
+COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS DELAY_MS=$DELAY_MS NODERED_VERSION=$NODERED_VERSION BURSTS=$BURSTS bash benches/forward_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/forward-$RUN_ID"
 mkdir -p "$OUT"
@@ -207,7 +209,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # --- bursts ------------------------------------------------------------------------------------
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/${1:-$GATEWAY_PID}/status"; }
+# null (JSON) when the process is gone or a zombie (no VmRSS line).
+rss_mb() { awk '/VmRSS/ {v=$2} END {if (v == "") print "null"; else printf "%.0f", v/1024}' "/proc/${1:-$GATEWAY_PID}/status" 2>/dev/null || echo null; }
 # RSS in its two parts: anonymous memory (heap, stacks) and pages of mapped files (the
 # binary's code, paged in as code paths first run, shared and reclaimable).
 rss_parts() { awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "{\"anon_mb\": %.1f, \"file_mb\": %.1f}", a/1024, f/1024}' "/proc/$GATEWAY_PID/status"; }
@@ -296,7 +299,7 @@ if bursts != "0":
         f'| 500 callers, scenario waits 2 s | statuses {w["statuses"]}, wall {w["wall_s"]} s, slowest 200 {w["ok_max_ms"]} ms | all 200 within ~2-3 s |',
         f'| RSS of the gateway | before {r["rss_before_mb"]} MB, peak {r["rss_peak_mb"]} MB ({r["threads_peak"]} threads), a minute later {r["rss_after_mb"]} MB ({r["threads_after"]} threads) | back to baseline ±20% |',
         f'| the same, anonymous / file pages | before {r["parts_before"]["anon_mb"]} / {r["parts_before"]["file_mb"]} MB, peak {r["parts_peak"]["anon_mb"]} / {r["parts_peak"]["file_mb"]} MB, a minute later {r["parts_after"]["anon_mb"]} / {r["parts_after"]["file_mb"]} MB | (where the difference is) |',
-        f'| peer: bare actix-web (1 worker, system allocator) serving the same 500 concurrent 2 s calls | before {r["peer_before_mb"]} MB, peak {r["peer_peak_mb"]} MB, a minute later {r["peer_after_mb"]} MB | (what actix-web itself keeps) |',
+        f'| peer: bare actix-web (1 worker against the gateway's 2, glibc malloc) serving the same 500 concurrent 2 s calls | before {r["peer_before_mb"]} MB, peak {r["peer_peak_mb"]} MB, a minute later {r["peer_after_mb"]} MB | (what bare actix-web keeps after the same burst) |',
         f'| 2,000 callers, scenario computes 200 ms | statuses {c["statuses"]}, 503 with Retry-After {c["refused_with_retry_after"]}, 503 after p50 {c["refused_p50_ms"]} / p99 {c["refused_p99_ms"]} / max {c["refused_max_ms"]} ms | quick 503 + Retry-After for the excess |',
         f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
 table = "\n".join(lines)

@@ -174,7 +174,7 @@ machine_line() {
 }
 
 commit_line() {
-    echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches ':!benches/RESULTS.md' 2>/dev/null || echo ' (with uncommitted changes)')"
 }
 
 # The release gateway (built once per run), started on PORT with CONFIG and DATA dir

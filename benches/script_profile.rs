@@ -106,7 +106,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r#"let o = parse_json(startparam(4)); let total = 0.0; for it in o.items { total += it.price * it.qty; } response_content = to_json(#{ id: o.id, total: total, items: o.items.len() }); response_headers = #{"Content-Type": "application/json"};"#,
         ),
     ];
-    println!("{:40} {:>10}", "step (cumulative)", "µs / run");
+    println!(
+        "{:40} {:>10} {:>11}",
+        "step (cumulative)", "µs / run", "operations"
+    );
+    let steps_len = steps.len();
     for (i, (name, src)) in steps.into_iter().enumerate() {
         if only_step.is_some_and(|n| n != i + 1) {
             continue;
@@ -114,26 +118,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let compiled = rt.compile(src).map_err(|e| e.message)?;
         // As a channel handle keeps them: made once, not per run.
         let secrets = Arc::new(oktell_gateway::channels::run_secrets(&channel));
+        let context = || RunContext {
+            channel: &channel,
+            secrets: &secrets,
+            params: &params,
+            deadline: Instant::now() + Duration::from_secs(5),
+            logger: &logger,
+            host: &host,
+        };
         let mut best = f64::MAX;
         for _ in 0..3 {
             let started = Instant::now();
             for _ in 0..runs {
-                rt.run(
-                    &compiled,
-                    RunContext {
-                        channel: &channel,
-                        secrets: &secrets,
-                        params: &params,
-                        deadline: Instant::now() + Duration::from_secs(5),
-                        logger: &logger,
-                        host: &host,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+                rt.run(&compiled, context()).map_err(|e| e.to_string())?;
             }
             best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
         }
-        println!("{name:40} {best:>10.2}");
+        let operations = rt.last_operations().unwrap_or(0);
+        println!("{name:40} {best:>10.2} {operations:>11}");
+        // The whole scenario again as the gateway runs it by default: inline, on the
+        // HTTP worker, within `scenario_inline_us` (INLINE_US, default 200; the bound is
+        // checked by the clock every few operations).
+        if i + 1 == steps_len {
+            let bound = Duration::from_micros(
+                std::env::var("INLINE_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(200),
+            );
+            let mut best = f64::MAX;
+            // A run the machine held up past the bound (preempted, say) is stopped, as
+            // in the gateway (which runs it again on the pool): counted, not fatal.
+            let mut stopped = 0;
+            for _ in 0..3 {
+                let started = Instant::now();
+                for _ in 0..runs {
+                    match rt.run_inline(&compiled, context(), bound) {
+                        Ok(outcome) => drop(outcome.map_err(|e| e.to_string())?),
+                        Err(_) => stopped += 1,
+                    }
+                }
+                best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
+            }
+            let label = format!("  the same, inline ({} µs bound)", bound.as_micros());
+            println!(
+                "{label:40} {best:>10.2} {operations:>11}   ({stopped} of {} stopped by the bound)",
+                runs * 3
+            );
+        }
     }
     let body = order_body();
     let started = Instant::now();

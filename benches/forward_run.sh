@@ -215,42 +215,33 @@ rss_mb() { awk '/VmRSS/ {v=$2} END {if (v == "") print "null"; else printf "%.0f
 # binary's code, paged in as code paths first run, shared and reclaimable).
 rss_parts() { awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "{\"anon_mb\": %.1f, \"file_mb\": %.1f}", a/1024, f/1024}' "/proc/$GATEWAY_PID/status"; }
 threads_of() { awk '/Threads/ {print $2}' "/proc/$GATEWAY_PID/status"; }
+# The gateway's memory (and the peer's RSS) at a moment of the burst, into
+# $OUT/memory-<moment>.json and printed; its smaps beside it (mapping by mapping, to
+# compare the moments).
+memory_at() { # moment
+    printf '{"rss_mb": %s, "parts": %s, "threads": %s, "peer_mb": %s}\n' \
+        "$(rss_mb)" "$(rss_parts)" "$(threads_of)" "$(rss_mb "$UP_SLOW_PID")" >"$OUT/memory-$1.json"
+    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-$1.txt" 2>/dev/null || true
+    cat "$OUT/memory-$1.json"
+}
 if [[ "$BURSTS" != 0 ]]; then
     # A fresh gateway (same data: the channels stay) so that the baseline is its own.
     stop_pid "$GATEWAY_PID"
     start_gateway_at "$GATEWAY_PORT" "$TMP/gateway.toml" "$TMP" "$OUT/gateway.log" \
         --tls-ca-file "$TMP/ca.pem"
     curl -fsS -o /dev/null -X POST "$GW/$T_LIGHT" || die "the restarted gateway does not answer"
-    RSS_BEFORE="$(rss_mb)"
-    PEER_BEFORE="$(rss_mb "$UP_SLOW_PID")"
-    PARTS_BEFORE="$(rss_parts)"
-    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-before.txt" 2>/dev/null || true
-    log "burst: 500 callers of a scenario that waits 2 s (RSS ${RSS_BEFORE} MB)"
+    log "burst: 500 callers of a scenario that waits 2 s (memory $(memory_at before))"
     timeout 120 python3 "$ROOT/benches/burst.py" --url "$GW/$T_WAIT2S" --count 500 --timeout 60 \
         >"$OUT/burst-wait.json" || die "burst client failed"
-    RSS_PEAK="$(rss_mb)"
-    PEER_PEAK="$(rss_mb "$UP_SLOW_PID")"
-    PARTS_PEAK="$(rss_parts)"
-    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-peak.txt" 2>/dev/null || true
-    THREADS_PEAK="$(threads_of)"
-    log "burst-wait: $(cat "$OUT/burst-wait.json"); RSS ${RSS_PEAK} MB, threads ${THREADS_PEAK}"
+    log "burst-wait: $(cat "$OUT/burst-wait.json"); memory $(memory_at peak)"
     # A minute later: spare threads have retired (10 s idle).
     deadline=$(( SECONDS + 60 ))
     while (( SECONDS < deadline )); do sleep 5; done
-    RSS_AFTER="$(rss_mb)"
-    PEER_AFTER="$(rss_mb "$UP_SLOW_PID")"
-    PARTS_AFTER="$(rss_parts)"
-    # Where the memory is (mapping by mapping), to compare with before and at the peak.
-    cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-after.txt" 2>/dev/null || true
-    THREADS_AFTER="$(threads_of)"
-    log "a minute later: RSS ${RSS_AFTER} MB ($PARTS_AFTER; before $PARTS_BEFORE), threads ${THREADS_AFTER}"
+    log "a minute later: memory $(memory_at after)"
     log "burst: 2,000 callers of a scenario that computes 200 ms, probe on another channel"
     timeout 180 python3 "$ROOT/benches/burst.py" --url "$GW/$T_COMPUTE" --count 2000 --timeout 90 \
         --probe "$GW/$T_LIGHT" --probe-ms 50 >"$OUT/burst-compute.json" || die "burst client failed"
     log "burst-compute: $(cat "$OUT/burst-compute.json")"
-    printf '{"rss_before_mb": %s, "rss_peak_mb": %s, "rss_after_mb": %s, "threads_peak": %s, "threads_after": %s, "parts_before": %s, "parts_peak": %s, "parts_after": %s, "peer_before_mb": %s, "peer_peak_mb": %s, "peer_after_mb": %s}\n' \
-        "$RSS_BEFORE" "$RSS_PEAK" "$RSS_AFTER" "$THREADS_PEAK" "$THREADS_AFTER" \
-        "$PARTS_BEFORE" "$PARTS_PEAK" "$PARTS_AFTER" "$PEER_BEFORE" "$PEER_PEAK" "$PEER_AFTER" >"$OUT/burst-rss.json"
 fi
 
 # --- report ------------------------------------------------------------------------------------
@@ -293,13 +284,13 @@ if peer_problems:
 if bursts != "0":
     w = json.load(open(os.path.join(out, "burst-wait.json")))
     c = json.load(open(os.path.join(out, "burst-compute.json")))
-    r = json.load(open(os.path.join(out, "burst-rss.json")))
+    m = {k: json.load(open(os.path.join(out, f"memory-{k}.json"))) for k in ("before", "peak", "after")}
     lines += ["",
         "| burst | result | target |", "|---|---|---|",
         f'| 500 callers, scenario waits 2 s | statuses {w["statuses"]}, wall {w["wall_s"]} s, slowest 200 {w["ok_max_ms"]} ms | all 200 within ~2-3 s |',
-        f'| RSS of the gateway | before {r["rss_before_mb"]} MB, peak {r["rss_peak_mb"]} MB ({r["threads_peak"]} threads), a minute later {r["rss_after_mb"]} MB ({r["threads_after"]} threads) | back to baseline ±20% |',
-        f'| the same, anonymous / file pages | before {r["parts_before"]["anon_mb"]} / {r["parts_before"]["file_mb"]} MB, peak {r["parts_peak"]["anon_mb"]} / {r["parts_peak"]["file_mb"]} MB, a minute later {r["parts_after"]["anon_mb"]} / {r["parts_after"]["file_mb"]} MB | (where the difference is) |',
-        f'| peer: bare actix-web (1 worker against the gateway's 2, glibc malloc) serving the same 500 concurrent 2 s calls | before {r["peer_before_mb"]} MB, peak {r["peer_peak_mb"]} MB, a minute later {r["peer_after_mb"]} MB | (what bare actix-web keeps after the same burst) |',
+        f'| RSS of the gateway | before {m["before"]["rss_mb"]} MB, peak {m["peak"]["rss_mb"]} MB ({m["peak"]["threads"]} threads), a minute later {m["after"]["rss_mb"]} MB ({m["after"]["threads"]} threads) | back to baseline ±20% |',
+        f'| the same, anonymous / file pages | ' + ", ".join(f'{label} {m[k]["parts"]["anon_mb"]} / {m[k]["parts"]["file_mb"]} MB' for k, label in (("before", "before"), ("peak", "peak"), ("after", "a minute later"))) + ' | (where the difference is) |',
+        f'| peer: bare actix-web (1 worker where the gateway has 2, glibc malloc) serving the same 500 concurrent 2 s calls | before {m["before"]["peer_mb"]} MB, peak {m["peak"]["peer_mb"]} MB, a minute later {m["after"]["peer_mb"]} MB | (what bare actix-web keeps after the same burst) |',
         f'| 2,000 callers, scenario computes 200 ms | statuses {c["statuses"]}, 503 with Retry-After {c["refused_with_retry_after"]}, 503 after p50 {c["refused_p50_ms"]} / p99 {c["refused_p99_ms"]} / max {c["refused_max_ms"]} ms | quick 503 + Retry-After for the excess |',
         f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
 table = "\n".join(lines)

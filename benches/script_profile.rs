@@ -40,6 +40,19 @@ fn order_body() -> String {
     )
 }
 
+/// µs per run of `run`, the best of 3 batches of `runs`.
+fn best_of_3(runs: usize, mut run: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        for _ in 0..runs {
+            run()?;
+        }
+        best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
+    }
+    Ok(best)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs: usize = match std::env::var("SCRIPT_PROFILE_RUNS") {
         Ok(v) => v.parse()?,
@@ -126,14 +139,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             logger: &logger,
             host: &host,
         };
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let started = Instant::now();
-            for _ in 0..runs {
-                rt.run(&compiled, context()).map_err(|e| e.to_string())?;
-            }
-            best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
-        }
+        let best = best_of_3(runs, || {
+            rt.run(&compiled, context())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?;
         let operations = rt.last_operations().unwrap_or(0);
         println!("{name:40} {best:>10.2} {operations:>11}");
         // The whole scenario again as the gateway runs it by default: inline, on the
@@ -146,20 +156,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(200),
             );
-            let mut best = f64::MAX;
             // A run the machine held up past the bound (preempted, say) is stopped, as
             // in the gateway (which runs it again on the pool): counted, not fatal.
             let mut stopped = 0;
-            for _ in 0..3 {
-                let started = Instant::now();
-                for _ in 0..runs {
-                    match rt.run_inline(&compiled, context(), bound) {
-                        Ok(outcome) => drop(outcome.map_err(|e| e.to_string())?),
-                        Err(_) => stopped += 1,
-                    }
+            let best = best_of_3(runs, || match rt.run_inline(&compiled, context(), bound) {
+                Ok(outcome) => outcome.map(drop).map_err(|e| e.to_string()),
+                Err(_) => {
+                    stopped += 1;
+                    Ok(())
                 }
-                best = best.min(started.elapsed().as_secs_f64() * 1e6 / runs as f64);
-            }
+            })?;
             let label = format!("  the same, inline ({} µs bound)", bound.as_micros());
             println!(
                 "{label:40} {best:>10.2} {operations:>11}   ({stopped} of {} stopped by the bound)",

@@ -878,7 +878,11 @@ fn run_job(shared: &Shared, queued: Queued, lane: &Lane) {
                     Some(if missed { n.saturating_add(1) } else { 0 })
                 });
         }
-        shared.record_compute(lane, now.elapsed().saturating_sub(waited), probe)
+        shared.record_compute(
+            lane,
+            ended.saturating_duration_since(now).saturating_sub(waited),
+            probe,
+        )
     } else {
         lane.cost_micros.load(Ordering::Relaxed)
     };

@@ -17,7 +17,7 @@
 # (bound of each event's fan-out, 30), NOFILE (ulimit -n to ask for, 65536), PG_HOST
 # (127.0.0.1), PG_PORT (5432), PG_USER (postgres, trust auth), PG_ADMIN_DB (test, the
 # database psql connects to for CREATE/DROP DATABASE), SQLITE_PORT (18101),
-# POSTGRES_PORT (18102).
+# POSTGRES_PORT (18102), GATEWAY_BIN (a built gateway to run instead of this tree's release).
 # Raw JSON results and gateway logs stay in benches/out/events-<run id>/ (git-ignored).
 set -euo pipefail
 
@@ -44,7 +44,7 @@ STARTUP_TIMEOUT_S=30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-COMMAND="SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY SOURCE_ADDRESSES=$SOURCE_ADDRESSES WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
+COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY SOURCE_ADDRESSES=$SOURCE_ADDRESSES WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="$ROOT/benches/out/events-$RUN_ID"
 mkdir -p "$OUT"
@@ -80,10 +80,8 @@ for backend in $BACKENDS; do
 done
 
 # --- build --------------------------------------------------------------------------------
-log "building the gateway (cargo build --release)"
-cargo build --release
-GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
-[[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
+# GATEWAY_BIN runs that binary instead of building this tree's (an A/B of two builds).
+given_or_built_gateway
 log "building the client (cargo bench --no-run --bench event_fanout)"
 LOAD_BIN="$(bench_exe event_fanout)"
 

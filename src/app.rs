@@ -278,8 +278,11 @@ impl Application {
                     access_log,
                     from_fn(http::request_log::log_requests),
                 ))
-                // Outermost: the access log and error causes carry the request id.
+                // The access log and error causes carry the request id.
                 .wrap(from_fn(http::request_id::tag_requests))
+                // Outside even that: the header values leave the connection's read
+                // buffer before anything clones the request.
+                .wrap(from_fn(http::own_headers::own_headers))
                 .configure(http::routes)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found(

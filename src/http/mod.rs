@@ -10,6 +10,7 @@ pub mod events;
 pub mod executions;
 pub mod openapi;
 pub mod ops;
+pub mod own_headers;
 pub mod request_id;
 pub mod request_log;
 pub mod state;

@@ -174,7 +174,8 @@ BENCHES_DIR="$ROOT/benches" python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date 
     "$(machine_line)" "$(commit_line)" "$COMMAND" "$NODES" "$per_node" <<'PY'
 import json, os, sys
 sys.path.insert(0, os.environ["BENCHES_DIR"])
-from wrk_parse import parse, append_section
+from wrk_parse import parse
+from results_md import append_section
 out, results, date, machine, commit, command, nodes, per_node = sys.argv[1:9]
 nodes = int(nodes)
 load = lambda name: json.load(open(os.path.join(out, name)))
@@ -214,8 +215,6 @@ section = f"""
 | the same through all {nodes} nodes ({per_node} connections each) | {all_rps:,.0f} req/s ({', '.join(f"{r['rps']:,.0f}" for r in alls)}) |
 | notifications (pgbench pg_notify, events notes) | {notify['sent'] / notify['seconds']:,.0f} notes/s sent; node 2 applied {notify['applied']:,} of {notify['sent']:,}; queue usage after: {notify['queue_usage']} |
 """
-if problems:
-    section += "\n**Run had problems:**\n\n" + "".join(f"- {p}\n" for p in problems)
-append_section(results, "# Benchmark results\n", section)
+append_section(results, "# Benchmark results\n", section, problems)
 print(section)
 PY

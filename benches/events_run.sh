@@ -39,23 +39,12 @@ PG_USER="${PG_USER:-postgres}"
 PG_ADMIN_DB="${PG_ADMIN_DB:-test}"
 SQLITE_PORT="${SQLITE_PORT:-18101}"
 POSTGRES_PORT="${POSTGRES_PORT:-18102}"
-ADMIN_TOKEN="bench-admin-token-0123456789"
-STARTUP_TIMEOUT_S=30
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }SUBSCRIBERS=$SUBSCRIBERS EVENTS=$EVENTS WARMUP_EVENTS=$WARMUP_EVENTS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY SOURCE_ADDRESSES=$SOURCE_ADDRESSES WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS bash benches/events_run.sh"
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/benches/out/events-$RUN_ID"
-mkdir -p "$OUT"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-eventsbench.XXXXXX")"
 PG_DB="oktell_bench_$$"
-
-
-
 BENCH_TAG="events-bench"
 # shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_run_dirs events
 
 # --- limits -----------------------------------------------------------------------------
 # The client and the gateway (a child of this shell: it inherits the limit) each hold
@@ -67,17 +56,7 @@ raise_fd_limit "$SUBSCRIBERS" subscribers
 for tool in curl python3 cargo timeout; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
-for backend in $BACKENDS; do
-    case "$backend" in
-        sqlite) ;;
-        postgres)
-            command -v psql >/dev/null || die "psql is needed for the postgres backend (or BACKENDS=sqlite)"
-            psql_admin 'SELECT 1' >/dev/null \
-                || die "cannot reach PostgreSQL at $PG_USER@$PG_HOST:$PG_PORT/$PG_ADMIN_DB (or BACKENDS=sqlite)"
-            ;;
-        *) die "unknown backend '$backend' in BACKENDS (sqlite, postgres)" ;;
-    esac
-done
+check_backends
 
 # --- build --------------------------------------------------------------------------------
 # GATEWAY_BIN runs that binary instead of building this tree's (an A/B of two builds).
@@ -93,31 +72,6 @@ shutdown_timeout_s = 2
 TOML
 GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
 
-GATEWAY_PID=""
-start_gateway() { # backend, port, database url
-    local backend="$1" port="$2" url="$3" data="$TMP/$1"
-    mkdir -p "$data"
-    port_in_use "$port" && die "port $port is in use (set SQLITE_PORT / POSTGRES_PORT)"
-    "$GATEWAY_BIN" serve \
-        --config "$GATEWAY_CONFIG" \
-        --listen "127.0.0.1:$port" \
-        --data-dir "$data" \
-        --database-url "$url" \
-        --admin-token "$ADMIN_TOKEN" \
-        --workers "$WORKERS" \
-        --scenario-threads "$SCENARIO_THREADS" \
-        --log-level warn \
-        >>"$OUT/gateway-$backend.log" 2>&1 &
-    GATEWAY_PID=$!
-    PIDS+=("$GATEWAY_PID")
-    local deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
-    while (( SECONDS < deadline )); do
-        alive "$GATEWAY_PID" || break
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "gateway ($backend) did not become healthy (log: $OUT/gateway-$backend.log)"
-}
 
 create_channel() { # port -> prints the token
     local response
@@ -130,7 +84,7 @@ create_channel() { # port -> prints the token
 
 run_backend() { # backend, port, database url
     local backend="$1" port="$2" url="$3" file="$OUT/$1.json" token
-    start_gateway "$backend" "$port" "$url"
+    start_backend_gateway "$backend" "$port" "$url"
     token="$(create_channel "$port")"
     [[ -n "$token" ]] || die "no channel token ($backend)"
     # Probe: one subscriber, one event (checks the path end to end before the big run).
@@ -162,26 +116,11 @@ PY
 
 # --- runs ------------------------------------------------------------------------------------
 log "run events-$RUN_ID: backends $BACKENDS; $SUBSCRIBERS subscribers x $EVENTS events, $WORKERS worker(s)"
-for backend in $BACKENDS; do
-    case "$backend" in
-        sqlite)
-            run_backend sqlite "$SQLITE_PORT" "$TMP/sqlite/bench.db"
-            ;;
-        postgres)
-            psql_admin "CREATE DATABASE $PG_DB" >/dev/null || die "CREATE DATABASE $PG_DB failed"
-            PG_CREATED=1
-            run_backend postgres "$POSTGRES_PORT" "postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
-            psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null \
-                || log "could not drop database $PG_DB"
-            PG_CREATED=""
-            ;;
-    esac
-done
+run_backends
 
 # --- report ----------------------------------------------------------------------------------
-CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+MACHINE="$(machine_line)"
+COMMIT="$(commit_line)"
 LIMITS="ulimit -n $(ulimit -n), ephemeral ports $PORT_LO-$PORT_HI, somaxconn $(cat /proc/sys/net/core/somaxconn)"
 PG_VERSION=""
 if [[ " $BACKENDS " == *" postgres "* ]]; then
@@ -193,6 +132,8 @@ python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" "
     "$CONNECT_CONCURRENCY" "$WORKERS" "$SCENARIO_THREADS" "$GATEWAY_SETTINGS" "$BACKENDS" \
     "$PG_VERSION" "$PG_HOST:$PG_PORT" <<'PY' || status=$?
 import json, os, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from results_md import append_section, print_problems
 (out, results, date, machine, command, commit, limits, subscribers, events, warmup,
  concurrency, workers, scenario_threads, gateway_settings, backends, pg_version,
  pg_addr) = sys.argv[1:18]
@@ -248,10 +189,7 @@ table = "\n".join([
 print()
 print(table)
 print()
-if problems:
-    print("PROBLEMS (run marked failed):")
-    for p in problems:
-        print("  - " + p)
+print_problems(problems)
 details_text = "\n".join(details)
 section = f"""
 ## Events: one event to {subscribers:,} websocket subscribers ({date})
@@ -266,15 +204,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
-with open(results, "w") as f:
-    f.write(existing + section)
-sys.exit(1 if problems else 0)
+sys.exit(append_section(results, "# Benchmark results\n", section, problems))
 PY
-log "raw JSON results and gateway logs: $OUT"
-log "appended to benches/RESULTS.md"
-if (( status != 0 )); then
-    die "errors during the run (see PROBLEMS above)"
-fi
+report_done "$status" "raw JSON results and gateway logs"

@@ -40,18 +40,11 @@ CONNECTIONS=64
 # Forwarded runs wait 50 ms on the upstream after wrk's warm-up has closed its connections.
 WARMUP_SETTLE=1
 NOFILE="${NOFILE:-65536}"
-ADMIN_TOKEN="bench-admin-token-0123456789"
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS DELAY_MS=$DELAY_MS NODERED_VERSION=$NODERED_VERSION BURSTS=$BURSTS bash benches/forward_run.sh"
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/benches/out/forward-$RUN_ID"
-mkdir -p "$OUT"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-forward.XXXXXX")"
 BENCH_TAG="forward"
 # shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_run_dirs forward
 
 ensure_wrk node npm openssl
 export BENCHES_DIR="$ROOT/benches"
@@ -250,7 +243,8 @@ python3 - "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%
     "$(machine_line)" "$COMMAND" "$(commit_line)" "$DELAY_MS" "$NODERED_VERSION" "$BURSTS" <<'PY' || status=$?
 import json, os, sys
 sys.path.insert(0, os.environ["BENCHES_DIR"])
-from wrk_parse import medians, append_section
+from wrk_parse import medians
+from results_md import append_section, print_problems
 out, rounds, results, date, machine, command, commit, delay, nrv, bursts = sys.argv[1:11]
 rounds, delay = int(rounds), int(delay)
 problems, peer_problems = [], []
@@ -295,8 +289,7 @@ if bursts != "0":
         f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
 table = "\n".join(lines)
 print(); print(table); print()
-if problems:
-    print("PROBLEMS (run marked failed):"); [print("  - " + p) for p in problems]
+print_problems(problems)
 section = f"""
 ## {date} — forward / JSON order / bursts (benches/forward_run.sh)
 
@@ -308,10 +301,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-append_section(results, "# Benchmark results\n", section)
-sys.exit(1 if problems else 0)
+sys.exit(append_section(results, "# Benchmark results\n", section, problems))
 PY
-log "raw output and logs: $OUT"
-(( status == 0 )) || die "errors during the run (see PROBLEMS above)"
+report_done "$status" "raw output and logs"

@@ -108,7 +108,7 @@ BENCHES_DIR="$ROOT/benches" python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date 
     "$COMMAND" "$(commit_line)" "$RATE" "$ROUNDS" "$DURATION_S" "$CONNECTIONS" "$WORKERS" "$SCENARIO_THREADS" <<'PY' || status=$?
 import glob, json, os, statistics, sys
 sys.path.insert(0, os.environ["BENCHES_DIR"])
-from wrk_parse import append_section
+from results_md import append_section, print_problems
 out, results, date, machine, command, commit, rate, rounds, duration, conns, workers, threads = sys.argv[1:13]
 runs = {os.path.basename(p)[:-5]: json.load(open(p)) for p in glob.glob(os.path.join(out, "*.json"))}
 def med(prefix, key):
@@ -150,11 +150,8 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-    print("PROBLEMS:\n" + "\n".join("  - " + p for p in problems))
-append_section(results, "# Benchmark results\n", section)
-sys.exit(1 if problems else 0)
+print_problems(problems)
+sys.exit(append_section(results, "# Benchmark results\n", section, problems))
 PY
 log "raw JSON and logs: $OUT; appended to benches/RESULTS.md"
 (( status == 0 )) || die "errors during the run (see PROBLEMS above)"

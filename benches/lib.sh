@@ -1,6 +1,33 @@
-# Shared by the benchmark scripts (source it after setting BENCH_TAG and TMP):
-# logging, and the processes a run starts, all stopped on exit, with the run's temp
-# folder and (when PG_CREATED is set) its PostgreSQL database removed.
+# Shared by the benchmark scripts. Source it after setting BENCH_TAG (the log prefix), then
+# call `bench_run_dirs NAME`: ROOT (the repository, made the working folder), ADMIN_TOKEN,
+# logging, the run's folders, and the processes a run starts, all stopped on exit, with
+# the run's temp folder and (when PG_CREATED is set) its PostgreSQL database removed.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ADMIN_TOKEN="${ADMIN_TOKEN:-bench-admin-token-0123456789}"
+# How long a started server may take to answer (seconds).
+STARTUP_TIMEOUT_S="${STARTUP_TIMEOUT_S:-30}"
+# Python reports import the shared modules (wrk_parse.py, results_md.py) from here.
+export BENCHES_DIR="$ROOT/benches"
+TMP="${TMP:-}"
+
+# The run's id, its raw output folder benches/out/NAME-<id> (git-ignored, kept) and a
+# temp folder (removed on exit): RUN_ID, OUT and TMP.
+bench_run_dirs() { # name
+    RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+    OUT="$ROOT/benches/out/$1-$RUN_ID"
+    mkdir -p "$OUT"
+    TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-$1-bench.XXXXXX")"
+}
+
+# The end of a run with a report: where its raw output is, and the run fails when the
+# report saw problems (its exit status).
+report_done() { # report status, what the raw output folder holds
+    log "$2: $OUT"
+    log "appended to benches/RESULTS.md"
+    (( $1 == 0 )) || die "errors during the run (see PROBLEMS above)"
+}
 
 log() { printf '[%s %s] %s\n' "${BENCH_TAG:-bench}" "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -50,7 +77,7 @@ cleanup() {
             || log "could not drop database $PG_DB (drop it by hand)"
         PG_CREATED=""
     fi
-    rm -rf "$TMP"
+    [[ -z "$TMP" ]] || rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -173,8 +200,53 @@ machine_line() {
     echo "nproc $(nproc), ${cpu:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
 }
 
+# The commit measured; with GATEWAY_BIN given, that binary (the tree gave only the benches).
 commit_line() {
-    echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches ':!benches/RESULTS.md' 2>/dev/null || echo ' (with uncommitted changes)')"
+    local tree
+    tree="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock benches ':!benches/RESULTS.md' 2>/dev/null || echo ' (with uncommitted changes)')"
+    if [[ -n "${GATEWAY_GIVEN:-}" ]]; then
+        echo "gateway binary $GATEWAY_GIVEN (not this tree's; benches from $tree)"
+    else
+        echo "$tree"
+    fi
+}
+
+# Before anything starts: every backend of BACKENDS is known, PostgreSQL reachable.
+check_backends() {
+    local backend
+    for backend in $BACKENDS; do
+        case "$backend" in
+            sqlite) ;;
+            postgres)
+                command -v psql >/dev/null || die "psql is needed for the postgres backend (or BACKENDS=sqlite)"
+                psql_admin 'SELECT 1' >/dev/null \
+                    || die "cannot reach PostgreSQL at $PG_USER@$PG_HOST:$PG_PORT/$PG_ADMIN_DB (or BACKENDS=sqlite)"
+                ;;
+            *) die "unknown backend '$backend' in BACKENDS (sqlite, postgres)" ;;
+        esac
+    done
+}
+
+# Runs the script's `run_backend NAME PORT DATABASE_URL` on each of BACKENDS: SQLite in
+# TMP (port SQLITE_PORT), PostgreSQL in a fresh database PG_DB (port POSTGRES_PORT),
+# dropped after (and on exit, through PG_CREATED).
+run_backends() {
+    local backend
+    for backend in $BACKENDS; do
+        case "$backend" in
+            sqlite)
+                run_backend sqlite "$SQLITE_PORT" "$TMP/sqlite/bench.db"
+                ;;
+            postgres)
+                psql_admin "CREATE DATABASE $PG_DB" >/dev/null || die "CREATE DATABASE $PG_DB failed"
+                PG_CREATED=1
+                run_backend postgres "$POSTGRES_PORT" "postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
+                psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null \
+                    || log "could not drop database $PG_DB"
+                PG_CREATED=""
+                ;;
+        esac
+    done
 }
 
 # The release gateway (built once per run), started on PORT with CONFIG and DATA dir
@@ -190,6 +262,8 @@ build_gateway() {
 given_or_built_gateway() {
     if [[ -n "${GATEWAY_BIN:-}" ]]; then
         [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
+        log "using the gateway binary $GATEWAY_BIN (not building)"
+        GATEWAY_GIVEN="$GATEWAY_BIN"
     else
         build_gateway
     fi
@@ -210,6 +284,41 @@ start_gateway_at() {
     PIDS+=("$GATEWAY_PID")
     wait_http "http://127.0.0.1:$port/healthz" "$GATEWAY_PID" \
         || die "gateway did not become healthy (log: $logf)"
+}
+
+# The gateway of one backend's run (run_backends): data in TMP/BACKEND, its log
+# OUT/gateway-BACKEND.log, GATEWAY_CONFIG, WORKERS and SCENARIO_THREADS.
+#   start_backend_gateway BACKEND PORT DATABASE_URL [more flags...]   -> sets GATEWAY_PID
+start_backend_gateway() {
+    local backend="$1" port="$2" url="$3" data="$TMP/$1"
+    shift 3
+    mkdir -p "$data"
+    port_in_use "$port" && die "port $port is in use (set SQLITE_PORT / POSTGRES_PORT)"
+    GATEWAY_DB_URL="$url" start_gateway_at "$port" "$GATEWAY_CONFIG" "$data" "$OUT/gateway-$backend.log" \
+        --workers "$WORKERS" --scenario-threads "$SCENARIO_THREADS" "$@"
+}
+
+# Dies unless the ports in the named variables are free: ports_free VAR...
+ports_free() {
+    local var
+    for var in "$@"; do
+        port_in_use "${!var}" && die "port ${!var} is in use (set $var)"
+    done
+    return 0
+}
+
+# The bare actix-web baseline BARE_BIN on BARE_PORT with WORKERS workers, its log
+# OUT/bare-server.log; up once it answers 200 on READY_URL, or without one once the
+# port listens:   start_bare [READY_URL]   -> sets BARE_PID
+start_bare() {
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$WORKERS" >>"$OUT/bare-server.log" 2>&1 &
+    BARE_PID=$!
+    PIDS+=("$BARE_PID")
+    if [[ -n "${1:-}" ]]; then
+        wait_http "$1" "$BARE_PID"
+    else
+        wait_listening "$BARE_PORT" "$BARE_PID"
+    fi || die "bare server did not come up (log: $OUT/bare-server.log)"
 }
 
 # A top-level field of a JSON object: json_field JSON NAME

@@ -9,7 +9,7 @@
 # of both servers, one per core as the gateway ships; 1 was the default until 2026-11-29),
 # SCENARIO_THREADS (gateway, = WORKERS), CONNECTIONS (wrk -c, 64), THREADS (wrk -t, 1), WARMUP (unmeasured
 # wrk run before each measured one, 1s; 0 to skip), BARE_PORT (18081), GATEWAY_PORT (18082).
-# Raw wrk output and server logs stay in benches/out/<run id>/ (git-ignored).
+# Raw wrk output and server logs stay in benches/out/run-<run id>/ (git-ignored).
 set -euo pipefail
 
 DURATION="${DURATION:-10s}"
@@ -24,21 +24,11 @@ THREADS="${THREADS:-1}"
 WARMUP="${WARMUP:-1s}"
 BARE_PORT="${BARE_PORT:-18081}"
 GATEWAY_PORT="${GATEWAY_PORT:-18082}"
-ADMIN_TOKEN="bench-admin-token-0123456789"
-STARTUP_TIMEOUT_S=30
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }DURATION=$DURATION ROUNDS=$ROUNDS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS CONNECTIONS=$CONNECTIONS THREADS=$THREADS WARMUP=$WARMUP bash benches/run.sh"
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/benches/out/$RUN_ID"
-mkdir -p "$OUT"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-bench.XXXXXX")"
-
-
 BENCH_TAG="bench"
 # shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_run_dirs run
 
 WRK_SCRIPT="$TMP/post.lua"
 cat >"$WRK_SCRIPT" <<'LUA'
@@ -50,7 +40,8 @@ LUA
 cat >"$TMP/parse.py" <<'PY'
 import os, sys
 sys.path.insert(0, os.environ["BENCHES_DIR"])
-from wrk_parse import medians, append_section
+from wrk_parse import medians
+from results_md import append_section, print_problems
 
 # report <out dir> <rounds> <results.md> <date> <machine> <command> <wrk params> <workers> <commit>
 out, rounds, results, date, machine, command, wrk_params, workers, commit = sys.argv[2:11]
@@ -84,10 +75,7 @@ table = "\n".join([
 print()
 print(table)
 print()
-if problems:
-    print("PROBLEMS (run marked failed):")
-    for p in problems:
-        print("  - " + p)
+print_problems(problems)
 
 section = f"""
 ## {date}
@@ -101,9 +89,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-
 HEADER = """# Webhook benchmark results
 
 How to run: `bash benches/run.sh` from the repository root (see `benches/README.md` for the
@@ -111,8 +96,7 @@ knobs). Each run appends a dated section below; older sections are kept for comp
 Targets: gateway with `wait_for_completion` off >= 75% of bare actix-web req/s, with it
 on >= 70%.
 """
-append_section(results, HEADER, section)
-sys.exit(1 if problems else 0)
+sys.exit(append_section(results, HEADER, section, problems))
 PY
 
 # --- tools ------------------------------------------------------------------------------
@@ -124,20 +108,9 @@ given_or_built_gateway   # GATEWAY_BIN runs a given build (an A/B of two builds)
 log "building the bare actix-web baseline (cargo bench --no-run --bench bare_actix)"
 BARE_BIN="$(bench_exe bare_actix)"
 
-for port in "$BARE_PORT" "$GATEWAY_PORT"; do
-    port_in_use "$port" && die "port $port is in use (set BARE_PORT / GATEWAY_PORT)"
-done
+ports_free BARE_PORT GATEWAY_PORT
 
 # --- servers ---------------------------------------------------------------------------------
-BARE_PID=""
-start_bare() {
-    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$WORKERS" >>"$OUT/bare-server.log" 2>&1 &
-    BARE_PID=$!
-    PIDS+=("$BARE_PID")
-    wait_http "http://127.0.0.1:$BARE_PORT/api/token/v1/ready" "$BARE_PID" \
-        || die "bare server did not come up (log: $OUT/bare-server.log)"
-}
-
 GATEWAY_CONFIG="$TMP/gateway.toml"
 cat >"$GATEWAY_CONFIG" <<'TOML'
 access_log = false
@@ -164,7 +137,7 @@ log "run $RUN_ID: $ROUNDS rounds x (bare, wait-off, wait-on), wrk -t$THREADS -c$
 TOKEN_OFF=""
 TOKEN_ON=""
 for round in $(seq 1 "$ROUNDS"); do
-    start_bare
+    start_bare "http://127.0.0.1:$BARE_PORT/api/token/v1/ready"
     run_wrk bare "http://127.0.0.1:$BARE_PORT/api/token/v1/bench" "$round"
     stop_pid "$BARE_PID"
 
@@ -194,8 +167,4 @@ WRK_PARAMS="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP
 status=0
 python3 "$TMP/parse.py" report "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "$MACHINE" "$COMMAND" "$WRK_PARAMS" "$WORKERS" "$COMMIT" || status=$?
-log "raw wrk output and server logs: $OUT"
-log "appended to benches/RESULTS.md"
-if (( status != 0 )); then
-    die "errors during the run (see PROBLEMS above)"
-fi
+report_done "$status" "raw wrk output and server logs"

@@ -8,7 +8,7 @@ section to RESULTS. Exit status 1 on FAIL or on errors during the run.
 """
 import json, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wrk_parse import append_section
+from results_md import append_section, print_problems
 out, results, date, machine, command, commit = sys.argv[1:7]
 duration_s, warmup_s, fd_slope_max = float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
 expected, subs = int(sys.argv[10]), int(sys.argv[11])
@@ -92,8 +92,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Errors during the run** (marked failed):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-    print("PROBLEMS:\n" + "\n".join("  - " + p for p in problems))
-append_section(results, "# Benchmark results\n", section)
+print_problems(problems)
+append_section(results, "# Benchmark results\n", section, problems)
 sys.exit(0 if verdict == "PASS" and not problems else 1)

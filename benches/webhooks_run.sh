@@ -52,26 +52,14 @@ PG_USER="${PG_USER:-postgres}"
 PG_ADMIN_DB="${PG_ADMIN_DB:-test}"
 SINK_PORT="${SINK_PORT:-18111}"
 GATEWAY_BIN="${GATEWAY_BIN:-}"
-GIVEN_BIN="$GATEWAY_BIN"
 SQLITE_PORT="${SQLITE_PORT:-18112}"
 POSTGRES_PORT="${POSTGRES_PORT:-18113}"
-ADMIN_TOKEN="bench-admin-token-0123456789"
-STARTUP_TIMEOUT_S=30
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }RATE=$RATE DURATION_S=$DURATION_S BATCH=$BATCH SUBSCRIPTIONS=$SUBSCRIPTIONS TIMEOUT_S=$TIMEOUT_S${CONCURRENCY:+ CONCURRENCY=$CONCURRENCY} POLL_MS=$POLL_MS WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS BACKENDS=\"$BACKENDS\" bash benches/webhooks_run.sh"
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/benches/out/webhooks-$RUN_ID"
-mkdir -p "$OUT"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-webhooksbench.XXXXXX")"
 PG_DB="oktell_bench_$$"
-
-
-
 BENCH_TAG="webhooks-bench"
 # shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_run_dirs webhooks
 
 # --- checks ---------------------------------------------------------------------------
 
@@ -81,28 +69,10 @@ done
 (( BATCH >= 1 && BATCH <= 1000 )) || die "BATCH must be 1-1000 (the gateway's batch limit)"
 (( SUBSCRIPTIONS >= 1 )) || die "SUBSCRIPTIONS must be at least 1"
 (( DURATION_S >= 1 )) || die "DURATION_S must be at least 1"
-for backend in $BACKENDS; do
-    case "$backend" in
-        sqlite) ;;
-        postgres)
-            command -v psql >/dev/null || die "psql is needed for the postgres backend (or BACKENDS=sqlite)"
-            psql_admin 'SELECT 1' >/dev/null \
-                || die "cannot reach PostgreSQL at $PG_USER@$PG_HOST:$PG_PORT/$PG_ADMIN_DB (or BACKENDS=sqlite)"
-            ;;
-        *) die "unknown backend '$backend' in BACKENDS (sqlite, postgres)" ;;
-    esac
-done
+check_backends
 
 # --- build --------------------------------------------------------------------------------
-if [[ -n "$GATEWAY_BIN" ]]; then
-    [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
-    log "using the gateway binary $GATEWAY_BIN (not building)"
-else
-    log "building the gateway (cargo build --release)"
-    cargo build --release
-    GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
-    [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
-fi
+given_or_built_gateway   # GATEWAY_BIN runs a given build (an A/B of two builds)
 log "building the receiver (cargo bench --no-run --bench webhook_sink)"
 SINK_BIN="$(bench_exe webhook_sink)"
 
@@ -317,46 +287,15 @@ ${CONCURRENCY:+delivery_concurrency = $CONCURRENCY}
 TOML
 GATEWAY_SETTINGS="$(grep -v '^#' "$GATEWAY_CONFIG" | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
 
-wait_healthy() { # name, pid, url, log
-    local deadline=$(( SECONDS + STARTUP_TIMEOUT_S ))
-    while (( SECONDS < deadline )); do
-        alive "$2" || break
-        curl -fsS -o /dev/null --max-time 1 "$3" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$1 did not come up (log: $4)"
-}
-
 SINK_PID=""
 start_sink() { # backend
     start_sink_at "$SINK_PORT" "$OUT/sink-$1.log"
 }
 
-GATEWAY_PID=""
-start_gateway() { # backend, port, database url
-    local backend="$1" port="$2" url="$3" data="$TMP/$1"
-    mkdir -p "$data"
-    port_in_use "$port" && die "port $port is in use (set SQLITE_PORT / POSTGRES_PORT)"
-    "$GATEWAY_BIN" serve \
-        --config "$GATEWAY_CONFIG" \
-        --listen "127.0.0.1:$port" \
-        --data-dir "$data" \
-        --database-url "$url" \
-        --admin-token "$ADMIN_TOKEN" \
-        --workers "$WORKERS" \
-        --scenario-threads "$SCENARIO_THREADS" \
-        --log-level warn \
-        --allow-private-targets \
-        >>"$OUT/gateway-$backend.log" 2>&1 &
-    GATEWAY_PID=$!
-    PIDS+=("$GATEWAY_PID")
-    wait_healthy "the gateway ($backend)" "$GATEWAY_PID" "http://127.0.0.1:$port/healthz" "$OUT/gateway-$backend.log"
-}
-
 run_backend() { # backend, port, database url
     local backend="$1" port="$2" url="$3" file="$OUT/$1.json"
     start_sink "$backend"
-    start_gateway "$backend" "$port" "$url"
+    start_backend_gateway "$backend" "$port" "$url" --allow-private-targets
     log "$backend: RATE $RATE for $DURATION_S s in batches of $BATCH, $SUBSCRIPTIONS subscription(s), delivery_poll_ms $POLL_MS"
     python3 "$TMP/drive.py" "$backend" "$port" "$SINK_PORT" "$ADMIN_TOKEN" "$RATE" "$DURATION_S" \
         "$BATCH" "$SUBSCRIPTIONS" "$TIMEOUT_S" "$SETTLE_S" "$OUT/metrics-$backend.txt" >"$file" \
@@ -375,27 +314,11 @@ PY
 
 # --- runs ------------------------------------------------------------------------------------
 log "run webhooks-$RUN_ID: backends $BACKENDS; RATE $RATE for $DURATION_S s, batches of $BATCH, $SUBSCRIPTIONS subscription(s)"
-for backend in $BACKENDS; do
-    case "$backend" in
-        sqlite)
-            run_backend sqlite "$SQLITE_PORT" "$TMP/sqlite/bench.db"
-            ;;
-        postgres)
-            psql_admin "CREATE DATABASE $PG_DB" >/dev/null || die "CREATE DATABASE $PG_DB failed"
-            PG_CREATED=1
-            run_backend postgres "$POSTGRES_PORT" "postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
-            psql_admin "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null \
-                || log "could not drop database $PG_DB"
-            PG_CREATED=""
-            ;;
-    esac
-done
+run_backends
 
 # --- report ----------------------------------------------------------------------------------
-CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
-[[ -n "$GIVEN_BIN" ]] && COMMIT="gateway binary $GIVEN_BIN (not this tree's; benches from $COMMIT)"
+MACHINE="$(machine_line)"
+COMMIT="$(commit_line)"
 PG_VERSION=""
 if [[ " $BACKENDS " == *" postgres "* ]]; then
     PG_VERSION="$(psql -X -At -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_ADMIN_DB" -c 'SHOW server_version' 2>/dev/null | head -1 | awk '{print $1}')"
@@ -406,6 +329,8 @@ python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" "
     "$SCENARIO_THREADS" "$GATEWAY_SETTINGS" "$BACKENDS" "$PG_VERSION" "$PG_HOST:$PG_PORT" \
     "$TIMEOUT_S" "$SETTLE_S" <<'PY' || status=$?
 import json, os, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from results_md import append_section, print_problems
 (out, results, date, machine, command, commit, rate, duration_s, batch, subs, poll_ms, workers,
  scenario_threads, gateway_settings, backends, pg_version, pg_addr, timeout_s, settle_s) = sys.argv[1:20]
 rate, subs = float(rate), int(subs)
@@ -486,10 +411,7 @@ table = "\n".join([
 print()
 print(table)
 print()
-if problems:
-    print("PROBLEMS (run marked failed):")
-    for p in problems:
-        print("  - " + p)
+print_problems(problems)
 details_text = "\n".join(details)
 load = (f"open loop at {rate:,.0f} events/s for {duration_s} s (batch n leaves at start + n x {batch} / rate)" if rate > 0
         else f"back to back for {duration_s} s, as fast as they are acknowledged")
@@ -506,15 +428,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
-with open(results, "w") as f:
-    f.write(existing + section)
-sys.exit(1 if problems else 0)
+sys.exit(append_section(results, "# Benchmark results\n", section, problems))
 PY
-log "raw JSON results, logs and delivery metrics: $OUT"
-log "appended to benches/RESULTS.md"
-if (( status != 0 )); then
-    die "errors during the run (see PROBLEMS above)"
-fi
+report_done "$status" "raw JSON results, logs and delivery metrics"

@@ -1,5 +1,5 @@
 """wrk output: one run's numbers (`python3 wrk_parse.py one FILE`), and `parse()` /
-`medians()` for the benchmark reports (run.sh, forward_run.sh)."""
+`medians()` for the benchmark reports (run.sh, forward_run.sh, cluster_run.sh)."""
 import re
 import statistics
 import sys
@@ -48,15 +48,6 @@ def medians(paths, key, problems):
         "p99": statistics.median(r["p99"] for r in runs),
         "runs": [r["rps"] for r in runs],
     }
-
-
-def append_section(results, header, section):
-    try:
-        existing = open(results).read().rstrip("\n") + "\n"
-    except FileNotFoundError:
-        existing = header
-    with open(results, "w") as f:
-        f.write(existing + section)
 
 
 if __name__ == "__main__" and sys.argv[1] == "one":

@@ -32,21 +32,11 @@ GATEWAY_IN_FLIGHT="${GATEWAY_IN_FLIGHT:-20000}"
 NOFILE="${NOFILE:-65536}"
 BARE_PORT="${BARE_PORT:-18091}"
 GATEWAY_PORT="${GATEWAY_PORT:-18092}"
-ADMIN_TOKEN="bench-admin-token-0123456789"
-STARTUP_TIMEOUT_S=30
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 COMMAND="${GATEWAY_BIN:+GATEWAY_BIN=$GATEWAY_BIN }${EXTRA_SETTINGS:+EXTRA_SETTINGS='$EXTRA_SETTINGS' }SESSIONS=$SESSIONS MESSAGES=$MESSAGES ROUNDS=$ROUNDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY WORKERS=$WORKERS SCENARIO_THREADS=$SCENARIO_THREADS GATEWAY_IN_FLIGHT=$GATEWAY_IN_FLIGHT bash benches/ws_run.sh"
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/benches/out/ws-$RUN_ID"
-mkdir -p "$OUT"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/oktell-wsbench.XXXXXX")"
-
-
 BENCH_TAG="ws-bench"
 # shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_run_dirs ws
 
 # --- limits -----------------------------------------------------------------------------
 # Each side holds SESSIONS sockets: the client and the server (its children inherit this
@@ -66,20 +56,9 @@ log "building the baseline and the load client (cargo bench --no-run --bench bar
 BARE_BIN="$(bench_exe bare_ws)"
 LOAD_BIN="$(bench_exe ws_load)"
 
-for port in "$BARE_PORT" "$GATEWAY_PORT"; do
-    port_in_use "$port" && die "port $port is in use (set BARE_PORT / GATEWAY_PORT)"
-done
+ports_free BARE_PORT GATEWAY_PORT
 
 # --- servers ---------------------------------------------------------------------------------
-BARE_PID=""
-start_bare() {
-    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$WORKERS" >>"$OUT/bare-server.log" 2>&1 &
-    BARE_PID=$!
-    PIDS+=("$BARE_PID")
-    wait_listening "$BARE_PORT" "$BARE_PID" \
-        || die "bare server did not come up (log: $OUT/bare-server.log)"
-}
-
 GATEWAY_CONFIG="$TMP/gateway.toml"
 cat >"$GATEWAY_CONFIG" <<'TOML'
 access_log = false
@@ -154,15 +133,16 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # --- report ----------------------------------------------------------------------------------
-CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-MACHINE="nproc $(nproc), ${CPU:-unknown CPU}, $(uname -sr), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+MACHINE="$(machine_line)"
+COMMIT="$(commit_line)"
 LIMITS="ulimit -n $(ulimit -n), ephemeral ports $PORT_LO-$PORT_HI, somaxconn $(cat /proc/sys/net/core/somaxconn)"
 status=0
 python3 - "$OUT" "$ROUNDS" "$ROOT/benches/RESULTS.md" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
     "$MACHINE" "$COMMAND" "$COMMIT" "$LIMITS" "$SESSIONS" "$MESSAGES" "$CONNECT_CONCURRENCY" \
     "$WORKERS" "$SCENARIO_THREADS" "$GATEWAY_SETTINGS" <<'PY' || status=$?
 import json, os, statistics, sys
+sys.path.insert(0, os.environ["BENCHES_DIR"])
+from results_md import append_section, print_problems
 (out, rounds, results, date, machine, command, commit, limits, sessions, messages,
  concurrency, workers, scenario_threads, gateway_settings) = sys.argv[1:15]
 rounds, sessions, messages = int(rounds), int(sessions), int(messages)
@@ -219,10 +199,7 @@ rss_lines = "\n".join(
 print()
 print(table)
 print()
-if problems:
-    print("PROBLEMS (run marked failed):")
-    for p in problems:
-        print("  - " + p)
+print_problems(problems)
 
 section = f"""
 ## Websocket: {sessions:,} sessions x {messages} round trips ({date})
@@ -237,15 +214,6 @@ section = f"""
 
 {table}
 """
-if problems:
-    section += "\n**Run failed** (errors seen, numbers not trustworthy):\n\n" + "\n".join("- " + p for p in problems) + "\n"
-existing = open(results).read().rstrip("\n") + "\n" if os.path.exists(results) else "# Benchmark results\n"
-with open(results, "w") as f:
-    f.write(existing + section)
-sys.exit(1 if problems else 0)
+sys.exit(append_section(results, "# Benchmark results\n", section, problems))
 PY
-log "raw JSON results and server logs: $OUT"
-log "appended to benches/RESULTS.md"
-if (( status != 0 )); then
-    die "errors during the run (see PROBLEMS above)"
-fi
+report_done "$status" "raw JSON results and server logs"

@@ -56,6 +56,7 @@ source "$ROOT/benches/lib.sh"
 command -v valgrind >/dev/null || die "valgrind is missing (apt-get install valgrind)"
 if [[ -n "${GATEWAY_BIN:-}" ]]; then
     [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not executable"
+    GATEWAY_GIVEN="$GATEWAY_BIN"
     COMMAND="GATEWAY_BIN=$GATEWAY_BIN ONLY=${ONLY:-} $COMMAND"
 elif [[ "$MODE" == webhook || "gateway" =~ ${ONLY:-.} ]]; then
     build_gateway

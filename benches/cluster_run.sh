@@ -175,7 +175,7 @@ BENCHES_DIR="$ROOT/benches" python3 - "$OUT" "$ROOT/benches/RESULTS.md" "$(date 
 import json, os, sys
 sys.path.insert(0, os.environ["BENCHES_DIR"])
 from wrk_parse import parse
-from results_md import append_section
+from results_md import append_section, print_problems
 out, results, date, machine, commit, command, nodes, per_node = sys.argv[1:9]
 nodes = int(nodes)
 load = lambda name: json.load(open(os.path.join(out, name)))
@@ -217,4 +217,5 @@ section = f"""
 """
 append_section(results, "# Benchmark results\n", section, problems)
 print(section)
+print_problems(problems)
 PY

@@ -47,7 +47,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_run_dirs forward
 
 ensure_wrk node npm openssl
-export BENCHES_DIR="$ROOT/benches"
 # 512 wrk connections, as many at the gateway and to the upstream, 2,000 burst callers.
 raise_fd_limit 4000 "connections"
 for port in "$UP_PORT" "$UP_TLS_PORT" "$GATEWAY_PORT" "$NR_PORT" "$UP_SLOW_PORT"; do

@@ -5,12 +5,14 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-ADMIN_TOKEN="${ADMIN_TOKEN:-bench-admin-token-0123456789}"
+ADMIN_TOKEN="bench-admin-token-0123456789"
 # How long a started server may take to answer (seconds).
 STARTUP_TIMEOUT_S="${STARTUP_TIMEOUT_S:-30}"
 # Python reports import the shared modules (wrk_parse.py, results_md.py) from here.
 export BENCHES_DIR="$ROOT/benches"
-TMP="${TMP:-}"
+# The run's temp folder, removed on exit: only one a script made itself (older scripts
+# make theirs before sourcing this file), never a TMP from the caller's environment.
+[[ "${TMP:-}" == */oktell-* ]] || TMP=""
 
 # The run's id, its raw output folder benches/out/NAME-<id> (git-ignored, kept) and a
 # temp folder (removed on exit): RUN_ID, OUT and TMP.
@@ -263,6 +265,7 @@ given_or_built_gateway() {
     if [[ -n "${GATEWAY_BIN:-}" ]]; then
         [[ -x "$GATEWAY_BIN" ]] || die "GATEWAY_BIN=$GATEWAY_BIN is not an executable"
         log "using the gateway binary $GATEWAY_BIN (not building)"
+        # commit_line names it instead of this tree's commit.
         GATEWAY_GIVEN="$GATEWAY_BIN"
     else
         build_gateway
@@ -319,6 +322,13 @@ start_bare() {
     else
         wait_listening "$BARE_PORT" "$BARE_PID"
     fi || die "bare server did not come up (log: $OUT/bare-server.log)"
+}
+
+# The gateway's settings for a report: CONFIG's lines and EXTRA_SETTINGS', each in
+# backquotes, comma-separated:   settings_line CONFIG
+settings_line() {
+    { cat "$1"; printf '%s\n' "${EXTRA_SETTINGS:-}"; } | grep -v '^#' | grep -v '^$' \
+        | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g'
 }
 
 # A top-level field of a JSON object: json_field JSON NAME

@@ -101,7 +101,6 @@ PY
 
 # --- tools ------------------------------------------------------------------------------
 ensure_wrk
-export BENCHES_DIR="$ROOT/benches"
 
 # --- build --------------------------------------------------------------------------------
 given_or_built_gateway   # GATEWAY_BIN runs a given build (an A/B of two builds)

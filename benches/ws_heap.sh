@@ -28,6 +28,7 @@ STARTUP_TIMEOUT_S=180
 source "$ROOT/benches/lib.sh"
 command -v valgrind >/dev/null || die "valgrind is missing (apt-get install valgrind)"
 [[ -x "${GATEWAY_BIN:-}" ]] || die "GATEWAY_BIN must be a gateway built with --features system-allocator"
+GATEWAY_GIVEN="$GATEWAY_BIN"
 raise_fd_limit "$SESSIONS" sessions
 # LOAD_BIN / BARE_BIN: already built executables (skips cargo).
 LOAD_BIN="${LOAD_BIN:-$(bench_exe ws_load)}"

@@ -72,7 +72,7 @@ if [[ "$GATEWAY_IN_FLIGHT" != default ]]; then
     printf 'channel_max_in_flight = %s\nscenario_queue = %s\n' "$GATEWAY_IN_FLIGHT" "$GATEWAY_IN_FLIGHT" >>"$GATEWAY_CONFIG"
 fi
 # The settings as the gateway gets them (start_gateway_at adds EXTRA_SETTINGS).
-GATEWAY_SETTINGS="$({ cat "$GATEWAY_CONFIG"; printf '%s\n' "${EXTRA_SETTINGS:-}"; } | grep -v '^#' | grep -v '^$' | sed 's/^/`/; s/$/`/' | paste -sd, - | sed 's/,/, /g')"
+GATEWAY_SETTINGS="$(settings_line "$GATEWAY_CONFIG")"
 GATEWAY_PID=""
 start_gateway() {
     start_gateway_at "$GATEWAY_PORT" "$GATEWAY_CONFIG" "$TMP" "$OUT/gateway.log" \

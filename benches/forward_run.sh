@@ -19,7 +19,8 @@
 # Knobs (environment): DURATION (wrk -d, 10s), ROUNDS (5; 0 runs the burst rows only), WARMUP (2s), THREADS (wrk -t,
 # 1), DELAY_MS (upstream delay, 50), NODERED_VERSION (4.1.8), BURSTS (1; 0 skips the
 # burst rows), PORT_BASE (18090: upstream, +1 TLS upstream, +2 gateway, +3 Node-RED,
-# +4 2 s upstream), GATEWAY_BIN (measure that binary instead of building). Raw output and logs stay in benches/out/<run id>/ (git-ignored);
+# +4 2 s upstream), GATEWAY_BIN (measure that binary instead of building). Raw output
+# and logs stay in benches/out/forward-<run id>/ (git-ignored);
 # Node-RED is installed once into benches/out/node-red-<version>/ from the npm registry.
 set -euo pipefail
 
@@ -201,18 +202,22 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # --- bursts ------------------------------------------------------------------------------------
-# null (JSON) when the process is gone or a zombie (no VmRSS line).
-rss_mb() { awk '/VmRSS/ {v=$2} END {if (v == "") print "null"; else printf "%.0f", v/1024}' "/proc/${1:-$GATEWAY_PID}/status" 2>/dev/null || echo null; }
-# RSS in its two parts: anonymous memory (heap, stacks) and pages of mapped files (the
-# binary's code, paged in as code paths first run, shared and reclaimable).
-rss_parts() { awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "{\"anon_mb\": %.1f, \"file_mb\": %.1f}", a/1024, f/1024}' "/proc/$GATEWAY_PID/status"; }
-threads_of() { awk '/Threads/ {print $2}' "/proc/$GATEWAY_PID/status"; }
-# The gateway's memory (and the peer's RSS) at a moment of the burst, into
+# A process's memory as JSON fields, from one read of its /proc/<pid>/status: RSS and its
+# two parts, anonymous memory (heap, stacks) and pages of mapped files (the binary's
+# code, paged in as code paths first run, shared and reclaimable), in MB, and threads;
+# null for each when the process is gone or a zombie (no VmRSS line).
+memory_of() { # pid
+    cat "/proc/$1/status" 2>/dev/null | awk 'BEGIN {r = a = f = t = "null"}
+        /^VmRSS/ {r = sprintf("%.0f", $2 / 1024)} /^RssAnon/ {a = sprintf("%.1f", $2 / 1024)}
+        /^RssFile/ {f = sprintf("%.1f", $2 / 1024)} /^Threads/ {t = $2}
+        END {printf "\"rss_mb\": %s, \"parts\": {\"anon_mb\": %s, \"file_mb\": %s}, \"threads\": %s", r, a, f, t}'
+}
+# The gateway's memory (and the peer's) at a moment of the burst, into
 # $OUT/memory-<moment>.json and printed; its smaps beside it (mapping by mapping, to
 # compare the moments).
 memory_at() { # moment
-    printf '{"rss_mb": %s, "parts": %s, "threads": %s, "peer_mb": %s}\n' \
-        "$(rss_mb)" "$(rss_parts)" "$(threads_of)" "$(rss_mb "$UP_SLOW_PID")" >"$OUT/memory-$1.json"
+    printf '{%s, "peer": {%s}}\n' "$(memory_of "$GATEWAY_PID")" "$(memory_of "$UP_SLOW_PID")" \
+        >"$OUT/memory-$1.json"
     cp "/proc/$GATEWAY_PID/smaps" "$OUT/smaps-$1.txt" 2>/dev/null || true
     cat "$OUT/memory-$1.json"
 }
@@ -283,7 +288,7 @@ if bursts != "0":
         f'| 500 callers, scenario waits 2 s | statuses {w["statuses"]}, wall {w["wall_s"]} s, slowest 200 {w["ok_max_ms"]} ms | all 200 within ~2-3 s |',
         f'| RSS of the gateway | before {m["before"]["rss_mb"]} MB, peak {m["peak"]["rss_mb"]} MB ({m["peak"]["threads"]} threads), a minute later {m["after"]["rss_mb"]} MB ({m["after"]["threads"]} threads) | back to baseline ±20% |',
         f'| the same, anonymous / file pages | ' + ", ".join(f'{label} {m[k]["parts"]["anon_mb"]} / {m[k]["parts"]["file_mb"]} MB' for k, label in (("before", "before"), ("peak", "peak"), ("after", "a minute later"))) + ' | (where the difference is) |',
-        f'| peer: bare actix-web (1 worker where the gateway has 2, glibc malloc) serving the same 500 concurrent 2 s calls | before {m["before"]["peer_mb"]} MB, peak {m["peak"]["peer_mb"]} MB, a minute later {m["after"]["peer_mb"]} MB | (what bare actix-web keeps after the same burst) |',
+        f'| peer: bare actix-web (1 worker where the gateway has 2, glibc malloc) serving the same 500 concurrent 2 s calls | before {m["before"]["peer"]["rss_mb"]} MB, peak {m["peak"]["peer"]["rss_mb"]} MB, a minute later {m["after"]["peer"]["rss_mb"]} MB | (what bare actix-web keeps after the same burst) |',
         f'| 2,000 callers, scenario computes 200 ms | statuses {c["statuses"]}, 503 with Retry-After {c["refused_with_retry_after"]}, 503 after p50 {c["refused_p50_ms"]} / p99 {c["refused_p99_ms"]} / max {c["refused_max_ms"]} ms | quick 503 + Retry-After for the excess |',
         f'| another channel meanwhile (probe every 50 ms) | {c["probe_n"]} calls, p50 {c["probe_p50_ms"]} ms, p99 {c["probe_p99_ms"]} ms | p99 <= 500 ms |']
 table = "\n".join(lines)

@@ -52,6 +52,8 @@ thread_local! {
 
 /// The variables every run starts with, and their values at its start.
 const REPLY_VARIABLES: usize = 3;
+/// A scope that held more variables than this at a run's end is not kept for the next.
+const KEPT_SCOPE_MAX_LEN: usize = 64;
 
 fn reply_defaults() -> [(&'static str, Dynamic); REPLY_VARIABLES] {
     // One empty string shared by every run (`ImmutableString::new` allocates).
@@ -68,8 +70,10 @@ fn reply_defaults() -> [(&'static str, Dynamic); REPLY_VARIABLES] {
 /// vectors and the three names (shared strings) anew for every run, and dropped them
 /// after (~1,300 instructions of a ~16,000-instruction websocket echo, counted by
 /// callgrind). When the run ends, what it declared is rewound and the three values are
-/// reset; a scope whose values cannot be reset (one made constant) is dropped instead.
-/// Either way nothing of a run reaches the next one.
+/// reset; a scope whose values cannot be reset (one made constant) or that grew past
+/// [`KEPT_SCOPE_MAX_LEN`] is dropped instead. Either way nothing of a run reaches the
+/// next one (`export`, which would leave aliases on the kept entries, is refused at
+/// compile time: scenarios have no modules).
 struct RunScope(Option<Scope<'static>>);
 
 impl RunScope {
@@ -94,8 +98,11 @@ impl Drop for RunScope {
         let Some(mut scope) = self.0.take() else {
             return;
         };
+        // A run that declared many variables leaves vectors that big: not kept.
+        let small = scope.len() <= KEPT_SCOPE_MAX_LEN;
         scope.rewind(REPLY_VARIABLES);
-        let reset = scope.len() == REPLY_VARIABLES
+        let reset = small
+            && scope.len() == REPLY_VARIABLES
             && reply_defaults()
                 .into_iter()
                 .all(|(name, value)| match scope.get_mut(name) {
@@ -215,6 +222,9 @@ impl RhaiRuntime {
             // by every thread of the engine, hashing each whole string first (a 2 KiB body:
             // ~2,000 instructions); scenario runs are short, the sharing saves nothing.
             .set_max_strings_interned(0);
+        // Scenarios have no modules (`set_max_modules(0)`), so `export` has no use; it
+        // would leave aliases on the kept scope's entries (`RunScope`).
+        engine.disable_symbol("export");
         // Budgets (memory included): a thread-local read, between every two operations.
         // Wall time: checked every 1024 operations, which keeps the check cheap.
         engine.on_progress(|ops| {
@@ -718,7 +728,7 @@ impl RhaiRuntime {
                 secrets,
             })
         });
-        // Dropped before `_clear`: the run's values are freed while its memory is counted.
+        // The run's scope, kept for the next run of this thread (reset when this ends).
         let mut run_scope = RunScope::take();
         let scope = run_scope.scope();
         let outcome = self.engine.run_ast_with_scope(scope, ast);
@@ -890,6 +900,12 @@ mod tests {
                 "after {script}"
             );
         }
+    }
+
+    #[test]
+    fn export_is_refused() {
+        let err = run("export response_code as x;", Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, ScenarioError::Compile(_)), "{err:?}");
     }
 
     #[test]

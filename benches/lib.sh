@@ -257,7 +257,7 @@ run_backends() {
 build_gateway() {
     log "building the gateway (cargo build --release)"
     cargo build --release || die "cargo build --release failed"
-    GATEWAY_BIN="$ROOT/target/release/oktell-gateway"
+    GATEWAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/oktell-gateway"
     [[ -x "$GATEWAY_BIN" ]] || die "no $GATEWAY_BIN after the build"
 }
 # GATEWAY_BIN when the caller set it (another build to measure), else this tree's release.

@@ -766,6 +766,9 @@ fn take_slot(shared: &Shared, role: usize) {
     *lock(&shared.slots[role].thread) = Some(std::thread::current());
 }
 
+// Not inlined into the thread's start: profiles name scenario threads by this frame
+// (benches/callgrind_run.sh), and a release build optimised across crates inlined it.
+#[inline(never)]
 fn work(shared: Arc<Shared>, role: usize) {
     let grant = Arc::new(Grant::default());
     take_slot(&shared, role);

@@ -74,30 +74,23 @@ fn reply_defaults() -> [(&'static str, Dynamic); REPLY_VARIABLES] {
 /// [`KEPT_SCOPE_MAX_LEN`] is dropped instead. Either way nothing of a run reaches the
 /// next one (`export`, which would leave aliases on the kept entries, is refused at
 /// compile time: scenarios have no modules).
-struct RunScope(Option<Scope<'static>>);
+struct RunScope(Scope<'static>);
 
 impl RunScope {
     fn take() -> RunScope {
-        let scope = SCOPE.take().unwrap_or_else(|| {
+        RunScope(SCOPE.take().unwrap_or_else(|| {
             let mut scope = Scope::with_capacity(8);
             for (name, value) in reply_defaults() {
                 scope.push_dynamic(name, value);
             }
             scope
-        });
-        RunScope(Some(scope))
-    }
-
-    fn scope(&mut self) -> &mut Scope<'static> {
-        self.0.get_or_insert_with(Scope::new)
+        }))
     }
 }
 
 impl Drop for RunScope {
     fn drop(&mut self) {
-        let Some(mut scope) = self.0.take() else {
-            return;
-        };
+        let mut scope = std::mem::take(&mut self.0);
         // A run that declared many variables leaves vectors that big: not kept.
         let small = scope.len() <= KEPT_SCOPE_MAX_LEN;
         scope.rewind(REPLY_VARIABLES);
@@ -730,7 +723,7 @@ impl RhaiRuntime {
         });
         // The run's scope, kept for the next run of this thread (reset when this ends).
         let mut run_scope = RunScope::take();
-        let scope = run_scope.scope();
+        let scope = &mut run_scope.0;
         let outcome = self.engine.run_ast_with_scope(scope, ast);
         // An inline run that ended writes the lines it held back.
         if inline::active() && inline::stopped().is_none() {

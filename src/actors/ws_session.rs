@@ -417,7 +417,12 @@ impl WsSession {
         match outcome {
             Ok(reply) => {
                 if !reply.content.is_empty() {
-                    self.send_text(ctx, &String::from_utf8_lossy(&reply.content));
+                    // The check alone is word at a time; `from_utf8_lossy` walks the
+                    // text a character at a time even when it is valid.
+                    match std::str::from_utf8(&reply.content) {
+                        Ok(text) => self.send_text(ctx, text),
+                        Err(_) => self.send_text(ctx, &String::from_utf8_lossy(&reply.content)),
+                    }
                 }
             }
             Err(err) => {
@@ -593,6 +598,16 @@ impl crate::scenario::StartParams for WsParams {
             4 => String::from(&*self.peer_ip),
             _ => return None,
         })
+    }
+
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed(match n {
+            1 => &self.code,
+            2 => &self.text,
+            3 => &self.channel_json,
+            4 => &self.peer_ip,
+            _ => return None,
+        }))
     }
 
     fn held_bytes(&self) -> usize {

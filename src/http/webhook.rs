@@ -212,6 +212,21 @@ impl StartParams for WebhookParams {
         })
     }
 
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match n {
+            1 => Some(Cow::Borrowed(&self.channel_json)),
+            2 => Some(Cow::Borrowed(self.method.as_str())),
+            // See `get`: the check first, word at a time.
+            4 => Some(match std::str::from_utf8(&self.body) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(&self.body),
+            }),
+            7 => Some(Cow::Borrowed(protocol(self.version))),
+            _ => self.get(n).map(Cow::Owned),
+        }
+    }
+
     fn body_bytes(&self) -> Option<&[u8]> {
         Some(&self.body)
     }

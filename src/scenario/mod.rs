@@ -103,6 +103,12 @@ pub trait StartParams: Send + Sync {
     fn count(&self) -> usize;
     /// `startparam(n)`, 1-based.
     fn get(&self, n: usize) -> Option<String>;
+    /// `startparam(n)` borrowed where the parameters hold it as text already: the
+    /// runtime makes its own string of it, so a copy made here first would be
+    /// dropped at once.
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        self.get(n).map(std::borrow::Cow::Owned)
+    }
     /// The request body exactly as it arrived (`body_bytes()`), where the trigger has
     /// one: `startparam(4)` is its text, invalid UTF-8 replaced.
     fn body_bytes(&self) -> Option<&[u8]> {

@@ -48,6 +48,51 @@ thread_local! {
     static OPERATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The scope of this thread's next run (`RunScope`).
     static SCOPE: std::cell::Cell<Option<Scope<'static>>> = const { std::cell::Cell::new(None) };
+    /// The function lookups of the last script run on this thread (`RunCaches`).
+    /// Boxed: its hash table and bloom filter are ~400 bytes, copied at each move.
+    static CACHES: std::cell::Cell<Option<Box<RunCaches>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A script's function lookups, kept between its runs on a thread. Rhai resolves a
+/// call by searching the script's own functions, then every package of the engine, and
+/// notes the answer in a cache it makes anew for each run (a hash table allocation),
+/// and only from a call's second time in that run: a websocket echo's one
+/// `startparam(2)` was searched in full every run (~800 of its ~13,500 instructions,
+/// counted by callgrind). The cache belongs to the script it was made for (its answers
+/// include the script's own functions), so it is kept only while the same script runs
+/// again on this thread: the script is known by its allocation, held weakly so that a
+/// script replaced or deleted is not kept alive by it, and whose address cannot be
+/// reused while the weak reference lasts.
+struct RunCaches {
+    script: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+    caches: rhai::Caches,
+}
+
+/// A kept cache with more entries than this is not kept (a script calls that many
+/// different functions, or with that many kinds of arguments).
+const KEPT_CACHE_MAX_ENTRIES: usize = 256;
+
+impl RunCaches {
+    /// The cache for `script`: this thread's kept one when it was made for it.
+    fn take(script: &Arc<dyn std::any::Any + Send + Sync>) -> Box<RunCaches> {
+        match CACHES.take() {
+            Some(kept) if std::ptr::addr_eq(kept.script.as_ptr(), Arc::as_ptr(script)) => kept,
+            _ => Box::new(RunCaches {
+                script: Arc::downgrade(script),
+                caches: rhai::Caches::new(),
+            }),
+        }
+    }
+
+    /// Kept for the next run of this thread, unless a run left it nested (a function
+    /// call's own cache not unwound) or big.
+    fn keep(mut self: Box<Self>) {
+        if self.caches.fn_resolution_caches_len() == 1
+            && self.caches.fn_resolution_cache_mut().dict.len() <= KEPT_CACHE_MAX_ENTRIES
+        {
+            CACHES.set(Some(self));
+        }
+    }
 }
 
 /// The variables every run starts with, and their values at its start.
@@ -55,15 +100,38 @@ const REPLY_VARIABLES: usize = 3;
 /// A scope that held more variables than this at a run's end is not kept for the next.
 const KEPT_SCOPE_MAX_LEN: usize = 64;
 
-fn reply_defaults() -> [(&'static str, Dynamic); REPLY_VARIABLES] {
-    // One empty string shared by every run (`ImmutableString::new` allocates).
-    static EMPTY: std::sync::LazyLock<rhai::ImmutableString> =
-        std::sync::LazyLock::new(rhai::ImmutableString::new);
-    [
-        ("response_code", Dynamic::from_int(200)),
-        ("response_content", Dynamic::from(EMPTY.clone())),
-        ("response_headers", Dynamic::from_map(Map::new())),
-    ]
+/// One empty string shared by every run (`ImmutableString::new` allocates).
+static EMPTY: std::sync::LazyLock<rhai::ImmutableString> =
+    std::sync::LazyLock::new(rhai::ImmutableString::new);
+
+/// The variables every run starts with.
+const REPLY_NAMES: [&str; REPLY_VARIABLES] =
+    ["response_code", "response_content", "response_headers"];
+
+/// The start value of `REPLY_NAMES[i]`.
+fn reply_default(i: usize) -> Dynamic {
+    match i {
+        0 => Dynamic::from_int(200),
+        1 => Dynamic::from(EMPTY.clone()),
+        _ => Dynamic::from_map(Map::new()),
+    }
+}
+
+/// Whether a reply variable still holds its start value as the run found it (200, the
+/// shared empty string, an empty map; untagged, not shared with a closure, whose
+/// capture would outlive the run). Such a value is left for the next run instead of
+/// being replaced by a new one (an empty map is an allocation).
+fn is_start_value(name: &str, value: &Dynamic) -> bool {
+    if value.is_shared() || value.tag() != 0 {
+        return false;
+    }
+    match name {
+        "response_code" => value.as_int().is_ok_and(|n| n == 200),
+        "response_content" => value
+            .read_lock::<rhai::ImmutableString>()
+            .is_some_and(|text| text.ptr_eq(&EMPTY)),
+        _ => value.read_lock::<Map>().is_some_and(|map| map.is_empty()),
+    }
 }
 
 /// A run's scope, kept between the runs of a thread: a new scope allocated its
@@ -80,8 +148,8 @@ impl RunScope {
     fn take() -> RunScope {
         RunScope(SCOPE.take().unwrap_or_else(|| {
             let mut scope = Scope::with_capacity(8);
-            for (name, value) in reply_defaults() {
-                scope.push_dynamic(name, value);
+            for (i, name) in REPLY_NAMES.into_iter().enumerate() {
+                scope.push_dynamic(name, reply_default(i));
             }
             scope
         }))
@@ -94,17 +162,21 @@ impl Drop for RunScope {
         // A run that declared many variables leaves vectors that big: not kept.
         let small = scope.len() <= KEPT_SCOPE_MAX_LEN;
         scope.rewind(REPLY_VARIABLES);
+        // A value still as it started (not shared with a closure) stays; one the run
+        // changed is replaced.
         let reset = small
             && scope.len() == REPLY_VARIABLES
-            && reply_defaults()
-                .into_iter()
-                .all(|(name, value)| match scope.get_mut(name) {
+            && (0..REPLY_VARIABLES).all(|i| {
+                let name = REPLY_NAMES[i];
+                match scope.get_mut(name) {
+                    Some(slot) if is_start_value(name, slot) => true,
                     Some(slot) => {
-                        *slot = value;
+                        *slot = reply_default(i);
                         true
                     }
                     None => false,
-                });
+                }
+            });
         if reset {
             SCOPE.set(Some(scope));
         }
@@ -237,9 +309,16 @@ impl RhaiRuntime {
         engine.on_print(|text| log_line("info", text));
         engine.on_debug(|text, _, _| log_line("debug", text));
 
-        engine.register_fn("startparam", |n: i64| -> FnResult<String> {
-            let value =
-                with_run(|run| usize::try_from(n).ok().and_then(|n| run.params.get(n))).flatten();
+        engine.register_fn("startparam", |n: i64| -> FnResult<rhai::ImmutableString> {
+            // The script's string is made from the parameter as held (no copy first).
+            let value = with_run(|run| {
+                let param = run.params.get_str(usize::try_from(n).ok()?)?;
+                Some(match param {
+                    std::borrow::Cow::Borrowed(text) => rhai::ImmutableString::from(text),
+                    std::borrow::Cow::Owned(text) => rhai::ImmutableString::from(text),
+                })
+            })
+            .flatten();
             value.ok_or_else(|| script_error(format!("startparam({n}): no such start parameter")))
         });
         // The body as received, for verifying a signature over the exact bytes. A blob,
@@ -693,6 +772,27 @@ impl Drop for ClearRun {
 }
 
 impl RhaiRuntime {
+    /// `Engine::run_ast_with_scope` with the function lookups' cache given (its own
+    /// steps, minus a debugger, which scenarios have not; `RunCaches`). The statement
+    /// evaluation that takes a cache is Rhai's internals API, marked deprecated there
+    /// as a warning that it may change between versions (`Cargo.lock` pins the
+    /// version; a change fails this build, not a run).
+    fn eval(
+        &self,
+        caches: &mut rhai::Caches,
+        scope: &mut Scope,
+        ast: &AST,
+    ) -> Result<(), Box<EvalAltResult>> {
+        let mut global = self.engine.new_global_runtime_state();
+        global.source = ast.source().map(Into::into);
+        global.lib.push(ast.shared_lib().clone());
+        global.embedded_module_resolver = ast.resolver().cloned();
+        #[allow(deprecated)]
+        self.engine
+            .eval_statements_raw(&mut global, caches, scope, ast.statements())
+            .map(drop)
+    }
+
     /// One run, its memory and other spending counted (`scenario::budget`).
     fn run_counted(
         &self,
@@ -724,7 +824,9 @@ impl RhaiRuntime {
         // The run's scope, kept for the next run of this thread (reset when this ends).
         let mut run_scope = RunScope::take();
         let scope = &mut run_scope.0;
-        let outcome = self.engine.run_ast_with_scope(scope, ast);
+        let mut caches = RunCaches::take(&script.0);
+        let outcome = self.eval(&mut caches.caches, scope, ast);
+        caches.keep();
         // An inline run that ended writes the lines it held back.
         if inline::active() && inline::stopped().is_none() {
             let held = inline::take_held_log();
@@ -831,11 +933,19 @@ mod tests {
     fn run(src: &str, timeout: Duration) -> Result<ScenarioReply, ScenarioError> {
         let rt = runtime();
         let compiled = rt.compile(src).map_err(ScenarioError::Compile)?;
+        run_compiled(&rt, &compiled, timeout)
+    }
+
+    fn run_compiled(
+        rt: &RhaiRuntime,
+        compiled: &Compiled,
+        timeout: Duration,
+    ) -> Result<ScenarioReply, ScenarioError> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let params: Arc<dyn super::super::StartParams> =
             Arc::new((1..=7).map(|i| format!("p{i}")).collect::<Vec<String>>());
         rt.run(
-            &compiled,
+            compiled,
             RunContext {
                 channel: &channel(),
                 secrets: &Arc::default(),
@@ -876,11 +986,16 @@ mod tests {
             r#"let f = || response_content; response_content = "shared"; f.call();
                response_headers.put = 1;"#,
             "fn g() { 1 } response_code = 1000;",
+            // (On a map, `.tag` is its key "tag".)
+            "response_code.tag = 7; response_content.tag = 7; response_headers.tag = 7;",
+            r#"response_code = #{}; response_content = #{}; response_headers = "";"#,
+            r#"response_headers.x = 1; response_headers.remove("x"); response_content = "";"#,
         ];
         for script in first {
             let _ = run(script, Duration::from_secs(5));
             let r = run(
                 r#"if is_def_var("leftover") || is_def_var("f") { response_code = 500; }
+                   if response_code.tag != 0 || response_content.tag != 0 { response_code = 501; }
                    response_content += "next"; response_headers.next = type_of(response_headers);"#,
                 Duration::from_secs(5),
             )
@@ -893,6 +1008,40 @@ mod tests {
                 "after {script}"
             );
         }
+    }
+
+    #[test]
+    fn each_script_finds_its_own_functions() {
+        // A thread keeps the function lookups of the script it ran last (`RunCaches`):
+        // two scripts with a function of the same name, run in turns, each call their own.
+        let rt = runtime();
+        let one = rt
+            .compile("fn f() { 1 } response_code = 200 + f() + f();")
+            .unwrap();
+        let two = rt
+            .compile("fn f() { 2 } response_code = 200 + f() + f();")
+            .unwrap();
+        let codes: Vec<u16> = [&one, &one, &two, &two, &one, &two]
+            .into_iter()
+            .map(|script| {
+                run_compiled(&rt, script, Duration::from_secs(5))
+                    .unwrap()
+                    .code
+            })
+            .collect();
+        assert_eq!(codes, [202, 202, 204, 204, 202, 204]);
+        // The script run last dropped, and another compiled (the kept lookups hold the
+        // old one's address weakly, so the new one cannot take it).
+        drop(two);
+        let three = rt
+            .compile("fn f() { 3 } response_code = 200 + f() + f();")
+            .unwrap();
+        assert_eq!(
+            run_compiled(&rt, &three, Duration::from_secs(5))
+                .unwrap()
+                .code,
+            206
+        );
     }
 
     #[test]

@@ -60,9 +60,11 @@ thread_local! {
 /// `startparam(2)` was searched in full every run (~800 of its ~13,500 instructions,
 /// counted by callgrind). The cache belongs to the script it was made for (its answers
 /// include the script's own functions), so it is kept only while the same script runs
-/// again on this thread: the script is known by its allocation, held weakly so that a
-/// script replaced or deleted is not kept alive by it, and whose address cannot be
-/// reused while the weak reference lasts.
+/// again on this thread: the script is known by its allocation, held weakly (its
+/// address cannot be reused while the weak reference lasts). The answers for the
+/// script's own functions hold those functions, so a script replaced or deleted keeps
+/// its functions' bodies (not the rest of it) on a thread until that thread runs
+/// another script: one script's at most per thread.
 struct RunCaches {
     script: std::sync::Weak<dyn std::any::Any + Send + Sync>,
     caches: rhai::Caches,

@@ -589,17 +589,6 @@ impl crate::scenario::StartParams for WsParams {
         4
     }
 
-    fn get(&self, n: usize) -> Option<String> {
-        Some(match n {
-            // Copies of the text (`to_string` on these types goes through formatting).
-            1 => String::from(&*self.code),
-            2 => String::from(&*self.text),
-            3 => String::from(&*self.channel_json),
-            4 => String::from(&*self.peer_ip),
-            _ => return None,
-        })
-    }
-
     fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
         Some(std::borrow::Cow::Borrowed(match n {
             1 => &self.code,

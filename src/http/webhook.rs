@@ -190,41 +190,27 @@ impl StartParams for WebhookParams {
         WEBHOOK_PARAMS
     }
 
-    fn get(&self, n: usize) -> Option<String> {
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
         Some(match n {
-            1 => self.channel_json.to_string(),
-            2 => self.method.as_str().to_string(),
+            1 => Cow::Borrowed(&self.channel_json),
+            2 => Cow::Borrowed(self.method.as_str()),
             3 => {
                 let scheme = if self.secure { "https" } else { "http" };
                 let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                format!("{scheme}://{}{path}", self.host)
+                Cow::Owned(format!("{scheme}://{}{path}", self.host))
             }
             // `from_utf8_lossy` walks the text a character at a time (~9 instructions a
             // byte); the check alone is word at a time.
             4 => match std::str::from_utf8(&self.body) {
-                Ok(text) => text.to_owned(),
-                Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
-            },
-            5 => headers_json(&self.headers),
-            6 => self.sender.map(|ip| ip.to_string()).unwrap_or_default(),
-            7 => protocol(self.version).to_string(),
-            _ => return None,
-        })
-    }
-
-    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
-        use std::borrow::Cow;
-        match n {
-            1 => Some(Cow::Borrowed(&self.channel_json)),
-            2 => Some(Cow::Borrowed(self.method.as_str())),
-            // See `get`: the check first, word at a time.
-            4 => Some(match std::str::from_utf8(&self.body) {
                 Ok(text) => Cow::Borrowed(text),
                 Err(_) => String::from_utf8_lossy(&self.body),
-            }),
-            7 => Some(Cow::Borrowed(protocol(self.version))),
-            _ => self.get(n).map(Cow::Owned),
-        }
+            },
+            5 => Cow::Owned(headers_json(&self.headers)),
+            6 => Cow::Owned(self.sender.map(|ip| ip.to_string()).unwrap_or_default()),
+            7 => Cow::Borrowed(protocol(self.version)),
+            _ => return None,
+        })
     }
 
     fn body_bytes(&self) -> Option<&[u8]> {

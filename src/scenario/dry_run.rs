@@ -95,8 +95,8 @@ impl StartParams for DryWebhookParams {
     fn count(&self) -> usize {
         self.0.len()
     }
-    fn get(&self, n: usize) -> Option<String> {
-        StartParams::get(&self.0, n)
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        self.0.get_str(n)
     }
     fn body_bytes(&self) -> Option<&[u8]> {
         self.0.as_slice().get(3).map(String::as_bytes)

@@ -101,13 +101,13 @@ pub enum ScenarioError {
 pub trait StartParams: Send + Sync {
     /// How many there are (`startparam(1..=count)`).
     fn count(&self) -> usize;
-    /// `startparam(n)`, 1-based.
-    fn get(&self, n: usize) -> Option<String>;
-    /// `startparam(n)` borrowed where the parameters hold it as text already: the
-    /// runtime makes its own string of it, so a copy made here first would be
-    /// dropped at once.
-    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
-        self.get(n).map(std::borrow::Cow::Owned)
+    /// `startparam(n)`, 1-based, borrowed where the parameters hold it as text
+    /// already: the runtime makes its own string of it, so a copy made here first
+    /// would be dropped at once.
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>>;
+    /// `startparam(n)`, 1-based, as a string of its own.
+    fn get(&self, n: usize) -> Option<String> {
+        self.get_str(n).map(std::borrow::Cow::into_owned)
     }
     /// The request body exactly as it arrived (`body_bytes()`), where the trigger has
     /// one: `startparam(4)` is its text, invalid UTF-8 replaced.
@@ -157,10 +157,10 @@ impl StartParams for Vec<String> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn get(&self, n: usize) -> Option<String> {
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
         n.checked_sub(1)
             .and_then(|i| self.as_slice().get(i))
-            .cloned()
+            .map(|s| std::borrow::Cow::Borrowed(s.as_str()))
     }
 }
 

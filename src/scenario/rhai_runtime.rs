@@ -119,17 +119,17 @@ fn reply_default(i: usize) -> Dynamic {
     }
 }
 
-/// Whether a reply variable still holds its start value as the run found it (200, the
+/// Whether `REPLY_NAMES[i]` still holds its start value as the run found it (200, the
 /// shared empty string, an empty map; untagged, not shared with a closure, whose
 /// capture would outlive the run). Such a value is left for the next run instead of
 /// being replaced by a new one (an empty map is an allocation).
-fn is_start_value(name: &str, value: &Dynamic) -> bool {
+fn is_start_value(i: usize, value: &Dynamic) -> bool {
     if value.is_shared() || value.tag() != 0 {
         return false;
     }
-    match name {
-        "response_code" => value.as_int().is_ok_and(|n| n == 200),
-        "response_content" => value
+    match i {
+        0 => value.as_int().is_ok_and(|n| n == 200),
+        1 => value
             .read_lock::<rhai::ImmutableString>()
             .is_some_and(|text| text.ptr_eq(&EMPTY)),
         _ => value.read_lock::<Map>().is_some_and(|map| map.is_empty()),
@@ -168,17 +168,17 @@ impl Drop for RunScope {
         // changed is replaced.
         let reset = small
             && scope.len() == REPLY_VARIABLES
-            && (0..REPLY_VARIABLES).all(|i| {
-                let name = REPLY_NAMES[i];
-                match scope.get_mut(name) {
-                    Some(slot) if is_start_value(name, slot) => true,
+            && REPLY_NAMES
+                .into_iter()
+                .enumerate()
+                .all(|(i, name)| match scope.get_mut(name) {
+                    Some(slot) if is_start_value(i, slot) => true,
                     Some(slot) => {
                         *slot = reply_default(i);
                         true
                     }
                     None => false,
-                }
-            });
+                });
         if reset {
             SCOPE.set(Some(scope));
         }

@@ -147,6 +147,12 @@ impl Application {
             .with_executions(executions),
         );
         let registry = Arc::new(ChannelRegistry::new());
+        // The websocket sessions' heartbeat: one task for the node, not a timer per
+        // session (actors::ws_heartbeat).
+        eventing_arbiter.spawn(crate::actors::ws_heartbeat::tick_forever(
+            registry.clone(),
+            Duration::from_millis(config.ws_heartbeat_interval_ms),
+        ));
         let outbound = Arc::new(crate::actors::ws_backlog::OutboundBudget::with_limit(
             config.ws_node_max_outbound_bytes,
         ));

@@ -12,6 +12,7 @@ pub mod sessions;
 pub mod stats;
 pub mod stats_history;
 pub mod ws_backlog;
+pub mod ws_heartbeat;
 pub mod ws_session;
 
 pub use channel::ChannelActor;

@@ -22,6 +22,9 @@ pub enum ToSession {
     /// encoded once: a broadcast's sessions share it.
     Push(Frame),
     Close(CloseSession),
+    /// The node's heartbeat (`actors::ws_heartbeat`): ping the client, or close a
+    /// session whose client stopped answering.
+    Tick,
 }
 
 /// Close the session (or event subscriber) with a close code and reason.
@@ -368,6 +371,16 @@ impl SessionTable {
             }
             None => false,
         }
+    }
+
+    /// Sends the heartbeat's tick to every session; returns how many.
+    pub fn tick(&self) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.iter() {
+            entry.addr.do_send(ToSession::Tick);
+            n += 1;
+        }
+        n
     }
 
     /// Closes the public websocket sessions.

@@ -250,6 +250,12 @@ impl Backlog {
 
     /// The next bytes to write: a slice of the front frame.
     fn next_slice(&self) -> Option<Bytes> {
+        // Most polls find nothing queued: told by the counts, without the lock. A push
+        // counts its frame after queueing it and wakes the writer after that, so a
+        // frame not counted yet is looked for again at that wake.
+        if self.pending() == 0 {
+            return None;
+        }
         let mut frames = self.frames.lock().ok()?;
         let front = frames.front_mut()?;
         let slice = if front.len() > SLICE {
@@ -335,10 +341,9 @@ impl Stream for Outgoing {
         };
         self.backlog.waker.register(cx.waker());
         match polled {
-            Some(Poll::Ready(Some(Ok(bytes)))) => {
-                self.wrote(&bytes);
-                return Poll::Ready(Some(Ok(bytes)));
-            }
+            // What the context writes itself (pings, pongs, its close) was never
+            // queued: it is not counted as written either.
+            Some(Poll::Ready(Some(Ok(bytes)))) => return Poll::Ready(Some(Ok(bytes))),
             Some(Poll::Ready(Some(Err(e)))) => return Poll::Ready(Some(Err(e))),
             _ => {}
         }
@@ -366,7 +371,7 @@ impl Stream for Outgoing {
 pub fn start<A, S>(
     actor: A,
     req: &HttpRequest,
-    payload: S,
+    payload: impl FnOnce() -> S,
     max_frame_bytes: usize,
     backlog: Arc<Backlog>,
 ) -> Result<HttpResponse, actix_web::Error>
@@ -375,9 +380,10 @@ where
     S: Stream<Item = Result<Bytes, PayloadError>> + 'static,
 {
     let mut response = ws::handshake(req)?;
+    // The stream is taken only now that the upgrade is certain (`body_guard::Unguard`).
     let body: Body = Box::pin(WebsocketContext::with_codec(
         actor,
-        payload,
+        payload(),
         Codec::new().max_size(max_frame_bytes),
     ));
     Ok(response.streaming(Outgoing {
@@ -511,6 +517,51 @@ mod tests {
             Pin::new(&mut out).poll_next(&mut cx),
             Poll::Ready(None)
         ));
+    }
+
+    /// Stands for a context that writes frames of its own (pings).
+    struct Pinger(VecDeque<Bytes>);
+
+    impl Stream for Pinger {
+        type Item = Result<Bytes, actix_web::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.0.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_context_writes_itself_does_not_hide_queued_frames() {
+        let budget = Arc::new(OutboundBudget::default());
+        let backlog = budget.backlog();
+        // Pings with a payload: together longer than the reply's frame.
+        let mut ping = vec![0x89, 100];
+        ping.extend([0; 100]);
+        let pings = vec![Bytes::from(ping); 3];
+        let mut out = Outgoing {
+            inner: Box::pin(Pinger(pings.into())),
+            backlog: backlog.clone(),
+            inner_done: false,
+            close_sent: false,
+        };
+        let waker = futures_util::task::waker(Arc::new(Wakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(matches!(
+                Pin::new(&mut out).poll_next(&mut cx),
+                Poll::Ready(Some(Ok(_)))
+            ));
+        }
+        assert!(Pin::new(&mut out).poll_next(&mut cx).is_pending());
+        assert_eq!(backlog.pending(), 0);
+        assert!(backlog.push_text("reply"));
+        match Pin::new(&mut out).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => assert_eq!(&frame[2..], b"reply"),
+            _ => panic!("the queued reply did not go out"),
+        }
+        assert_eq!(backlog.pending(), 0);
     }
 
     #[test]

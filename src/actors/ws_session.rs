@@ -342,6 +342,21 @@ impl WsSession {
         }
     }
 
+    /// The node's heartbeat ticked (`actors::ws_heartbeat`, every
+    /// `heartbeat_interval`): ping the client, or close the session when it has not
+    /// answered for `heartbeat_timeout`. The session keeps no timer of its own: actix
+    /// polls every timer of a context whenever it runs, so a timer would be polled with
+    /// every message.
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.next_tick = Instant::now() + self.limits.heartbeat_interval;
+        if self.last_pong.elapsed() > self.limits.heartbeat_timeout {
+            self.close(ctx, close_code::GOING_AWAY, "heartbeat timeout");
+        } else {
+            ctx.ping(b"");
+            self.watch_run(ctx);
+        }
+    }
+
     /// Arms the watchdog of the running message when its bound comes before the next
     /// heartbeat tick (which calls this again): a run that does not end within
     /// `run_timeout` is answered `timeout` at that bound, and the session goes on.
@@ -506,16 +521,8 @@ impl Actor for WsSession {
             let hello = serde_json::json!({ "type": "hello", "code": &*self.code });
             self.send_text(ctx, &hello.to_string());
         }
+        // The node's heartbeat ticks within one interval from now (`heartbeat`).
         self.next_tick = Instant::now() + self.limits.heartbeat_interval;
-        ctx.run_interval(self.limits.heartbeat_interval, |act, ctx| {
-            act.next_tick = Instant::now() + act.limits.heartbeat_interval;
-            if act.last_pong.elapsed() > act.limits.heartbeat_timeout {
-                act.close(ctx, close_code::GOING_AWAY, "heartbeat timeout");
-            } else {
-                ctx.ping(b"");
-                act.watch_run(ctx);
-            }
-        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -571,6 +578,7 @@ impl Handler<ToSession> for WsSession {
         match msg {
             ToSession::Push(frame) => self.send_frame(ctx, &frame),
             ToSession::Close(close) => self.close(ctx, close.code, &close.reason),
+            ToSession::Tick => self.heartbeat(ctx),
         }
     }
 }

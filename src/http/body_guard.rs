@@ -19,7 +19,9 @@
 //!   What has already arrived is drained first, so a small body that simply was not
 //!   needed keeps its keep-alive connection.
 //! - Upgrades (101) are left alone: the websocket owns the stream from then on, and
-//!   the timer is disarmed.
+//!   the timer is disarmed. A request asking for an upgrade carries an [`Unguard`]:
+//!   the websocket takes the stream out of the guard once its handshake is accepted,
+//!   so that its frames do not pass through the guard for the connection's life.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -36,7 +38,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
-use actix_web::{Error, ResponseError, web};
+use actix_web::{Error, HttpMessage, ResponseError, web};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
@@ -94,6 +96,28 @@ impl Body {
 
 /// The body stream handlers see (through `web::Payload`).
 struct GuardedPayload(Rc<RefCell<Body>>);
+
+/// In the extensions of a request that asks for an upgrade: hands the request's stream
+/// over unguarded (see the module notes).
+#[derive(Clone)]
+pub struct Unguard(Rc<RefCell<Body>>);
+
+impl Unguard {
+    /// The stream as actix-http gave it, once the upgrade is certain (only a 101 may
+    /// follow: a refusal must still find the stream in the guard, which then closes the
+    /// connection). Its timer is disarmed and the guard reads an empty body from now
+    /// on. None when the stream was read from already.
+    pub fn take(&self) -> Option<Payload> {
+        let mut body = self.0.borrow_mut();
+        if body.eof || body.timed_out {
+            return None;
+        }
+        body.armed = false;
+        body.timer = None;
+        body.eof = true;
+        Some(std::mem::replace(&mut body.payload, Payload::None))
+    }
+}
 
 impl Stream for GuardedPayload {
     type Item = Result<Bytes, PayloadError>;
@@ -188,6 +212,9 @@ pub async fn guard_bodies<B: MessageBody + 'static>(
     req.set_payload(Payload::Stream {
         payload: Box::pin(GuardedPayload(body.clone())),
     });
+    if req.head().upgrade() {
+        req.extensions_mut().insert(Unguard(body.clone()));
+    }
     // Handlers' errors arrive here as responses (actix-web turns them into responses
     // at the handler); an `Err` would come from a middleware inside this one, of which
     // there is none.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
+use super::body_guard::Unguard;
 use super::error::ApiError;
 use super::request_log::ChannelTag;
 use super::webhook::client_ip;
@@ -207,6 +208,16 @@ where
         >,
 {
     let max = state.config.ws_max_message_bytes;
-    let stream = FrameGuard::new(stream, max, refused, state.conn_stats.clone());
-    ws_backlog::start(actor, req, stream, max, backlog)
+    let stats = state.conn_stats.clone();
+    // The frames come straight from actix-http once the handshake is accepted, not
+    // through the body guard (it would only pass them on, per read, for the
+    // connection's life).
+    let unguard = req.extensions().get::<Unguard>().cloned();
+    let frames = move || {
+        let payload = unguard
+            .and_then(|u| u.take())
+            .unwrap_or_else(|| stream.into_inner());
+        FrameGuard::new(payload, max, refused, stats)
+    };
+    ws_backlog::start(actor, req, frames, max, backlog)
 }

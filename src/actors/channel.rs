@@ -168,9 +168,12 @@ impl Supervised for ChannelActor {
                 Ok(None) => {
                     // Deleted behind our back (e.g. by the CLI): retire for good.
                     act.retired = true;
+                    // Out of the registry first, as `Retire` does: a session that
+                    // registers after `close_all` then finds its channel gone
+                    // (`WsSession::started`).
+                    registry.remove(&act.id);
                     act.sessions
                         .close_all(super::close_code::GOING_AWAY, "channel removed");
-                    registry.remove(&act.id);
                     ctx.stop();
                 }
                 Err(e) => {

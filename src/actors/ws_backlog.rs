@@ -243,6 +243,9 @@ impl Backlog {
     /// close frame next, not after megabytes the client will never read.
     pub fn clear(&self) {
         if let Ok(mut frames) = self.frames.lock() {
+            // Dropped unwritten: counted as gone, so that `pending` stays what is queued.
+            let dropped: usize = frames.iter().map(Bytes::len).sum();
+            self.written.fetch_add(dropped as u64, Ordering::Relaxed);
             frames.clear();
         }
         self.waker.wake();
@@ -428,6 +431,9 @@ mod tests {
         slow.push_text(&"s".repeat(100_000));
         assert!(slow.is_evicted());
         assert!(!fast.is_evicted());
+        // What was dropped unwritten no longer counts as pending.
+        assert_eq!(slow.pending(), 0);
+        assert!(fast.pending() > 0);
         assert!(budget.bytes() < 20_000, "{}", budget.bytes());
         assert!(!slow.push_text("more"));
         assert_eq!(budget.evicted(), 1);

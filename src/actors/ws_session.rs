@@ -517,6 +517,14 @@ impl Actor for WsSession {
             },
         );
         self.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
+        // The channel may have been removed between the upgrade and now, its sessions
+        // closed before this one was in its table: nothing would ever tick or close it.
+        // (Removal takes the channel out of the registry before closing its sessions,
+        // so a session either is closed by it or sees it here.)
+        if self.registry.current(&self.handle).is_none() {
+            self.close(ctx, close_code::GOING_AWAY, "channel removed");
+            return;
+        }
         if self.hello {
             let hello = serde_json::json!({ "type": "hello", "code": &*self.code });
             self.send_text(ctx, &hello.to_string());

@@ -106,7 +106,7 @@ impl Unguard {
     /// The stream as actix-http gave it, once the upgrade is certain (only a 101 may
     /// follow: a refusal must still find the stream in the guard, which then closes the
     /// connection). Its timer is disarmed and the guard reads an empty body from now
-    /// on. None when the stream was read from already.
+    /// on. None when the stream has ended (or timed out) already.
     pub fn take(&self) -> Option<Payload> {
         let mut body = self.0.borrow_mut();
         if body.eof || body.timed_out {

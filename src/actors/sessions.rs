@@ -352,9 +352,14 @@ impl SessionTable {
             return 0;
         }
         let frame = self.outbound.text(text);
+        self.send_each(|| ToSession::Push(frame.clone()))
+    }
+
+    /// Sends every session a message of its own (made by `message`); returns how many.
+    fn send_each(&self, message: impl Fn() -> ToSession) -> usize {
         let mut n = 0;
         for entry in self.sessions.iter() {
-            entry.addr.do_send(ToSession::Push(frame.clone()));
+            entry.addr.do_send(message());
             n += 1;
         }
         n
@@ -373,24 +378,19 @@ impl SessionTable {
         }
     }
 
-    /// Sends the heartbeat's tick to every session; returns how many.
-    pub fn tick(&self) -> usize {
-        let mut n = 0;
-        for entry in self.sessions.iter() {
-            entry.addr.do_send(ToSession::Tick);
-            n += 1;
-        }
-        n
+    /// Sends the heartbeat's tick to every session.
+    pub fn tick(&self) {
+        self.send_each(|| ToSession::Tick);
     }
 
     /// Closes the public websocket sessions.
     pub fn close_sessions(&self, close_code: u16, reason: &str) {
-        for entry in self.sessions.iter() {
-            entry.addr.do_send(ToSession::Close(CloseSession {
+        self.send_each(|| {
+            ToSession::Close(CloseSession {
                 code: close_code,
                 reason: reason.to_string(),
-            }));
-        }
+            })
+        });
     }
 
     /// Closes every websocket of the channel: sessions and event subscribers.

@@ -98,10 +98,9 @@ impl ChannelHandle {
     }
 
     /// `startparam(1)`: the channel as JSON, secrets left out.
-    pub fn channel_json(&self) -> Arc<str> {
+    pub fn channel_json(&self) -> &Arc<str> {
         self.channel_json
             .get_or_init(|| crate::channels::scenario_json(&self.channel).into())
-            .clone()
     }
 
     /// What its runs keep out of what they write down (`channels::run_secrets`), made

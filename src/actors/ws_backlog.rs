@@ -282,22 +282,30 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// The 1008 close once the node budget took this session's queue away.
-    fn evicted(&mut self) -> Option<Poll<Option<Result<Bytes, actix_web::Error>>>> {
-        if !self.backlog.is_evicted() {
+    /// What the backlog has for the socket: the 1008 close once the node budget took
+    /// this session's queue away, else a slice of its front frame. Most polls find
+    /// neither, told by two loads.
+    #[inline]
+    fn queued(&mut self) -> Option<Bytes> {
+        if self.backlog.pending() == 0 && !self.backlog.is_evicted() {
             return None;
         }
-        self.close_sent = true;
-        Some(Poll::Ready(Some(Ok(close_frame(
-            super::close_code::POLICY,
-            "the client is not reading its messages",
-        )))))
+        self.queued_slow()
     }
 
-    fn wrote(&self, bytes: &Bytes) {
+    fn queued_slow(&mut self) -> Option<Bytes> {
+        if self.backlog.is_evicted() {
+            self.close_sent = true;
+            return Some(close_frame(
+                super::close_code::POLICY,
+                "the client is not reading its messages",
+            ));
+        }
+        let slice = self.backlog.next_slice()?;
         self.backlog
             .written
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            .fetch_add(slice.len() as u64, Ordering::Relaxed);
+        Some(slice)
     }
 }
 
@@ -321,12 +329,8 @@ impl Stream for Outgoing {
         if self.close_sent {
             return Poll::Ready(None);
         }
-        if let Some(close) = self.evicted() {
-            return close;
-        }
-        if let Some(slice) = self.backlog.next_slice() {
-            self.wrote(&slice);
-            return Poll::Ready(Some(Ok(slice)));
+        if let Some(bytes) = self.queued() {
+            return Poll::Ready(Some(Ok(bytes)));
         }
         let polled = if self.inner_done {
             None
@@ -352,12 +356,8 @@ impl Stream for Outgoing {
         }
         // An eviction or a frame from another thread before the registration (it
         // woke no one), or a frame the actor queued above.
-        if let Some(close) = self.evicted() {
-            return close;
-        }
-        if let Some(slice) = self.backlog.next_slice() {
-            self.wrote(&slice);
-            return Poll::Ready(Some(Ok(slice)));
+        if let Some(bytes) = self.queued() {
+            return Poll::Ready(Some(Ok(bytes)));
         }
         if self.inner_done {
             Poll::Ready(None)

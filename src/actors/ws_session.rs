@@ -26,7 +26,7 @@ use super::sessions::{SessionCounters, SessionEntry, SessionSlot, SessionTable, 
 use super::ws_backlog::Frame;
 use crate::scenario::ScenarioError;
 use crate::scenario::dispatch::RunResult;
-use crate::scenario::dispatch::{Dispatcher, Submitted};
+use crate::scenario::dispatch::{Dispatcher, Params, ShareParams, Submitted};
 
 /// Messages a session runs inline in one turn of its actor before it yields.
 const INLINE_PER_TURN: usize = 16;
@@ -195,12 +195,36 @@ impl WsSession {
         }
     }
 
-    fn send_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+    /// A text of this session's own (a reply, an error, the hello), written while its
+    /// actor runs: straight into the context's response stream, which encodes it in
+    /// the same poll (one buffer, as actix's `ctx.text`), when it is small and nothing
+    /// is queued ahead of it; else behind what is queued (a scenario's pushes come
+    /// before its reply), counted and sliced like any queued frame. What the context
+    /// holds is bounded without a count: the actor runs only when the HTTP layer polls
+    /// the response stream, which it does only while its write buffer has room, and a
+    /// turn answers at most `INLINE_PER_TURN` messages of at most `SLICE` bytes each.
+    fn send_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
         if self.closed_with.is_some() {
             return;
         }
-        let frame = self.backlog.budget().text(text);
-        self.send_frame(ctx, &frame);
+        if text.len() > super::ws_backlog::SLICE
+            || self.backlog.pending() != 0
+            || self.backlog.is_evicted()
+        {
+            let frame = self.backlog.budget().text(&text);
+            self.send_frame(ctx, &frame);
+            return;
+        }
+        self.counted_out(text.len());
+        ctx.write_raw(ws::Message::Text(text));
+    }
+
+    fn counted_out(&self, bytes: usize) {
+        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.ws_messages_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues an encoded text frame (shared with the other sessions of a broadcast).
@@ -220,11 +244,7 @@ impl WsSession {
             );
             return;
         }
-        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_out
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.stats.ws_messages_out.fetch_add(1, Ordering::Relaxed);
+        self.counted_out(frame.len());
     }
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
@@ -296,14 +316,18 @@ impl WsSession {
                     if !Arc::ptr_eq(&handle, &self.handle) {
                         self.handle = handle.clone();
                     }
-                    let params: Arc<dyn crate::scenario::StartParams> = Arc::new(WsParams {
-                        code: self.code.clone(),
-                        text: text.clone(),
+                    let params = WsParams {
+                        code: &self.code,
+                        text: &text,
                         channel_json: handle.channel_json(),
-                        peer_ip: self.peer_ip.clone(),
-                    });
-                    self.dispatcher
-                        .submit(handle, ScriptKind::Websocket, params, true)
+                        peer_ip: &self.peer_ip,
+                    };
+                    self.dispatcher.submit(
+                        handle.clone(),
+                        ScriptKind::Websocket,
+                        Params::Borrowed(&params),
+                        true,
+                    )
                 }
                 None => Err(ScenarioError::Unavailable("the channel is gone".into())),
             };
@@ -432,12 +456,14 @@ impl WsSession {
         match outcome {
             Ok(reply) => {
                 if !reply.content.is_empty() {
-                    // The check alone is word at a time; `from_utf8_lossy` walks the
-                    // text a character at a time even when it is valid.
-                    match std::str::from_utf8(&reply.content) {
-                        Ok(text) => self.send_text(ctx, text),
-                        Err(_) => self.send_text(ctx, &String::from_utf8_lossy(&reply.content)),
-                    }
+                    // The reply's own bytes, not copied: the check alone is word at a
+                    // time; `from_utf8_lossy` walks the text a character at a time
+                    // even when it is valid.
+                    let text = match String::from_utf8(reply.content) {
+                        Ok(text) => ByteString::from(text),
+                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned().into(),
+                    };
+                    self.send_text(ctx, text);
                 }
             }
             Err(err) => {
@@ -446,7 +472,7 @@ impl WsSession {
                 let frame = serde_json::json!({
                     "error": { "code": err.code(), "message": err.public_message() }
                 });
-                self.send_text(ctx, &frame.to_string());
+                self.send_text(ctx, frame.to_string().into());
             }
         }
     }
@@ -527,7 +553,7 @@ impl Actor for WsSession {
         }
         if self.hello {
             let hello = serde_json::json!({ "type": "hello", "code": &*self.code });
-            self.send_text(ctx, &hello.to_string());
+            self.send_text(ctx, hello.to_string().into());
         }
         // The node's heartbeat ticks within one interval from now (`heartbeat`).
         self.next_tick = Instant::now() + self.limits.heartbeat_interval;
@@ -592,31 +618,87 @@ impl Handler<ToSession> for WsSession {
 }
 
 /// A websocket message's start parameters: `startparam(1)` the session code, `(2)` the
-/// message, `(3)` the channel as JSON (shared, not copied), `(4)` the peer IP.
-pub struct WsParams {
-    pub code: Arc<str>,
-    pub text: bytestring::ByteString,
-    pub channel_json: Arc<str>,
-    pub peer_ip: Arc<str>,
+/// message, `(3)` the channel as JSON, `(4)` the peer IP. Borrowed from the session
+/// for a run that ends inline; shared (`SharedWsParams`: the same strings, not
+/// copied) only for a run on the pool or in the history.
+pub struct WsParams<'a> {
+    pub code: &'a Arc<str>,
+    pub text: &'a ByteString,
+    pub channel_json: &'a Arc<str>,
+    pub peer_ip: &'a Arc<str>,
 }
 
-impl crate::scenario::StartParams for WsParams {
+/// [`WsParams`] held by a run of its own.
+struct SharedWsParams {
+    code: Arc<str>,
+    text: ByteString,
+    channel_json: Arc<str>,
+    peer_ip: Arc<str>,
+}
+
+impl<'a> WsParams<'a> {
+    fn get(&self, n: usize) -> Option<&'a str> {
+        Some(match n {
+            1 => self.code,
+            2 => self.text,
+            3 => self.channel_json,
+            4 => self.peer_ip,
+            _ => return None,
+        })
+    }
+}
+
+impl SharedWsParams {
+    fn borrowed(&self) -> WsParams<'_> {
+        WsParams {
+            code: &self.code,
+            text: &self.text,
+            channel_json: &self.channel_json,
+            peer_ip: &self.peer_ip,
+        }
+    }
+}
+
+impl crate::scenario::StartParams for WsParams<'_> {
     fn count(&self) -> usize {
         4
     }
 
     fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
-        Some(std::borrow::Cow::Borrowed(match n {
-            1 => &self.code,
-            2 => &self.text,
-            3 => &self.channel_json,
-            4 => &self.peer_ip,
-            _ => return None,
-        }))
+        self.get(n).map(std::borrow::Cow::Borrowed)
     }
 
     fn held_bytes(&self) -> usize {
         self.code.len() + self.text.len() + self.peer_ip.len()
+    }
+
+    fn input_bytes(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl ShareParams for WsParams<'_> {
+    fn share(&self) -> Arc<dyn crate::scenario::StartParams> {
+        Arc::new(SharedWsParams {
+            code: self.code.clone(),
+            text: self.text.clone(),
+            channel_json: self.channel_json.clone(),
+            peer_ip: self.peer_ip.clone(),
+        })
+    }
+}
+
+impl crate::scenario::StartParams for SharedWsParams {
+    fn count(&self) -> usize {
+        4
+    }
+
+    fn get_str(&self, n: usize) -> Option<std::borrow::Cow<'_, str>> {
+        self.borrowed().get(n).map(std::borrow::Cow::Borrowed)
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.borrowed().held_bytes()
     }
 
     fn input_bytes(&self) -> usize {

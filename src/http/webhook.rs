@@ -17,7 +17,7 @@ use super::request_log::ChannelTag;
 use crate::actors::{ChannelHandle, ScriptKind};
 use crate::channels::KIND_PUBLIC;
 use crate::http::state::AppState;
-use crate::scenario::dispatch::Submitted;
+use crate::scenario::dispatch::{Params, Submitted};
 use crate::scenario::{RequestParts, ScenarioError, ScenarioReply, StartParams, WEBHOOK_PARAMS};
 
 /// A prefix scope with the path split by hand: actix's router matches `{token}`-style
@@ -107,7 +107,7 @@ pub(super) async fn run_scenario(
     handle: Arc<ChannelHandle>,
 ) -> Result<HttpResponse, ApiError> {
     let params = Arc::new(WebhookParams {
-        channel_json: handle.channel_json(),
+        channel_json: handle.channel_json().clone(),
         method: req.method().clone(),
         secure: req.app_config().secure(),
         host: req
@@ -132,20 +132,21 @@ pub(super) async fn run_scenario(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let wait = handle.channel.wait_for_completion;
-    let outcome = match state
-        .dispatcher
-        .submit(handle, ScriptKind::Webhook, params, wait)?
-    {
-        Submitted::Background => return Ok(HttpResponse::Ok().finish()),
-        Submitted::Ran(_) if !wait => return Ok(HttpResponse::Ok().finish()),
-        Submitted::Ran(outcome) => outcome?,
-        Submitted::Queued(reply) => {
-            tokio::time::timeout(state.dispatcher.timeout() + REPLY_GRACE, reply)
-                .await
-                .map_err(|_| ScenarioError::Timeout)?
-                .map_err(|_| ScenarioError::Panicked)??
-        }
-    };
+    let outcome =
+        match state
+            .dispatcher
+            .submit(handle, ScriptKind::Webhook, Params::Shared(params), wait)?
+        {
+            Submitted::Background => return Ok(HttpResponse::Ok().finish()),
+            Submitted::Ran(_) if !wait => return Ok(HttpResponse::Ok().finish()),
+            Submitted::Ran(outcome) => outcome?,
+            Submitted::Queued(reply) => {
+                tokio::time::timeout(state.dispatcher.timeout() + REPLY_GRACE, reply)
+                    .await
+                    .map_err(|_| ScenarioError::Timeout)?
+                    .map_err(|_| ScenarioError::Panicked)??
+            }
+        };
     Ok(respond(outcome))
 }
 

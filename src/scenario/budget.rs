@@ -123,9 +123,9 @@ thread_local! {
 
 /// What one run has spent so far. Lives on the run's thread.
 #[derive(Debug)]
-pub struct Spent {
+pub struct Spent<'a> {
     /// Holds the node budget alive while the allocator counts against it.
-    limits: Budgets,
+    limits: &'a Budgets,
     log_bytes: Cell<u64>,
     events: Cell<u64>,
     event_bytes: Cell<u64>,
@@ -134,13 +134,13 @@ pub struct Spent {
     outgoing_calls: Cell<u64>,
 }
 
-impl Spent {
+impl<'a> Spent<'a> {
     /// A run starts: nothing spent, memory counted from here on this thread.
-    pub fn start(limits: &Budgets) -> Spent {
+    pub fn start(limits: &'a Budgets) -> Spent<'a> {
         BROKEN.set(None);
         alloc::start_run(limits.memory_bytes, Some(&limits.node));
         Spent {
-            limits: limits.clone(),
+            limits,
             log_bytes: Cell::new(0),
             events: Cell::new(0),
             event_bytes: Cell::new(0),
@@ -206,7 +206,7 @@ impl Spent {
     }
 }
 
-impl Drop for Spent {
+impl Drop for Spent<'_> {
     /// The run is over (or unwound): memory is no longer counted, its share of the node
     /// budget is given back.
     fn drop(&mut self) {
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn each_spend_has_its_own_limit() {
-        let spent = Spent::start(&Budgets {
+        let limits = Budgets {
             node: NodeMemory::new(u64::MAX),
             memory_bytes: u64::MAX,
             log_bytes: 10,
@@ -243,7 +243,8 @@ mod tests {
             pushes: 2,
             push_bytes: 5,
             outgoing_calls: 1,
-        });
+        };
+        let spent = Spent::start(&limits);
         assert_eq!(spent.log(10), Ok(()));
         assert_eq!(broken(), None);
         assert_eq!(spent.log(1), Err(BudgetKind::LogBytes));

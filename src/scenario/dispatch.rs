@@ -24,6 +24,37 @@ use crate::executions::{ExecutionLog, History, Pending};
 
 pub type RunResult = Result<ScenarioReply, ScenarioError>;
 
+/// A run's start parameters as its caller holds them.
+pub enum Params<'a> {
+    /// Shared already (a webhook's request, made once for its run).
+    Shared(Arc<dyn StartParams>),
+    /// Borrowed from the caller (a websocket message and its session): a run that ends
+    /// inline reads them where they are; they are made shared ([`ShareParams`]) only
+    /// when the run goes to the pool or into the execution history.
+    Borrowed(&'a dyn ShareParams),
+}
+
+/// Start parameters held by reference that can make a shared copy of themselves.
+pub trait ShareParams: StartParams {
+    fn share(&self) -> Arc<dyn StartParams>;
+}
+
+impl Params<'_> {
+    fn get(&self) -> &dyn StartParams {
+        match self {
+            Params::Shared(params) => &**params,
+            Params::Borrowed(params) => *params,
+        }
+    }
+
+    fn into_shared(self) -> Arc<dyn StartParams> {
+        match self {
+            Params::Shared(params) => params,
+            Params::Borrowed(params) => params.share(),
+        }
+    }
+}
+
 pub struct Dispatcher {
     pool: ScenarioPool,
     /// The event log of each domain this node serves (a run emits into its channel's).
@@ -159,7 +190,7 @@ impl Dispatcher {
                             RunContext {
                                 channel: &channel,
                                 secrets: &secrets,
-                                params: &params,
+                                params: &*params,
                                 deadline,
                                 logger: &logger,
                                 host: &host,
@@ -197,7 +228,7 @@ impl Dispatcher {
         &self,
         handle: Arc<ChannelHandle>,
         kind: ScriptKind,
-        params: Arc<dyn StartParams>,
+        params: Params<'_>,
         wait: bool,
     ) -> Result<Submitted, ScenarioError> {
         let before = handle.stats.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -225,8 +256,10 @@ impl Dispatcher {
             Some((_, recorder)) => recorder.clone(),
             None => handle.host(events, self.state.as_ref()),
         };
+        let submitted = Instant::now();
         let run = Run {
-            deadline: Instant::now() + self.timeout,
+            submitted,
+            deadline: submitted + self.timeout,
             handle,
             kind,
             params,
@@ -236,7 +269,7 @@ impl Dispatcher {
         };
         let run = match self.try_inline(run, wait) {
             Ok(outcome) => return Ok(Submitted::Ran(outcome)),
-            Err(run) => run,
+            Err(run) => run.shared(),
         };
         let (tx, rx) = if wait {
             let (tx, rx) = oneshot::channel();
@@ -296,12 +329,12 @@ impl Dispatcher {
 
     /// Runs `run` here when its script may run inline and ends so; gives it back
     /// untouched (nothing it did was seen) when it must go to the pool.
-    fn try_inline(&self, run: Run, waiting: bool) -> Result<RunResult, Run> {
+    fn try_inline<'p>(&self, run: Run<'p>, waiting: bool) -> Result<RunResult, Run<'p>> {
         let Some(bound) = self.inline else {
             return Err(run);
         };
         let strikes = run.handle.inline_strikes(run.kind);
-        if !strikes.allowed() || run.params.input_bytes() > inline::INLINE_MAX_INPUT_BYTES {
+        if !strikes.allowed() || run.params.get().input_bytes() > inline::INLINE_MAX_INPUT_BYTES {
             return Err(run);
         }
         // Compiling is left to the pool (a long script compiles for a while).
@@ -359,10 +392,12 @@ pub enum Submitted {
 }
 
 /// A run about to start, wherever it runs.
-struct Run {
+struct Run<'p> {
     handle: Arc<ChannelHandle>,
     kind: ScriptKind,
-    params: Arc<dyn StartParams>,
+    params: Params<'p>,
+    /// When it was submitted (an inline run's start).
+    submitted: Instant,
     deadline: Instant,
     host: Arc<dyn ChannelHost>,
     /// Where its record goes, when its channel keeps history.
@@ -371,7 +406,21 @@ struct Run {
     slot: InFlight,
 }
 
-impl Run {
+impl Run<'_> {
+    /// The run with its parameters shared, to go to the pool.
+    fn shared(self) -> Run<'static> {
+        Run {
+            handle: self.handle,
+            kind: self.kind,
+            params: Params::Shared(self.params.into_shared()),
+            submitted: self.submitted,
+            deadline: self.deadline,
+            host: self.host,
+            recording: self.recording,
+            slot: self.slot,
+        }
+    }
+
     /// Runs the script on the pool's thread.
     fn execute(
         &self,
@@ -395,9 +444,8 @@ impl Run {
         bound: Duration,
     ) -> Result<(RunResult, Duration), inline::Stop> {
         self.begin_capture();
-        let started = Instant::now();
-        match runtime.run_inline(script, self.context(logger), bound) {
-            Ok(outcome) => Ok((outcome, started.elapsed())),
+        match runtime.run_inline(script, self.context(logger), self.submitted + bound) {
+            Ok(outcome) => Ok((outcome, self.submitted.elapsed())),
             Err(stop) => {
                 capture::end(false);
                 Err(stop)
@@ -415,7 +463,7 @@ impl Run {
         RunContext {
             channel: &self.handle.channel,
             secrets: self.handle.secrets(),
-            params: &self.params,
+            params: self.params.get(),
             deadline: self.deadline,
             logger,
             host: &self.host,
@@ -471,7 +519,8 @@ impl Run {
         // The in-flight slot is free before the caller hears back, so that a caller
         // sending its next request at once is not refused as channel_busy.
         drop(slot);
-        let record = finished.map(|(log, finished)| (log, handle, Pending::new(finished, params)));
+        let record = finished
+            .map(|(log, finished)| (log, handle, Pending::new(finished, params.into_shared())));
         (outcome, Record(record))
     }
 }

@@ -25,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Requests with more input than this (a body, a message) go to the pool: one
 /// operation on a big input (`parse_json`, a hash) can take long between two checks.
@@ -126,9 +126,10 @@ fn stack_here() -> usize {
 pub struct Inline(());
 
 impl Inline {
-    pub fn begin(bound: Duration) -> Inline {
+    /// An inline run that must end by `until`.
+    pub fn begin(until: Instant) -> Inline {
         ACTIVE.set(Some(Bound {
-            until: Instant::now() + bound,
+            until,
             stack_floor: stack_here().saturating_sub(INLINE_MAX_STACK_BYTES),
         }));
         STOPPED.set(None);
@@ -205,6 +206,7 @@ pub fn take_held_log() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn strikes_send_a_script_to_the_pool() {
@@ -233,7 +235,7 @@ mod tests {
     fn effects_and_bounds_stop_only_inline_runs() {
         assert_eq!(effect(), Ok(()));
         assert_eq!(progress(16), Ok(()));
-        let run = Inline::begin(Duration::ZERO);
+        let run = Inline::begin(Instant::now());
         assert_eq!(progress(1), Ok(()), "time is looked at every 16 operations");
         assert_eq!(progress(4), Ok(()));
         assert_eq!(progress(8), Ok(()));
@@ -241,7 +243,7 @@ mod tests {
         assert_eq!(progress(16), Err(Stop::Bound));
         assert_eq!(progress(17), Err(Stop::Bound), "stopped for good");
         drop(run);
-        let run = Inline::begin(Duration::from_secs(60));
+        let run = Inline::begin(Instant::now() + Duration::from_secs(60));
         assert_eq!(effect(), Err(Stop::Effect));
         assert_eq!(
             progress(1),
@@ -268,7 +270,7 @@ mod tests {
                 std::hint::black_box(&pad);
             })
         }
-        let _run = Inline::begin(Duration::from_secs(60));
+        let _run = Inline::begin(Instant::now() + Duration::from_secs(60));
         assert_eq!(dive(1024), Err(Stop::Bound));
     }
 }

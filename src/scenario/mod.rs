@@ -340,7 +340,7 @@ pub struct RunContext<'a> {
     pub channel: &'a Arc<Channel>,
     /// What the run keeps out of its log lines and errors (`channels::run_secrets`).
     pub secrets: &'a Arc<crate::redact::Secrets>,
-    pub params: &'a Arc<dyn StartParams>,
+    pub params: &'a dyn StartParams,
     pub deadline: Instant,
     pub logger: &'a slog::Logger,
     pub host: &'a Arc<dyn ChannelHost>,
@@ -353,14 +353,14 @@ pub trait ScenarioRuntime: Send + Sync + 'static {
     fn compile(&self, source: &str) -> Result<Compiled, CompileError>;
     /// Runs a compiled script to its end, within the deadline and the runtime's limits.
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError>;
-    /// Runs a script on the calling thread if it ends within `bound` touching nothing
+    /// Runs a script on the calling thread if it ends by `until` touching nothing
     /// outside itself (`scenario::inline`); `Err` when it was stopped before any effect
     /// (it is then run on the pool). A runtime that cannot stop a run says `Effect`.
     fn run_inline(
         &self,
         _script: &Compiled,
         _ctx: RunContext<'_>,
-        _bound: std::time::Duration,
+        _until: std::time::Instant,
     ) -> Result<Result<ScenarioReply, ScenarioError>, inline::Stop> {
         Err(inline::Stop::Effect)
     }

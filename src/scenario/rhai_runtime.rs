@@ -4,7 +4,6 @@
 //! parameters, deadline, channel, logger) sits in a thread-local set for the length of
 //! the run, so that the functions scripts call can reach it without locks.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,20 +29,40 @@ pub struct RhaiLimits {
     pub budgets: Budgets,
 }
 
-/// What the script-callable functions see of the current run.
-struct RunState {
-    params: Arc<dyn super::StartParams>,
+/// What the script-callable functions see of the current run: borrowed from the run's
+/// caller for as long as the run lasts (no copies, no reference counts touched).
+struct RunState<'a> {
+    params: &'a dyn super::StartParams,
     deadline: Instant,
-    logger: slog::Logger,
-    channel: Arc<Channel>,
-    host: Arc<dyn super::ChannelHost>,
-    spent: Spent,
+    logger: &'a slog::Logger,
+    channel: &'a Arc<Channel>,
+    host: &'a Arc<dyn super::ChannelHost>,
+    spent: Spent<'a>,
     /// The channel's own secrets, kept out of what the script logs.
-    secrets: Arc<Secrets>,
+    secrets: &'a Secrets,
+}
+
+/// Makes a run's state the one of this thread until dropped (also when the run
+/// panics), so that the state is never reached after it is gone.
+struct CurrentRun<'a>(std::marker::PhantomData<&'a RunState<'a>>);
+
+impl<'a> CurrentRun<'a> {
+    fn set(state: &'a RunState<'a>) -> CurrentRun<'a> {
+        CURRENT.set(std::ptr::from_ref(state).cast::<RunState<'static>>());
+        CurrentRun(std::marker::PhantomData)
+    }
+}
+
+impl Drop for CurrentRun<'_> {
+    fn drop(&mut self) {
+        CURRENT.set(std::ptr::null());
+    }
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<RunState>> = const { RefCell::new(None) };
+    /// The run on this thread (`CurrentRun`), null between runs.
+    static CURRENT: std::cell::Cell<*const RunState<'static>> =
+        const { std::cell::Cell::new(std::ptr::null()) };
     /// Operations of the run on this thread so far (of the last one, after it ended).
     static OPERATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The scope of this thread's next run (`RunScope`).
@@ -144,23 +163,65 @@ fn is_start_value(i: usize, value: &Dynamic) -> bool {
 /// [`KEPT_SCOPE_MAX_LEN`] is dropped instead. Either way nothing of a run reaches the
 /// next one (`export`, which would leave aliases on the kept entries, is refused at
 /// compile time: scenarios have no modules).
-struct RunScope(Scope<'static>);
+struct RunScope {
+    scope: Scope<'static>,
+    /// Set once `reply` read the reply off the three variables and put their start
+    /// values back (the scope holding nothing else): nothing is left to reset.
+    reset: bool,
+}
 
 impl RunScope {
     fn take() -> RunScope {
-        RunScope(SCOPE.take().unwrap_or_else(|| {
+        let scope = SCOPE.take().unwrap_or_else(|| {
             let mut scope = Scope::with_capacity(8);
             for (i, name) in REPLY_NAMES.into_iter().enumerate() {
                 scope.push_dynamic(name, reply_default(i));
             }
             scope
-        }))
+        });
+        RunScope {
+            scope,
+            reset: false,
+        }
+    }
+
+    /// The reply the run left, each variable looked up once: read, and its start value
+    /// put back in the same step when the scope holds just the three (the usual run,
+    /// which declared nothing that outlived it); else read by name, reset on drop.
+    fn reply(&mut self) -> Result<ScenarioReply, ScenarioError> {
+        if self.scope.len() != REPLY_VARIABLES {
+            return RhaiRuntime::reply_from_scope(&self.scope);
+        }
+        let mut reply = ScenarioReply::default();
+        for (i, name) in REPLY_NAMES.into_iter().enumerate() {
+            let Some(slot) = self.scope.get_mut(name) else {
+                // (Read-only: not one of the three as a run starts with them.)
+                return RhaiRuntime::reply_from_scope(&self.scope);
+            };
+            let value = if is_start_value(i, slot) {
+                None
+            } else {
+                Some(std::mem::replace(slot, reply_default(i)))
+            };
+            let Some(value) = value else { continue };
+            match i {
+                0 => reply.code = reply_code(&value)?,
+                1 => reply.content = reply_content(&value)?,
+                _ => reply.headers = reply_headers(&value)?,
+            }
+        }
+        self.reset = true;
+        reply.validated()
     }
 }
 
 impl Drop for RunScope {
     fn drop(&mut self) {
-        let mut scope = std::mem::take(&mut self.0);
+        let mut scope = std::mem::take(&mut self.scope);
+        if self.reset && scope.len() == REPLY_VARIABLES {
+            SCOPE.set(Some(scope));
+            return;
+        }
         // A run that declared many variables leaves vectors that big: not kept.
         let small = scope.len() <= KEPT_SCOPE_MAX_LEN;
         scope.rewind(REPLY_VARIABLES);
@@ -237,8 +298,14 @@ fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
     ))
 }
 
-fn with_run<T>(f: impl FnOnce(&RunState) -> T) -> Option<T> {
-    CURRENT.with(|c| c.borrow().as_ref().map(f))
+/// `f` of the run on this thread, if a run is on. What `f` returns cannot borrow from
+/// the state (`T` is chosen outside the state's lifetime).
+fn with_run<T>(f: impl for<'r> FnOnce(&'r RunState<'r>) -> T) -> Option<T> {
+    let state = CURRENT.get();
+    // SAFETY: non-null only while a `CurrentRun` lives, which borrows the state for
+    // its own life and clears the pointer when dropped; the state is only ever read
+    // through shared references, and `f` is given one no longer than this call.
+    (!state.is_null()).then(|| f(unsafe { &*state }))
 }
 
 /// A line the script logs: charged to its log budget (a line over it is not written;
@@ -378,44 +445,52 @@ impl RhaiRuntime {
         }
     }
 
+    /// The reply a script left in `scope` (the last declared of each name).
     fn reply_from_scope(scope: &Scope) -> Result<ScenarioReply, ScenarioError> {
         let mut reply = ScenarioReply::default();
         if let Some(code) = scope.get("response_code") {
-            reply.code = if let Ok(n) = code.as_int() {
-                u16::try_from(n).map_err(|_| {
-                    ScenarioError::InvalidReply(format!("response_code {n} is out of range"))
-                })?
-            } else if let Some(s) = code.read_lock::<rhai::ImmutableString>() {
-                s.trim().parse::<u16>().map_err(|_| {
-                    ScenarioError::InvalidReply(format!(
-                        "response_code {:?} is not a number",
-                        s.as_str()
-                    ))
-                })?
-            } else {
-                return Err(ScenarioError::InvalidReply(format!(
-                    "response_code must be a number, not {}",
-                    code.type_name()
-                )));
-            };
+            reply.code = reply_code(code)?;
         }
         if let Some(content) = scope.get("response_content") {
-            reply.content = if content.is_unit() {
-                Vec::new()
-            } else if let Some(s) = content.read_lock::<rhai::ImmutableString>() {
-                s.as_bytes().to_vec()
-            } else if content.is_blob() {
-                content.clone().into_blob().unwrap_or_default()
-            } else {
-                serde_json::to_vec(content)
-                    .map_err(|e| ScenarioError::InvalidReply(format!("response_content: {e}")))?
-            };
+            reply.content = reply_content(content)?;
         }
         if let Some(headers) = scope.get("response_headers") {
             reply.headers = reply_headers(headers)?;
         }
         reply.validated()
     }
+}
+
+/// What a script set as `response_code`: a number, or a string of one.
+fn reply_code(code: &Dynamic) -> Result<u16, ScenarioError> {
+    if let Ok(n) = code.as_int() {
+        u16::try_from(n)
+            .map_err(|_| ScenarioError::InvalidReply(format!("response_code {n} is out of range")))
+    } else if let Some(s) = code.read_lock::<rhai::ImmutableString>() {
+        s.trim().parse::<u16>().map_err(|_| {
+            ScenarioError::InvalidReply(format!("response_code {:?} is not a number", s.as_str()))
+        })
+    } else {
+        Err(ScenarioError::InvalidReply(format!(
+            "response_code must be a number, not {}",
+            code.type_name()
+        )))
+    }
+}
+
+/// What a script set as `response_content`: text, a blob, nothing, or any other value
+/// as JSON.
+fn reply_content(content: &Dynamic) -> Result<Vec<u8>, ScenarioError> {
+    Ok(if content.is_unit() {
+        Vec::new()
+    } else if let Some(s) = content.read_lock::<rhai::ImmutableString>() {
+        s.as_bytes().to_vec()
+    } else if content.is_blob() {
+        content.clone().into_blob().unwrap_or_default()
+    } else {
+        serde_json::to_vec(content)
+            .map_err(|e| ScenarioError::InvalidReply(format!("response_content: {e}")))?
+    })
 }
 
 /// What a script set as `response_headers`: a map (values that are not strings are
@@ -475,7 +550,7 @@ fn sleep_within_deadline(ms: i64) -> FnResult<()> {
 fn register_outgoing(engine: &mut Engine, client: Arc<OutgoingClient>) {
     let call = move |method: &str, path: &str, body: Dynamic, headers: Dynamic| -> FnResult<Map> {
         no_inline()?;
-        charge(Spent::outgoing_call)?;
+        charge(|spent| spent.outgoing_call())?;
         let body = dynamic_bytes(&body)?;
         let headers = dynamic_headers(&headers)?;
         let (channel, deadline, host) =
@@ -718,6 +793,10 @@ impl ScenarioRuntime for RhaiRuntime {
     }
 
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError> {
+        // (An inline run starts at once: its deadline is far.)
+        if Instant::now() >= ctx.deadline {
+            return Err(ScenarioError::Timeout);
+        }
         OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);
         // The run's values are dropped by now.
@@ -729,9 +808,9 @@ impl ScenarioRuntime for RhaiRuntime {
         &self,
         script: &Compiled,
         ctx: RunContext<'_>,
-        bound: std::time::Duration,
+        until: Instant,
     ) -> Result<Result<ScenarioReply, ScenarioError>, Stop> {
-        let run = Inline::begin(bound);
+        let run = Inline::begin(until);
         OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);
         let stopped = inline::stopped();
@@ -760,16 +839,6 @@ fn fault_position(err: &EvalAltResult) -> Position {
         err.position()
     } else {
         inner
-    }
-}
-
-/// Drops the run state of this thread when dropped.
-struct ClearRun;
-
-impl Drop for ClearRun {
-    fn drop(&mut self) {
-        let state = CURRENT.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()));
-        drop(state);
     }
 }
 
@@ -804,28 +873,22 @@ impl RhaiRuntime {
         let ast = script.0.downcast_ref::<AST>().ok_or_else(|| {
             ScenarioError::Script("script was compiled by another runtime".into())
         })?;
-        if Instant::now() >= ctx.deadline {
-            return Err(ScenarioError::Timeout);
-        }
         // However the run ends (a panic too), its state does not outlive it: its
         // memory counting would go on counting the thread's own allocations (an HTTP
         // worker's, for an inline run).
-        let _clear = ClearRun;
-        let secrets = ctx.secrets.clone();
-        CURRENT.with(|c| {
-            *c.borrow_mut() = Some(RunState {
-                params: ctx.params.clone(),
-                deadline: ctx.deadline,
-                logger: ctx.logger.clone(),
-                channel: ctx.channel.clone(),
-                host: ctx.host.clone(),
-                spent: Spent::start(&self.budgets),
-                secrets,
-            })
-        });
+        let state = RunState {
+            params: ctx.params,
+            deadline: ctx.deadline,
+            logger: ctx.logger,
+            channel: ctx.channel,
+            host: ctx.host,
+            spent: Spent::start(&self.budgets),
+            secrets: ctx.secrets,
+        };
+        let current = CurrentRun::set(&state);
         // The run's scope, kept for the next run of this thread (reset when this ends).
         let mut run_scope = RunScope::take();
-        let scope = &mut run_scope.0;
+        let scope = &mut run_scope.scope;
         let mut caches = RunCaches::take(&script.0);
         let outcome = self.eval(&mut caches.caches, scope, ast);
         caches.keep();
@@ -843,16 +906,17 @@ impl RhaiRuntime {
         // A budget broken where the script could not be stopped at once (a print on
         // its last line) fails the run all the same.
         let broken = budget::broken();
-        let state = CURRENT.with(|c| c.borrow_mut().take());
-        let secrets = state.map(|s| s.secrets).unwrap_or_default();
+        drop(current);
+        drop(state);
+        let secrets = ctx.secrets;
         if let Some(kind) = broken {
             budget::count_exceeded(kind);
             return Err(ScenarioError::Budget(kind));
         }
         match outcome {
-            Ok(()) => Self::reply_from_scope(scope),
+            Ok(()) => run_scope.reply(),
             Err(err) => match root_cause(&err) {
-                EvalAltResult::Exit(..) => Self::reply_from_scope(scope),
+                EvalAltResult::Exit(..) => run_scope.reply(),
                 EvalAltResult::ErrorTerminated(mark, _) if mark.is::<BudgetMark>() => {
                     let kind = mark.clone().cast::<BudgetMark>().0;
                     budget::count_exceeded(kind);
@@ -944,8 +1008,7 @@ mod tests {
         timeout: Duration,
     ) -> Result<ScenarioReply, ScenarioError> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let params: Arc<dyn super::super::StartParams> =
-            Arc::new((1..=7).map(|i| format!("p{i}")).collect::<Vec<String>>());
+        let params = (1..=7).map(|i| format!("p{i}")).collect::<Vec<String>>();
         rt.run(
             compiled,
             RunContext {
@@ -974,6 +1037,19 @@ mod tests {
         assert_eq!(r.code, 201);
         assert_eq!(r.content, b"p2");
         assert_eq!(r.headers, vec![("X-A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn a_reply_variable_declared_again_is_the_one_replied() {
+        // The reply takes the last declared of each name.
+        let r = run(
+            r#"let response_content = "own"; let response_code = 201; let x = 1;"#,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!((r.code, r.content.as_slice()), (201, &b"own"[..]));
+        let r = run(r#"response_content = "top";"#, Duration::from_secs(5)).unwrap();
+        assert_eq!((r.code, r.content.as_slice()), (200, &b"top"[..]));
     }
 
     #[test]
@@ -1090,7 +1166,7 @@ mod tests {
             RunContext {
                 channel: &channel(),
                 secrets: &Arc::default(),
-                params: &(Arc::new(Vec::<String>::new()) as Arc<dyn super::super::StartParams>),
+                params: &Vec::<String>::new(),
                 deadline: Instant::now() + Duration::from_millis(50),
                 logger: &logger,
                 host: &no_host(),

@@ -35,6 +35,54 @@ async fn a_thousand_pipelined_messages_are_answered_in_order() {
     }
 }
 
+/// A run's push to its own session goes out before the run's reply, and replies big
+/// and small keep their order: small replies are written straight into the response
+/// stream, pushes and big replies are queued (`WsSession::send_text`).
+#[actix_web::test]
+async fn pushes_and_replies_of_every_size_keep_their_order() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "pushes", "kind": "public",
+            "websocket_scenario": r#"
+                let m = startparam(2);
+                if m.starts_with("push") { ws_send(startparam(1), "pushed " + m); }
+                if m.starts_with("big") { m.pad(m.len() + 40000, 'x'); }
+                response_content = m;
+            "#,
+        }))
+        .await;
+    let mut ws = connect(&app, &token_of(&c)).await;
+    let messages: Vec<String> = (0..60)
+        .map(|i| match i % 3 {
+            0 => format!("push{i}"),
+            1 => format!("big{i}"),
+            _ => format!("small{i}"),
+        })
+        .collect();
+    for m in &messages {
+        ws.feed(Message::Text(m.clone().into())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for m in &messages {
+        if m.starts_with("push") {
+            assert_eq!(next_text(&mut ws).await, format!("pushed {m}"));
+        }
+        let reply = next_text(&mut ws).await;
+        assert!(
+            reply.starts_with(m.as_str()),
+            "{m}: {}",
+            &reply[..reply.len().min(40)]
+        );
+        let expected = if m.starts_with("big") {
+            m.len() + 40000
+        } else {
+            m.len()
+        };
+        assert_eq!(reply.len(), expected, "{m}");
+    }
+}
+
 /// Message 1 waits on an upstream the test holds, message 2 would not wait: message 2
 /// still runs only after message 1, and the replies come back in order.
 #[actix_web::test]

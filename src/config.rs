@@ -72,8 +72,8 @@ pub struct Config {
     #[serde(alias = "scenario_queue")]
     pub scenario_max_admitted: usize,
     pub channel_max_in_flight: usize,
-    /// How long a run may compute inline on the HTTP worker that received it, µs
-    /// (`scenario::inline`); 0: every run goes to the scenario pool.
+    /// How long a run may compute inline on the HTTP worker that received it, µs,
+    /// counted from its submit (`scenario::inline`); 0: every run goes to the pool.
     pub scenario_inline_us: u64,
     pub scenario_max_operations: u64,
     pub scenario_max_call_depth: usize,

@@ -82,6 +82,7 @@ impl OutboundBudget {
             id,
             queued: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
             frames: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             evicted: AtomicBool::new(false),
@@ -173,6 +174,9 @@ pub struct Backlog {
     id: u64,
     queued: AtomicU64,
     written: AtomicU64,
+    /// Bytes the session wrote straight into its context during the current poll of its
+    /// response stream (`take_direct`), which yields them as one chunk.
+    direct: AtomicU64,
     frames: Mutex<VecDeque<Bytes>>,
     waker: AtomicWaker,
     evicted: AtomicBool,
@@ -218,6 +222,20 @@ impl Backlog {
     pub fn push_text(&self, text: &str) -> bool {
         let frame = self.budget.text(text);
         self.push(&frame)
+    }
+
+    /// Whether `bytes` more may be written straight into the context in this poll of
+    /// the response stream: at most [`SLICE`] bytes per poll, so that what reaches the
+    /// HTTP layer's write buffer at once stays as small as a queued frame's slice
+    /// (the layer looks at its buffer's size only before it polls). Counts them if so.
+    pub fn take_direct(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        let before = self.direct.load(Ordering::Relaxed);
+        if before + bytes > SLICE as u64 {
+            return false;
+        }
+        self.direct.store(before + bytes, Ordering::Relaxed);
+        true
     }
 
     /// Bytes queued and not yet taken by the socket writer.
@@ -339,6 +357,7 @@ impl Stream for Outgoing {
             // below, so its push need not wake this task for one more poll. Without a
             // waker during the poll, its push wakes nothing.
             drop(self.backlog.waker.take());
+            self.backlog.direct.store(0, Ordering::Relaxed);
             let polled = self.inner.as_mut().poll_next(cx);
             if let Poll::Ready(None) = polled {
                 // The actor is done; what it queued before goes out first.
@@ -568,6 +587,21 @@ mod tests {
             _ => panic!("the queued reply did not go out"),
         }
         assert_eq!(backlog.pending(), 0);
+    }
+
+    #[test]
+    fn direct_writes_are_capped_per_poll_of_the_stream() {
+        let budget = Arc::new(OutboundBudget::default());
+        let backlog = budget.backlog();
+        assert!(backlog.take_direct(SLICE - 10));
+        assert!(!backlog.take_direct(11), "over the poll's allowance");
+        assert!(backlog.take_direct(10));
+        // Each poll of the response stream starts a new allowance.
+        let mut out = outgoing(&backlog, &[], false);
+        let waker = futures_util::task::waker(Arc::new(Wakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut out).poll_next(&mut cx).is_pending());
+        assert!(backlog.take_direct(SLICE));
     }
 
     #[test]

@@ -197,25 +197,27 @@ impl WsSession {
 
     /// A text of this session's own (a reply, an error, the hello), written while its
     /// actor runs: straight into the context's response stream, which encodes it in
-    /// the same poll (one buffer, as actix's `ctx.text`), when it is small and nothing
-    /// is queued ahead of it; else behind what is queued (a scenario's pushes come
-    /// before its reply), counted and sliced like any queued frame. What the context
-    /// holds is bounded without a count: the actor runs only when the HTTP layer polls
-    /// the response stream, which it does only while its write buffer has room, and a
-    /// turn answers at most `INLINE_PER_TURN` messages of at most `SLICE` bytes each.
+    /// the same poll (one buffer, as actix's `ctx.text`), when nothing is queued ahead
+    /// of it and the poll's direct bytes stay within `SLICE` (`Backlog::take_direct`);
+    /// else behind what is queued, counted against the budgets and sliced like any
+    /// queued frame. Direct bytes need no count of their own: the context yields them
+    /// at the end of the poll that wrote them, at most `SLICE` per poll, and the HTTP
+    /// layer polls the stream only while its write buffer has room.
     fn send_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
         if self.closed_with.is_some() {
             return;
         }
-        if text.len() > super::ws_backlog::SLICE
-            || self.backlog.pending() != 0
+        // The frame's header: counted as the queued path counts a frame.
+        let framed = text.len() + frame_header_len(text.len());
+        if self.backlog.pending() != 0
             || self.backlog.is_evicted()
+            || !self.backlog.take_direct(framed)
         {
             let frame = self.backlog.budget().text(&text);
             self.send_frame(ctx, &frame);
             return;
         }
-        self.counted_out(text.len());
+        self.counted_out(framed);
         ctx.write_raw(ws::Message::Text(text));
     }
 
@@ -338,12 +340,16 @@ impl WsSession {
                     inline += 1;
                     continue;
                 }
+                // Answered here as well: counted in the turn (a channel that is gone
+                // answers a whole queue at once).
                 Ok(Submitted::Background) => {
                     self.settle(ctx, text, Err(ScenarioError::Panicked));
+                    inline += 1;
                     continue;
                 }
                 Err(e) => {
                     self.settle(ctx, text, Err(e));
+                    inline += 1;
                     continue;
                 }
             };
@@ -511,6 +517,15 @@ impl WsSession {
                 Err(_) => self.close(ctx, close_code::INVALID_DATA, "text is not UTF-8"),
             }
         }
+    }
+}
+
+/// The length of an unmasked server frame's header for a payload of `len` bytes.
+fn frame_header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
     }
 }
 

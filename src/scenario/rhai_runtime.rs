@@ -793,11 +793,11 @@ impl ScenarioRuntime for RhaiRuntime {
     }
 
     fn run(&self, script: &Compiled, ctx: RunContext<'_>) -> Result<ScenarioReply, ScenarioError> {
+        OPERATIONS.set(0);
         // (An inline run starts at once: its deadline is far.)
         if Instant::now() >= ctx.deadline {
             return Err(ScenarioError::Timeout);
         }
-        OPERATIONS.set(0);
         let outcome = self.run_counted(script, ctx);
         // The run's values are dropped by now.
         crate::alloc::give_back_after_big_run();

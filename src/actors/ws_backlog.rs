@@ -218,6 +218,18 @@ impl Backlog {
         true
     }
 
+    /// Queues the close frame behind what is queued (not counted against the node
+    /// budget: a few bytes, once per session).
+    pub fn push_close(&self, reason: CloseReason) {
+        let frame = close_frame_with(Some(reason));
+        let len = frame.len() as u64;
+        if let Ok(mut frames) = self.frames.lock() {
+            frames.push_back(frame);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.waker.wake();
+    }
+
     /// Encodes and queues a text frame of this session alone.
     pub fn push_text(&self, text: &str) -> bool {
         let frame = self.budget.text(text);
@@ -328,15 +340,15 @@ impl Outgoing {
 }
 
 fn close_frame(code: u16, reason: &str) -> Bytes {
+    close_frame_with(Some(CloseReason {
+        code: CloseCode::from(code),
+        description: Some(reason.to_string()),
+    }))
+}
+
+fn close_frame_with(reason: Option<CloseReason>) -> Bytes {
     let mut buf = BytesMut::new();
-    Parser::write_close(
-        &mut buf,
-        Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_string()),
-        }),
-        false,
-    );
+    Parser::write_close(&mut buf, reason, false);
     buf.freeze()
 }
 

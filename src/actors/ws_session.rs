@@ -253,10 +253,19 @@ impl WsSession {
         self.closed_with.get_or_insert(code);
         slog::debug!(self.logger, "closing websocket";
             "ws_session" => &*self.code, "code" => code, "reason" => reason);
-        ctx.close(Some(CloseReason {
+        let reason = CloseReason {
             code: CloseCode::from(code),
             description: (!reason.is_empty()).then(|| reason.to_string()),
-        }));
+        };
+        // The close frame is the connection's last: behind the frames still queued
+        // (a run's `ws_send` then `ws_close`), else from the context, behind what it
+        // holds. The response stream ends once the context has stopped and the queue
+        // is written.
+        if self.backlog.pending() != 0 && !self.backlog.is_evicted() {
+            self.backlog.push_close(reason);
+        } else {
+            ctx.close(Some(reason));
+        }
         ctx.stop();
     }
 

@@ -96,6 +96,30 @@ async fn pushes_and_replies_of_every_size_keep_their_order() {
     }
 }
 
+/// A close frame is the connection's last: a run's push to its own session, then its
+/// close, arrive in that order (the close goes behind the frames still queued).
+#[actix_web::test]
+async fn a_push_then_a_close_arrive_in_that_order() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let c = app
+        .create_channel(json!({
+            "code": "farewell", "kind": "public",
+            "websocket_scenario": r#"
+                ws_send(startparam(1), "last words");
+                ws_close(startparam(1), "bye");
+            "#,
+        }))
+        .await;
+    // Each session races its own push against its close: several rounds.
+    for round in 0..20 {
+        let mut ws = connect(&app, &token_of(&c)).await;
+        ws.send(Message::Text("go".into())).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "last words", "round {round}");
+        let (code, reason) = next_close(&mut ws).await;
+        assert_eq!((code, reason.as_str()), (1000, "bye"), "round {round}");
+    }
+}
+
 /// Message 1 waits on an upstream the test holds, message 2 would not wait: message 2
 /// still runs only after message 1, and the replies come back in order.
 #[actix_web::test]

@@ -210,21 +210,21 @@ impl Backlog {
         if self.evicted.load(Ordering::Acquire) {
             return false;
         }
-        if let Ok(mut frames) = self.frames.lock() {
-            frames.push_back(frame.0.clone());
-        }
-        self.queued.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.waker.wake();
+        self.enqueue(frame.0.clone());
         true
     }
 
     /// Queues the close frame behind what is queued (not counted against the node
     /// budget: a few bytes, once per session).
     pub fn push_close(&self, reason: CloseReason) {
-        let frame = close_frame_with(Some(reason));
-        let len = frame.len() as u64;
+        self.enqueue(close_frame_with(Some(reason)));
+    }
+
+    /// Queues encoded bytes for the writer, counts them, and wakes it.
+    fn enqueue(&self, bytes: Bytes) {
+        let len = bytes.len() as u64;
         if let Ok(mut frames) = self.frames.lock() {
-            frames.push_back(frame);
+            frames.push_back(bytes);
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.waker.wake();

@@ -726,7 +726,7 @@ impl crate::scenario::StartParams for SharedWsParams {
     }
 
     fn input_bytes(&self) -> usize {
-        self.text.len()
+        self.borrowed().input_bytes()
     }
 }
 

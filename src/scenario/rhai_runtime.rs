@@ -198,12 +198,10 @@ impl RunScope {
                 // (Read-only: not one of the three as a run starts with them.)
                 return RhaiRuntime::reply_from_scope(&self.scope);
             };
-            let value = if is_start_value(i, slot) {
-                None
-            } else {
-                Some(std::mem::replace(slot, reply_default(i)))
-            };
-            let Some(value) = value else { continue };
+            if is_start_value(i, slot) {
+                continue;
+            }
+            let value = std::mem::replace(slot, reply_default(i));
             match i {
                 0 => reply.code = reply_code(&value)?,
                 1 => reply.content = reply_content(&value)?,

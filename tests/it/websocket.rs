@@ -75,7 +75,13 @@ async fn send(ws: &mut Ws, text: &str) {
         .expect("send");
 }
 
-async fn ws_channel(app: &TestApp, code: &str, hello: bool, script: &str, webhook: &str) -> Value {
+pub async fn ws_channel(
+    app: &TestApp,
+    code: &str,
+    hello: bool,
+    script: &str,
+    webhook: &str,
+) -> Value {
     app.create_channel(json!({
         "code": code, "kind": "public", "wait_for_completion": true, "ws_hello": hello,
         "websocket_scenario": script, "webhook_scenario": webhook,

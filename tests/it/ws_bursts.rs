@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{Backend, eventually, id_of, spawn_app_with, token_of};
 use crate::receiver::HoldingUpstream;
-use crate::websocket::{connect, next_close, next_text};
+use crate::websocket::{connect, next_close, next_text, ws_channel};
 
 const ECHO: &str = "response_content = startparam(2);";
 
@@ -43,17 +43,19 @@ async fn a_thousand_pipelined_messages_are_answered_in_order() {
 #[actix_web::test]
 async fn pushes_and_replies_of_every_size_keep_their_order() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
-    let c = app
-        .create_channel(json!({
-            "code": "pushes", "kind": "public",
-            "websocket_scenario": r#"
+    let c = ws_channel(
+        &app,
+        "pushes",
+        false,
+        r#"
                 let m = startparam(2);
                 if m.starts_with("push") { ws_send(startparam(1), "pushed " + m); }
                 if m.starts_with("big") { m.pad(m.len() + 40000, 'x'); }
                 response_content = m;
             "#,
-        }))
-        .await;
+        "",
+    )
+    .await;
     let mut ws = connect(&app, &token_of(&c)).await;
     let messages: Vec<String> = (0..60)
         .map(|i| match i % 3 {
@@ -101,15 +103,17 @@ async fn pushes_and_replies_of_every_size_keep_their_order() {
 #[actix_web::test]
 async fn a_push_then_a_close_arrive_in_that_order() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
-    let c = app
-        .create_channel(json!({
-            "code": "farewell", "kind": "public",
-            "websocket_scenario": r#"
+    let c = ws_channel(
+        &app,
+        "farewell",
+        false,
+        r#"
                 ws_send(startparam(1), "last words");
                 ws_close(startparam(1), "bye");
             "#,
-        }))
-        .await;
+        "",
+    )
+    .await;
     // Each session races its own push against its close: several rounds.
     for round in 0..20 {
         let mut ws = connect(&app, &token_of(&c)).await;
